@@ -1,0 +1,84 @@
+"""The Flask edge of UCSC: create_app builds and binds everything; nothing happens at import time."""
+
+import logging
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+
+from app import config as defaults
+
+VERSION = "0.1.0"
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then UCSC_* environment, then `config` (tests pass theirs)."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(defaults.DEFAULTS, VERSION=VERSION)
+    app.config.from_prefixed_env("UCSC")
+    if config:
+        app.config.from_mapping(config)
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = defaults.sqlite_url(app.instance_path)
+    if not app.config["SECRET_KEY"]:
+        # `init-db` writes instance/secret_key on first run; without it sessions last one process.
+        app.config["SECRET_KEY"] = defaults.read_secret_key(app.instance_path) or secrets.token_hex(32)
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+
+    from app import auth, cli, db, errors
+    from app.api import bp as api_bp
+
+    db.init_app(app)
+    auth.init_app(app)
+    errors.init_app(app)
+    cli.init_app(app)
+    app.register_blueprint(api_bp)
+    _request_ids(app)
+    app.add_url_rule("/healthz", "healthz", healthz)
+    return app
+
+
+def _request_ids(app: Flask) -> None:
+    log = logging.getLogger("ucsc.access")
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        if response.status_code >= 500:
+            log.warning("%s %s -> %s", request.method, request.path, response.status_code,
+                        extra={"request_id": g.get("request_id")})  # fmt: skip
+        return response
+
+
+def healthz() -> Response:
+    """200 once the database answers; the worker's heartbeat and feed lag join with the platform issue."""
+    from sqlalchemy import func, select
+
+    from app import db
+    from incidents.models import Event
+
+    last_event = db.session().scalar(select(func.max(Event.id)))
+    return jsonify({
+        "status": "ok",
+        "version": VERSION,
+        "database": db.engine().dialect.name,
+        "last_event_id": last_event or 0,
+        "worker_heartbeat_age": None,
+        "feed_lag": None,
+    })  # fmt: skip
+
+
+def instance_path(app: Flask) -> Path:
+    path = Path(app.instance_path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

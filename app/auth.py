@@ -1,0 +1,127 @@
+"""Bearer-token authentication with a short cache of verified digests, and per-token intake rate limits."""
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from flask import Flask, current_app, g, request
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
+from sqlalchemy import select
+
+from app import db
+from app.errors import ApiError, retry_after
+from incidents.access import Actor
+from incidents.base import utcnow
+from incidents.enums import Role
+from incidents.models import ApiToken, User
+
+TOKEN_PREFIX = "ucsc_"
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh random token and the digest that is stored in its place."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return token, digest(token)
+
+
+def digest(token: str) -> str:
+    # Tokens carry 256 random bits, so a fast hash is as safe as a slow one and costs nothing per request.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class _Cached:
+    actor: Actor
+    until: float
+
+
+class TokenCache:
+    """Digests verified in the last few seconds, so a busy SIEM does not cost a query per request."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._items: dict[str, _Cached] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Actor | None:
+        item = self._items.get(key)
+        if item is None or item.until < time.monotonic():
+            return None
+        return item.actor
+
+    def put(self, key: str, actor: Actor) -> None:
+        with self._lock:
+            if len(self._items) > 10_000:
+                self._items.clear()
+            self._items[key] = _Cached(actor, time.monotonic() + self.seconds)
+
+
+def _unauthorised(detail: str) -> ApiError:
+    return ApiError(401, "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="ucsc"'})
+
+
+def current_actor() -> Actor:
+    """The caller of this request, from `Authorization: Bearer TOKEN`; 401 without a valid token."""
+    if "actor" in g:
+        return g.actor
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorised("send Authorization: Bearer TOKEN")
+    key = digest(token.strip())
+    cache: TokenCache = current_app.extensions["ucsc.token_cache"]
+    actor = cache.get(key)
+    if actor is None:
+        session = db.session()
+        row = session.execute(
+            select(ApiToken, User).join(User).where(ApiToken.digest == key)
+        ).first()
+        if row is None:
+            raise _unauthorised("unknown token")
+        api_token, user = row
+        now = utcnow()
+        if api_token.revoked_at is not None or (api_token.expires_at and api_token.expires_at <= now) or not user.active:
+            raise _unauthorised("token revoked or expired")
+        actor = Actor(
+            user_id=user.id,
+            username=user.username,
+            role=Role(api_token.role),
+            organisation_id=user.organisation_id,
+            token_id=api_token.id,
+        )
+        cache.put(key, actor)
+    g.actor = actor
+    return actor
+
+
+class RateLimiter:
+    """Per-token limits shared through Redis when UCSC_REDIS_URL is set, in memory otherwise."""
+
+    def __init__(self, spec: str, redis_url: str | None) -> None:
+        self.items: list[RateLimitItem] = parse_many(spec) if spec else []
+        storage = storage_from_string(redis_url) if redis_url else MemoryStorage()
+        self.strategy = SlidingWindowCounterRateLimiter(storage)
+
+    def check(self, scope: str, key: str) -> None:
+        for item in self.items:
+            if not self.strategy.hit(item, scope, key):
+                stats = self.strategy.get_window_stats(item, scope, key)
+                wait = stats.reset_time - time.time()
+                raise ApiError(
+                    429, "Too Many Requests", f"rate limit {item} exceeded for this token",
+                    headers={"Retry-After": retry_after(wait)},
+                )  # fmt: skip
+
+
+def limit_intake(actor: Actor) -> None:
+    limiter: RateLimiter = current_app.extensions["ucsc.intake_limiter"]
+    limiter.check("intake", str(actor.token_id or actor.user_id))
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["ucsc.token_cache"] = TokenCache(float(app.config["TOKEN_CACHE_SECONDS"]))
+    app.extensions["ucsc.intake_limiter"] = RateLimiter(str(app.config["INTAKE_RATE_LIMIT"]), app.config["REDIS_URL"])

@@ -1,0 +1,38 @@
+"""Configuration defaults; deployments override them with UCSC_* environment variables."""
+
+from pathlib import Path
+
+DEFAULTS: dict[str, object] = {
+    "DATABASE_URL": None,  # default: SQLite in the instance folder
+    "SECRET_KEY": None,  # default: instance/secret_key, written by `init-db`
+    "BASE_URL": "http://127.0.0.1:5000",
+    "REF_PREFIX": "TH",
+    "STANDING_BODY": "dic",
+    "TELEGRAM_TOKEN": None,
+    "TELEGRAM_API_URL": "https://api.telegram.org/bot",
+    "TELEGRAM_MODE": "polling",
+    "SMTP_URL": None,
+    "MAIL_FROM": "ucsc@localhost",
+    "REDIS_URL": None,
+    "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,
+    "LIMIT_TITLE": 300,
+    "LIMIT_DESCRIPTION": 50_000,
+    "LIMIT_OBSERVABLES": 1_000,
+    "LIMIT_COMMENT": 50_000,
+    "LIMIT_BULK": 500,
+    "INTAKE_RATE_LIMIT": "600/minute",
+    "TOKEN_CACHE_SECONDS": 5,
+    "SQLITE_BUSY_TIMEOUT": 2.0,
+    "SQLITE_SYNCHRONOUS": "FULL",
+    "DB_POOL_SIZE": 10,
+    "DB_POOL_TIMEOUT": 5.0,
+}
+
+
+def sqlite_url(instance_path: str) -> str:
+    return f"sqlite:///{Path(instance_path) / 'ucsc.db'}"
+
+
+def read_secret_key(instance_path: str) -> str | None:
+    path = Path(instance_path) / "secret_key"
+    return path.read_text().strip() if path.exists() else None

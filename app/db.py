@@ -1,0 +1,77 @@
+"""The engine and sessions: SQLite in WAL mode with BEGIN IMMEDIATE writes, or PostgreSQL through psycopg."""
+
+from typing import Any
+
+from flask import Flask, current_app, g
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from incidents.base import Base
+
+__all__ = ["Base", "make_engine", "init_app", "session", "engine"]
+
+
+def make_engine(url: str, *, busy_timeout: float = 2.0, synchronous: str = "FULL", **pool: Any) -> Engine:
+    """An engine tuned for this project: SQLite pragmas and BEGIN modes, or a bounded PostgreSQL pool."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": busy_timeout, "check_same_thread": False})
+        _tune_sqlite(engine, busy_timeout, synchronous)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return create_engine(
+        url,
+        pool_size=pool.get("pool_size", 10),
+        max_overflow=pool.get("max_overflow", 5),
+        pool_timeout=pool.get("pool_timeout", 5.0),
+        pool_pre_ping=True,
+    )
+
+
+def _tune_sqlite(engine: Engine, busy_timeout: float, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event emit BEGIN itself, so writes can ask for IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # A write takes the lock at BEGIN, so it waits (busy_timeout) instead of failing at its first write.
+        mode = "IMMEDIATE" if connection.get_execution_options().get("ucsc_write") else "DEFERRED"
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def init_app(app: Flask) -> None:
+    engine = make_engine(
+        app.config["DATABASE_URL"],
+        busy_timeout=float(app.config["SQLITE_BUSY_TIMEOUT"]),
+        synchronous=str(app.config["SQLITE_SYNCHRONOUS"]),
+        pool_size=int(app.config["DB_POOL_SIZE"]),
+        pool_timeout=float(app.config["DB_POOL_TIMEOUT"]),
+    )
+    app.extensions["ucsc.engine"] = engine
+    app.extensions["ucsc.sessionmaker"] = sessionmaker(engine, expire_on_commit=False, autobegin=True)
+    app.teardown_appcontext(_close_session)
+
+
+def engine() -> Engine:
+    return current_app.extensions["ucsc.engine"]
+
+
+def session() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["ucsc.sessionmaker"]()
+    return g.db_session
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    s = g.pop("db_session", None)
+    if s is not None:
+        s.close()

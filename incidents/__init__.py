@@ -1,0 +1,1 @@
+"""The incident domain: models, vocabularies, schemas, lifecycle and services (no Flask here)."""

@@ -1,0 +1,51 @@
+"""Users and API tokens: who may act, in which organisation, with which role."""
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from incidents.enums import Role
+from incidents.errors import Conflict, FieldError, ValidationFailed
+from incidents.models import ApiToken, Organisation, User
+
+
+def _organisation(session: Session, code: str) -> Organisation:
+    org = session.scalar(select(Organisation).where(Organisation.code == code))
+    if org is None:
+        raise ValidationFailed("unknown organisation", errors=[FieldError("organisation", f"no organisation {code!r}")])
+    return org
+
+
+def create_user(
+    *, session: Session, username: str, role: Role, organisation: str, password_hash: str | None,
+    display_name: str | None = None, is_service: bool = False,
+) -> User:  # fmt: skip
+    """Add a user to an organisation with a role; the caller commits."""
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise Conflict(f"user {username!r} exists", errors=[FieldError("username", "already taken")])
+    user = User(
+        username=username, display_name=display_name, role=role, organisation_id=_organisation(session, organisation).id,
+        password_hash=password_hash, is_service=is_service,
+    )  # fmt: skip
+    session.add(user)
+    session.flush()
+    return user
+
+
+def create_token(
+    *, session: Session, name: str, role: Role, digest: str, user: str | None = None, organisation: str = "dic"
+) -> ApiToken:
+    """Store a token's digest; without `user`, a service account named after the token acts for it."""
+    if user is not None:
+        owner = session.scalar(select(User).where(User.username == user))
+        if owner is None:
+            raise ValidationFailed("unknown user", errors=[FieldError("user", f"no user {user!r}")])
+    else:
+        owner = session.scalar(select(User).where(User.username == name, User.is_service.is_(True)))
+        if owner is None:
+            owner = create_user(
+                session=session, username=name, role=role, organisation=organisation, password_hash=None, is_service=True
+            )
+    token = ApiToken(name=name, user_id=owner.id, role=role, digest=digest, prefix=digest[:8])
+    session.add(token)
+    session.flush()
+    return token

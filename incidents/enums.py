@@ -1,0 +1,110 @@
+"""Vocabularies of the incident domain; their values are the API's values."""
+
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    NEW = "new"
+    TRIAGE = "triage"
+    FIRST_RESPONSE = "first_response"
+    CONTAINMENT = "containment"
+    ERADICATION = "eradication"
+    RECOVERY = "recovery"
+    ASSESSMENT = "assessment"
+    REVIEW = "review"
+    CLOSED = "closed"
+    REJECTED = "rejected"
+    MERGED = "merged"
+
+
+# An incident in one of these states is no longer worked on; dedup_key matches skip them.
+TERMINAL_STATUSES = frozenset({Status.CLOSED, Status.REJECTED, Status.MERGED})
+
+
+class Priority(StrEnum):
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+    P4 = "P4"
+
+
+class IncidentClass(StrEnum):
+    ORDINARY = "ordinary"
+    SERIOUS = "serious"
+
+
+class TLP(StrEnum):
+    CLEAR = "clear"
+    GREEN = "green"
+    AMBER = "amber"
+    AMBER_STRICT = "amber+strict"
+    RED = "red"
+
+    @classmethod
+    def parse(cls, value: str) -> "TLP":
+        """Accept the query-string spelling `amber_strict` beside `amber+strict`."""
+        return cls(value.replace("_", "+"))
+
+
+class Category(StrEnum):
+    DOS = "dos"
+    PHISHING = "phishing"
+    MALWARE = "malware"
+    UNAUTHORIZED_ACCESS = "unauthorized_access"
+    DEFACEMENT = "defacement"
+    RANSOMWARE = "ransomware"
+    DESTRUCTION = "destruction"
+    DATA_THEFT = "data_theft"
+    COMBINED = "combined"
+    OTHER = "other"
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    RESPONDER = "responder"
+    COMMITTEE = "committee"
+    INTAKE = "intake"
+
+
+class DetectionMethod(StrEnum):
+    """Form 03's detection methods: IDS, log review, notified by someone, other."""
+
+    IDS = "ids"
+    LOG_REVIEW = "log_review"
+    NOTIFIED = "notified"
+    OTHER = "other"
+
+
+class NotifiedParty(StrEnum):
+    """Form 03's "already notified": network member, ISP, national coordinator."""
+
+    NETWORK_MEMBER = "network_member"
+    ISP = "isp"
+    NATIONAL_COORDINATOR = "national_coordinator"
+
+
+class ObservableType(StrEnum):
+    IPV4 = "ipv4-addr"
+    IPV6 = "ipv6-addr"
+    DOMAIN = "domain-name"
+    URL = "url"
+    EMAIL = "email-addr"
+    FILE = "file"
+
+
+class SeriousCondition(StrEnum):
+    """Decision 05 Art. 9's impact conditions (a)–(đ)."""
+
+    SERVICE_INTERRUPTION = "service_interruption"
+    STATE_SECRETS = "state_secrets"
+    DATA_INTEGRITY = "data_integrity"
+    LOSS_OF_CONTROL = "loss_of_control"
+    SPREAD = "spread"
+
+
+class ParticipantRole(StrEnum):
+    LEAD = "lead"
+    MEMBER = "member"
+    OBSERVER = "observer"
+    REPORTER = "reporter"
