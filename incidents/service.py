@@ -224,7 +224,7 @@ def match_system(session: Session, observables: Sequence[ObservableIn]) -> Syste
             | ((SystemAddress.kind == "ip") & SystemAddress.value.in_(ips)),
         )
     )
-    candidates = session.execute(stmt).tuples().all()
+    candidates = session.execute(stmt).all()
     if not candidates:
         return None
     best = min(candidates, key=lambda row: (-len(row[1]), -row[0].security_level, row[0].id))
@@ -498,7 +498,7 @@ def _occurrence_counts(session: Session, ids: list[int]) -> dict[int, int]:
     rows = session.execute(
         select(Occurrence.incident_id, func.count()).where(Occurrence.incident_id.in_(set(ids))).group_by(Occurrence.incident_id)
     )
-    return dict(rows.tuples().all())
+    return {incident_id: count for incident_id, count in rows}
 
 
 def _filing_body(incident: Incident, created: bool, occurrences: int) -> dict[str, Any]:

@@ -1,0 +1,50 @@
+# The README's commands: `make run` and `make test`. Everything else is a helper of those two.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FLASK := $(VENV)/bin/flask --app wsgi
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: run test bench lint format install install-test browser clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(FLASK) init-db
+	@$(PY) -m app.firstrun
+	$(VENV)/bin/gunicorn wsgi:app --bind $${UCSC_BIND:-127.0.0.1:5000}
+
+# Debian's chromium for the browser tests; installed when we are root and it is missing.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
+	  else echo "chromium is missing: install Debian's chromium package"; fi; fi
+
+test: install-test browser
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+bench: install-test
+	$(PY) bench/intake.py
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,43 @@
+"""Printed by `make run`: how to sign in and how to get an API token; creates the first admin once."""
+
+import secrets
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+from werkzeug.security import generate_password_hash
+
+from app import create_app, db
+from incidents import accounts
+from incidents.enums import Role
+from incidents.models import User
+
+
+def main() -> None:
+    app = create_app()
+    password_file = Path(app.instance_path) / "admin_password"
+    with app.app_context():
+        session = db.session()
+        if session.scalar(select(User.id).where(User.username == "admin")) is None:
+            password = secrets.token_urlsafe(12)
+            with session.begin():
+                accounts.create_user(
+                    session=session, username="admin", role=Role.ADMIN, organisation=app.config["STANDING_BODY"],
+                    password_hash=generate_password_hash(password), display_name="Quản trị hệ thống",
+                )  # fmt: skip
+            password_file.write_text(password + "\n")
+            password_file.chmod(0o600)
+    bind = app.config.get("BIND", "127.0.0.1:5000")
+    print(
+        f"""
+UCSC is starting on http://{bind}
+  Sign in / Đăng nhập:   user "admin", password in {password_file}
+  API token / Mã API:    .venv/bin/flask --app wsgi create-token my-siem --role intake
+  API reference:         http://{bind}/api/v1/docs
+""",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
