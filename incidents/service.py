@@ -545,18 +545,27 @@ def _participant_key(session: Session, p: ParticipantIn, field_name: str) -> tup
 
 # ---------------------------------------------------------------------------------------------- reading
 
+# What serialising an incident touches, loaded in a few queries instead of one per row.
+_READ_OPTIONS = (
+    selectinload(Incident.observables),
+    selectinload(Incident.affected_system).selectinload(System.owner),
+    selectinload(Incident.affected_system).selectinload(System.operator),
+    selectinload(Incident.created_by),
+    selectinload(Incident.participants).selectinload(Participant.user),
+    selectinload(Incident.participants).selectinload(Participant.organisation),
+)
 
-def get_incident(session: Session, actor: Actor, ref_or_id: int | str) -> Incident:
+
+def get_incident(session: Session, actor: Actor, ref_or_id: int | str, *, for_update: bool = False) -> Incident:
     """The incident if it exists and `actor` may see it; NotFound otherwise (existence is not revealed)."""
-    stmt = select(Incident).where(visible_incidents(actor)).options(
-        selectinload(Incident.observables),
-        selectinload(Incident.participants).selectinload(Participant.user),
-        selectinload(Incident.participants).selectinload(Participant.organisation),
-    )
+    stmt = select(Incident).where(visible_incidents(actor)).options(*_READ_OPTIONS)
     if isinstance(ref_or_id, int) or str(ref_or_id).isdigit():
         stmt = stmt.where(Incident.id == int(ref_or_id))
     else:
         stmt = stmt.where(Incident.ref == ref_or_id)
+    if for_update:
+        # PostgreSQL: serialise writers of one incident; the fresh row replaces what the session held.
+        stmt = stmt.with_for_update(of=Incident).execution_options(populate_existing=True)
     incident = session.scalar(stmt)
     if incident is None:
         raise NotFound(f"no incident {ref_or_id}")
@@ -596,11 +605,7 @@ def _require_editor(actor: Actor) -> None:
 
 
 def _locked_incident(session: Session, actor: Actor, incident_id: int | str) -> Incident:
-    incident = get_incident(session, actor, incident_id)
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(Incident.id).where(Incident.id == incident.id).with_for_update())
-        session.refresh(incident)
-    return incident
+    return get_incident(session, actor, incident_id, for_update=True)
 
 
 def update_incident(
@@ -1016,12 +1021,7 @@ def list_incidents(session: Session, actor: Actor, query: IncidentQuery) -> tupl
         else:
             stmt = stmt.where((column > value) | ((column == value) & (Incident.id > last_id)))
     order = (column.desc(), Incident.id.desc()) if descending else (column.asc(), Incident.id.asc())
-    stmt = stmt.order_by(*order).limit(query.limit + 1).options(
-        selectinload(Incident.observables),
-        selectinload(Incident.affected_system),
-        selectinload(Incident.participants).selectinload(Participant.user),
-        selectinload(Incident.participants).selectinload(Participant.organisation),
-    )
+    stmt = stmt.order_by(*order).limit(query.limit + 1).options(*_READ_OPTIONS)
     rows = list(session.scalars(stmt))
     next_cursor = None
     if len(rows) > query.limit:

@@ -49,9 +49,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    """A database of this test worker's own on the machine's PostgreSQL, migrated once."""
-    name = f"ucsc_test_{_worker()}"
+def pg_url() -> Iterator[str]:
+    """A database of this test process's own on the machine's PostgreSQL, migrated once, dropped after."""
+    name = f"ucsc_test_{_worker()}_{os.getpid()}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -60,7 +60,9 @@ def pg_url() -> str:
     with app.app_context():
         migrate()
         db.engine().dispose()
-    return url
+    yield url
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _truncate_pg(url: str) -> None:

@@ -48,7 +48,7 @@ class LiveServer:
             try:
                 if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not answer /healthz within {timeout}s:\n{self.log()}")
