@@ -18,15 +18,17 @@ def main() -> None:
     password_file = Path(app.instance_path) / "admin_password"
     with app.app_context():
         session = db.session()
-        if session.scalar(select(User.id).where(User.username == "admin")) is None:
-            password = secrets.token_urlsafe(12)
-            with session.begin():
+        # The lookup autobegins a transaction, so it and the insert share one.
+        with session.begin():
+            if session.scalar(select(User.id).where(User.username == "admin")) is None:
+                password = secrets.token_urlsafe(12)
                 accounts.create_user(
                     session=session, username="admin", role=Role.ADMIN, organisation=app.config["STANDING_BODY"],
                     password_hash=generate_password_hash(password), display_name="Quản trị hệ thống",
                 )  # fmt: skip
-            password_file.write_text(password + "\n")
-            password_file.chmod(0o600)
+                # Written before the commit: if the commit fails, the next run makes a new admin and file.
+                password_file.write_text(password + "\n")
+                password_file.chmod(0o600)
     bind = app.config.get("BIND", "127.0.0.1:5000")
     print(
         f"""

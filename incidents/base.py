@@ -17,6 +17,8 @@ NAMING_CONVENTION = {
 
 # BIGINT primary keys on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY is the rowid).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# The largest BIGINT: an id beyond it names nothing, and binding it would overflow the driver.
+MAX_ID = 2**63 - 1
 JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from incidents.base import MAX_ID
 from incidents.enums import (
     TLP,
     Category,
@@ -69,8 +70,26 @@ def _limits(info: ValidationInfo) -> Limits:
     return (info.context or {}).get("limits", DEFAULT_LIMITS)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL text and JSONB cannot hold NUL and no field needs it: refused alike on every backend.
+        if _has_nul(value):
+            raise ValueError("must not contain the NUL character")
+        return value
 
 
 class ObservableIn(Strict):
@@ -186,8 +205,18 @@ class ParticipantIn(Strict):
         return self
 
 
+def _utc_representable(value: datetime | None) -> datetime | None:
+    """Refuse a timestamp that UTC cannot hold (0001-01-01T00:00+05:00 falls before year 1)."""
+    if value is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp out of range") from None
+    return value
+
+
 def _check_detected_at(value: datetime | None) -> datetime | None:
-    if value is not None and value - datetime.now(UTC) > MAX_CLOCK_SKEW:
+    if _utc_representable(value) is not None and value - datetime.now(UTC) > MAX_CLOCK_SKEW:
         raise ValueError("detected_at lies in the future")
     return value
 
@@ -583,6 +612,11 @@ class IncidentQuery(Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True)
 
+    @field_validator("updated_since")
+    @classmethod
+    def _in_range(cls, value: datetime | None) -> datetime | None:
+        return _utc_representable(value)
+
     @field_validator("tlp", mode="before")
     @classmethod
     def _tlp_spelling(cls, value: Any) -> Any:
@@ -608,7 +642,7 @@ class PageQuery(Strict):
             return 0
         try:
             kind, _, value = base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4)).decode().partition(":")
-            if kind != "after":
+            if kind != "after" or not 0 <= int(value) <= MAX_ID:
                 raise ValueError(kind)
             return int(value)
         except ValueError:

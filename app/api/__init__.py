@@ -9,7 +9,8 @@ from flask import Blueprint, current_app, request
 from pydantic import BaseModel
 
 from app.errors import ApiError
-from incidents.errors import FieldError
+from incidents.base import MAX_ID
+from incidents.errors import FieldError, NotFound
 from incidents.schemas import Limits, parse
 
 M = TypeVar("M", bound=BaseModel)
@@ -72,6 +73,14 @@ def raw_json_body() -> bytes:
 
 def body(schema: type[M]) -> M:
     return parse(schema, raw_json_body(), limits())
+
+
+@bp.url_value_preprocessor
+def _impossible_path_values(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """A NUL (PostgreSQL text cannot hold one) or an id beyond BIGINT names nothing: 404 before any query."""
+    for value in (values or {}).values():
+        if (isinstance(value, str) and "\x00" in value) or (isinstance(value, int) and value > MAX_ID):
+            raise NotFound(f"nothing at {request.path!r}")
 
 
 from app.api import incidents, meta, registry  # noqa: E402,F401  (routes register on import)
