@@ -1,5 +1,6 @@
 """Commands run as `flask --app wsgi COMMAND`: init-db, create-user, create-token."""
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def init_db(no_demo: bool) -> None:
     instance = Path(current_app.instance_path)
     instance.mkdir(parents=True, exist_ok=True)
     key_file = instance / "secret_key"
-    if not key_file.exists():
+    if not os.environ.get("UCSC_SECRET_KEY") and not key_file.exists():
         key_file.write_text(secrets.token_hex(32))
         key_file.chmod(0o600)
         click.echo(f"secret key written to {key_file}")

@@ -25,6 +25,16 @@ PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0
 BACKENDS = ["sqlite", "postgresql"]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """With CI=true nothing may skip: a missing PostgreSQL, Redis or browser is a failure."""
+    report = yield
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which allows no skips: {report.longrepr}"
+    return report
+
+
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "gw")
 
