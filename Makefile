@@ -23,7 +23,7 @@ install-test: $(VENV)/.installed-test
 run: install
 	$(FLASK) init-db
 	@$(PY) -m app.firstrun
-	$(VENV)/bin/gunicorn wsgi:app --bind $${UCSC_BIND:-127.0.0.1:5000}
+	$(VENV)/bin/honcho start --no-prefix -f Procfile
 
 # Debian's chromium for the browser tests; installed when we are root and it is missing.
 browser:

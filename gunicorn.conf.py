@@ -11,3 +11,13 @@ graceful_timeout = 10
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("UCSC_LOG_LEVEL", "info")
+# No control socket: several instances run side by side on one host (production, tests).
+control_socket_disable = True
+
+
+def post_worker_init(worker) -> None:
+    """Start this process's change-feed tailer as soon as the worker is ready (not in create_app)."""
+    try:
+        worker.wsgi.extensions["ucsc.feed"].start()
+    except Exception:  # the database may not be up yet: the first /live connect starts it then
+        worker.log.exception("the change feed did not start; it will start on the first /live connect")

@@ -29,14 +29,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 
-    from app import auth, cli, db, errors
+    from app import auth, cli, db, errors, sockets, worker
     from app.api import bp as api_bp
 
     db.init_app(app)
     auth.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
+    app.cli.add_command(worker.worker_command)
     app.register_blueprint(api_bp)
+    sockets.init_app(app)
+    if app.config["BENCH_ROUTES"]:
+        from app import bench
+
+        app.register_blueprint(bench.bp)
     _request_ids(app)
     app.add_url_rule("/healthz", "healthz", healthz)
     return app
@@ -61,20 +67,27 @@ def _request_ids(app: Flask) -> None:
 
 
 def healthz() -> Response:
-    """200 once the database answers; the worker's heartbeat and feed lag join with the platform issue."""
+    """200 once the database answers, with the worker's heartbeat age, the job lag and the feed's lag."""
+    from flask import current_app
     from sqlalchemy import func, select
 
     from app import db
+    from incidents import jobs
     from incidents.models import Event
 
     last_event = db.session().scalar(select(func.max(Event.id)))
+    worker = jobs.health(db.engine())
+    stale = worker["worker_heartbeat_age"] is None or worker["worker_heartbeat_age"] > float(
+        current_app.config["WORKER_STALE_SECONDS"]
+    )
     return jsonify({
         "status": "ok",
         "version": VERSION,
         "database": db.engine().dialect.name,
         "last_event_id": last_event or 0,
-        "worker_heartbeat_age": None,
-        "feed_lag": None,
+        **worker,
+        "worker_stale": stale,
+        **current_app.extensions["ucsc.feed"].health(),
     })  # fmt: skip
 
 

@@ -52,7 +52,9 @@ def init_db(no_demo: bool) -> None:
         counts = roster.load_roster(session, yaml.safe_load((_HERE / "incidents" / "roster.yaml").read_text()))
         systems = 0
         if not no_demo:
-            systems = roster.load_systems(session, yaml.safe_load((_HERE / "incidents" / "demo_systems.yaml").read_text()))
+            systems = roster.load_systems(
+                session, yaml.safe_load((_HERE / "incidents" / "demo_systems.yaml").read_text())
+            )
     click.echo(
         f"database ready ({db.engine().dialect.name}): {counts['organisations']} organisations, "
         f"{counts['positions']} seats, {systems} demo systems added"

@@ -26,6 +26,21 @@ DEFAULTS: dict[str, object] = {
     "SQLITE_SYNCHRONOUS": "FULL",
     "DB_POOL_SIZE": 10,
     "DB_POOL_TIMEOUT": 5.0,
+    # The worker process
+    "WORKER_THREADS": 4,
+    "WORKER_POLL_SECONDS": 0.1,
+    "WORKER_HEARTBEAT_SECONDS": 5.0,
+    "WORKER_STALE_SECONDS": 30.0,
+    "WORKER_SHUTDOWN_GRACE": 10.0,
+    "NOTIFY_TIMEOUT": 10.0,
+    # The change feed and Socket.IO /live
+    "FEED_POLL_SECONDS": 0.2,
+    "FEED_REPLAY_LIMIT": 1000,
+    "FEED_HEARTBEAT_SECONDS": 10.0,
+    "SOCKETIO_PING_INTERVAL": 25.0,
+    "SOCKETIO_PING_TIMEOUT": 20.0,
+    "SOCKETIO_EXTRA_ORIGINS": [],
+    "BENCH_ROUTES": False,
 }
 
 

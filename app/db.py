@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from incidents.base import Base
 
-__all__ = ["Base", "make_engine", "init_app", "session", "engine"]
+__all__ = ["Base", "engine", "init_app", "make_engine", "session"]
 
 
 def make_engine(url: str, *, busy_timeout: float = 2.0, synchronous: str = "FULL", **pool: Any) -> Engine:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true
 
 from incidents.enums import TLP, Role
-from incidents.models import Comment, Incident, Occurrence, Participant
+from incidents.models import Comment, Incident, Occurrence, Participant, User
 
 # Roles that see every incident their TLP clearance allows; responders see their organisation's.
 _DESK_ROLES = frozenset({Role.ADMIN, Role.OPERATOR, Role.COMMITTEE})
@@ -32,9 +32,7 @@ def _named(actor: Actor, incident_id: ColumnElement) -> ColumnElement[bool]:
 
 
 def _org_participates(actor: Actor, incident_id: ColumnElement) -> ColumnElement[bool]:
-    return exists().where(
-        Participant.incident_id == incident_id, Participant.organisation_id == actor.organisation_id
-    )
+    return exists().where(Participant.incident_id == incident_id, Participant.organisation_id == actor.organisation_id)
 
 
 def _role_allows(actor: Actor) -> ColumnElement[bool]:
@@ -55,7 +53,9 @@ def tlp_clause(actor: Actor, tlp_column: ColumnElement, incident_id: ColumnEleme
     """TLP rule: shared levels reach every allowed role, amber+strict the participant organisations, red named users."""
     return or_(
         tlp_column.in_([t.value for t in _SHARED_TLP]),
-        and_(tlp_column == TLP.AMBER_STRICT.value, or_(_org_participates(actor, incident_id), _named(actor, incident_id))),
+        and_(
+            tlp_column == TLP.AMBER_STRICT.value, or_(_org_participates(actor, incident_id), _named(actor, incident_id))
+        ),
         and_(tlp_column == TLP.RED.value, _named(actor, incident_id)),
     )
 
@@ -78,3 +78,109 @@ def can_see(session, actor: Actor, incident_id: int) -> bool:
 def may_edit(actor: Actor) -> bool:
     """Roles that may change incidents (committee members give directives, not edits)."""
     return actor.role in (Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+
+
+def visible_ids(session, actor: Actor, incident_ids: set[int]) -> set[int]:
+    """Which of `incident_ids` `actor` may see now."""
+    if not incident_ids:
+        return set()
+    stmt = select(Incident.id).where(Incident.id.in_(incident_ids), visible_incidents(actor))
+    return set(session.scalars(stmt))
+
+
+# --- rooms of the live feed: who receives an event is decided by the same rules as who may read it ---------
+
+
+def rooms_of(actor: Actor) -> list[str]:
+    """The /live rooms a connected user joins: their own, and their role's within their organisation."""
+    rooms = [f"user:{actor.user_id}"]
+    if actor.role in _DESK_ROLES:
+        rooms += ["desk", f"desk:{actor.organisation_id}"]
+    elif actor.role is Role.RESPONDER:
+        rooms.append(f"responders:{actor.organisation_id}")
+    return rooms
+
+
+ALARM_ROOMS = ["desk"]  # events that belong to no incident (a dead job, a stale worker) go to the desk
+
+
+def audience(session, events) -> dict[int, tuple[list[str], str | None, str | None]]:
+    """For each event: the rooms allowed to receive it, judged now, and the incident's ref and status now.
+
+    The stricter of the event's TLP and the incident's current one applies, so raising an incident's TLP
+    also narrows who receives its older events on replay.
+    """
+    incident_ids = {ev.incident_id for ev in events if ev.incident_id is not None}
+    incidents = {
+        row.id: row
+        for row in session.execute(
+            select(Incident.id, Incident.ref, Incident.status, Incident.tlp, Incident.created_by_id).where(
+                Incident.id.in_(incident_ids)
+            )
+        )
+    }
+    people: dict[int, tuple[set[int], set[int]]] = {i: (set(), set()) for i in incident_ids}
+    for incident_id, user_id, org_id in session.execute(
+        select(Participant.incident_id, Participant.user_id, Participant.organisation_id).where(
+            Participant.incident_id.in_(incident_ids)
+        )
+    ):
+        users, orgs = people[incident_id]
+        if user_id is not None:
+            users.add(user_id)
+        if org_id is not None:
+            orgs.add(org_id)
+    filers: dict[int, set[int]] = {i: set() for i in incident_ids}
+    for incident_id, user_id in session.execute(
+        select(Occurrence.incident_id, Occurrence.created_by_id)
+        .where(Occurrence.incident_id.in_(incident_ids))
+        .distinct()
+    ):
+        if user_id is not None:
+            filers[incident_id].add(user_id)
+    users_needed = set().union(*(p[0] for p in people.values()), *filers.values()) if incident_ids else set()
+    users_needed |= {row.created_by_id for row in incidents.values() if row.created_by_id is not None}
+    users = {
+        u.id: (Role(u.role), u.organisation_id)
+        for u in session.execute(select(User.id, User.role, User.organisation_id).where(User.id.in_(users_needed)))
+    }
+    result: dict[int, tuple[list[str], str | None, str | None]] = {}
+    for ev in events:
+        row = incidents.get(ev.incident_id)
+        if row is None:
+            result[ev.id] = (list(ALARM_ROOMS) if ev.incident_id is None else [], None, None)
+            continue
+        tlp = _stricter(ev.tlp, row.tlp)
+        named, orgs = people[row.id]
+        filed = filers[row.id] | ({row.created_by_id} if row.created_by_id else set())
+        result[ev.id] = (_rooms_for(tlp, named, orgs, filed, users), row.ref, str(row.status))
+    return result
+
+
+_TLP_ORDER = [t.value for t in (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)]
+
+
+def _stricter(a: str | None, b: str | None) -> str:
+    levels = [_TLP_ORDER.index(str(t)) for t in (a, b) if t is not None]
+    return _TLP_ORDER[max(levels)] if levels else TLP.RED.value
+
+
+def _rooms_for(
+    tlp: str, named: set[int], orgs: set[int], filed: set[int], users: dict[int, tuple[Role, int]]
+) -> list[str]:
+    """Rooms mirroring `visible_incidents`: the role allows (desk, responder, intake filer) and the TLP allows."""
+    rooms: list[str] = []
+    if tlp in _SHARED_TLP:
+        rooms += ["desk", *(f"responders:{o}" for o in sorted(orgs))]
+    elif tlp == TLP.AMBER_STRICT:
+        rooms += [*(f"desk:{o}" for o in sorted(orgs)), *(f"responders:{o}" for o in sorted(orgs))]
+    for user_id in sorted(named | filed):
+        role, org = users.get(user_id, (None, None))
+        if role is None:
+            continue
+        role_allows = role in _DESK_ROLES or (role is Role.RESPONDER and (user_id in named or org in orgs))
+        role_allows = role_allows or (role is Role.INTAKE and user_id in filed)
+        tlp_allows = tlp in _SHARED_TLP or user_id in named or (tlp == TLP.AMBER_STRICT and org in orgs)
+        if role_allows and tlp_allows:
+            rooms.append(f"user:{user_id}")
+    return rooms

@@ -16,16 +16,26 @@ def _organisation(session: Session, code: str) -> Organisation:
 
 
 def create_user(
-    *, session: Session, username: str, role: Role, organisation: str, password_hash: str | None,
-    display_name: str | None = None, is_service: bool = False,
-) -> User:  # fmt: skip
+    *,
+    session: Session,
+    username: str,
+    role: Role,
+    organisation: str,
+    password_hash: str | None,
+    display_name: str | None = None,
+    is_service: bool = False,
+) -> User:
     """Add a user to an organisation with a role; the caller commits."""
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise Conflict(f"user {username!r} exists", errors=[FieldError("username", "already taken")])
     user = User(
-        username=username, display_name=display_name, role=role, organisation_id=_organisation(session, organisation).id,
-        password_hash=password_hash, is_service=is_service,
-    )  # fmt: skip
+        username=username,
+        display_name=display_name,
+        role=role,
+        organisation_id=_organisation(session, organisation).id,
+        password_hash=password_hash,
+        is_service=is_service,
+    )
     session.add(user)
     session.flush()
     return user
@@ -43,7 +53,12 @@ def create_token(
         owner = session.scalar(select(User).where(User.username == name, User.is_service.is_(True)))
         if owner is None:
             owner = create_user(
-                session=session, username=name, role=role, organisation=organisation, password_hash=None, is_service=True
+                session=session,
+                username=name,
+                role=role,
+                organisation=organisation,
+                password_hash=None,
+                is_service=True,
             )
     token = ApiToken(name=name, user_id=owner.id, role=role, digest=digest, prefix=digest[:8])
     session.add(token)

@@ -43,4 +43,3 @@ class TransitionNotAllowed(Conflict):
 
 class IdempotencyMismatch(DomainError):
     title = "Idempotency-Key reused with another request"
-

@@ -89,9 +89,7 @@ class System(Base):
 
     owner: Mapped[Organisation | None] = relationship(foreign_keys=[owner_id])
     operator: Mapped[Organisation | None] = relationship(foreign_keys=[operator_id])
-    addresses: Mapped[list["SystemAddress"]] = relationship(
-        back_populates="system", cascade="all, delete-orphan"
-    )
+    addresses: Mapped[list["SystemAddress"]] = relationship(back_populates="system", cascade="all, delete-orphan")
 
     __table_args__ = (CheckConstraint("security_level BETWEEN 1 AND 5", name="security_level"),)
 
@@ -146,6 +144,10 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # A SIEM's token may name a webhook: the receipt of each incident it files is posted back there,
+    # signed with HMAC-SHA256 under `webhook_secret` (shown once, like the token).
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
 
     user: Mapped[User] = relationship()
 
@@ -369,3 +371,60 @@ class IdempotencyKey(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
 
     __table_args__ = (UniqueConstraint("token_id", "key"),)
+
+
+class Job(Base):
+    """Work the worker must do, written in the transaction that causes it (the outbox); leased, never locked."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    run_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=8)
+    lease_until: Mapped[datetime | None]
+    leased_by: Mapped[str | None] = mapped_column(String(100))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # Set by the one who enqueues: a second job with the same key is not created.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_jobs_state_run_at", "state", "run_at"),
+        CheckConstraint("state IN ('queued', 'running', 'done', 'dead')", name="state"),
+    )
+
+
+class WorkerHeartbeat(Base):
+    """One row per worker process, stamped every few seconds; a stale stamp is an alarm on the board."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None]
+    jobs_run: Mapped[int] = mapped_column(default=0)
+
+
+class AuditEntry(Base):
+    """The audit trail: append-only (the database refuses updates and deletes) and hash-chained."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    action: Mapped[str] = mapped_column(String(64))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    actor: Mapped[str] = mapped_column(String(150))
+    target: Mapped[str | None] = mapped_column(String(300))
+    source_ip: Mapped[str | None] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -15,7 +15,9 @@ def load_roster(session: Session, roster: dict[str, Any], *, valid_from: date | 
     by_code = {o.code: o for o in session.scalars(select(Organisation))}
     for code, data in roster.get("organisations", {}).items():
         if code not in by_code:
-            org = Organisation(code=code, name_vi=data["vi"], name_en=data.get("en"), note=data.get("note"), valid_from=valid_from)
+            org = Organisation(
+                code=code, name_vi=data["vi"], name_en=data.get("en"), note=data.get("note"), valid_from=valid_from
+            )
             session.add(org)
             by_code[code] = org
             counts["organisations"] += 1
@@ -27,7 +29,11 @@ def load_roster(session: Session, roster: dict[str, Any], *, valid_from: date | 
         org = by_code.get(org_code)
         if org is None or (body, role, org.id) in have:
             return
-        session.add(Position(body=body, role=role, title_vi=title, holder_vi=holder, organisation_id=org.id, valid_from=valid_from))
+        session.add(
+            Position(
+                body=body, role=role, title_vi=title, holder_vi=holder, organisation_id=org.id, valid_from=valid_from
+            )
+        )
         have.add((body, role, org.id))
         counts["positions"] += 1
 
@@ -45,7 +51,13 @@ def load_roster(session: Session, roster: dict[str, Any], *, valid_from: date | 
             continue
         for org_code in entry.get("orgs", [entry.get("org")]):
             if org_code:
-                seat("working_group", role.rstrip("s") if role != "deputies" else "deputy", entry["vi"], entry.get("holder_vi"), org_code)
+                seat(
+                    "working_group",
+                    role.rstrip("s") if role != "deputies" else "deputy",
+                    entry["vi"],
+                    entry.get("holder_vi"),
+                    org_code,
+                )
     session.flush()
     return counts
 
@@ -59,11 +71,18 @@ def load_systems(session: Session, systems: list[dict[str, Any]]) -> int:
         if data["code"] in have:
             continue
         system = System(
-            code=data["code"], name=data["name"], owner_id=orgs.get(data.get("owner")), operator_id=orgs.get(data.get("operator")),
-            security_level=data["security_level"], national_important=data.get("national_important", False),
-            domains=data.get("domains", []), public_ips=data.get("public_ips", []),
-            connectivity_provider=data.get("connectivity_provider"), os=data.get("os"), services=data.get("services"),
-        )  # fmt: skip
+            code=data["code"],
+            name=data["name"],
+            owner_id=orgs.get(data.get("owner")),
+            operator_id=orgs.get(data.get("operator")),
+            security_level=data["security_level"],
+            national_important=data.get("national_important", False),
+            domains=data.get("domains", []),
+            public_ips=data.get("public_ips", []),
+            connectivity_provider=data.get("connectivity_provider"),
+            os=data.get("os"),
+            services=data.get("services"),
+        )
         system.addresses = [SystemAddress(kind="domain", value=d) for d in system.domains]
         system.addresses += [SystemAddress(kind="ip", value=ip) for ip in system.public_ips]
         session.add(system)

@@ -38,7 +38,6 @@ from incidents.enums import (
 )
 from incidents.errors import FieldError, ValidationFailed
 
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -641,12 +640,16 @@ class PageQuery(Strict):
         if not self.cursor:
             return 0
         try:
-            kind, _, value = base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4)).decode().partition(":")
+            kind, _, value = (
+                base64.urlsafe_b64decode(self.cursor + "=" * (-len(self.cursor) % 4)).decode().partition(":")
+            )
             if kind != "after" or not 0 <= int(value) <= MAX_ID:
                 raise ValueError(kind)
             return int(value)
         except ValueError:
-            raise ValidationFailed("invalid cursor", errors=[FieldError("cursor", "not a cursor of this list")]) from None
+            raise ValidationFailed(
+                "invalid cursor", errors=[FieldError("cursor", "not a cursor of this list")]
+            ) from None
 
     @staticmethod
     def next_cursor(items: list[Any], limit: int) -> str | None:

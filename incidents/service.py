@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -16,12 +16,11 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from incidents import lifecycle
-from incidents.access import Actor, can_see, may_edit, visible_comments, visible_incidents
+from incidents import lifecycle, receipts
+from incidents.access import Actor, may_edit, visible_comments, visible_incidents
 from incidents.base import MAX_ID, utcnow
 from incidents.enums import (
     TERMINAL_STATUSES,
-    TLP,
     IncidentClass,
     ObservableType,
     ParticipantRole,
@@ -69,6 +68,10 @@ from incidents.text import fold
 
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# Set in session.info by every write to `events`, rows inserted in bulk included, so a listener at commit
+# (the change feed's wake-up) need not look for Event objects among the flushed ones.
+EVENTS_WRITTEN = "wrote_events"
+EVENTS_CHANNEL = "ucsc_events"  # PostgreSQL NOTIFY channel: wakes the other processes' tailers at our commit
 # Any 64-bit constant will do; every writer of `events` takes it so commits follow id order.
 FEED_LOCK_KEY = 0x55435343  # "UCSC"
 _RETRIES = 5
@@ -82,6 +85,7 @@ class Settings:
 
     ref_prefix: str = "TH"
     standing_body: str | None = "dic"
+    receipts_by_email: bool = False  # an SMTP server is configured: reporters get their receipt by e-mail
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,9 @@ def in_transaction(session: Session, work: Callable[[], T]) -> T:
             with session.begin():
                 # SQLite: make this a BEGIN IMMEDIATE write transaction (app/db.py reads the option).
                 session.connection(execution_options={"ucsc_write": True})
+                # PostgreSQL: every write records an event, so take the feed lock first, before any row lock
+                # (a reference counter, an incident FOR UPDATE): taken last it would deadlock against them.
+                _take_feed_lock(session)
                 return work()
         except IntegrityError:
             if attempt == _RETRIES - 1:
@@ -137,17 +144,57 @@ def record_event(
     """Append to the timeline and change feed, taking the feed lock first so commits follow id order."""
     _take_feed_lock(session)
     event = Event(
-        incident_id=incident.id if incident is not None else None,
-        kind=kind,
-        actor_id=actor.user_id if actor else None,
-        actor=actor.label if actor else "system",
-        at=at or utcnow(),
-        note=note,
-        data=data or {},
-        tlp=incident.tlp if incident is not None else None,
+        **_event_values(
+            kind=kind,
+            actor=actor,
+            incident_id=incident.id if incident is not None else None,
+            tlp=incident.tlp if incident is not None else None,
+            note=note,
+            data=data,
+            at=at,
+        )
     )
     session.add(event)
+    _wrote_events(session)
     return event
+
+
+def record_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
+    """Append many events (rows from `_event_values`) with one INSERT, under the same feed lock."""
+    _take_feed_lock(session)
+    session.execute(_insert_rows(Event.__table__), list(events))
+    _wrote_events(session)
+
+
+def _wrote_events(session: Session) -> None:
+    """Flag the session for this process's tailer and, on PostgreSQL, NOTIFY the others' (sent at commit)."""
+    session.info[EVENTS_WRITTEN] = True
+    tx = session.get_transaction()
+    if session.get_bind().dialect.name == "postgresql" and session.info.get("notified_tx") is not tx:
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
+        session.info["notified_tx"] = tx
+
+
+def _event_values(
+    *,
+    kind: str,
+    actor: Actor | None,
+    incident_id: int | None,
+    tlp: str | None,
+    note: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "incident_id": incident_id,
+        "kind": kind,
+        "actor_id": actor.user_id if actor else None,
+        "actor": actor.label if actor else "system",
+        "at": at or utcnow(),
+        "note": note,
+        "data": data or {},
+        "tlp": tlp,
+    }
 
 
 def _take_feed_lock(session: Session) -> None:
@@ -188,25 +235,35 @@ def _ref_counter_upsert(dialect: str) -> Any:
 
 @cache
 def _systems_by_address() -> Any:
+    """Plain columns, not System objects: most filings match nothing, and a winner is loaded by id."""
+    systems, addresses = System.__table__, SystemAddress.__table__
     return (
-        select(System, SystemAddress.kind, SystemAddress.value)
-        .join(SystemAddress)
+        select(addresses.c.system_id, addresses.c.kind, addresses.c.value, systems.c.security_level)
+        .join_from(addresses, systems, addresses.c.system_id == systems.c.id)
         .where(
-            System.active.is_(True),
-            ((SystemAddress.kind == "domain") & SystemAddress.value.in_(bindparam("domains", expanding=True)))
-            | ((SystemAddress.kind == "ip") & SystemAddress.value.in_(bindparam("ips", expanding=True))),
+            systems.c.active.is_(True),
+            ((addresses.c.kind == "domain") & addresses.c.value.in_(bindparam("domains", expanding=True)))
+            | ((addresses.c.kind == "ip") & addresses.c.value.in_(bindparam("ips", expanding=True))),
         )
     )
 
 
 @cache
 def _organisation_id_by_code() -> Any:
-    return select(Organisation.id).where(Organisation.code == bindparam("code"))
+    organisations = Organisation.__table__
+    return select(organisations.c.id).where(organisations.c.code == bindparam("code"))
 
 
 @cache
 def _insert_rows(table: Table) -> Any:
+    """A Core INSERT of `table`: its rows are keyed by column name (`class`, not `incident_class`)."""
     return insert(table)
+
+
+@cache
+def _insert_incidents_returning_ids() -> Any:
+    table = Incident.__table__
+    return insert(table).returning(table.c.id, sort_by_parameter_order=True)
 
 
 def _organisation_by_code(session: Session, code: str, field_name: str) -> Organisation:
@@ -256,9 +313,9 @@ def match_systems(session: Session, batch: Sequence[Sequence[ObservableIn]]) -> 
     candidates = session.execute(_systems_by_address(), {"domains": list(all_domains), "ips": list(all_ips)}).all()
     matched: list[System | None] = []
     for domains, ips in wanted:
-        mine = [(system, value) for system, kind, value in candidates if value in (ips if kind == "ip" else domains)]
-        best = min(mine, key=lambda row: (-len(row[1]), -row[0].security_level, row[0].id), default=None)
-        matched.append(best[0] if best else None)
+        mine = [row for row in candidates if row.value in (ips if row.kind == "ip" else domains)]
+        best = min(mine, key=lambda row: (-len(row.value), -row.security_level, row.system_id), default=None)
+        matched.append(session.get_one(System, best.system_id) if best else None)
     return matched
 
 
@@ -409,7 +466,7 @@ def _file(
     if errors:
         raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
 
-    outcomes: list[tuple[Incident, bool]] = []
+    outcomes: list[tuple[_Filed, bool]] = []
     new_rows: list[tuple[int, IncidentCreate, System | None]] = []
     pending_keys: dict[str, int] = {}
     for i, item in enumerate(items):
@@ -417,12 +474,10 @@ def _file(
         if open_key and open_key in pending_keys:
             outcomes.append((None, False))  # type: ignore[arg-type]  # filled once the first copy exists
             continue
-        existing = (
-            session.scalar(select(Incident).where(Incident.open_dedup_key == open_key)) if open_key else None
-        )
+        existing = session.scalar(select(Incident).where(Incident.open_dedup_key == open_key)) if open_key else None
         if existing is not None:
             _add_occurrence(session, existing, item, actor, now)
-            outcomes.append((existing, False))
+            outcomes.append((_Filed(existing.id, existing.ref, existing.status), False))
         else:
             if open_key:
                 pending_keys[open_key] = i
@@ -431,38 +486,48 @@ def _file(
 
     refs = _allocate_refs(session, settings, len(new_rows)) if new_rows else []
     created = _insert_incidents(session, new_rows, refs, participants, actor, now) if new_rows else {}
-    for i, incident in created.items():
-        outcomes[i] = (incident, True)
-        item = items[i]
-        record_event(
+    events = []
+    for i, (filed, row) in created.items():
+        outcomes[i] = (filed, True)
+        events.append(
+            _event_values(
+                kind="incident.created",
+                actor=actor,
+                incident_id=filed.id,
+                tlp=row["tlp"],
+                at=now,
+                data={
+                    "ref": filed.ref,
+                    "status": str(row["status"]),
+                    "title": row["title"],
+                    "category": str(row["category"]),
+                    "priority": str(row["priority"]),
+                    "class": str(row["class"]),
+                    "tlp": str(row["tlp"]),
+                    "exercise": row["exercise"],
+                    "affected_system": systems[i].code if systems[i] else None,
+                    "affected_system_matched": bool(systems[i] and not items[i].affected_system),
+                },
+            )
+        )
+    if events:
+        record_events(session, events)
+        receipts.enqueue_receipts(
             session,
-            kind="incident.created",
-            actor=actor,
-            incident=incident,
-            at=now,
-            data={
-                "ref": incident.ref,
-                "status": incident.status.value if hasattr(incident.status, "value") else incident.status,
-                "title": incident.title,
-                "category": str(incident.category),
-                "priority": str(incident.priority),
-                "class": str(incident.incident_class),
-                "tlp": str(incident.tlp),
-                "exercise": incident.exercise,
-                "affected_system": systems[i].code if systems[i] else None,
-                "affected_system_matched": bool(systems[i] and not item.affected_system),
-            },
+            [(filed.id, row["reporter_email"]) for filed, row in created.values()],
+            token_id=actor.token_id,
+            by_email=settings.receipts_by_email,
         )
     # Repeats of a key first seen earlier in this same batch become occurrences of that new incident.
-    for i, (incident, _) in enumerate(outcomes):
-        if incident is None:
-            first = created[pending_keys[f"{actor.organisation_id}:{items[i].dedup_key}"]]
-            _add_occurrence(session, first, items[i], actor, now)
+    for i, (filed, _) in enumerate(outcomes):
+        if filed is None:
+            first, _row = created[pending_keys[f"{actor.organisation_id}:{items[i].dedup_key}"]]
+            _add_occurrence(session, session.get_one(Incident, first.id), items[i], actor, now)
             outcomes[i] = (first, False)
     session.flush()
 
     # A new incident's occurrences are all in this filing; only older incidents need counting.
-    new_ids = {incident.id for incident in created.values()}
+    new_ids = {filed.id for filed, _ in created.values()}
     counts = Counter(inc.id for inc, _ in outcomes if inc.id in new_ids)
     older = [inc.id for inc, _ in outcomes if inc.id not in new_ids]
     if older:
@@ -483,15 +548,16 @@ def _insert_incidents(
     participants: Sequence[list[tuple[int | None, int | None, str]]],
     actor: Actor,
     now: datetime,
-) -> dict[int, Incident]:
-    """Insert new incidents with their observables, participants and first occurrences, by item index."""
-    # One executemany INSERT per table instead of a unit-of-work flush: the ORM's per-object bookkeeping was
-    # most of a filing's cost, four-fifths of it for 500 incidents (bench/intake.py).
+) -> dict[int, tuple["_Filed", dict[str, Any]]]:
+    """Insert new incidents with their observables, participants and first occurrences; rows by item index."""
+    # Core executemany INSERTs, one per table, instead of ORM objects and a unit-of-work flush: the ORM's
+    # per-object bookkeeping was most of a filing's cost, four-fifths of it for 500 incidents (bench/intake.py).
+    session.flush()  # what is pending (occurrences of older incidents) is written first, as it always was
     values = []
     for (_, item, system), ref in zip(new_rows, refs, strict=True):
         row: dict[str, Any] = {
             "ref": ref, "title": item.title, "category": item.category, "priority": item.priority,
-            "status": Status.NEW, "incident_class": IncidentClass.ORDINARY, "tlp": item.tlp, "exercise": item.exercise,
+            "status": Status.NEW, "class": IncidentClass.ORDINARY, "tlp": item.tlp, "exercise": item.exercise,
             "detected_at": item.detected_at or now, "affected_system_id": system.id if system else None,
             "beyond_capacity": bool(item.beyond_capacity),
             "notified_parties": [p.value for p in item.notified_parties or []],
@@ -509,26 +575,36 @@ def _insert_incidents(
                 row[f"{name}_{sub}"] = getattr(person, sub) if person is not None else None
         row["search_text"] = _search_text_of(row, item.observables, system)
         values.append(row)
-    stmt = insert(Incident).returning(Incident, sort_by_parameter_order=True)
-    incidents = session.execute(stmt, values).scalars().all()
+    ids = session.execute(_insert_incidents_returning_ids(), values).scalars().all()
     observables: list[dict[str, Any]] = []
     people: list[dict[str, Any]] = []
     occurrences: list[dict[str, Any]] = []
-    for incident, (i, item, _) in zip(incidents, new_rows, strict=True):
+    for incident_id, (i, item, _) in zip(ids, new_rows, strict=True):
         observables += [
-            {"incident_id": incident.id, "type": o.type, "value": o.value, "hashes": o.hashes, "created_at": now}
+            {"incident_id": incident_id, "type": o.type, "value": o.value, "hashes": o.hashes, "created_at": now}
             for o in _unique(item.observables)
         ]
         people += [
-            {"incident_id": incident.id, "user_id": u, "organisation_id": o, "role": r, "added_by_id": actor.user_id,
+            {"incident_id": incident_id, "user_id": u, "organisation_id": o, "role": r, "added_by_id": actor.user_id,
              "added_at": now}
             for u, o, r in participants[i]
         ]  # fmt: skip
-        occurrences.append(_occurrence_values(incident.id, item, actor, now))
+        occurrences.append(_occurrence_values(incident_id, item, actor, now))
     for model, rows in ((Observable, observables), (Participant, people), (Occurrence, occurrences)):
         if rows:
-            session.execute(_insert_rows(model.__table__), rows)  # Core: its keys are the column names
-    return {i: incident for incident, (i, _, _) in zip(incidents, new_rows, strict=True)}
+            session.execute(_insert_rows(model.__table__), rows)
+    return {
+        i: (_Filed(incident_id, row["ref"], row["status"]), row)
+        for incident_id, row, (i, _, _) in zip(ids, values, new_rows, strict=True)
+    }
+
+
+class _Filed(NamedTuple):
+    """What a filing's answer says of an incident it created or added an occurrence to."""
+
+    id: int
+    ref: str
+    status: str
 
 
 def _unique(observables: Sequence[ObservableIn]) -> list[ObservableIn]:
@@ -567,12 +643,14 @@ def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, 
 
 def _occurrence_counts(session: Session, ids: list[int]) -> dict[int, int]:
     rows = session.execute(
-        select(Occurrence.incident_id, func.count()).where(Occurrence.incident_id.in_(set(ids))).group_by(Occurrence.incident_id)
+        select(Occurrence.incident_id, func.count())
+        .where(Occurrence.incident_id.in_(set(ids)))
+        .group_by(Occurrence.incident_id)
     )
-    return {incident_id: count for incident_id, count in rows}
+    return {incident_id: count for incident_id, count in rows}  # noqa: C416 - Rows are not pairs to dict()
 
 
-def _filing_body(incident: Incident, created: bool, occurrences: int) -> dict[str, Any]:
+def _filing_body(incident: _Filed, created: bool, occurrences: int) -> dict[str, Any]:
     return {
         "id": incident.id,
         "ref": incident.ref,
@@ -657,9 +735,7 @@ def occurrence_count(session: Session, incident_id: int) -> int:
 
 def list_events(session: Session, actor: Actor, incident_id: int | str, *, after: int, limit: int) -> list[Event]:
     incident = get_incident(session, actor, incident_id)
-    stmt = (
-        select(Event).where(Event.incident_id == incident.id, Event.id > after).order_by(Event.id).limit(limit)
-    )
+    stmt = select(Event).where(Event.incident_id == incident.id, Event.id > after).order_by(Event.id).limit(limit)
     return list(session.scalars(stmt))
 
 
@@ -687,9 +763,7 @@ def _locked_incident(session: Session, actor: Actor, incident_id: int | str) -> 
     return get_incident(session, actor, incident_id, for_update=True)
 
 
-def update_incident(
-    *, session: Session, incident_id: int | str, data: IncidentUpdate, actor: Actor
-) -> Incident:
+def update_incident(*, session: Session, incident_id: int | str, data: IncidentUpdate, actor: Actor) -> Incident:
     """Change an incident's fields; one `incident.updated` event lists what changed."""
     _require_editor(actor)
 
@@ -740,7 +814,9 @@ def add_observables(
         added = []
         for obs in _unique(observables):
             if (obs.type, obs.value) not in have:
-                incident.observables.append(Observable(type=obs.type, value=obs.value, hashes=obs.hashes, created_at=now))
+                incident.observables.append(
+                    Observable(type=obs.type, value=obs.value, hashes=obs.hashes, created_at=now)
+                )
                 added.append({"type": str(obs.type), "value": obs.value})
         if added:
             incident.updated_at = now
@@ -788,7 +864,9 @@ def transition(*, session: Session, incident_id: int | str, data: TransitionIn, 
             incident.merged_into_id = target.id
             extra["merged_into"] = target.ref
         elif data.merged_into:
-            raise ValidationFailed("merged_into only goes with to=merged", errors=[FieldError("merged_into", "only allowed when merging")])
+            raise ValidationFailed(
+                "merged_into only goes with to=merged", errors=[FieldError("merged_into", "only allowed when merging")]
+            )
         if data.to is Status.ERADICATION and incident.contained_at is None:
             incident.contained_at = now
         if data.to is Status.REVIEW and incident.resolved_at is None:
@@ -820,13 +898,17 @@ def transition(*, session: Session, incident_id: int | str, data: TransitionIn, 
 
 def _merge_target(session: Session, actor: Actor, incident: Incident, ref: str | None) -> Incident:
     if not ref:
-        raise ValidationFailed("merging needs the incident it duplicates", errors=[FieldError("merged_into", "required to merge")])
+        raise ValidationFailed(
+            "merging needs the incident it duplicates", errors=[FieldError("merged_into", "required to merge")]
+        )
     try:
         target = get_incident(session, actor, ref)
     except NotFound:
         raise ValidationFailed("unknown incident", errors=[FieldError("merged_into", f"no incident {ref}")]) from None
     if target.id == incident.id or target.status == Status.MERGED:
-        raise ValidationFailed("bad merge target", errors=[FieldError("merged_into", "cannot merge into itself or a merged incident")])
+        raise ValidationFailed(
+            "bad merge target", errors=[FieldError("merged_into", "cannot merge into itself or a merged incident")]
+        )
     return target
 
 
@@ -859,7 +941,9 @@ def classify(*, session: Session, incident_id: int | str, data: ClassificationIn
             if actor.role not in (Role.ADMIN, Role.OPERATOR, Role.RESPONDER):
                 raise Forbidden(f"the role {actor.role} may not propose a class")
             if data.incident_class is not IncidentClass.SERIOUS:
-                raise ValidationFailed("only the serious class is proposed", errors=[FieldError("class", "propose serious")])
+                raise ValidationFailed(
+                    "only the serious class is proposed", errors=[FieldError("class", "propose serious")]
+                )
             if incident.incident_class == IncidentClass.SERIOUS:
                 raise Conflict("the incident is already serious")
             incident.class_proposed_by_id = actor.user_id
@@ -909,7 +993,12 @@ def add_comment(*, session: Session, incident_id: int | str, data: CommentCreate
         session.flush()
         record_event(
             session, kind="comment.created", actor=actor, incident=incident, at=now,
-            data={"ref": incident.ref, "status": str(incident.status), "comment_id": comment.id, "tlp": str(comment.tlp)},
+            data={
+                "ref": incident.ref,
+                "status": str(incident.status),
+                "comment_id": comment.id,
+                "tlp": str(comment.tlp),
+            },
         )  # fmt: skip
         return comment
 
@@ -932,7 +1021,9 @@ def edit_comment(
             raise Forbidden("only the author or an admin edits a comment")
         now = utcnow()
         session.add(
-            CommentRevision(comment_id=comment.id, body=comment.body, tlp=comment.tlp, edited_at=now, edited_by_id=actor.user_id)
+            CommentRevision(
+                comment_id=comment.id, body=comment.body, tlp=comment.tlp, edited_at=now, edited_by_id=actor.user_id
+            )
         )
         if data.body is not None:
             comment.body = data.body
@@ -941,7 +1032,12 @@ def edit_comment(
         comment.updated_at = now
         record_event(
             session, kind="comment.edited", actor=actor, incident=incident, at=now,
-            data={"ref": incident.ref, "status": str(incident.status), "comment_id": comment.id, "tlp": str(comment.tlp)},
+            data={
+                "ref": incident.ref,
+                "status": str(incident.status),
+                "comment_id": comment.id,
+                "tlp": str(comment.tlp),
+            },
         )  # fmt: skip
         return comment
 
@@ -960,7 +1056,10 @@ def add_participant(*, session: Session, incident_id: int | str, data: Participa
             (p for p in incident.participants if (p.user_id if kind == "user" else p.organisation_id) == ident), None
         )
         if existing is not None:
-            raise Conflict("already a participant", errors=[FieldError(kind if kind == "user" else "organisation", "already taking part")])
+            raise Conflict(
+                "already a participant",
+                errors=[FieldError(kind if kind == "user" else "organisation", "already taking part")],
+            )
         now = utcnow()
         participant = Participant(
             user_id=ident if kind == "user" else None,
@@ -974,7 +1073,13 @@ def add_participant(*, session: Session, incident_id: int | str, data: Participa
         session.flush()
         record_event(
             session, kind="incident.participant_added", actor=actor, incident=incident, at=now,
-            data={"ref": incident.ref, "status": str(incident.status), "user": data.user, "organisation": data.organisation, "role": data.role.value},
+            data={
+                "ref": incident.ref,
+                "status": str(incident.status),
+                "user": data.user,
+                "organisation": data.organisation,
+                "role": data.role.value,
+            },
         )  # fmt: skip
         return participant
 
@@ -1030,7 +1135,12 @@ def save_system(*, session: Session, data: SystemCreate, actor: Actor) -> System
         addresses += [{"system_id": system.id, "kind": "ip", "value": ip} for ip in dict.fromkeys(data.public_ips)]
         if addresses:
             session.execute(insert(SystemAddress), addresses)
-        record_event(session, kind="system.saved", actor=actor, data={"code": system.code, "security_level": system.security_level})
+        record_event(
+            session,
+            kind="system.saved",
+            actor=actor,
+            data={"code": system.code, "security_level": system.security_level},
+        )
         return system
 
     return in_transaction(session, work)

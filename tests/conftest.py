@@ -4,13 +4,13 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 import yaml
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app import create_app, db
@@ -169,7 +169,12 @@ def incident_payload(**overrides: object) -> dict:
         "tlp": "amber",
         "detected_at": "2026-11-20T08:30:00+07:00",
         "detection_method": "ids",
-        "reporter": {"name": "Nguyễn Văn A", "organisation": "Sở TT&TT", "phone": "0237000000", "email": "a@example.vn"},
+        "reporter": {
+            "name": "Nguyễn Văn A",
+            "organisation": "Sở TT&TT",
+            "phone": "0237000000",
+            "email": "a@example.vn",
+        },
         "observables": [
             {"type": "ipv4-addr", "value": "192.0.2.10"},
             {"type": "domain-name", "value": "dichvucong.thanhhoa.gov.vn"},
@@ -181,7 +186,7 @@ def incident_payload(**overrides: object) -> dict:
 
 
 @pytest.fixture
-def live_server(app: Flask, database_url: str, tmp_path: Path) -> Iterator["LiveServer"]:
+def live_server(app: Flask, database_url: str, tmp_path: Path) -> Iterator[Any]:
     """gunicorn serving the same (seeded) database as `app`; tokens from `make_token` work against it."""
     from tests.live import LiveServer
 

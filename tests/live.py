@@ -1,5 +1,6 @@
 """A real gunicorn server (one gevent worker) on loopback, as a subprocess the test can kill and restart."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -57,10 +58,8 @@ class LiveServer:
         """Kill the whole process group (arbiter and worker) with `sig` and wait for it."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=30)
         self.process = None
 

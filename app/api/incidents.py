@@ -17,7 +17,6 @@ from incidents.schemas import (
     CommentCreate,
     CommentRead,
     CommentUpdate,
-    EventRead,
     IncidentBatchCreate,
     IncidentCreate,
     IncidentCreated,
@@ -38,7 +37,11 @@ _LIST_FIELDS = ("status", "category", "priority", "tlp")
 
 
 def _settings() -> service.Settings:
-    return service.Settings(ref_prefix=current_app.config["REF_PREFIX"], standing_body=current_app.config["STANDING_BODY"])
+    return service.Settings(
+        ref_prefix=current_app.config["REF_PREFIX"],
+        standing_body=current_app.config["STANDING_BODY"],
+        receipts_by_email=bool(current_app.config["SMTP_URL"]),
+    )
 
 
 def _idempotency(actor: Any, raw: bytes) -> service.IdempotencyClaim | None:
@@ -47,8 +50,12 @@ def _idempotency(actor: Any, raw: bytes) -> service.IdempotencyClaim | None:
         return None
     key = key.strip()
     if not key or len(key) > 255:
-        raise ApiError(400, "Bad Request", "Idempotency-Key must be 1–255 characters",
-                       errors=[FieldError("Idempotency-Key", "1–255 characters")])  # fmt: skip
+        raise ApiError(
+            400,
+            "Bad Request",
+            "Idempotency-Key must be 1–255 characters",
+            errors=[FieldError("Idempotency-Key", "1–255 characters")],
+        )
     digest = service.IdempotencyClaim.digest(request.method, request.path, raw)
     return service.IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=digest)
 
@@ -63,8 +70,15 @@ def _filing_response(result: service.FilingResult) -> Response:
     return response
 
 
-@operation("POST", "/incidents", "File an incident (Idempotency-Key and dedup_key honoured)",
-           body=IncidentCreate, response=IncidentCreated, status=201, errors=(401, 403, 413, 415, 422, 429))  # fmt: skip
+@operation(
+    "POST",
+    "/incidents",
+    "File an incident (Idempotency-Key and dedup_key honoured)",
+    body=IncidentCreate,
+    response=IncidentCreated,
+    status=201,
+    errors=(401, 403, 413, 415, 422, 429),
+)
 def create_incident() -> Response:
     actor = current_actor()
     limit_intake(actor)
@@ -76,22 +90,39 @@ def create_incident() -> Response:
     return _filing_response(result)
 
 
-@operation("POST", "/incidents/bulk", "File up to 500 incidents at once, all or nothing",
-           body=IncidentBatchCreate, response=None, status=201, errors=(401, 403, 413, 415, 422, 429))  # fmt: skip
+@operation(
+    "POST",
+    "/incidents/bulk",
+    "File up to 500 incidents at once, all or nothing",
+    body=IncidentBatchCreate,
+    response=None,
+    status=201,
+    errors=(401, 403, 413, 415, 422, 429),
+)
 def create_incidents_bulk() -> Response:
     actor = current_actor()
     limit_intake(actor)
     raw = raw_json_body()
     data = parse(IncidentBatchCreate, raw, limits())
     result = service.file_incidents(
-        session=db.session(), items=data.incidents, actor=actor, settings=_settings(),
-        idempotency=_idempotency(actor, raw), bulk=True,
-    )  # fmt: skip
+        session=db.session(),
+        items=data.incidents,
+        actor=actor,
+        settings=_settings(),
+        idempotency=_idempotency(actor, raw),
+        bulk=True,
+    )
     return _filing_response(result)
 
 
-@operation("GET", "/incidents", "List incidents you may see (filters, q= search, cursor paging)",
-           query=IncidentQuery, response=IncidentPage, errors=(401, 422))  # fmt: skip
+@operation(
+    "GET",
+    "/incidents",
+    "List incidents you may see (filters, q= search, cursor paging)",
+    query=IncidentQuery,
+    response=IncidentPage,
+    errors=(401, 422),
+)
 def list_incidents() -> Response:
     actor = current_actor()
     query = parse_query(IncidentQuery, request.args.to_dict(flat=False), _LIST_FIELDS)
@@ -107,14 +138,21 @@ def _read(incident_id: str) -> Response:
     return jsonify(out.incident(incident, service.occurrence_count(session, incident.id)))
 
 
-@operation("GET", "/incidents/<incident_id>", "One incident, by id or reference",
-           response=IncidentRead, errors=(401, 404))  # fmt: skip
+@operation(
+    "GET", "/incidents/<incident_id>", "One incident, by id or reference", response=IncidentRead, errors=(401, 404)
+)
 def get_incident(incident_id: str) -> Response:
     return _read(incident_id)
 
 
-@operation("PATCH", "/incidents/<incident_id>", "Change an incident's fields",
-           body=IncidentUpdate, response=IncidentRead, errors=(401, 403, 404, 415, 422))  # fmt: skip
+@operation(
+    "PATCH",
+    "/incidents/<incident_id>",
+    "Change an incident's fields",
+    body=IncidentUpdate,
+    response=IncidentRead,
+    errors=(401, 403, 404, 415, 422),
+)
 def patch_incident(incident_id: str) -> Response:
     data = body(IncidentUpdate)
     actor = current_actor()
@@ -122,55 +160,97 @@ def patch_incident(incident_id: str) -> Response:
     return _read(str(incident.id))
 
 
-@operation("POST", "/incidents/<incident_id>/transitions", "Move an incident to another status",
-           body=TransitionIn, response=IncidentRead, errors=(401, 403, 404, 409, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/incidents/<incident_id>/transitions",
+    "Move an incident to another status",
+    body=TransitionIn,
+    response=IncidentRead,
+    errors=(401, 403, 404, 409, 415, 422),
+)
 def post_transition(incident_id: str) -> Response:
     data = body(TransitionIn)
     incident = service.transition(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
     return _read(str(incident.id))
 
 
-@operation("GET", "/incidents/<incident_id>/classification", "The class and the Art. 9 checklist",
-           response=ClassificationRead, errors=(401, 404))  # fmt: skip
+@operation(
+    "GET",
+    "/incidents/<incident_id>/classification",
+    "The class and the Art. 9 checklist",
+    response=ClassificationRead,
+    errors=(401, 404),
+)
 def get_classification(incident_id: str) -> Response:
     incident = service.get_incident(db.session(), current_actor(), incident_id)
     return jsonify(out.classification(incident))
 
 
-@operation("POST", "/incidents/<incident_id>/classification", "Propose (operator) or decide (committee) the class",
-           body=ClassificationIn, response=ClassificationRead, errors=(401, 403, 404, 409, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/incidents/<incident_id>/classification",
+    "Propose (operator) or decide (committee) the class",
+    body=ClassificationIn,
+    response=ClassificationRead,
+    errors=(401, 403, 404, 409, 415, 422),
+)
 def post_classification(incident_id: str) -> Response:
     data = body(ClassificationIn)
     incident = service.classify(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
     return jsonify(out.classification(incident))
 
 
-@operation("GET", "/incidents/<incident_id>/events", "The incident's timeline, oldest first",
-           query=PageQuery, response=None, errors=(401, 404, 422))  # fmt: skip
+@operation(
+    "GET",
+    "/incidents/<incident_id>/events",
+    "The incident's timeline, oldest first",
+    query=PageQuery,
+    response=None,
+    errors=(401, 404, 422),
+)
 def list_events(incident_id: str) -> Response:
     page = parse_query(PageQuery, request.args.to_dict(flat=False))
     events = service.list_events(db.session(), current_actor(), incident_id, after=page.after(), limit=page.limit)
     return jsonify({"items": [out.event(e) for e in events], "next_cursor": page.next_cursor(events, page.limit)})
 
 
-@operation("GET", "/incidents/<incident_id>/comments", "Comments you may see, oldest first",
-           query=PageQuery, response=None, errors=(401, 404, 422))  # fmt: skip
+@operation(
+    "GET",
+    "/incidents/<incident_id>/comments",
+    "Comments you may see, oldest first",
+    query=PageQuery,
+    response=None,
+    errors=(401, 404, 422),
+)
 def list_comments(incident_id: str) -> Response:
     page = parse_query(PageQuery, request.args.to_dict(flat=False))
     comments = service.list_comments(db.session(), current_actor(), incident_id, after=page.after(), limit=page.limit)
     return jsonify({"items": [out.comment(c) for c in comments], "next_cursor": page.next_cursor(comments, page.limit)})
 
 
-@operation("POST", "/incidents/<incident_id>/comments", "Add a comment",
-           body=CommentCreate, response=CommentRead, status=201, errors=(401, 403, 404, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/incidents/<incident_id>/comments",
+    "Add a comment",
+    body=CommentCreate,
+    response=CommentRead,
+    status=201,
+    errors=(401, 403, 404, 415, 422),
+)
 def post_comment(incident_id: str) -> tuple[Response, int]:
     data = body(CommentCreate)
     comment = service.add_comment(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
     return jsonify(out.comment(comment)), 201
 
 
-@operation("PATCH", "/incidents/<incident_id>/comments/<int:comment_id>", "Edit a comment (history kept)",
-           body=CommentUpdate, response=CommentRead, errors=(401, 403, 404, 415, 422))  # fmt: skip
+@operation(
+    "PATCH",
+    "/incidents/<incident_id>/comments/<int:comment_id>",
+    "Edit a comment (history kept)",
+    body=CommentUpdate,
+    response=CommentRead,
+    errors=(401, 403, 404, 415, 422),
+)
 def patch_comment(incident_id: str, comment_id: int) -> Response:
     data = body(CommentUpdate)
     comment = service.edit_comment(
@@ -180,23 +260,42 @@ def patch_comment(incident_id: str, comment_id: int) -> Response:
     return jsonify(out.comment(comment))
 
 
-@operation("GET", "/incidents/<incident_id>/participants", "Users and organisations taking part",
-           response=None, errors=(401, 404))  # fmt: skip
+@operation(
+    "GET",
+    "/incidents/<incident_id>/participants",
+    "Users and organisations taking part",
+    response=None,
+    errors=(401, 404),
+)
 def list_participants(incident_id: str) -> Response:
     incident = service.get_incident(db.session(), current_actor(), incident_id)
     return jsonify({"items": [out.participant(p) for p in incident.participants], "next_cursor": None})
 
 
-@operation("POST", "/incidents/<incident_id>/participants", "Name a user or organisation as participant",
-           body=ParticipantIn, response=ParticipantRead, status=201, errors=(401, 403, 404, 409, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/incidents/<incident_id>/participants",
+    "Name a user or organisation as participant",
+    body=ParticipantIn,
+    response=ParticipantRead,
+    status=201,
+    errors=(401, 403, 404, 409, 415, 422),
+)
 def post_participant(incident_id: str) -> tuple[Response, int]:
     data = body(ParticipantIn)
-    participant = service.add_participant(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
+    participant = service.add_participant(
+        session=db.session(), incident_id=incident_id, data=data, actor=current_actor()
+    )
     return jsonify(out.participant(participant)), 201
 
 
-@operation("DELETE", "/incidents/<incident_id>/participants/<int:participant_id>", "Remove a participant",
-           status=204, errors=(401, 403, 404))  # fmt: skip
+@operation(
+    "DELETE",
+    "/incidents/<incident_id>/participants/<int:participant_id>",
+    "Remove a participant",
+    status=204,
+    errors=(401, 403, 404),
+)
 def delete_participant(incident_id: str, participant_id: int) -> tuple[str, int]:
     service.remove_participant(
         session=db.session(), incident_id=incident_id, participant_id=participant_id, actor=current_actor()
@@ -204,13 +303,17 @@ def delete_participant(incident_id: str, participant_id: int) -> tuple[str, int]
     return "", 204
 
 
-@operation("POST", "/incidents/<incident_id>/observables", "Add observables to an incident",
-           body=ObservablesAdd, response=IncidentRead, errors=(401, 403, 404, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/incidents/<incident_id>/observables",
+    "Add observables to an incident",
+    body=ObservablesAdd,
+    response=IncidentRead,
+    errors=(401, 403, 404, 415, 422),
+)
 def post_observables(incident_id: str) -> Response:
     data = body(ObservablesAdd)
     incident = service.add_observables(
         session=db.session(), incident_id=incident_id, observables=data.observables, actor=current_actor()
     )
     return _read(str(incident.id))
-
-

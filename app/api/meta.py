@@ -30,13 +30,16 @@ def build_spec(version: str) -> dict[str, Any]:
     for op in OPERATIONS:
         item: dict[str, Any] = {
             "summary": op.summary,
-            "operationId": f"{op.method}_{op.rule.strip('/').replace('/', '_').replace('<', '').replace('>', '').replace('int:', '')}",
+            "operationId": _operation_id(op.method, op.rule),
             "tags": [op.tag],
             "parameters": _path_params(op.path) + _query_params(op.query),
             "responses": {},
         }
         if op.body:
-            item["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": ref[op.body]}}}}
+            item["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": ref[op.body]}}},
+            }
         success: dict[str, Any] = {"description": "Success"}
         if op.response:
             success["content"] = {"application/json": {"schema": {"$ref": ref[op.response]}}}
@@ -44,9 +47,18 @@ def build_spec(version: str) -> dict[str, Any]:
             success["content"] = {"application/json": {"schema": {"type": "object"}}}
         item["responses"][str(op.status)] = success
         if op.method == "post" and op.rule == "/incidents":
-            item["responses"]["200"] = {"description": "A repeat of an open incident's dedup_key (an occurrence)",
-                                        "content": {"application/json": {"schema": {"$ref": ref[op.response]}}}}  # fmt: skip
-            item["parameters"].append({"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255}})
+            item["responses"]["200"] = {
+                "description": "A repeat of an open incident's dedup_key (an occurrence)",
+                "content": {"application/json": {"schema": {"$ref": ref[op.response]}}},
+            }
+            item["parameters"].append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "maxLength": 255},
+                }
+            )
         for code in (*op.errors, 500, 503):
             item["responses"][str(code)] = {
                 "description": "Problem",
@@ -89,8 +101,9 @@ def _query_params(model: type[BaseModel] | None) -> list[dict[str, Any]]:
         prop.pop("title", None)
         if "$defs" in schema:
             prop = _inline(prop, schema["$defs"])
-        params.append({"name": name, "in": "query", "required": False, "schema": prop,
-                       "explode": True, "style": "form"})  # fmt: skip
+        params.append(
+            {"name": name, "in": "query", "required": False, "schema": prop, "explode": True, "style": "form"}
+        )
     return params
 
 
@@ -114,3 +127,11 @@ def openapi() -> Response:
 def docs() -> str:
     spec = build_spec(current_app.config["VERSION"])
     return render_template("api_docs.html", spec=spec)
+
+
+def _operation_id(method: str, rule: str) -> str:
+    """`post_incidents_id_transitions` from POST /incidents/<int:id>/transitions."""
+    name = rule.strip("/").replace("int:", "")
+    for char, repl in (("/", "_"), ("<", ""), (">", "")):
+        name = name.replace(char, repl)
+    return f"{method}_{name}"

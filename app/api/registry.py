@@ -20,8 +20,16 @@ def list_systems() -> Response:
     return jsonify({"items": [out.system(s) for s in service.list_systems(db.session())], "next_cursor": None})
 
 
-@operation("POST", "/systems", "Add or replace a system (keyed by code)", tag="registry",
-           body=SystemCreate, response=SystemRead, status=201, errors=(401, 403, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/systems",
+    "Add or replace a system (keyed by code)",
+    tag="registry",
+    body=SystemCreate,
+    response=SystemRead,
+    status=201,
+    errors=(401, 403, 415, 422),
+)
 def post_system() -> tuple[Response, int]:
     data = body(SystemCreate)
     system = service.save_system(session=db.session(), data=data, actor=current_actor())
@@ -34,8 +42,14 @@ def get_system(code: str) -> Response:
     return jsonify(out.system(service.get_system(db.session(), code)))
 
 
-@operation("GET", "/organisations", "Organisations, optionally those valid on a date (?on=YYYY-MM-DD)",
-           tag="registry", response=None, errors=(401, 422))  # fmt: skip
+@operation(
+    "GET",
+    "/organisations",
+    "Organisations, optionally those valid on a date (?on=YYYY-MM-DD)",
+    tag="registry",
+    response=None,
+    errors=(401, 422),
+)
 def list_organisations() -> Response:
     current_actor()
     on = request.args.get("on")
@@ -44,11 +58,18 @@ def list_organisations() -> Response:
     except ValueError:
         raise ApiError(422, "Invalid request", "on must be a date", errors=[FieldError("on", "YYYY-MM-DD")]) from None
     orgs = service.list_organisations(db.session(), on=day)
-    return jsonify({
-        "items": [
-            {"code": o.code, "name_vi": o.name_vi, "name_en": o.name_en, "valid_from": o.valid_from and o.valid_from.isoformat(),
-             "valid_to": o.valid_to and o.valid_to.isoformat()}
-            for o in orgs
-        ],
-        "next_cursor": None,
-    })  # fmt: skip
+    return jsonify(
+        {
+            "items": [
+                {
+                    "code": o.code,
+                    "name_vi": o.name_vi,
+                    "name_en": o.name_en,
+                    "valid_from": o.valid_from and o.valid_from.isoformat(),
+                    "valid_to": o.valid_to and o.valid_to.isoformat(),
+                }
+                for o in orgs
+            ],
+            "next_cursor": None,
+        }
+    )

@@ -84,9 +84,7 @@ def incident(i: Incident, occurrences: int) -> dict[str, Any]:
         "merged_into": i.merged_into.ref if i.merged_into_id and i.merged_into else None,
         "dedup_key": i.dedup_key,
         "occurrence_count": occurrences,
-        "observables": [
-            {"id": o.id, "type": o.type, "value": o.value, "hashes": o.hashes} for o in i.observables
-        ],
+        "observables": [{"id": o.id, "type": o.type, "value": o.value, "hashes": o.hashes} for o in i.observables],
         "participants": [participant(p) for p in i.participants],
         "allowed_transitions": [s.value for s in lifecycle.allowed_targets(Status(i.status))],
         "created_by": i.created_by.username,

@@ -1,0 +1,194 @@
+"""The change feed: each web process tails `events` in id order (which is commit order) and emits to /live.
+
+Woken at once by its own commits; other processes' events arrive by PostgreSQL LISTEN/NOTIFY (a hint, the
+cursor is the truth) or by polling SQLite. Started from gunicorn's post_worker_init hook or the first
+/live connect, never from create_app. Supervised: a failing tail is logged and restarted.
+"""
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask
+from flask_socketio import SocketIO
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from incidents.access import Actor, audience, rooms_of, visible_ids
+from incidents.base import utcnow
+from incidents.models import Event
+from incidents.service import EVENTS_CHANNEL, EVENTS_WRITTEN
+
+log = logging.getLogger("ucsc.feed")
+NAMESPACE = "/live"
+BATCH = 500
+
+
+def event_name(kind: str) -> str:
+    """`incident.created` as is; other incident changes as `incident.updated` (with `kind`); others by kind."""
+    if kind.startswith("incident.") and kind != "incident.created":
+        return "incident.updated"
+    return kind
+
+
+def payload(ev: Event, ref: str | None, status: str | None) -> dict[str, Any]:
+    return {
+        "event_id": ev.id,
+        "kind": ev.kind,
+        "id": ev.incident_id,
+        "ref": ref,
+        "status": status,
+        "at": ev.at.isoformat(),
+        "actor": ev.actor,
+        "note": ev.note,
+        "data": ev.data,
+    }
+
+
+class Feed:
+    """One per web process: the tailer, its cursor, and replay for reconnecting clients."""
+
+    def __init__(self, app: Flask, socketio: SocketIO) -> None:
+        self.app = app
+        self.socketio = socketio
+        self.engine = app.extensions["ucsc.engine"]
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.poll = float(app.config["FEED_POLL_SECONDS"])
+        self.replay_limit = int(app.config["FEED_REPLAY_LIMIT"])
+        self.heartbeat_every = float(app.config["FEED_HEARTBEAT_SECONDS"])
+        self.cursor = 0
+        self.lag_seconds: float | None = None  # commit-to-emit of the last event emitted
+        self.last_tick = 0.0  # monotonic time of the tailer's last pass: a stuck tailer shows here
+        self._lock = threading.Lock()  # the tail and a replay never interleave (gevent makes it a greenlet lock)
+        self._wake = threading.Event()
+        self._started = False
+        sa_event.listen(app.extensions["ucsc.sessionmaker"], "after_commit", self._after_commit)
+
+    # --- starting and waking -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the tailer (and the listener on PostgreSQL) once per process."""
+        with self._lock:
+            if self._started:
+                return
+            with self.sessions() as session:
+                self.cursor = session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0
+            self._started = True
+        self.socketio.start_background_task(self._supervise, self._tail, "tail")
+        self.socketio.start_background_task(self._supervise, self._heartbeat, "heartbeat")
+        if self.engine.dialect.name == "postgresql":
+            self.socketio.start_background_task(self._supervise, self._listen, "listen")
+        log.info("feed started at event %d", self.cursor)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(EVENTS_WRITTEN, False):
+            self._wake.set()
+
+    def _supervise(self, loop: Any, name: str) -> None:
+        while True:
+            try:
+                loop()
+            except Exception:
+                log.exception("feed %s failed; restarting in 1 s", name)
+                self.socketio.sleep(1)
+
+    # --- the tail ------------------------------------------------------------------------------------------
+
+    def _tail(self) -> None:
+        while True:
+            self._wake.wait(self.poll)
+            self._wake.clear()
+            self.drain()
+
+    def drain(self) -> int:
+        """Emit every committed event past the cursor, in id order; return how many."""
+        emitted = 0
+        with self._lock:
+            self.last_tick = time.monotonic()
+            while True:
+                with self.sessions() as session:
+                    rows = list(
+                        session.scalars(select(Event).where(Event.id > self.cursor).order_by(Event.id).limit(BATCH))
+                    )
+                    if not rows:
+                        break
+                    targets = audience(session, rows)
+                for ev in rows:
+                    rooms, ref, status = targets[ev.id]
+                    if rooms:
+                        self.socketio.emit(event_name(ev.kind), payload(ev, ref, status), to=rooms, namespace=NAMESPACE)
+                    self.cursor = ev.id
+                    emitted += 1
+                self.lag_seconds = max(0.0, (utcnow() - rows[-1].at).total_seconds())
+                if len(rows) < BATCH:
+                    break
+        return emitted
+
+    def _listen(self) -> None:
+        """PostgreSQL: LISTEN for other processes' commits; each notification wakes the tail."""
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+            while True:
+                for _ in conn.notifies(timeout=5.0):
+                    self._wake.set()
+
+    def _heartbeat(self) -> None:
+        while True:
+            self.socketio.sleep(self.heartbeat_every)
+            self.socketio.emit("heartbeat", {"at": utcnow().isoformat(), "event_id": self.cursor}, namespace=NAMESPACE)
+
+    # --- connecting clients --------------------------------------------------------------------------------
+
+    def join(self, sid: str, actor: Actor, last_event_id: int | None) -> None:
+        """Put a client in its rooms and send what it missed since `last_event_id`, then `ready`."""
+        self.start()
+        with self._lock:
+            for room in rooms_of(actor):
+                self.socketio.server.enter_room(sid, room, namespace=NAMESPACE)
+            if last_event_id is not None and last_event_id < self.cursor:
+                self._replay(sid, actor, last_event_id)
+            cursor = self.cursor
+        self.socketio.emit("ready", {"event_id": cursor}, to=sid, namespace=NAMESPACE)
+
+    def _replay(self, sid: str, actor: Actor, after: int) -> None:
+        with self.sessions() as session:
+            stmt = select(Event).where(Event.id > after, Event.id <= self.cursor).order_by(Event.id)
+            rows = list(session.scalars(stmt.limit(self.replay_limit + 1)))
+            if len(rows) > self.replay_limit:
+                self.socketio.emit("resync", {"event_id": self.cursor}, to=sid, namespace=NAMESPACE)
+                return
+            targets = audience(session, rows)
+            mine = set(rooms_of(actor))
+            allowed = visible_ids(session, actor, {ev.incident_id for ev in rows if ev.incident_id is not None})
+        for ev in _allowed(rows, targets, mine, allowed):
+            _, ref, status = targets[ev.id]
+            self.socketio.emit(event_name(ev.kind), payload(ev, ref, status), to=sid, namespace=NAMESPACE)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "feed_started": self._started,
+            "feed_cursor": self.cursor,
+            "feed_lag": round(self.lag_seconds, 3) if self.lag_seconds is not None else None,
+            "feed_tick_age": round(time.monotonic() - self.last_tick, 3) if self.last_tick else None,
+        }
+
+
+def _allowed(rows: Iterable[Event], targets: dict, mine: set[str], allowed: set[int]) -> Iterable[Event]:
+    """Events a replaying client may have: its rooms are in the audience, and it may see the incident now."""
+    for ev in rows:
+        rooms = targets[ev.id][0]
+        if mine.intersection(rooms) and (ev.incident_id is None or ev.incident_id in allowed):
+            yield ev

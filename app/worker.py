@@ -1,0 +1,218 @@
+"""The worker process (`flask --app wsgi worker`): an asyncio loop that claims due jobs and runs them.
+
+Handlers are synchronous (domain services, SMTP, HTTP with timeouts) and run in a bounded thread pool, one
+session per call. Nothing here is monkey-patched: this process is plain asyncio, never gevent.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from incidents import jobs, receipts  # noqa: F401 - registers the receipt job kinds
+from incidents.base import utcnow
+from notifiers.registry import build_notifiers
+
+log = logging.getLogger("ucsc.worker")
+
+
+class Worker:
+    """Claims due jobs, runs each in the thread pool, records the outcome; heartbeats; stops on SIGTERM."""
+
+    def __init__(self, app: Flask, *, name: str | None = None) -> None:
+        cfg = app.config
+        self.app = app
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.engine = app.extensions["ucsc.engine"]
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, autobegin=True)
+        self.threads = int(cfg["WORKER_THREADS"])
+        self.poll = float(cfg["WORKER_POLL_SECONDS"])
+        self.heartbeat_every = float(cfg["WORKER_HEARTBEAT_SECONDS"])
+        self.grace = float(cfg["WORKER_SHUTDOWN_GRACE"])
+        self.ctx = jobs.JobContext(self.sessions, dict(cfg), build_notifiers(cfg))
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ucsc-job")
+        self.running: dict[int, jobs.ClaimedJob] = {}
+        self.lags: deque[float] = deque(maxlen=1000)  # seconds from due to start, for the bench and /metrics
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        asyncio.run(self.main())
+
+    async def main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop)
+        event.listen(self.sessions, "after_commit", self._after_commit)
+        started = utcnow()
+        await self._call(self._beat, started)
+        await self._call(self._schedule_sweep)
+        tasks = [asyncio.create_task(self._heartbeat(started))]
+        if self.engine.dialect.name == "postgresql":
+            tasks.append(asyncio.create_task(self._listen()))
+        log.info("worker %s started (%d threads, poll %.2fs)", self.name, self.threads, self.poll)
+        try:
+            await self._claim_loop()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self._drain()
+            await self._call(self._beat, started, True)
+            self.pool.shutdown(wait=True)
+            log.info("worker %s stopped", self.name)
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs get `WORKER_SHUTDOWN_GRACE` seconds, then their leases are released."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping)
+
+    def _stopping(self) -> None:
+        if not self._stop.is_set():
+            log.info("worker %s stopping", self.name)
+            self._stop.set()
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Safe from any thread: look for due jobs now."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        slots = asyncio.Semaphore(self.threads)
+        while not self._stop.is_set():
+            self._wake.clear()
+            free = self.threads - len(self.running)
+            claimed = await self._call(self._claim, free) if free > 0 else []
+            for job in claimed:
+                await slots.acquire()
+                self.running[job.id] = job
+                self.lags.append((job.started_at - job.run_at).total_seconds())
+                task = asyncio.create_task(self._run(job))
+                task.add_done_callback(lambda _t: slots.release())
+            if len(claimed) == free and free > 0:
+                continue  # there may be more due right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+
+    def _claim(self, limit: int) -> list[jobs.ClaimedJob]:
+        with self.sessions() as session:
+            # An idle poll is a read; the write lock (BEGIN IMMEDIATE on SQLite) is taken only when work is due.
+            due = jobs.next_due_at(session)
+            if due is None or due > utcnow():
+                return []
+            return jobs.claim(session, self.name, limit)
+
+    async def _run(self, job: jobs.ClaimedJob) -> None:
+        try:
+            await self._call(self._execute, job)
+        finally:
+            self.running.pop(job.id, None)
+            self._wake.set()
+
+    def _execute(self, job: jobs.ClaimedJob) -> None:
+        kind = jobs.KINDS[job.kind]
+        started = time.perf_counter()
+        try:
+            kind.handler(self.ctx, job)
+        except jobs.PermanentError as exc:
+            self._record_failure(job, exc, permanent=True)
+        except Exception as exc:  # any failure of a job is recorded on the job, never lost
+            self._record_failure(job, exc)
+        else:
+            with self.sessions() as session:
+                if not jobs.complete(session, job, self.name):
+                    log.warning("job %s finished after its lease passed to another worker", job.id)
+            log.debug("job %s %s done in %.3fs", job.id, job.kind, time.perf_counter() - started)
+
+    def _record_failure(self, job: jobs.ClaimedJob, exc: Exception, *, permanent: bool = False) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        with self.sessions() as session:
+            state = jobs.fail(session, job, self.name, message, permanent=permanent)
+        level = logging.ERROR if state == jobs.DEAD else logging.WARNING
+        log.log(level, "job %s %s failed (attempt %d, now %s): %s", job.id, job.kind, job.attempts, state, message)
+
+    async def _drain(self) -> None:
+        if self.running:
+            deadline = time.monotonic() + self.grace
+            while self.running and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        if self.running:
+            left = list(self.running.values())
+            released = await self._call(self._release, left)
+            log.warning("released %d lease(s) of jobs still running at shutdown", released)
+
+    def _release(self, left: list[jobs.ClaimedJob]) -> int:
+        with self.sessions() as session:
+            return jobs.release(session, left, self.name)
+
+    # --- heartbeat, wake-ups -----------------------------------------------------------------------------------
+
+    async def _heartbeat(self, started: Any) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_every)
+            try:
+                await self._call(self._beat, started)
+            except Exception:  # a database hiccup must not kill the worker; the stale beat shows it
+                log.exception("heartbeat failed")
+
+    def _beat(self, started: Any, stopped: bool = False) -> None:
+        with self.sessions() as session:
+            jobs.beat(session, self.name, started=started, stopped=stopped)
+
+    def _schedule_sweep(self) -> None:
+        with self.sessions() as session, session.begin():
+            session.connection(execution_options={"ucsc_write": True})
+            jobs.schedule_sweep(session)
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(jobs.JOBS_WRITTEN, False):
+            self.wake()  # a job that created jobs: run them without waiting for the next poll
+
+    async def _listen(self) -> None:
+        """PostgreSQL: LISTEN for the hint that another process queued jobs."""
+        import psycopg
+
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {jobs.JOBS_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("LISTEN %s lost; retrying", jobs.JOBS_CHANNEL)
+                await asyncio.sleep(1)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+@click.command("worker")
+@with_appcontext
+def worker_command() -> None:
+    """Run the worker: claim and run due jobs until SIGTERM."""
+    logging.basicConfig(
+        level=os.environ.get("UCSC_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(name)s %(message)s"
+    )
+    Worker(current_app._get_current_object()).run()

@@ -1,0 +1,310 @@
+"""Durable jobs (the outbox): enqueued in the causing transaction, leased by a worker, recorded in a second one.
+
+A claim leases due jobs in one short transaction (PostgreSQL `FOR UPDATE SKIP LOCKED`; SQLite `BEGIN
+IMMEDIATE`, where the lock clause is not rendered: one code path). The job's network call happens with no
+transaction open; its outcome is written in another transaction that only counts while the lease is ours.
+An expired lease is claimed again, so a job is run at least once; never twice while a lease is valid.
+"""
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from incidents.base import utcnow
+from incidents.models import IdempotencyKey, Job, WorkerHeartbeat
+
+log = logging.getLogger("ucsc.jobs")
+
+QUEUED, RUNNING, DONE, DEAD = "queued", "running", "done", "dead"
+# Set in session.info by `enqueue`, so a worker that commits new jobs runs them without waiting for a poll.
+JOBS_WRITTEN = "wrote_jobs"
+JOBS_CHANNEL = "ucsc_jobs"  # PostgreSQL NOTIFY channel: a hint to idle workers, the table is the truth
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job's handler may use: a session factory (one session per call), settings and channels."""
+
+    sessions: Callable[[], Session]
+    config: dict[str, Any]
+    notifiers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    handler: Callable[[JobContext, "ClaimedJob"], None]
+    max_attempts: int = 8
+    lease: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A leased job, detached from any session: the handler runs with no transaction open."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    idempotency_key: str | None
+    incident_id: int | None
+    run_at: datetime
+    started_at: datetime
+
+
+KINDS: dict[str, JobKind] = {}
+
+
+def job_kind(name: str, *, max_attempts: int = 8, lease_seconds: float = 60) -> Callable:
+    """Register a handler for jobs of `name`."""
+
+    def register(handler: Callable[[JobContext, ClaimedJob], None]) -> Callable[[JobContext, ClaimedJob], None]:
+        KINDS[name] = JobKind(name, handler, max_attempts, timedelta(seconds=lease_seconds))
+        return handler
+
+    return register
+
+
+class PermanentError(Exception):
+    """A failure that no retry can mend (a malformed address, a receiver that refuses for good): dead at once."""
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    run_at: datetime | None = None,
+    key: str | None = None,
+    incident_id: int | None = None,
+) -> None:
+    """Add a job in the caller's transaction; a job whose `key` exists already is not added again."""
+    enqueue_many(session, [job_values(kind, payload, run_at=run_at, key=key, incident_id=incident_id)])
+
+
+def job_values(
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    run_at: datetime | None = None,
+    key: str | None = None,
+    incident_id: int | None = None,
+) -> dict[str, Any]:
+    """One row for `enqueue_many`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    now = utcnow()
+    return {
+        "kind": kind,
+        "payload": payload or {},
+        "run_at": run_at or now,
+        "state": QUEUED,
+        "attempts": 0,
+        "max_attempts": KINDS[kind].max_attempts,
+        "idempotency_key": key,
+        "incident_id": incident_id,
+        "created_at": now,
+    }
+
+
+def enqueue_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Add jobs (rows from `job_values`) with one INSERT in the caller's transaction."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    session.execute(_insert_job(dialect), list(rows))
+    tx = session.get_transaction()
+    if dialect == "postgresql" and session.info.get("jobs_notified_tx") is not tx:
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})  # sent at commit
+        session.info["jobs_notified_tx"] = tx
+    session.info[JOBS_WRITTEN] = True
+
+
+@cache
+def _insert_job(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(Job.__table__).on_conflict_do_nothing(index_elements=["idempotency_key"])
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        (Job.state == QUEUED) & (Job.run_at <= now),
+        (Job.state == RUNNING) & (Job.lease_until < now),  # a worker died holding it
+    )
+
+
+def next_due_at(session: Session) -> datetime | None:
+    """When the next job falls due (a read: an idle worker checks this before it takes any write lock)."""
+    queued = select(func.min(Job.run_at)).where(Job.state == QUEUED)
+    expired = select(func.min(Job.lease_until)).where(Job.state == RUNNING)
+    times = [t for t in (session.scalar(queued), session.scalar(expired)) if t is not None]
+    session.rollback()
+    return min(times) if times else None
+
+
+def claim(session: Session, worker: str, limit: int, kinds: Sequence[str] | None = None) -> list[ClaimedJob]:
+    """Lease up to `limit` due jobs to `worker` in one short write transaction, and return them."""
+    now = utcnow()
+    known = list(kinds or KINDS)
+    with session.begin():
+        session.connection(execution_options={"ucsc_write": True})
+        ids = select(Job.id).where(_due(now), Job.kind.in_(known)).order_by(Job.run_at, Job.id).limit(limit)
+        ids = ids.with_for_update(skip_locked=True)
+        chosen = list(session.scalars(ids))
+        if not chosen:
+            return []
+        rows = session.execute(
+            select(Job).where(Job.id.in_(chosen)).execution_options(populate_existing=True)
+        ).scalars()
+        claimed = []
+        for job in rows:
+            lease = KINDS[job.kind].lease
+            job.state, job.attempts, job.leased_by = RUNNING, job.attempts + 1, worker
+            job.lease_until, job.started_at = now + lease, now
+            claimed.append(
+                ClaimedJob(
+                    job.id, job.kind, dict(job.payload), job.attempts, job.max_attempts, job.idempotency_key,
+                    job.incident_id, job.run_at, now,
+                )
+            )  # fmt: skip
+    return sorted(claimed, key=lambda j: (j.run_at, j.id))
+
+
+def _mine(job: ClaimedJob, worker: str) -> Any:
+    """The lease is still ours: a job whose lease expired and went to another worker is theirs to record."""
+    return (Job.id == job.id) & (Job.state == RUNNING) & (Job.leased_by == worker) & (Job.attempts == job.attempts)
+
+
+def complete(session: Session, job: ClaimedJob, worker: str) -> bool:
+    """Record success; False when the lease had already passed to another worker."""
+    with session.begin():
+        session.connection(execution_options={"ucsc_write": True})
+        done = session.execute(
+            update(Job)
+            .where(_mine(job, worker))
+            .values(state=DONE, lease_until=None, finished_at=utcnow(), last_error=None)
+        )
+        _count_run(session, worker)
+        return done.rowcount == 1
+
+
+def fail(session: Session, job: ClaimedJob, worker: str, error: str, *, permanent: bool = False) -> str | None:
+    """Record a failure: retry later with backoff and jitter, or `dead` after the last attempt (an alarm event)."""
+    from incidents.service import record_event  # the timeline lives in the service module
+
+    error = error[:2000]
+    dead = permanent or job.attempts >= job.max_attempts
+    with session.begin():
+        session.connection(execution_options={"ucsc_write": True})
+        if dead:
+            values: dict[str, Any] = {"state": DEAD, "lease_until": None, "finished_at": utcnow()}
+        else:
+            values = {"state": QUEUED, "lease_until": None, "run_at": utcnow() + backoff(job.attempts)}
+        changed = session.execute(update(Job).where(_mine(job, worker)).values(last_error=error, **values))
+        if changed.rowcount != 1:
+            return None
+        _count_run(session, worker)
+        if dead:
+            incident = None
+            if job.incident_id is not None:
+                from incidents.models import Incident
+
+                incident = session.get(Incident, job.incident_id)
+            record_event(
+                session,
+                kind="job.dead",
+                actor=None,
+                incident=incident,
+                note=f"{job.kind} failed {job.attempts} time(s): {error}"[:1000],
+                data={"job_id": job.id, "job_kind": job.kind, "attempts": job.attempts, "error": error},
+            )
+    return values["state"]
+
+
+def release(session: Session, jobs: Sequence[ClaimedJob], worker: str) -> int:
+    """Give back leases of jobs that did not run (a worker stopping): they are due again at once."""
+    if not jobs:
+        return 0
+    with session.begin():
+        session.connection(execution_options={"ucsc_write": True})
+        released = 0
+        for job in jobs:
+            result = session.execute(
+                update(Job)
+                .where(_mine(job, worker))
+                .values(state=QUEUED, lease_until=None, leased_by=None, attempts=Job.attempts - 1, run_at=utcnow())
+            )
+            released += result.rowcount
+    return released
+
+
+def backoff(attempts: int, *, base: float = 2.0, cap: float = 900.0) -> timedelta:
+    """Exponential backoff with full jitter: a random wait up to base·2^(attempts-1) seconds, at most `cap`."""
+    ceiling = min(cap, base * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not a secret
+
+
+def _count_run(session: Session, worker: str) -> None:
+    session.execute(
+        update(WorkerHeartbeat).where(WorkerHeartbeat.name == worker).values(jobs_run=WorkerHeartbeat.jobs_run + 1)
+    )
+
+
+def beat(session: Session, worker: str, *, started: datetime | None = None, stopped: bool = False) -> None:
+    """Stamp this worker's heartbeat row (created on first beat)."""
+    now = utcnow()
+    with session.begin():
+        session.connection(execution_options={"ucsc_write": True})
+        row = session.get(WorkerHeartbeat, worker)
+        if row is None:
+            session.add(WorkerHeartbeat(name=worker, started_at=started or now, beat_at=now, jobs_run=0))
+        else:
+            row.beat_at = now
+            row.stopped_at = now if stopped else None
+
+
+def health(engine: Engine) -> dict[str, Any]:
+    """The worker's heartbeat age and the job lag (how long the oldest due job has waited), for /healthz."""
+    now = utcnow()
+    with Session(engine) as session:
+        last_beat = session.scalar(
+            select(func.max(WorkerHeartbeat.beat_at)).where(WorkerHeartbeat.stopped_at.is_(None))
+        )
+        oldest_due = session.scalar(select(func.min(Job.run_at)).where(Job.state == QUEUED, Job.run_at <= now))
+        dead = session.scalar(select(func.count()).select_from(Job).where(Job.state == DEAD))
+    return {
+        "worker_heartbeat_age": round((now - last_beat).total_seconds(), 3) if last_beat else None,
+        "job_lag": round((now - oldest_due).total_seconds(), 3) if oldest_due else 0.0,
+        "dead_jobs": dead or 0,
+    }
+
+
+# --- job kinds of the platform ----------------------------------------------------------------------------------
+
+EXPIRE_EVERY = timedelta(hours=1)
+
+
+@job_kind("idempotency.expire", max_attempts=3)
+def expire_idempotency_keys(ctx: JobContext, job: ClaimedJob) -> None:
+    """Delete Idempotency-Keys past their 24 hours, and schedule the next sweep."""
+    with ctx.sessions() as session, session.begin():
+        session.connection(execution_options={"ucsc_write": True})
+        gone = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < utcnow())).rowcount
+        schedule_sweep(session, after=job.run_at)
+    log.info("expired %d idempotency key(s)", gone)
+
+
+def schedule_sweep(session: Session, *, after: datetime | None = None) -> None:
+    """Make sure the next hourly sweep is queued (one per hour slot, whoever asks)."""
+    slot = (after or utcnow()) + EXPIRE_EVERY
+    slot = slot.replace(minute=0, second=0, microsecond=0)
+    enqueue(session, "idempotency.expire", run_at=slot, key=f"idempotency.expire:{slot:%Y-%m-%dT%H}")

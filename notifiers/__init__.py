@@ -1,0 +1,1 @@
+"""Outbound channels (e-mail, webhooks; Telegram joins later) behind one interface. No Flask here."""

@@ -1,0 +1,62 @@
+"""E-mail through SMTP (`UCSC_SMTP_URL`: smtp:// or smtps://, user and password in the URL)."""
+
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate
+from urllib.parse import unquote, urlsplit
+
+from notifiers.base import DeliveryFailed, Message
+
+
+class EmailNotifier:
+    channel = "email"
+
+    def __init__(self, smtp_url: str, mail_from: str, *, timeout: float = 10.0) -> None:
+        parts = urlsplit(smtp_url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("UCSC_SMTP_URL must start with smtp:// or smtps://")
+        self.tls = parts.scheme == "smtps"
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (465 if self.tls else 25)
+        self.user = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = "starttls=1" in parts.query
+        self.mail_from = mail_from
+        self.timeout = timeout
+        self.domain = mail_from.rpartition("@")[2] or "localhost"
+
+    def message_id(self, key: str) -> str:
+        """The same Message-ID on every attempt of one delivery, so a mailbox can drop a repeat."""
+        return f"<{key.replace('@', '.').replace(' ', '')}@{self.domain}>"
+
+    def build(self, message: Message) -> EmailMessage:
+        mail = EmailMessage()
+        mail["From"] = self.mail_from
+        mail["To"] = message.to
+        mail["Subject"] = message.subject
+        mail["Date"] = formatdate(localtime=False, usegmt=True)
+        mail["Message-ID"] = self.message_id(message.key)
+        mail.set_content(message.text)  # UTF-8: Vietnamese text stays readable
+        return mail
+
+    def send(self, message: Message) -> str:
+        mail = self.build(message)
+        try:
+            if self.tls:
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+                )
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            with smtp:
+                if self.starttls:
+                    smtp.starttls(context=ssl.create_default_context())
+                if self.user:
+                    smtp.login(self.user, self.password or "")
+                smtp.send_message(mail)
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise DeliveryFailed(f"recipient refused: {exc.recipients}", permanent=True) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryFailed(f"SMTP {self.host}:{self.port}: {exc}") from exc
+        return mail["Message-ID"]
