@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, g, has_request_context, request
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
@@ -14,12 +14,14 @@ from sqlalchemy import select
 
 from app import db
 from app.errors import ApiError, retry_after
+from incidents import audit, service
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.models import ApiToken, User
 
 TOKEN_PREFIX = "ucsc_"  # noqa: S105 - a label that tokens start with, not a secret
+FAILURE_AUDIT_SECONDS = 10.0  # at most one login.failed row per source address in this window
 
 
 def new_token() -> tuple[str, str]:
@@ -79,8 +81,56 @@ def current_actor() -> Actor:
     return actor
 
 
+class FailureGuard:
+    """Failed logins per source address: admits one audit row per window, counting the ones it holds back."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, source: str) -> int | None:
+        """None within the window of the last admitted row; else how many failures went unrecorded since it."""
+        now = time.monotonic()
+        with self._lock:
+            last, held_back = self._last.get(source, (-self.seconds, 0))
+            if now - last < self.seconds:
+                self._last[source] = (last, held_back + 1)
+                return None
+            if len(self._last) > 10_000:
+                self._last.clear()
+            self._last[source] = (now, 0)
+            return held_back
+
+
 def check_token(token: str) -> tuple[Actor | None, str]:
     """The actor a bearer token stands for, or None and why not (unknown, revoked, expired)."""
+    actor, refusal = _lookup(token)
+    if actor is None:
+        _audit_failure(token, refusal)
+    return actor, refusal
+
+
+def _audit_failure(token: str, refusal: str) -> None:
+    """Record a refused token as `login.failed`, in a short write transaction of its own."""
+    source_ip = request.remote_addr if has_request_context() else None
+    guard: FailureGuard = current_app.extensions["ucsc.login_failures"]
+    held_back = guard.admit(source_ip or "")
+    if held_back is None:
+        return  # a flood from one address: the rate limit answers it, one row per window records it
+    data: dict[str, object] = {"reason": refusal}
+    if held_back:
+        data["unrecorded_before"] = held_back
+    # A fresh session: the request's may be inside a transaction of its own that this must not commit.
+    with current_app.extensions["ucsc.sessionmaker"]() as session:
+        service.in_transaction(
+            session,
+            lambda: audit.append(session, action=audit.Action.LOGIN_FAILED, actor="token:" + token[:8],
+                                 source_ip=source_ip, data=data),
+        )  # fmt: skip
+
+
+def _lookup(token: str) -> tuple[Actor | None, str]:
     key = digest(token)
     cache: TokenCache = current_app.extensions["ucsc.token_cache"]
     actor = cache.get(key)
@@ -142,4 +192,5 @@ def limit_intake(actor: Actor) -> None:
 
 def init_app(app: Flask) -> None:
     app.extensions["ucsc.token_cache"] = TokenCache(float(app.config["TOKEN_CACHE_SECONDS"]))
+    app.extensions["ucsc.login_failures"] = FailureGuard(FAILURE_AUDIT_SECONDS)
     app.extensions["ucsc.intake_limiter"] = RateLimiter(str(app.config["INTAKE_RATE_LIMIT"]), app.config["REDIS_URL"])

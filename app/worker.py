@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,10 @@ class Worker:
         self.grace = float(cfg["WORKER_SHUTDOWN_GRACE"])
         self.ctx = jobs.JobContext(self.sessions, dict(cfg), build_notifiers(cfg))
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ucsc-job")
+        # The worker's own queries (claim, heartbeat, release) get a thread of their own, so they never wait
+        # behind jobs that fill the pool; one thread keeps them in order (the stopping beat comes last).
+        self.control = ThreadPoolExecutor(1, thread_name_prefix="ucsc-worker")
+        self.abandoned = False  # jobs released at shutdown whose threads were still inside their call
         self.running: dict[int, jobs.ClaimedJob] = {}
         self.lags: deque[float] = deque(maxlen=1000)  # seconds from due to start, for the bench and /metrics
         self._wake: asyncio.Event | None = None
@@ -51,8 +56,10 @@ class Worker:
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Run until stopped; True when threads of released jobs were left running (see `worker_command`)."""
         asyncio.run(self.main())
+        return self.abandoned
 
     async def main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -74,7 +81,9 @@ class Worker:
                 task.cancel()
             await self._drain()
             await self._call(self._beat, started, True)
-            self.pool.shutdown(wait=True)
+            # A released job's outcome no longer counts (its lease is gone): do not wait for its network call.
+            self.pool.shutdown(wait=not self.abandoned, cancel_futures=True)
+            self.control.shutdown(wait=True)
             log.info("worker %s stopped", self.name)
 
     def stop(self) -> None:
@@ -122,7 +131,7 @@ class Worker:
 
     async def _run(self, job: jobs.ClaimedJob) -> None:
         try:
-            await self._call(self._execute, job)
+            await asyncio.get_running_loop().run_in_executor(self.pool, self._execute, job)
         finally:
             self.running.pop(job.id, None)
             self._wake.set()
@@ -157,6 +166,7 @@ class Worker:
         if self.running:
             left = list(self.running.values())
             released = await self._call(self._release, left)
+            self.abandoned = True
             log.warning("released %d lease(s) of jobs still running at shutdown", released)
 
     def _release(self, left: list[jobs.ClaimedJob]) -> int:
@@ -205,7 +215,7 @@ class Worker:
                 await asyncio.sleep(1)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.control, fn, *args)
 
 
 @click.command("worker")
@@ -215,4 +225,10 @@ def worker_command() -> None:
     logging.basicConfig(
         level=os.environ.get("UCSC_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(name)s %(message)s"
     )
-    Worker(current_app._get_current_object()).run()
+    if Worker(current_app._get_current_object()).run():
+        # Threads of released jobs may wait on the network for up to NOTIFY_TIMEOUT, and the interpreter joins
+        # every pool thread at exit; their leases are back in the table, so leave without them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -25,6 +25,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -368,7 +369,9 @@ def main() -> int:
     )
     _flask(env, "init-db")
     token = _flask(env, "create-token", "bench", "--role", "intake").strip().splitlines()[-1]
-    shutil.copyfile(server_db, baseline_db)  # the baseline gets the same schema, roster and registry
+    # The baseline gets the same schema, roster and registry; SQLite's backup API also takes what is still in the WAL.
+    with sqlite3.connect(server_db) as source, sqlite3.connect(baseline_db) as target:
+        source.backup(target)
     halves: dict[str, list[dict[str, Any]]] = {"single": [], "bulk": []}
 
     def baseline(part: int) -> None:

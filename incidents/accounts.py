@@ -1,5 +1,7 @@
 """Users and API tokens: who may act, in which organisation, with which role."""
 
+from urllib.parse import urlsplit
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -42,9 +44,21 @@ def create_user(
 
 
 def create_token(
-    *, session: Session, name: str, role: Role, digest: str, user: str | None = None, organisation: str = "dic"
+    *,
+    session: Session,
+    name: str,
+    role: Role,
+    digest: str,
+    user: str | None = None,
+    organisation: str = "dic",
+    webhook: tuple[str, str] | None = None,
 ) -> ApiToken:
-    """Store a token's digest; without `user`, a service account named after the token acts for it."""
+    """Store a token's digest; without `user`, a service account named after the token acts for it.
+
+    `webhook` is (URL, secret): receipts of what this token files are posted there, signed with the secret.
+    """
+    if webhook is not None and urlsplit(webhook[0]).scheme not in ("http", "https"):
+        raise ValidationFailed("invalid webhook", errors=[FieldError("webhook", "an http:// or https:// URL")])
     if user is not None:
         owner = session.scalar(select(User).where(User.username == user))
         if owner is None:
@@ -61,6 +75,8 @@ def create_token(
                 is_service=True,
             )
     token = ApiToken(name=name, user_id=owner.id, role=role, digest=digest, prefix=digest[:8])
+    if webhook is not None:
+        token.webhook_url, token.webhook_secret = webhook
     session.add(token)
     session.flush()
     return token

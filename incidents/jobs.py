@@ -193,8 +193,10 @@ def complete(session: Session, job: ClaimedJob, worker: str) -> bool:
             .where(_mine(job, worker))
             .values(state=DONE, lease_until=None, finished_at=utcnow(), last_error=None)
         )
+        if done.rowcount != 1:
+            return False
         _count_run(session, worker)
-        return done.rowcount == 1
+        return True
 
 
 def fail(session: Session, job: ClaimedJob, worker: str, error: str, *, permanent: bool = False) -> str | None:

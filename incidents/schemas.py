@@ -658,6 +658,29 @@ class PageQuery(Strict):
         return base64.urlsafe_b64encode(f"after:{items[-1].id}".encode()).decode().rstrip("=")
 
 
+class AuditQuery(PageQuery):
+    """An admin's export of the audit trail: rows with since <= at < until, in chain order."""
+
+    since: AwareDatetime
+    until: AwareDatetime
+    limit: int = Field(default=500, ge=1, le=5000)
+
+    @field_validator("since", "until")
+    @classmethod
+    def _in_range(cls, value: datetime, info: ValidationInfo) -> datetime:
+        _utc_representable(value)
+        since = info.data.get("since")
+        if info.field_name == "until" and since is not None and value <= since:
+            raise ValueError("must be later than since")
+        return value
+
+    def next_cursor_of(self, rows: list[dict[str, Any]]) -> str | None:
+        """The cursor past the last row of a full page."""
+        if len(rows) < self.limit:
+            return None
+        return base64.urlsafe_b64encode(f"after:{rows[-1]['id']}".encode()).decode().rstrip("=")
+
+
 def parse_query(schema: type[M], args: dict[str, list[str]], list_fields: Iterable[str] = ()) -> M:
     """Validate query-string arguments; list fields take repeated or comma-separated values."""
     data: dict[str, Any] = {}

@@ -1,12 +1,17 @@
 """E-mail through SMTP (`UCSC_SMTP_URL`: smtp:// or smtps://, user and password in the URL)."""
 
+import re
 import smtplib
 import ssl
 from email.message import EmailMessage
-from email.utils import formatdate
+from email.utils import formatdate, parseaddr
 from urllib.parse import unquote, urlsplit
 
 from notifiers.base import DeliveryFailed, Message
+
+# Characters outside RFC 5322 `atext` (a ":" among them) may not stand in a msg-id's left part: a parser
+# stops there (Python's reads "<receipt.email:5@x>" as "<receipt.email"), and a repeat could not be matched.
+_NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 
 
 class EmailNotifier:
@@ -24,11 +29,18 @@ class EmailNotifier:
         self.starttls = "starttls=1" in parts.query
         self.mail_from = mail_from
         self.timeout = timeout
-        self.domain = mail_from.rpartition("@")[2] or "localhost"
+        # MAIL_FROM may carry a display name ("Ban Chỉ đạo <ucsc@example.vn>"): the domain is the address's.
+        _, at, domain = parseaddr(mail_from)[1].rpartition("@")
+        self.domain = domain if at and domain else "localhost"
 
     def message_id(self, key: str) -> str:
-        """The same Message-ID on every attempt of one delivery, so a mailbox can drop a repeat."""
-        return f"<{key.replace('@', '.').replace(' ', '')}@{self.domain}>"
+        """The same Message-ID on every attempt of one delivery, so a mailbox can drop a repeat.
+
+        `receipt.email:42` becomes `<receipt.email.42@DOMAIN>`: each run of characters a msg-id may not hold
+        turns into a dot.
+        """
+        left = ".".join(part for part in _NOT_ATEXT.split(key) if part) or "message"
+        return f"<{left}@{self.domain}>"
 
     def build(self, message: Message) -> EmailMessage:
         mail = EmailMessage()

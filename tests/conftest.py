@@ -193,3 +193,20 @@ def live_server(app: Flask, database_url: str, tmp_path: Path) -> Iterator[Any]:
     server = LiveServer(database_url, tmp_path / "gunicorn.log").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def start_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start worker processes on the test's database: `start_worker(env={...})`; all are stopped at the end."""
+    from tests.live import WorkerProcess
+
+    started: list[Any] = []
+
+    def factory(env: dict[str, str] | None = None) -> Any:
+        worker = WorkerProcess(database_url, tmp_path / f"worker-{len(started)}.log", env).start()
+        started.append(worker)
+        return worker
+
+    yield factory
+    for worker in started:
+        worker.kill()

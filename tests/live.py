@@ -32,6 +32,7 @@ class LiveServer:
             "UCSC_DATABASE_URL": database_url,
             "UCSC_SECRET_KEY": "test",
             "UCSC_INTAKE_RATE_LIMIT": "",
+            "UCSC_BASE_URL": self.url,  # Socket.IO accepts browsers from this origin only
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
@@ -65,6 +66,59 @@ class LiveServer:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class WorkerProcess:
+    """`flask --app wsgi worker` as a subprocess (plain asyncio, never gevent), logging to a file."""
+
+    def __init__(self, database_url: str, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "UCSC_DATABASE_URL": database_url,
+            "UCSC_SECRET_KEY": "test",
+            "UCSC_LOG_LEVEL": "INFO",
+            "UCSC_WORKER_HEARTBEAT_SECONDS": "0.5",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "WorkerProcess":
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            if " started (" in self.log()[offset:]:
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"worker did not start within {timeout}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30) -> int | None:
+        """Signal the worker and wait for it; its exit code."""
+        if self.process is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def stop(self) -> int | None:
+        return self.kill(signal.SIGTERM)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -121,7 +121,8 @@ def test_init_db_twice_is_safe_and_the_second_run_adds_nothing(initialised):
     assert initialised.counts_after_first["systems"] > 0
     assert initialised.counts_after_second == initialised.counts_after_first
     assert ": 0 organisations, 0 seats, 0 demo systems added" in initialised.second.stdout
-    assert (initialised.cli.tree / "instance" / "secret_key").read_text().strip()
+    # UCSC_SECRET_KEY is set (as in production): no key file is written beside it (make run's test covers the file).
+    assert not (initialised.cli.tree / "instance" / "secret_key").exists()
 
 
 def test_create_user_reads_the_password_from_stdin_and_stores_an_scrypt_hash(initialised):
@@ -166,3 +167,20 @@ def test_create_token_prints_the_token_alone_on_its_last_line_and_it_authenticat
         assert created.status_code == 201, created.json
         assert client.get(created.headers["Location"], headers=headers).status_code == 200
         assert client.get("/api/v1/incidents", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+
+
+def test_create_token_with_a_webhook_stores_the_url_and_a_secret_shown_once(initialised):
+    cli = initialised.cli
+    result = cli("create-token", "siem-hook", "--role", "intake", "--webhook", "https://siem.example.vn/ucsc")
+    lines = result.stdout.splitlines()
+    token = lines[-1]
+    with cli.app() as app, app.app_context():
+        stored = db.session().scalar(select(ApiToken).where(ApiToken.name == "siem-hook"))
+    assert stored.webhook_url == "https://siem.example.vn/ucsc"
+    assert len(stored.webhook_secret) >= 40 and stored.webhook_secret != token
+    assert any(stored.webhook_secret in line for line in lines[:-1])  # printed once, before the token
+
+    refused = cli("create-token", "siem-bad", "--role", "intake", "--webhook", "ftp://siem.example.vn", check=False)
+    assert refused.returncode != 0 and "webhook" in refused.stderr + refused.stdout
+    with cli.app() as app, app.app_context():
+        assert db.session().scalar(select(ApiToken).where(ApiToken.name == "siem-bad")) is None

@@ -83,4 +83,4 @@ def _impossible_path_values(_endpoint: str | None, values: dict[str, Any] | None
             raise NotFound(f"nothing at {request.path!r}")
 
 
-from app.api import incidents, meta, registry  # noqa: E402,F401  (routes register on import)
+from app.api import audit, incidents, meta, registry  # noqa: E402,F401  (routes register on import)

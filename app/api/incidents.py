@@ -1,5 +1,6 @@
 """Incident routes: thin handlers that validate, call one service function and serialise."""
 
+from collections.abc import Iterable
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
@@ -9,7 +10,8 @@ from app.api import body, limits, operation, raw_json_body
 from app.api import serialise as out
 from app.auth import current_actor, limit_intake
 from app.errors import ApiError
-from incidents import service
+from incidents import audit, service
+from incidents.access import Actor
 from incidents.errors import FieldError
 from incidents.schemas import (
     ClassificationIn,
@@ -138,11 +140,21 @@ def _read(incident_id: str) -> Response:
     return jsonify(out.incident(incident, service.occurrence_count(session, incident.id)))
 
 
+def _audit_read(actor: Actor, incident_id: str, what: str, tlps: Iterable[str | None] = ()) -> None:
+    """Record a read of amber+strict or red data in the audit trail, after the read and before answering."""
+    audit.record_read(
+        db.session(), actor=actor, incident=incident_id, what=what, source_ip=request.remote_addr, tlps=tlps
+    )
+
+
 @operation(
     "GET", "/incidents/<incident_id>", "One incident, by id or reference", response=IncidentRead, errors=(401, 404)
 )
 def get_incident(incident_id: str) -> Response:
-    return _read(incident_id)
+    actor = current_actor()
+    response = _read(incident_id)
+    _audit_read(actor, incident_id, "incident")
+    return response
 
 
 @operation(
@@ -210,8 +222,11 @@ def post_classification(incident_id: str) -> Response:
 )
 def list_events(incident_id: str) -> Response:
     page = parse_query(PageQuery, request.args.to_dict(flat=False))
-    events = service.list_events(db.session(), current_actor(), incident_id, after=page.after(), limit=page.limit)
-    return jsonify({"items": [out.event(e) for e in events], "next_cursor": page.next_cursor(events, page.limit)})
+    actor = current_actor()
+    events = service.list_events(db.session(), actor, incident_id, after=page.after(), limit=page.limit)
+    response = jsonify({"items": [out.event(e) for e in events], "next_cursor": page.next_cursor(events, page.limit)})
+    _audit_read(actor, incident_id, "events", [e.tlp for e in events])
+    return response
 
 
 @operation(
@@ -224,8 +239,13 @@ def list_events(incident_id: str) -> Response:
 )
 def list_comments(incident_id: str) -> Response:
     page = parse_query(PageQuery, request.args.to_dict(flat=False))
-    comments = service.list_comments(db.session(), current_actor(), incident_id, after=page.after(), limit=page.limit)
-    return jsonify({"items": [out.comment(c) for c in comments], "next_cursor": page.next_cursor(comments, page.limit)})
+    actor = current_actor()
+    comments = service.list_comments(db.session(), actor, incident_id, after=page.after(), limit=page.limit)
+    response = jsonify(
+        {"items": [out.comment(c) for c in comments], "next_cursor": page.next_cursor(comments, page.limit)}
+    )
+    _audit_read(actor, incident_id, "comments", [c.tlp for c in comments])
+    return response
 
 
 @operation(
