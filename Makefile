@@ -35,8 +35,11 @@ test: install-test browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadgroup
 
+# Every benchmark runs even if an earlier one fails; the target fails if any did.
 bench: install-test
-	$(PY) bench/intake.py
+	@status=0; \
+	for b in bench/intake.py bench/live.py; do $(PY) $$b || status=1; done; \
+	exit $$status
 
 lint: install-test
 	$(VENV)/bin/ruff check .

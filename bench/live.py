@@ -1,0 +1,757 @@
+"""Live-feed benchmark: 500 Socket.IO clients on one gevent worker, the change feed against a bare emit.
+
+What it measures (the live-feed issue, "Benchmark"), on SQLite and on PostgreSQL in turn:
+- the time from an incident POST returning 201 to each connected client receiving `incident.created`
+  (p50/p99/max over every client and incident), beside a bare `socketio.emit` to the same clients in the
+  same run (POST /_bench/emit, served only with UCSC_BENCH_ROUTES=1): rounds alternate the two, and each
+  waits until every client has the frame before the next starts. Target: feed p99 <= 2 x bare p99 + 50 ms;
+- the peak resident memory of the gunicorn worker holding the 500 connections (VmHWM). Target <= 200 MB;
+- the job lag, from the filing's commit to the worker starting its job: each incident filed by a token that
+  names a webhook queues a `receipt.webhook` job (the bench answers the webhook itself); lag is the job row's
+  started_at - run_at. Target: p99 <= 250 ms.
+
+Clients run in 4 separate processes of 125 gevent-patched websocket clients each (see `client_process`), so
+the client side does not queue on one interpreter; every process stamps arrivals with time.time(), the clock
+the POSTs' return times come from. `UCSC_BENCH_SCALE` (default 1.0) scales clients and rounds; CI runs 0.1
+only to prove the benchmark still runs, and targets are enforced (exit status 1 when missed) only at full
+scale. Frames that never arrive, failed connects or failed requests are errors at any scale (exit status 2).
+Figures go to stdout and to bench/results-live.json (`UCSC_BENCH_OUTPUT` overrides the path);
+`UCSC_BENCH_BACKENDS=sqlite` runs one backend; the PostgreSQL is the tests' (`UCSC_TEST_PG_ADMIN`).
+"""
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
+OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-live.json"))
+# The tests' PostgreSQL admin URL: the bench creates (and drops) a database of its own there.
+PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = [b.strip() for b in os.environ.get("UCSC_BENCH_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
+NAMESPACE = "/live"
+CLIENTS = 500
+ROUNDS = 100  # each round is one bare emit and one incident
+WARMUP_ROUNDS = 3  # not counted: the first filing imports and caches what the others reuse
+CLIENT_PROCESSES = 4
+ROUND_TIMEOUT = 10.0  # a frame not at every client by then is counted missing
+PAUSE = 0.1  # between deliveries, so one round's tail does not overlap the next
+JOB_KIND = "receipt.webhook"
+FEED_SLACK_MS = 50.0
+TARGETS = {"peak_rss_mb": 200.0, "job_lag_p99_ms": 250.0}
+DETECTED_AT = "2026-01-15T08:30:00+07:00"  # a fixed, past detection time (the API refuses future ones)
+
+
+def scaled(n: int, minimum: int) -> int:
+    return max(minimum, round(n * SCALE))
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
+
+
+def summary(values_ms: list[float], **extra: Any) -> dict[str, Any]:
+    done = sorted(values_ms)
+    return {
+        "p50_ms": percentile(done, 50),
+        "p99_ms": percentile(done, 99),
+        "max_ms": done[-1] if done else float("nan"),
+        "samples": len(done),
+        **extra,
+    }
+
+
+def incident_payload(n: int) -> dict[str, Any]:
+    """A small SIEM filing; unique observables so no two filings are taken for the same incident."""
+    host = f"live-{os.getpid()}-{n}.example.net"
+    return {
+        "title": f"Dò quét cổng dịch vụ công từ {host}, lần {n}",
+        "description": "Luật SIEM 1024 phát hiện quét cổng liên tục vào cổng dịch vụ công của tỉnh.",
+        "category": "other",
+        "priority": "P4",
+        "tlp": "amber",
+        "detected_at": DETECTED_AT,
+        "observables": [{"type": "domain-name", "value": host}],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the clients
+
+
+def client_process(spec: dict[str, Any]) -> None:
+    """In a gevent-patched process: connect `spec['clients']` clients, report deliveries, then the arrivals.
+
+    Each client speaks Socket.IO 5 over Engine.IO 4's websocket transport itself (CONNECT with auth, answer
+    pings, read EVENT frames), at ~0.06 ms of CPU a frame. python-socketio's client took ~0.25 ms (a thread per
+    message, UTF-8 checked in pure Python): for 500 clients on two cores, more than the server's own fan-out.
+    Protocol with the parent on stdout, one line each:
+    `ready {...}` once connected, `got KEY` when every connected client of this process has KEY (a bare emit's
+    `bare:SEQ` or an incident's ref), `result {...}` after "stop" (or EOF) on stdin. Arrival times are
+    time.time() as each frame is read, first frame per client and key.
+    """
+    import gevent
+    import gevent.pool
+    import gevent.socket
+    import websocket
+
+    out = sys.stdout
+    n = spec["clients"]
+    url = spec["url"].replace("http://", "ws://", 1) + "/socket.io/?EIO=4&transport=websocket"
+    hello = f"40{NAMESPACE}," + json.dumps({"token": spec["token"]})
+    event_prefix = f"42{NAMESPACE},"
+    arrivals: dict[str, list[float | None]] = {}
+    counts: dict[str, int] = {}
+    stats = {"duplicates": 0, "disconnects": 0, "connected": 0}
+    failures: list[str] = []
+    sockets: list[Any] = []
+
+    def arrived(key: str, index: int, at: float) -> None:
+        row = arrivals.setdefault(key, [None] * stats["connected"])
+        if row[index] is not None:
+            stats["duplicates"] += 1
+            return
+        row[index] = at
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] == stats["connected"]:
+            out.write(f"got {key}\n")
+            out.flush()
+
+    def connect(index: int) -> None:
+        try:
+            # websocket-client checks UTF-8 in pure Python (~0.5 us a byte) unless told not to; that alone
+            # made a 700-byte incident frame cost clients several times what a bare one did.
+            ws = websocket.create_connection(url, timeout=30, origin=spec["url"], skip_utf8_validation=True)
+            opened = ws.recv()  # 0{"sid": ..., "pingInterval": ...}
+            ws.send(hello)
+            # The server's connect handler emits `ready` (and any replay) before python-socketio sends the
+            # CONNECT answer; Socket.IO clients buffer such events, and this one has no use for them.
+            answer = ws.recv()
+            while answer.startswith(event_prefix):
+                answer = ws.recv()
+        except Exception as exc:  # reported to the parent, which counts it as an error
+            failures.append(f"client {index}: {type(exc).__name__}: {exc}")
+            return
+        if not (opened.startswith("0{") and answer.startswith(f"40{NAMESPACE},")):
+            failures.append(f"client {index}: refused: {opened[:80]!r} {answer[:200]!r}")
+            ws.close()
+            return
+        ws.settimeout(None)
+        sockets.append(ws)
+
+    def listen(index: int, ws: Any) -> None:
+        while True:
+            try:
+                frame = ws.recv()
+            except Exception:  # closed by the server or the network: counted, the frames it misses too
+                stats["disconnects"] += 1
+                return
+            at = time.time()
+            if frame == "2":  # Engine.IO ping
+                ws.send("3")
+            elif frame.startswith(event_prefix):
+                name, data = json.loads(frame[len(event_prefix) :])[:2]
+                if name == "incident.created":
+                    arrived(str(data.get("ref")), index, at)
+                elif name == "bench.bare":
+                    arrived(f"bare:{data.get('seq')}", index, at)
+            elif frame.startswith(("1", f"41{NAMESPACE}", f"44{NAMESPACE}")):  # close, disconnect, error
+                stats["disconnects"] += 1
+                return
+
+    pool = gevent.pool.Pool(20)
+    for i in range(n):
+        pool.spawn(connect, i)
+    pool.join()
+    stats["connected"] = len(sockets)
+    for index, ws in enumerate(sockets):
+        gevent.spawn(listen, index, ws)
+    out.write("ready " + json.dumps({"connected": len(sockets), "failures": failures[:5]}) + "\n")
+    out.flush()
+    cpu_ready = time.process_time()
+
+    fd = sys.stdin.fileno()
+    while True:
+        gevent.socket.wait_read(fd)
+        data = os.read(fd, 4096)
+        if not data or b"stop" in data:
+            break
+    result = {"arrivals": arrivals, **stats, "failures": failures, "cpu": time.process_time() - cpu_ready}
+    out.write("result " + json.dumps(result) + "\n")
+    out.flush()
+    os._exit(0)  # no close handshakes: the server sees the sockets close
+
+
+class Clients:
+    """The client processes: started, waited on per delivery, and asked for their arrivals at the end."""
+
+    def __init__(self, url: str, token: str, total: int, processes: int) -> None:
+        base, extra = divmod(total, processes)
+        self.sizes = [base + (1 if i < extra else 0) for i in range(processes)]
+        self.sizes = [s for s in self.sizes if s > 0]
+        self.got: dict[str, int] = {}
+        self.ready: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any] | None] = [None] * len(self.sizes)
+        self.stderr: list[str] = [""] * len(self.sizes)
+        self.eof = [False] * len(self.sizes)
+        self.cond = threading.Condition()
+        self.procs: list[subprocess.Popen] = []
+        for i, size in enumerate(self.sizes):
+            spec = json.dumps({"url": url, "token": token, "clients": size})
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gevent.monkey", str(Path(__file__).resolve()), "--clients", spec],
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            self.procs.append(proc)
+            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
+            threading.Thread(target=self._read_stderr, args=(i, proc), daemon=True).start()
+
+    def _read(self, i: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            with self.cond:
+                if kind == "got":
+                    self.got[rest] = self.got.get(rest, 0) + 1
+                elif kind == "ready":
+                    self.ready.append(json.loads(rest))
+                elif kind == "result":
+                    self.results[i] = json.loads(rest)
+                self.cond.notify_all()
+        with self.cond:
+            self.eof[i] = True
+            self.cond.notify_all()
+
+    def _read_stderr(self, i: int, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            self.stderr[i] = (self.stderr[i] + line)[-4000:]
+
+    def _dead(self) -> str | None:
+        for i, proc in enumerate(self.procs):
+            if self.eof[i] and self.results[i] is None:  # all its output read, and no result in it
+                return f"client process {i} exited with {proc.wait()}: {self.stderr[i]}"
+        return None
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.ready) < len(self.procs):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"clients did not connect within {timeout:.0f} s")
+                if (dead := self._dead()) is not None:
+                    raise RuntimeError(dead)
+                self.cond.wait(min(left, 0.5))
+            return {
+                "connected": sum(r["connected"] for r in self.ready),
+                "failures": [f for r in self.ready for f in r["failures"]][:5],
+            }
+
+    def wait_for(self, key: str, timeout: float) -> bool:
+        """True once every process reported that all of its clients have `key`."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.got.get(key, 0) < len(self.procs):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
+
+    def collect(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        for proc in self.procs:
+            proc.stdin.write("stop\n")
+            proc.stdin.close()
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while any(r is None for r in self.results):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError("client processes did not report their arrivals")
+                if (dead := self._dead()) is not None:
+                    raise RuntimeError(dead)
+                self.cond.wait(min(left, 0.5))
+        return [r for r in self.results if r is not None]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------- the server
+
+
+class WebhookReceiver:
+    """A local HTTP server answering every POST 200: the SIEM at the other end of the receipts' webhook."""
+
+    def __init__(self) -> None:
+        receiver = self
+        self.received = 0
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver.lock:
+                    receiver.received += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/receipts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class RssSampler:
+    """Samples a process's VmRSS every 100 ms; the peak is the larger of the samples and VmHWM at the end."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[int] = []
+        self.hwm = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _status(self) -> dict[str, int]:
+        fields = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])  # kB
+        return fields
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status = self._status()
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            self.samples.append(status["VmRSS"])
+            self.hwm = max(self.hwm, status["VmHWM"])
+            self._stop.wait(0.1)
+
+    def now_mb(self) -> float:
+        return self._status()["VmRSS"] / 1024
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MB (MiB)."""
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            self.hwm = max(self.hwm, self._status()["VmHWM"])
+        self._stop.set()
+        self._thread.join()
+        return max([self.hwm, *self.samples]) / 1024
+
+
+def _env(database_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "UCSC_DATABASE_URL": database_url,
+        "UCSC_SECRET_KEY": "bench",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def _flask(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"flask {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def _worker_pid(arbiter: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RuntimeError("gunicorn started no worker")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _post(port: int, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, float, float]:
+    """POST JSON on a fresh connection; the status, the JSON answer, and time.time() at sending and once answered."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.connect()
+        sent = time.time()
+        conn.request("POST", path, json.dumps(body).encode(), {"Content-Type": "application/json", **headers})
+        response = conn.getresponse()
+        raw = response.read()
+        returned = time.time()
+    finally:
+        conn.close()
+    try:
+        answer = json.loads(raw) if raw else {}
+    except ValueError:
+        answer = {"raw": raw[:200].decode(errors="replace")}
+    return response.status, answer, sent, returned
+
+
+# ---------------------------------------------------------------------------------------------- one backend
+
+
+def run_backend(name: str, database_url: str, workdir: Path, receiver: WebhookReceiver) -> dict[str, Any]:
+    """Serve `database_url` with gunicorn and a worker, connect the clients, run the rounds; the figures."""
+    from sqlalchemy import update
+
+    from app.db import make_engine
+    from incidents.models import ApiToken
+    from tests.live import LiveServer, WorkerProcess
+
+    started = time.perf_counter()
+    n_clients, rounds = scaled(CLIENTS, 10), scaled(ROUNDS, 5)
+    env = _env(database_url)
+    _flask(env, "init-db")
+    token = _flask(env, "create-token", "bench-live", "--role", "operator").strip().splitlines()[-1]
+    errors: list[str] = []
+    extra = {"UCSC_SECRET_KEY": "bench", "PYTHONDONTWRITEBYTECODE": "1"}
+    server = LiveServer(database_url, workdir / f"gunicorn-{name}.log", env={**extra, "UCSC_BENCH_ROUTES": "1"})
+    # The worker with the shipped settings (tests.live beats every 0.5 s; production every 5 s).
+    worker = WorkerProcess(
+        database_url, workdir / f"worker-{name}.log", env={**extra, "UCSC_WORKER_HEARTBEAT_SECONDS": "5"}
+    )
+    t0: dict[str, float] = {}
+    incident_ids: list[int] = []
+    timeouts = {"bare": 0, "feed": 0}
+    request_ms: dict[str, list[float]] = {"bare": [], "feed": []}
+    # Every process started here is stopped on the way out, whatever fails (each stop runs even if one fails).
+    with contextlib.ExitStack() as cleanup:
+        engine = make_engine(database_url)
+        cleanup.callback(engine.dispose)
+        with engine.begin() as conn:  # before the server starts, so no token cache holds the old row
+            conn.execute(
+                update(ApiToken)
+                .where(ApiToken.name == "bench-live")
+                .values(webhook_url=receiver.url, webhook_secret="bench")  # noqa: S106 - a bench-only secret
+            )
+        cleanup.callback(server.stop)
+        server.start()
+        web_pid = _worker_pid(server.process.pid)
+        sampler = RssSampler(web_pid)
+        cleanup.callback(sampler.stop)
+        cleanup.callback(worker.stop)
+        worker.start()
+        rss_idle = sampler.now_mb()
+        connect_started = time.perf_counter()
+        clients = Clients(server.url, token, n_clients, min(CLIENT_PROCESSES, n_clients))
+        cleanup.callback(clients.close)
+        ready = clients.wait_ready(timeout=60 + n_clients / 5)
+        connect_seconds = time.perf_counter() - connect_started
+        if ready["connected"] == 0:
+            raise RuntimeError(f"no client could connect: {ready['failures']}")
+        if ready["connected"] != n_clients:
+            errors.append(
+                f"{n_clients - ready['connected']} of {n_clients} clients failed to connect: {ready['failures']}"
+            )
+        time.sleep(1.0)  # let the connects' tail (pings, room joins) settle
+        rss_connected = sampler.now_mb()
+        cpu0 = {"web": _cpu_seconds(web_pid), "worker": _cpu_seconds(worker.pid)}
+        auth = {"Authorization": f"Bearer {token}"}
+        steps = (
+            ("bare", "/_bench/emit", lambda r: {"seq": r}, {}, 200, lambda r, _answer: f"bare:{r}"),
+            ("feed", "/api/v1/incidents", incident_payload, auth, 201, lambda _r, answer: str(answer["ref"])),
+        )
+        measured: dict[str, list[str]] = {"bare": [], "feed": []}
+        run_started = time.perf_counter()
+        for r in range(WARMUP_ROUNDS + rounds):
+            for kind, path, body, headers, expected, key_of in steps:
+                status, answer, sent, returned = _post(server.port, path, body(r), headers)
+                if status != expected:
+                    raise RuntimeError(f"POST {path} answered {status}: {answer}")
+                key = key_of(r, answer)
+                t0[key] = returned
+                if not clients.wait_for(key, ROUND_TIMEOUT):
+                    timeouts[kind] += 1
+                if r >= WARMUP_ROUNDS:
+                    measured[kind].append(key)
+                    request_ms[kind].append((returned - sent) * 1000)
+                    if kind == "feed":
+                        incident_ids.append(int(answer["id"]))
+                time.sleep(PAUSE)
+        run_seconds = time.perf_counter() - run_started
+        cpu = {"web": _cpu_seconds(web_pid) - cpu0["web"], "worker": _cpu_seconds(worker.pid) - cpu0["worker"]}
+        results = clients.collect()
+        jobs = _wait_for_jobs(engine, incident_ids)
+        rss_end = sampler.now_mb()
+        peak_rss = sampler.stop()
+
+    figures: dict[str, Any] = {"clients": n_clients, "client_processes": len(clients.sizes), "rounds": rounds}
+    for kind in ("bare", "feed"):
+        latencies, firsts, missing = [], [], 0
+        for key in measured[kind]:
+            got, lost = _latencies(results, key, t0[key])
+            latencies += got
+            firsts += [min(got)] if got else []
+            missing += lost
+        figures[kind] = summary(
+            latencies,
+            missing=missing,
+            round_timeouts=timeouts[kind],
+            # Where the time goes: the first client's latency (the server's path to its first frame), and
+            # how long the POST itself took (the bare emit queues every frame before it answers).
+            first_client_p50_ms=percentile(sorted(firsts), 50),
+            request_p50_ms=percentile(sorted(request_ms[kind]), 50),
+        )
+    figures["ratio_p99"] = figures["feed"]["p99_ms"] / figures["bare"]["p99_ms"]
+    figures["peak_rss_mb"] = peak_rss
+    figures["rss_mb"] = {"idle": rss_idle, "connected": rss_connected, "end": rss_end}
+    lags = [(started_at - run_at).total_seconds() * 1000 for _, state, run_at, started_at, _ in jobs if started_at]
+    figures["job_lag"] = summary(lags, jobs=len(jobs))
+    del figures["job_lag"]["samples"]
+    figures["webhooks_received"] = receiver.received
+    figures["connect_seconds"] = connect_seconds
+    figures["rounds_seconds"] = run_seconds
+    figures["cpu_seconds"] = {**cpu, "clients": sum(r["cpu"] for r in results)}
+    figures["duplicates"] = sum(r["duplicates"] for r in results)
+    figures["disconnects"] = sum(r["disconnects"] for r in results)
+
+    bound = 2 * figures["bare"]["p99_ms"] + FEED_SLACK_MS
+    figures["targets"] = {
+        "feed_p99_ms": _target(figures["feed"]["p99_ms"], bound),
+        "peak_rss_mb": _target(peak_rss, TARGETS["peak_rss_mb"]),
+        "job_lag_p99_ms": _target(figures["job_lag"]["p99_ms"], TARGETS["job_lag_p99_ms"]),
+    }
+    for kind in ("bare", "feed"):
+        if figures[kind]["missing"]:
+            errors.append(f"{name}: {figures[kind]['missing']} {kind} frame(s) never reached their client")
+    if figures["disconnects"]:
+        errors.append(f"{name}: {figures['disconnects']} client(s) were disconnected during the run")
+    if len(jobs) != len(incident_ids):
+        errors.append(f"{name}: {len(incident_ids)} incidents filed but {len(jobs)} {JOB_KIND} jobs found")
+    not_done = [(state, attempts) for _, state, _, _, attempts in jobs if state != "done" or attempts != 1]
+    if not_done:
+        errors.append(f"{name}: {len(not_done)} {JOB_KIND} job(s) not done at the first attempt: {not_done[:5]}")
+    figures["errors"] = errors
+    figures["seconds"] = time.perf_counter() - started
+    return figures
+
+
+def _latencies(results: list[dict[str, Any]], key: str, t0: float) -> tuple[list[float], int]:
+    """Every client's arrival of `key` minus `t0`, in ms, and how many clients never got it."""
+    latencies, missing = [], 0
+    for result in results:
+        row = result["arrivals"].get(key)
+        if row is None:
+            missing += result["connected"]
+            continue
+        for arrival in row:
+            if arrival is None:
+                missing += 1
+            else:
+                latencies.append((arrival - t0) * 1000)
+    return latencies, missing
+
+
+def _wait_for_jobs(engine: Any, incident_ids: list[int], timeout: float = 20.0) -> list[tuple]:
+    """The receipt jobs of the measured incidents, once all have finished (or `timeout` passed)."""
+    from sqlalchemy import select
+
+    from incidents.models import Job
+
+    stmt = select(Job.incident_id, Job.state, Job.run_at, Job.started_at, Job.attempts).where(
+        Job.kind == JOB_KIND, Job.incident_id.in_(incident_ids)
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        with engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(stmt)]
+        finished = all(state in ("done", "dead") for _, state, *_ in rows)
+        if (finished and len(rows) >= len(incident_ids)) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def _target(value: float, goal: float) -> dict[str, Any]:
+    return {"value": value, "target": f"<= {goal:.1f}", "pass": value <= goal}
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def _sqlite(workdir: Path) -> tuple[str, Any]:
+    return f"sqlite:///{workdir / 'live.db'}", lambda: None
+
+
+def _postgresql(_workdir: Path) -> tuple[str, Any]:
+    """A fresh database of this run's own; the returned callable drops it (also after a failure)."""
+    import psycopg
+
+    name = f"ucsc_bench_live_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def _run_on(name: str, workdir: Path, receiver: WebhookReceiver) -> dict[str, Any]:
+    """Make the backend's database, run the bench on it, and drop it (also after a failure)."""
+    makers = {"sqlite": _sqlite, "postgresql": _postgresql}
+    if name not in makers:
+        raise ValueError(f"unknown backend {name!r} in UCSC_BENCH_BACKENDS (known: {', '.join(makers)})")
+    url, drop = makers[name](workdir)
+    try:
+        received = receiver.received
+        figures = run_backend(name, url, workdir, receiver)
+    finally:
+        drop()
+    figures["webhooks_received"] -= received
+    figures["database"] = url.rsplit("/", 1)[-1]
+    return figures
+
+
+def _show(name: str, f: dict[str, Any]) -> None:
+    print(f"{name}: {f['clients']} clients in {f['client_processes']} processes, {f['rounds']} rounds")
+    print(f"  {'':22}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}{'missing':>9}{'1st client':>12}{'POST':>8}")
+    for label, key in (("bare socketio.emit", "bare"), ("feed incident.created", "feed")):
+        s = f[key]
+        print(
+            f"  {label:22}{s['p50_ms']:10.1f}{s['p99_ms']:10.1f}{s['max_ms']:10.1f}{s['missing']:9d}"
+            f"{s['first_client_p50_ms']:12.1f}{s['request_p50_ms']:8.1f}"
+        )
+    lag = f["job_lag"]
+    label = f"job lag ({lag['jobs']} jobs)"
+    print(f"  {label:22}{lag['p50_ms']:10.1f}{lag['p99_ms']:10.1f}{lag['max_ms']:10.1f}")
+    rss = f["rss_mb"]
+    print(f"  feed p99 / bare p99: {f['ratio_p99']:.2f}x")
+    print(
+        f"  web worker RSS: peak {f['peak_rss_mb']:.1f} MB (idle {rss['idle']:.1f}, "
+        f"{f['clients']} connected {rss['connected']:.1f}, end {rss['end']:.1f})"
+    )
+    cpu = f["cpu_seconds"]
+    print(
+        f"  connect {f['connect_seconds']:.1f} s, rounds {f['rounds_seconds']:.1f} s; CPU during rounds: "
+        f"web {cpu['web']:.1f} s, worker {cpu['worker']:.1f} s, clients {cpu['clients']:.1f} s; "
+        f"{f['webhooks_received']} webhooks received"
+    )
+    for tname, t in f["targets"].items():
+        print(f"  {'pass' if t['pass'] else 'MISS'}  {tname} = {t['value']:.1f} (target {t['target']})")
+    print(flush=True)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop processes and drop the database
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    signal.signal(signal.SIGTERM, _terminate)
+    workdir = Path(tempfile.mkdtemp(prefix="ucsc-bench-live-"))
+    t0 = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    print(
+        f"UCSC live-feed benchmark, scale {SCALE}, {os.cpu_count()} CPUs, load average {load_before[0]},"
+        f" work files in {workdir}",
+        flush=True,
+    )
+    receiver = WebhookReceiver()
+    backends: dict[str, Any] = {}
+    errors: list[str] = []
+    try:
+        for name in BACKENDS:
+            try:
+                figures = _run_on(name, workdir, receiver)
+            except Exception as exc:  # the other backend still runs; the error fails the bench
+                errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                print(f"{name}: ERROR {type(exc).__name__}: {exc}", flush=True)
+                continue
+            errors += figures.pop("errors")
+            backends[name] = figures
+            _show(name, figures)
+    finally:
+        receiver.close()
+
+    report = {
+        "scale": SCALE,
+        "finished_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_average_before": load_before,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "setup": {
+            "server": "gunicorn, gunicorn.conf.py (1 gevent worker), UCSC_BENCH_ROUTES=1",
+            "worker": "flask --app wsgi worker (shipped settings)",
+            "clients": "Socket.IO 5 / Engine.IO 4 over websocket-client under gevent, one operator token",
+            "client_processes": CLIENT_PROCESSES,
+            "warmup_rounds": WARMUP_ROUNDS,
+            "pause_s": PAUSE,
+            "round_timeout_s": ROUND_TIMEOUT,
+            "feed_target": f"feed p99 <= 2 x bare p99 + {FEED_SLACK_MS:g} ms",
+        },
+        "backends": backends,
+        "passed": len(backends) == len(BACKENDS)
+        and all(t["pass"] for b in backends.values() for t in b["targets"].values()),
+        "errors": errors,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(json.dumps(_rounded(report), indent=2) + "\n")
+    for e in errors:
+        print("ERROR:", e)
+    print(f"{'passed' if report['passed'] else 'targets missed'}; {report['seconds']} s; figures written to {OUTPUT}")
+    if os.environ.get("UCSC_BENCH_KEEP") or errors:
+        print(f"kept {workdir} (SQLite database, gunicorn and worker logs)")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if errors:
+        return 2
+    # Figures at a fraction of the size are not meaningful enough to fail on; full-size runs enforce targets.
+    return 0 if report["passed"] or SCALE < 1 else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--clients"]:
+        client_process(json.loads(sys.argv[2]))
+    else:
+        sys.exit(main())
