@@ -169,6 +169,7 @@ def record_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
 def _wrote_events(session: Session) -> None:
     """Flag the session for this process's tailer and, on PostgreSQL, NOTIFY the others' (sent at commit)."""
     session.info[EVENTS_WRITTEN] = True
+    session.connection()
     tx = session.get_transaction()
     if session.get_bind().dialect.name == "postgresql" and session.info.get("notified_tx") is not tx:
         session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
@@ -201,6 +202,7 @@ def _take_feed_lock(session: Session) -> None:
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return  # SQLite writes run under BEGIN IMMEDIATE: one writer, commits in id order already.
+    session.connection()  # begin the transaction if need be: with none, `tx` would be None and match no key
     tx = session.get_transaction()
     if session.info.get("feed_lock_tx") is not tx:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FEED_LOCK_KEY})
