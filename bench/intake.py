@@ -26,7 +26,6 @@ import multiprocessing
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +33,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from _common import cpu_seconds as _cpu_seconds
+from _common import env as _env
+from _common import flask as _flask
+from _common import percentile
+from _common import worker_pid as _worker_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
@@ -82,13 +87,6 @@ def incident_payload(n: int, tag: str) -> dict[str, Any]:
             {"type": "url", "value": f"https://{host}/verify?session={n}"},
         ],
     }
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
 
 
 # ---------------------------------------------------------------------------------------------- the client
@@ -199,41 +197,6 @@ def _bodies(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- the server
-
-
-def _env(database_url: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "UCSC_DATABASE_URL": database_url,
-        "UCSC_SECRET_KEY": "bench",
-        "UCSC_INTAKE_RATE_LIMIT": "",  # the bench measures the intake path, not the limiter's refusals
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-
-
-def _flask(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"flask {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
-def _worker_pid(arbiter: int, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.05)
-    raise RuntimeError("gunicorn started no worker")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------- baseline

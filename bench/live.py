@@ -21,7 +21,6 @@ Figures go to stdout and to bench/results-live.json (`UCSC_BENCH_OUTPUT` overrid
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -34,6 +33,12 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from _common import cpu_seconds as _cpu_seconds
+from _common import env as _env
+from _common import flask as _flask
+from _common import percentile
+from _common import worker_pid as _worker_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
@@ -56,13 +61,6 @@ DETECTED_AT = "2026-01-15T08:30:00+07:00"  # a fixed, past detection time (the A
 
 def scaled(n: int, minimum: int) -> int:
     return max(minimum, round(n * SCALE))
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
 
 
 def summary(values_ms: list[float], **extra: Any) -> dict[str, Any]:
@@ -215,6 +213,7 @@ class Clients:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gevent.monkey", str(Path(__file__).resolve()), "--clients", spec],
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)},  # finds bench/_common.py
             )  # fmt: skip
             self.procs.append(proc)
             threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
@@ -365,40 +364,6 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         return max([self.hwm, *self.samples]) / 1024
-
-
-def _env(database_url: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "UCSC_DATABASE_URL": database_url,
-        "UCSC_SECRET_KEY": "bench",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-
-
-def _flask(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"flask {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
-def _worker_pid(arbiter: int, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.05)
-    raise RuntimeError("gunicorn started no worker")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _post(port: int, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, float, float]:
