@@ -70,7 +70,12 @@ class TimeReader(IdReader):
 
 def _waiting_for_advisory_lock(engine: Engine) -> int:
     with engine.connect() as conn:
-        return conn.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")) or 0
+        # pg_locks spans the cluster: count only this test's database (the other test process has its own).
+        waiting = text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        return conn.scalar(waiting) or 0
 
 
 def _until(condition: Any, timeout: float = 5.0) -> None:
