@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 import incidents.models  # noqa: F401  (registers every table on the metadata)
+import playbooks.models  # noqa: F401
 from incidents.base import Base
 
 config = context.config

@@ -1,0 +1,29 @@
+"""STIX objects (the projection), TAXII status resources and the projector's cursor
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-01 21:45:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+from sqlalchemy.dialects import postgresql
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+TIME = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,1 @@
+"""Typed SQLAlchemy 2 models of the directory and the playbook engine."""
