@@ -13,13 +13,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
+import playbooks.models  # noqa: F401  (every table on the metadata, for the PostgreSQL reset)
 from app import create_app, db
 from app.auth import new_token
 from app.cli import migrate
 from incidents import accounts, roster
 from incidents.base import Base
 from incidents.enums import Role
-import playbooks.models  # noqa: F401  (every table on the metadata, for the PostgreSQL reset)
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
