@@ -124,10 +124,36 @@ class User(Base):
     is_service: Mapped[bool] = mapped_column(default=False)
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Web sign-in (migration 0005): second factor, UI language, lockout after repeated failures.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_last_step: Mapped[int | None]  # the last accepted TOTP time step: a code works once
+    language: Mapped[str] = mapped_column(String(8), default="vi", server_default="vi")
+    failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
+    locked_until: Mapped[datetime | None]
+    password_changed_at: Mapped[datetime | None]
 
     organisation: Mapped[Organisation] = relationship()
 
     __table_args__ = (_enum_check("role", "role", Role),)
+
+
+class BrowserSession(Base):
+    """A signed-in browser: the cookie holds a random key whose digest is stored here, so it can be revoked."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    second_factor: Mapped[bool] = mapped_column(default=False)
+    source_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+
+    user: Mapped[User] = relationship()
 
 
 class ApiToken(Base):
@@ -428,3 +454,70 @@ class AuditEntry(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class StixObject(Base):
+    """One version of one STIX object as TAXII serves it: the projection of incidents, and what was imported."""
+
+    __tablename__ = "stix_objects"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stix_id: Mapped[str] = mapped_column(String(120))
+    type: Mapped[str] = mapped_column(String(64))
+    spec_version: Mapped[str] = mapped_column(String(8), default="2.1")
+    created: Mapped[datetime | None]
+    # TAXII's version: `modified`, else `created`, else `date_added` (SCOs carry neither).
+    modified: Mapped[datetime]
+    # Assigned under the feed lock in commit order and strictly increasing: TAXII pages on it.
+    date_added: Mapped[datetime] = mapped_column(unique=True)
+    tlp: Mapped[str] = mapped_column(String(16))
+    # The projector's name for the object ("indicator:ipv4-addr:192.0.2.1"), to find its latest version.
+    key: Mapped[str | None] = mapped_column(String(600))
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    imported_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # The JSON exactly as served, so a re-export is byte-identical and no read re-serialises it.
+    body: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("stix_id", "modified"),
+        Index("ix_stix_objects_stix_id", "stix_id"),
+        Index("ix_stix_objects_incident_id_key", "incident_id", "key"),
+        Index("ix_stix_objects_type", "type"),
+    )
+
+
+class StixLink(Base):
+    """An incident whose graph holds a stored object: readers see a row through an incident they may see."""
+
+    __tablename__ = "stix_links"
+
+    object_id: Mapped[int] = mapped_column(ForeignKey("stix_objects.id", ondelete="CASCADE"), primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True)
+
+    __table_args__ = (Index("ix_stix_links_incident_id", "incident_id"),)
+
+
+class StixCursor(Base):
+    """How far the projector (events) and the outbound push (objects) have got."""
+
+    __tablename__ = "stix_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigId, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TaxiiStatus(Base):
+    """A TAXII 2.1 status resource: the outcome of one objects POST."""
+
+    __tablename__ = "taxii_statuses"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    collection_id: Mapped[str] = mapped_column(String(36))
+    status: Mapped[str] = mapped_column(String(16))
+    request_timestamp: Mapped[datetime] = mapped_column(default=utcnow)
+    total_count: Mapped[int] = mapped_column(default=0)
+    successes: Mapped[list[Any]] = mapped_column(default=list)
+    failures: Mapped[list[Any]] = mapped_column(default=list)
+    pendings: Mapped[list[Any]] = mapped_column(default=list)
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
