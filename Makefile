@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint format install install-test browser clean
+.PHONY: run test bench lint format install install-test browser clean translations
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ lint: install-test
 format: install-test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The web UI's catalogue: extract every string, merge into vi/en (new entries arrive untranslated), compile.
+translations: install
+	$(VENV)/bin/pybabel extract -F babel.cfg -k _l --no-location --sort-output --project UCSC -o app/translations/messages.pot .
+	$(VENV)/bin/pybabel update -i app/translations/messages.pot -d app/translations -D messages --no-fuzzy-matching
+	$(VENV)/bin/pybabel compile -d app/translations -D messages
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

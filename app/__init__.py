@@ -38,12 +38,24 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     app.cli.add_command(worker.worker_command)
     app.register_blueprint(api_bp)
+    from app import stix_cli, taxii
+
+    app.register_blueprint(taxii.bp)
+    app.cli.add_command(stix_cli.stix_cli)
     sockets.init_app(app)
+    from app import web
+
+    web.init_app(app)
     if app.config["BENCH_ROUTES"]:
         from app import bench
 
         app.register_blueprint(bench.bp)
     _request_ids(app)
+    from app import backup, observability
+
+    observability.init_app(app)
+    app.cli.add_command(backup.backup_command)
+    app.cli.add_command(backup.restore_command)
     app.add_url_rule("/healthz", "healthz", healthz)
     return app
 

@@ -41,6 +41,27 @@ DEFAULTS: dict[str, object] = {
     "SOCKETIO_PING_TIMEOUT": 20.0,
     "SOCKETIO_EXTRA_ORIGINS": [],
     "BENCH_ROUTES": False,
+    # Observability: `json` logs one object per line with the request id; /metrics behind a token if set
+    "LOG_FORMAT": "text",
+    "METRICS_TOKEN": None,
+    # The web UI (docs/dashboard.md)
+    "TOTP_REQUIRED_ROLES": "admin",
+    "LOGIN_MAX_FAILURES": 5,
+    "LOGIN_LOCKOUT_SECONDS": 900,
+    "LOGIN_RATE_LIMIT": "20/minute",
+    "WEB_SESSION_SECONDS": 43200,
+    "BOARD_REPORT_HOURS": 6,
+    "BOARD_RESPONSE_HOURS": 33,
+    # STIX 2.1 and TAXII 2.1 (docs/stix.md)
+    "STIX_BOARD_NAME": "Ban Chỉ đạo ứng cứu sự cố an toàn thông tin mạng tỉnh Thanh Hóa",
+    "STIX_DEFAULT_TLP": "amber",
+    "STIX_IMPORT_LIMIT": 20_000,
+    "STIX_EXPORT_LIMIT": 100_000,
+    "TAXII_MAX_PAGE_SIZE": 1000,
+    "STIX_PUSH_URL": None,
+    "STIX_PUSH_USER": None,
+    "STIX_PUSH_PASSWORD": None,
+    "STIX_PUSH_MAX_TLP": "amber",
 }
 
 

@@ -71,6 +71,10 @@ def _authenticate(auth: Any, *, sid_only: bool = False) -> Actor | None:
     actor = None
     if isinstance(auth, dict) and isinstance(auth.get("token"), str):
         actor = actor_for_token(auth["token"])
+    elif isinstance(session.get("_user_id"), str):
+        from app.web import actor_for_browser
+
+        actor = actor_for_browser(session["_user_id"])  # a Flask-Login session: its browser session row must be live
     elif session.get("user_id") is not None:
         actor = actor_for_user(session["user_id"])
     db.session().close()  # a long-lived socket must not hold a pooled connection

@@ -28,6 +28,10 @@ _YIELD_PER = 1000
 class Action(StrEnum):
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"
+    LOGIN_LOCKED = "login.locked"
+    PASSWORD_CHANGED = "password.changed"  # noqa: S105 - an action name, not a secret
+    TOTP_ENROLLED = "totp.enrolled"
+    SESSION_REVOKED = "session.revoked"
     TOKEN_CREATED = "token.created"  # noqa: S105 - an action name, not a secret
     TOKEN_REVOKED = "token.revoked"  # noqa: S105 - an action name, not a secret
     USER_CREATED = "user.created"

@@ -1,0 +1,52 @@
+"""The committee board at /board: read-only, for a wall screen and a phone, updated in place from /live."""
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+
+from app import db
+from app.web import bp, current_actor, labels
+from app.web.views import is_fragment, render, roles
+from incidents import dashboard, jobs
+from incidents.base import utcnow
+from incidents.enums import Role
+
+
+def _worker_stale() -> bool:
+    health = jobs.health(db.engine())
+    age = health.get("worker_heartbeat_age")
+    return age is None or age > float(current_app.config["WORKER_STALE_SECONDS"])
+
+
+@bp.route("/board")
+@roles(Role.COMMITTEE, Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+def board() -> Any:
+    session = db.session()
+    actor = current_actor()
+    now = utcnow()
+    weeks = dashboard.counts_by_week(session, actor, now=now)
+    this_week = weeks[max(weeks)] if weeks else {}
+    chart = {
+        "labels": list(weeks),
+        "datasets": [
+            {"label": str(labels.CATEGORY[c]), "data": [weeks[w].get(c, 0) for w in weeks]}
+            for c in labels.CATEGORY
+            if any(weeks[w].get(c, 0) for w in weeks)
+        ],
+    }
+    context = {
+        "open": dashboard.open_incidents(session, actor),
+        "feed": dashboard.recent_events(session, actor),
+        "this_week": sorted(this_week.items(), key=lambda kv: -kv[1]),
+        "chart_json": json.dumps(chart, ensure_ascii=False),
+        "worker_stale": _worker_stale(),
+        "report_hours": float(current_app.config["BOARD_REPORT_HOURS"]),
+        "response_hours": float(current_app.config["BOARD_RESPONSE_HOURS"]),
+        "timedelta": timedelta,
+        "now": now,
+    }
+    if is_fragment():
+        return render("_board_body.html", **context)
+    return render("board.html", **context)

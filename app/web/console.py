@@ -1,0 +1,275 @@
+"""The operator console: incident list, the Form 03 intake form, the incident page and its actions."""
+
+import re
+from typing import Any
+
+from flask import current_app, flash, redirect, request, url_for
+from flask_babel import gettext as _
+
+from app import db
+from app.api import limits
+from app.web import bp, current_actor, labels
+from app.web.views import field_errors, is_fragment, render, roles
+from incidents import service
+from incidents.enums import Role, Status
+from incidents.errors import Conflict, Forbidden, NotFound, TransitionNotAllowed, ValidationFailed
+from incidents.lifecycle import allowed_targets
+from incidents.schemas import (
+    ClassificationIn,
+    CommentCreate,
+    IncidentCreate,
+    IncidentQuery,
+    ParticipantIn,
+    TransitionIn,
+    parse,
+    parse_query,
+)
+
+DESK = (Role.ADMIN, Role.OPERATOR, Role.RESPONDER, Role.COMMITTEE)
+EDITORS = (Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+OBSERVABLE_ROWS = 5
+_LIST_FIELDS = ("status", "category", "priority", "tlp")
+_LOCAL_INPUT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
+
+
+def _settings() -> service.Settings:
+    c = current_app.config
+    return service.Settings(
+        ref_prefix=c["REF_PREFIX"], standing_body=c["STANDING_BODY"], receipts_by_email=bool(c["SMTP_URL"])
+    )
+
+
+@bp.route("/incidents")
+@roles(*DESK)
+def incidents() -> Any:
+    """The list with the API's own filters, sort, diacritic-insensitive search and cursor paging."""
+    args = {k: [v for v in vs if v != ""] for k, vs in request.args.lists()}
+    args = {k: vs for k, vs in args.items() if vs}
+    errors: dict[str, list[str]] = {}
+    try:
+        query = parse_query(IncidentQuery, args, _LIST_FIELDS)
+    except ValidationFailed as exc:
+        errors = field_errors(exc.errors)
+        query = IncidentQuery()
+    session = db.session()
+    try:
+        items, next_cursor = service.list_incidents(session, current_actor(), query)
+    except ValidationFailed as exc:
+        errors = field_errors(exc.errors)
+        items, next_cursor = [], None
+    page_args = {k: v for k, v in request.args.items() if k != "cursor"}
+    context = {"items": items, "next_cursor": next_cursor, "query": query, "errors": errors, "page_args": page_args}
+    if is_fragment():
+        return render("_incident_list.html", **context)
+    return render("console.html", **context)
+
+
+def _form_to_payload(form: Any) -> dict[str, Any]:
+    """The intake form's fields, named by their schema paths, as the JSON body the API would receive."""
+    data: dict[str, Any] = {}
+    for name in (
+        "title",
+        "description",
+        "category",
+        "priority",
+        "tlp",
+        "detection_method",
+        "detection_detail",
+        "affected_system",
+        "system_os",
+        "system_services",
+        "security_measures",
+        "support_requested",
+    ):
+        value = form.get(name, "").strip()
+        if value:
+            data[name] = value
+    detected = form.get("detected_at", "").strip()
+    if detected:
+        # The form's datetime-local input is local time in Asia/Ho_Chi_Minh; the schema wants an offset.
+        data["detected_at"] = detected + ("+07:00" if _LOCAL_INPUT.match(detected) else "")
+    for group, fields in (
+        ("reporter", ("name", "organisation", "address", "phone", "email")),
+        ("contact", ("name", "position", "phone", "email")),
+    ):
+        values = {f: form.get(f"{group}.{f}", "").strip() for f in fields}
+        values = {k: v for k, v in values.items() if v}
+        if values:
+            data[group] = values
+    handled = form.get("handled_at_report", "")
+    if handled in ("yes", "no"):
+        data["handled_at_report"] = handled == "yes"
+    notified = form.getlist("notified_parties")
+    if notified:
+        data["notified_parties"] = notified
+    for flag in ("beyond_capacity", "exercise"):
+        if form.get(flag):
+            data[flag] = True
+    observables = []
+    for i in range(OBSERVABLE_ROWS):
+        value = form.get(f"observables[{i}].value", "").strip()
+        if value:
+            observables.append({"type": form.get(f"observables[{i}].type", ""), "value": value})
+    if observables:
+        data["observables"] = observables
+    return data
+
+
+def _renumber(errors: dict[str, list[str]], form: Any) -> dict[str, list[str]]:
+    """Observable errors name the n-th non-empty row; the form shows them at that row's input."""
+    rows = [i for i in range(OBSERVABLE_ROWS) if form.get(f"observables[{i}].value", "").strip()]
+    out: dict[str, list[str]] = {}
+    for path, messages in errors.items():
+        m = re.match(r"^observables\[(\d+)\](.*)$", path)
+        if m and int(m.group(1)) < len(rows):
+            suffix = m.group(2) or ".value"
+            path = f"observables[{rows[int(m.group(1))]}]{suffix}"
+        out.setdefault(path, []).extend(messages)
+    return out
+
+
+@bp.route("/incidents/new", methods=["GET", "POST"])
+@roles(*EDITORS)
+def new_incident() -> Any:
+    """Form 03 on the web: validated by the same schema as POST /api/v1/incidents; nothing saved on errors."""
+    session = db.session()
+    systems = service.list_systems(session)
+    if request.method == "GET":
+        return render("intake.html", form={}, errors={}, systems=systems, rows=OBSERVABLE_ROWS, notified=[])
+    try:
+        data = parse(IncidentCreate, _form_to_payload(request.form), limits())
+        result = service.file_incidents(session=session, items=[data], actor=current_actor(), settings=_settings())
+    except ValidationFailed as exc:
+        errors = _renumber(field_errors(exc.errors), request.form)
+        return render(
+            "intake.html",
+            422,
+            form=request.form,
+            errors=errors,
+            systems=systems,
+            rows=OBSERVABLE_ROWS,
+            notified=request.form.getlist("notified_parties"),
+        )
+    flash(_("Incident %(ref)s filed.", ref=result.body["ref"]), "ok")
+    return redirect(url_for("web.incident", ref=result.body["ref"]))
+
+
+def _page_context(ref: str) -> dict[str, Any]:
+    session = db.session()
+    actor = current_actor()
+    incident = service.get_incident(session, actor, ref)
+    events = service.list_events(session, actor, incident.id, after=0, limit=500)
+    comments = service.list_comments(session, actor, incident.id, after=0, limit=500)
+    return {
+        "incident": incident,
+        "events": events,
+        "comments": comments,
+        "allowed": allowed_targets(Status(incident.status)) if current_user_may_edit() else [],
+        "art9": service.art9_assessment(incident),
+        "occurrences": service.occurrence_count(session, incident.id),
+    }
+
+
+def current_user_may_edit() -> bool:
+    return current_actor().role in EDITORS
+
+
+@bp.route("/incidents/<ref>")
+@roles(*DESK)
+def incident(ref: str) -> Any:
+    try:
+        context = _page_context(ref)
+    except NotFound:
+        return render("error.html", 404, status=404, message=_("Not found, or you may not see it."))
+    if is_fragment():
+        return render("_incident_body.html", **context)
+    return render("incident.html", **context)
+
+
+def _refused(exc: Exception, ref: str) -> Any:
+    """A refused action: back to the incident page with a message that says why."""
+    if isinstance(exc, TransitionNotAllowed):
+        allowed = ", ".join(labels.label(labels.STATUS, s) for s in exc.extra.get("allowed", [])) or "—"
+        message = _(
+            "Refused: the incident is now “%(current)s” and cannot move there. Allowed next steps: %(allowed)s.",
+            current=labels.label(labels.STATUS, exc.extra.get("current")),
+            allowed=allowed,
+        )
+    elif isinstance(exc, Forbidden):
+        message = _("Refused: your role may not do this.")
+    elif isinstance(exc, ValidationFailed):
+        details = "; ".join(f"{e.field}: {labels.message(e.message)}" for e in exc.errors) or exc.detail
+        message = _("Refused: %(details)s", details=details)
+    else:
+        message = _("Refused: %(details)s", details=getattr(exc, "detail", str(exc)))
+    flash(message, "error")
+    return redirect(url_for("web.incident", ref=ref))
+
+
+@bp.route("/incidents/<ref>/transitions", methods=["POST"])
+@roles(*DESK)
+def transition(ref: str) -> Any:
+    try:
+        form = {k: v for k, v in request.form.items() if k in ("to", "note", "resolution", "merged_into") and v}
+        data = parse(TransitionIn, form, limits())
+        incident = service.transition(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+    except (TransitionNotAllowed, Forbidden, ValidationFailed, Conflict) as exc:
+        return _refused(exc, ref)
+    flash(_("Moved to “%(status)s”.", status=labels.label(labels.STATUS, incident.status)), "ok")
+    return redirect(url_for("web.incident", ref=ref))
+
+
+@bp.route("/incidents/<ref>/classification", methods=["POST"])
+@roles(*DESK)
+def classification(ref: str) -> Any:
+    try:
+        form: dict[str, Any] = {
+            "action": request.form.get("action", ""),
+            "conditions": request.form.getlist("conditions"),
+            "beyond_capacity": bool(request.form.get("beyond_capacity")),
+        }
+        if request.form.get("class"):
+            form["class"] = request.form["class"]
+        if request.form.get("note"):
+            form["note"] = request.form["note"]
+        data = parse(ClassificationIn, form, limits())
+        service.classify(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+    except (Forbidden, ValidationFailed, Conflict) as exc:
+        return _refused(exc, ref)
+    flash(_("Classification recorded."), "ok")
+    return redirect(url_for("web.incident", ref=ref))
+
+
+@bp.route("/incidents/<ref>/comments", methods=["POST"])
+@roles(*DESK)
+def comment(ref: str) -> Any:
+    try:
+        form = {"body": request.form.get("body", "")}
+        if request.form.get("tlp"):
+            form["tlp"] = request.form["tlp"]
+        data = parse(CommentCreate, form, limits())
+        service.add_comment(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+    except (Forbidden, ValidationFailed) as exc:
+        return _refused(exc, ref)
+    return redirect(url_for("web.incident", ref=ref) + "#comments")
+
+
+@bp.route("/incidents/<ref>/participants", methods=["POST"])
+@roles(*EDITORS)
+def participant(ref: str) -> Any:
+    try:
+        form = {k: v for k, v in request.form.items() if k in ("user", "organisation", "role") and v}
+        data = parse(ParticipantIn, form, limits())
+        service.add_participant(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+    except (Forbidden, ValidationFailed, Conflict) as exc:
+        return _refused(exc, ref)
+    return redirect(url_for("web.incident", ref=ref) + "#participants")
+
+
+@bp.route("/directory")
+@roles(*DESK)
+def directory() -> Any:
+    session = db.session()
+    return render(
+        "directory.html", organisations=service.list_organisations(session), systems=service.list_systems(session)
+    )
