@@ -2,15 +2,19 @@
 
 import os
 
+from app.observability import log_config
+
 bind = os.environ.get("UCSC_BIND", "127.0.0.1:5000")
 worker_class = "gevent"
 workers = 1
 worker_connections = 1000
 timeout = 30
 graceful_timeout = 10
+loglevel = os.environ.get("UCSC_LOG_LEVEL", "info")
+# UCSC_LOG_FORMAT=json: one JSON object per line; the app then writes each request's line with its request id.
+logconfig_dict = log_config(os.environ.get("UCSC_LOG_FORMAT", "text"), loglevel)
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("UCSC_LOG_LEVEL", "info")
 # No control socket: several instances run side by side on one host (production, tests).
 control_socket_disable = True
 

@@ -46,6 +46,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app import web
 
     web.init_app(app)
+    from app import ack
+
+    ack.init_app(app)
     if app.config["BENCH_ROUTES"]:
         from app import bench
 

@@ -14,3 +14,16 @@ def bare_emit() -> Response:
     socketio = current_app.extensions["ucsc.socketio"]
     socketio.emit("bench.bare", {"seq": data.get("seq")}, to="desk", namespace=NAMESPACE)
     return jsonify({"ok": True})
+
+
+@bp.post("/pg-sleep")
+def pg_sleep() -> Response:
+    """Hold a PostgreSQL connection in `pg_sleep` for the requested seconds (proves psycopg yields to gevent)."""
+    from sqlalchemy import text
+
+    from app import db
+
+    seconds = min(10.0, float((request.get_json(silent=True) or {}).get("seconds", 2)))
+    db.session().execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
+    db.session().rollback()
+    return jsonify({"slept": seconds})

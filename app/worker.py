@@ -7,6 +7,7 @@ session per call. Nothing here is monkey-patched: this process is plain asyncio,
 import asyncio
 import contextlib
 import logging
+import logging.config
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ from flask.cli import with_appcontext
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import stix_worker
+from app.observability import log_config
 from incidents import jobs, receipts  # noqa: F401 - registers the receipt job kinds
 from incidents.base import utcnow
 from notifiers.registry import build_notifiers
@@ -71,6 +74,7 @@ class Worker:
         await self._call(self._beat, started)
         await self._call(self._schedule_sweep)
         tasks = [asyncio.create_task(self._heartbeat(started))]
+        tasks.append(asyncio.create_task(stix_worker.run(self)))  # the STIX projector (app/stix_worker.py)
         if self.engine.dialect.name == "postgresql":
             tasks.append(asyncio.create_task(self._listen()))
         log.info("worker %s started (%d threads, poll %.2fs)", self.name, self.threads, self.poll)
@@ -222,9 +226,8 @@ class Worker:
 @with_appcontext
 def worker_command() -> None:
     """Run the worker: claim and run due jobs until SIGTERM."""
-    logging.basicConfig(
-        level=os.environ.get("UCSC_LOG_LEVEL", "INFO").upper(), format="%(asctime)s %(name)s %(message)s"
-    )
+    level = os.environ.get("UCSC_LOG_LEVEL", "INFO")
+    logging.config.dictConfig(log_config(str(current_app.config["LOG_FORMAT"]), level))
     if Worker(current_app._get_current_object()).run():
         # Threads of released jobs may wait on the network for up to NOTIFY_TIMEOUT, and the interpreter joins
         # every pool thread at exit; their leases are back in the table, so leave without them.
