@@ -9,7 +9,7 @@ from flask_babel import gettext as _
 from app import db
 from app.api import limits
 from app.web import bp, current_actor, labels
-from app.web.views import field_errors, is_fragment, render, roles
+from app.web.views import error_page, field_errors, is_fragment, render, roles
 from incidents import service
 from incidents.enums import Role, Status
 from incidents.errors import Conflict, Forbidden, NotFound, TransitionNotAllowed, ValidationFailed
@@ -180,7 +180,7 @@ def incident(ref: str) -> Any:
     try:
         context = _page_context(ref)
     except NotFound:
-        return render("error.html", 404, status=404, message=_("Not found, or you may not see it."))
+        return error_page(404, _("Not found, or you may not see it."))
     if is_fragment():
         return render("_incident_body.html", **context)
     return render("incident.html", **context)
