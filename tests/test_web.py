@@ -137,13 +137,27 @@ def test_password_change_checks_the_current_one_and_signs_out_other_sessions(app
     other = app.test_client()
     sign_in(other, "op")
     page = client.get("/account/password")
-    bad = client.post("/account/password", data={"current_password": "nope", "new_password": "short",
-                                                 "repeat_password": "other", "csrf_token": csrf(page.text)})  # fmt: skip
+    bad = client.post(
+        "/account/password",
+        data={
+            "current_password": "nope",
+            "new_password": "short",
+            "repeat_password": "other",
+            "csrf_token": csrf(page.text),
+        },
+    )
     assert bad.status_code == 422
     for name in ("current_password", "new_password", "repeat_password"):
         assert f'id="err-{name}"' in bad.text
-    ok = client.post("/account/password", data={"current_password": PASSWORD, "new_password": "a much longer one",
-                                                "repeat_password": "a much longer one", "csrf_token": csrf(page.text)})  # fmt: skip
+    ok = client.post(
+        "/account/password",
+        data={
+            "current_password": PASSWORD,
+            "new_password": "a much longer one",
+            "repeat_password": "a much longer one",
+            "csrf_token": csrf(page.text),
+        },
+    )
     assert ok.status_code == 302
     assert other.get("/incidents").status_code == 302
     assert client.get("/incidents").status_code == 200
@@ -155,13 +169,23 @@ def test_intake_form_with_bad_input_shows_every_field_error_and_saves_nothing(ap
     sign_in(client, "op")
     page = client.get("/incidents/new")
     before = incident_count(app)
-    response = client.post("/incidents/new", data={
-        "csrf_token": csrf(page.text), "title": "", "category": "", "reporter.email": "not-an-address",
-        "observables[0].type": "ipv4-addr", "observables[0].value": "999.1.1.1",
-        "observables[2].type": "domain-name", "observables[2].value": "ok.example.vn",
-        "observables[3].type": "url", "observables[3].value": "javascript:alert(1)",
-        "detected_at": "2099-01-01T10:00", "affected_system": "no-such-system",
-    })  # fmt: skip
+    response = client.post(
+        "/incidents/new",
+        data={
+            "csrf_token": csrf(page.text),
+            "title": "",
+            "category": "",
+            "reporter.email": "not-an-address",
+            "observables[0].type": "ipv4-addr",
+            "observables[0].value": "999.1.1.1",
+            "observables[2].type": "domain-name",
+            "observables[2].value": "ok.example.vn",
+            "observables[3].type": "url",
+            "observables[3].value": "javascript:alert(1)",
+            "detected_at": "2099-01-01T10:00",
+            "affected_system": "no-such-system",
+        },
+    )
     assert response.status_code == 422
     for name in ("title", "category", "reporter.email", "observables[0].value", "observables[3].value", "detected_at"):
         ident = "err-" + name.replace("[", "-").replace("]", "").replace(".", "-")
@@ -176,13 +200,25 @@ def test_intake_form_files_through_the_same_validation_as_the_api(app: Flask, cl
     make_user(app, "op")
     sign_in(client, "op")
     page = client.get("/incidents/new")
-    response = client.post("/incidents/new", data={
-        "csrf_token": csrf(page.text), "title": "Tấn công thay đổi giao diện Cổng thông tin", "category": "defacement",
-        "priority": "P1", "tlp": "amber", "detected_at": "2026-11-20T08:30", "detection_method": "notified",
-        "reporter.name": "Lê Thị B", "reporter.email": "b@example.vn", "handled_at_report": "no",
-        "notified_parties": ["isp", "national_coordinator"], "beyond_capacity": "1",
-        "observables[1].type": "domain-name", "observables[1].value": "Cong.ThanhHoa.gov.vn",
-    })  # fmt: skip
+    response = client.post(
+        "/incidents/new",
+        data={
+            "csrf_token": csrf(page.text),
+            "title": "Tấn công thay đổi giao diện Cổng thông tin",
+            "category": "defacement",
+            "priority": "P1",
+            "tlp": "amber",
+            "detected_at": "2026-11-20T08:30",
+            "detection_method": "notified",
+            "reporter.name": "Lê Thị B",
+            "reporter.email": "b@example.vn",
+            "handled_at_report": "no",
+            "notified_parties": ["isp", "national_coordinator"],
+            "beyond_capacity": "1",
+            "observables[1].type": "domain-name",
+            "observables[1].value": "Cong.ThanhHoa.gov.vn",
+        },
+    )
     assert response.status_code == 302
     ref = response.headers["Location"].rsplit("/", 1)[1]
     with app.app_context():
@@ -282,9 +318,24 @@ def _catalogue(lang: str) -> list:
 def test_every_template_string_is_in_the_catalogue_and_translated_in_vi(tmp_path: Path, database_url: str) -> None:
     pot = tmp_path / "messages.pot"
     subprocess.run(
-        [sys.executable, "-m", "babel.messages.frontend", "extract", "-F", "babel.cfg", "-k", "_l", "--no-location",
-         "-o", str(pot), "."], cwd=ROOT, check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "babel.messages.frontend",
+            "extract",
+            "-F",
+            "babel.cfg",
+            "-k",
+            "_l",
+            "--no-location",
+            "-o",
+            str(pot),
+            ".",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     with pot.open("rb") as f:
         wanted = {m.id for m in read_po(f) if m.id}
     assert len(wanted) > 200
@@ -358,15 +409,26 @@ def test_admin_creates_a_user_who_can_sign_in_and_an_organisation(app: Flask, cl
     sign_in(client, "boss", totp=secret)
     page = client.get("/admin")
     assert page.status_code == 200
-    bad = client.post("/admin/users", data={"username": "", "role": "nobody", "organisation": "dic", "password": "x",
-                                            "csrf_token": csrf(page.text)})  # fmt: skip
+    bad = client.post(
+        "/admin/users",
+        data={"username": "", "role": "nobody", "organisation": "dic", "password": "x", "csrf_token": csrf(page.text)},
+    )
     assert bad.status_code == 422
-    ok = client.post("/admin/users", data={"username": "newop", "role": "operator", "organisation": "dic",
-                                           "password": "long enough pw", "csrf_token": csrf(page.text)})  # fmt: skip
+    ok = client.post(
+        "/admin/users",
+        data={
+            "username": "newop",
+            "role": "operator",
+            "organisation": "dic",
+            "password": "long enough pw",
+            "csrf_token": csrf(page.text),
+        },
+    )
     assert ok.status_code == 302
     assert sign_in(app.test_client(), "newop", "long enough pw").status_code == 302
-    org = client.post("/admin/organisations", data={"code": "sotttt-test", "name_vi": "Sở thử nghiệm",
-                                                    "csrf_token": csrf(page.text)})  # fmt: skip
+    org = client.post(
+        "/admin/organisations", data={"code": "sotttt-test", "name_vi": "Sở thử nghiệm", "csrf_token": csrf(page.text)}
+    )
     assert org.status_code == 302
     assert "sotttt-test" in client.get("/directory").text
     operator = app.test_client()
