@@ -49,6 +49,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app import ack
 
     ack.init_app(app)
+    from app import telegram_bot
+
+    app.register_blueprint(telegram_bot.bp)  # POST /telegram/webhook (webhook mode)
     if app.config["BENCH_ROUTES"]:
         from app import bench
 

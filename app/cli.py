@@ -22,6 +22,7 @@ from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import DomainError
 from incidents.models import ApiToken
+from playbooks import seed
 
 ROLES = click.Choice([r.value for r in Role])
 _HERE = Path(__file__).resolve().parent.parent
@@ -57,13 +58,19 @@ def init_db(no_demo: bool) -> None:
     with session.begin():
         counts = roster.load_roster(session, yaml.safe_load((_HERE / "incidents" / "roster.yaml").read_text()))
         systems = 0
+        directory = {"contacts": 0}
         if not no_demo:
             systems = roster.load_systems(
                 session, yaml.safe_load((_HERE / "incidents" / "demo_systems.yaml").read_text())
             )
+            directory = seed.load_demo_directory(session)
+        playbooks_added, playbook_errors = seed.load_playbooks(session)
+    for error in playbook_errors:
+        click.echo(f"playbook refused: {error}", err=True)
     click.echo(
         f"database ready ({db.engine().dialect.name}): {counts['organisations']} organisations, "
-        f"{counts['positions']} seats, {systems} demo systems added"
+        f"{counts['positions']} seats, {systems} demo systems added; {directory['contacts']} demo contacts, "
+        f"{len(playbooks_added)} playbook versions added"
     )
 
 

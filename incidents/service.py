@@ -75,6 +75,10 @@ EVENTS_CHANNEL = "ucsc_events"  # PostgreSQL NOTIFY channel: wakes the other pro
 # Any 64-bit constant will do; every writer of `events` takes it so commits follow id order.
 FEED_LOCK_KEY = 0x55435343  # "UCSC"
 _RETRIES = 5
+# Packages that react to changes (playbooks) subscribe here, so that incidents never imports them. Each listener
+# gets the rows of `events` being written and runs inside the writing transaction: the jobs it enqueues commit,
+# or are lost, together with the change.
+EVENT_LISTENERS: list[Callable[[Session, Sequence[dict[str, Any]]], None]] = []
 
 T = TypeVar("T")
 
@@ -143,19 +147,20 @@ def record_event(
 ) -> Event:
     """Append to the timeline and change feed, taking the feed lock first so commits follow id order."""
     _take_feed_lock(session)
-    event = Event(
-        **_event_values(
-            kind=kind,
-            actor=actor,
-            incident_id=incident.id if incident is not None else None,
-            tlp=incident.tlp if incident is not None else None,
-            note=note,
-            data=data,
-            at=at,
-        )
+    values = _event_values(
+        kind=kind,
+        actor=actor,
+        incident_id=incident.id if incident is not None else None,
+        tlp=incident.tlp if incident is not None else None,
+        note=note,
+        data=data,
+        at=at,
     )
+    event = Event(**values)
     session.add(event)
     _wrote_events(session)
+    for listener in EVENT_LISTENERS:
+        listener(session, [values])
     return event
 
 
@@ -164,6 +169,8 @@ def record_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
     _take_feed_lock(session)
     session.execute(_insert_rows(Event.__table__), list(events))
     _wrote_events(session)
+    for listener in EVENT_LISTENERS:
+        listener(session, events)
 
 
 def _wrote_events(session: Session) -> None:

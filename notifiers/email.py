@@ -17,7 +17,7 @@ _NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 class EmailNotifier:
     channel = "email"
 
-    def __init__(self, smtp_url: str, mail_from: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, smtp_url: str, mail_from: str, *, timeout: float = 10.0, subject_prefix: str = "[TBSC]") -> None:
         parts = urlsplit(smtp_url)
         if parts.scheme not in ("smtp", "smtps"):
             raise ValueError("UCSC_SMTP_URL must start with smtp:// or smtps://")
@@ -29,6 +29,7 @@ class EmailNotifier:
         self.starttls = "starttls=1" in parts.query
         self.mail_from = mail_from
         self.timeout = timeout
+        self.subject_prefix = subject_prefix  # Circular 20: incident e-mails carry "[TBSC]" in their subject
         # MAIL_FROM may carry a display name ("Ban Chỉ đạo <ucsc@example.vn>"): the domain is the address's.
         _, at, domain = parseaddr(mail_from)[1].rpartition("@")
         self.domain = domain if at and domain else "localhost"
@@ -46,7 +47,10 @@ class EmailNotifier:
         mail = EmailMessage()
         mail["From"] = self.mail_from
         mail["To"] = message.to
-        mail["Subject"] = message.subject
+        subject = message.subject
+        if self.subject_prefix and self.subject_prefix not in subject:
+            subject = f"{self.subject_prefix} {subject}"
+        mail["Subject"] = subject
         mail["Date"] = formatdate(localtime=False, usegmt=True)
         mail["Message-ID"] = self.message_id(message.key)
         mail.set_content(message.text)  # UTF-8: Vietnamese text stays readable

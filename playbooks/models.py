@@ -230,6 +230,7 @@ class Page(Base):
     ack_on_behalf: Mapped[bool] = mapped_column(default=False)
     first_delivered_at: Mapped[datetime | None]
     escalated_at: Mapped[datetime | None]
+    waves: Mapped[int] = mapped_column(default=1)  # how many times it was sent (re-pages included)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # One page per (run, step, target): a step carried out twice pages nobody twice.
     key: Mapped[str | None] = mapped_column(String(300), unique=True)
@@ -275,6 +276,7 @@ class Delivery(Base):
     page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), index=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
     channel: Mapped[str] = mapped_column(String(32))
+    wave: Mapped[int] = mapped_column(default=0)  # 0 for the first page, 1, 2… for each re-page
     address: Mapped[str] = mapped_column(String(2000))
     state: Mapped[str] = mapped_column(String(16), default=DELIVERY_QUEUED)
     attempts: Mapped[int] = mapped_column(default=0)
@@ -287,7 +289,7 @@ class Delivery(Base):
     contact: Mapped[Contact] = relationship()
 
     __table_args__ = (
-        UniqueConstraint("page_id", "contact_id", "channel"),
+        UniqueConstraint("page_id", "contact_id", "channel", "wave"),
         CheckConstraint("state IN ('queued', 'delivered', 'failed')", name="state"),
     )
 

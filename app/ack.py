@@ -1,0 +1,94 @@
+"""The e-mail's acknowledgement link: a GET shows a confirmation form and never acknowledges (mail scanners open
+GET links); only its POST acknowledges, as the person the signed link names. Also paging's CLI and settings."""
+
+from typing import Any
+
+import click
+from flask import Blueprint, Flask, current_app, render_template, request
+from flask.cli import AppGroup
+
+from app import db
+from incidents.errors import Conflict, Forbidden, NotFound
+from playbooks import engine, service, spec
+from playbooks.models import Contact, Page
+
+bp = Blueprint("ack", __name__)
+
+
+def _resolve(token: str) -> tuple[Page, Contact] | None:
+    parsed = engine.read_ack_token(str(current_app.config["SECRET_KEY"]), token)
+    if parsed is None:
+        return None
+    session = db.session()
+    page, contact = session.get(Page, parsed[0]), session.get(Contact, parsed[1])
+    if page is None or contact is None:
+        return None
+    return page, contact
+
+
+def _render(token: str, found: tuple[Page, Contact] | None, *, done: str | None = None, status: int = 200) -> Any:
+    if found is None:
+        return render_template("ack.html", invalid=True), 404
+    page, contact = found
+    return render_template("ack.html", page=page, contact=contact, incident=page.incident, token=token,
+                           done=done, invalid=False), status  # fmt: skip
+
+
+@bp.get("/ack/<token>")
+def confirm_form(token: str) -> Any:
+    """Show what would be acknowledged, with a button; nothing changes."""
+    return _render(token, _resolve(token))
+
+
+@bp.post("/ack/<token>")
+def confirm(token: str) -> Any:
+    """Acknowledge as the recipient the link names (the signed link is the credential, no session needed)."""
+    found = _resolve(token)
+    if found is None:
+        return _render(token, None)
+    page, contact = found
+    try:
+        page = service.acknowledge_page(session=db.session(), page_id=page.id, by_contact_id=contact.id, via="email",
+                                        note=(request.form.get("note") or "")[:2000] or None,
+                                        source_ip=request.remote_addr)  # fmt: skip
+    except (Forbidden, NotFound, Conflict) as exc:
+        return _render(token, (page, contact), done=f"refused: {exc.detail}", status=403)
+    db.session().refresh(page)
+    return _render(token, (page, contact), done="acknowledged")
+
+
+playbooks_cli = AppGroup("playbooks", help="Check and load playbook definitions.")
+
+
+@playbooks_cli.command("validate")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=True))
+def validate(paths: tuple[str, ...]) -> None:
+    """Validate YAML definitions (default: playbooks/definitions/); exit 1 naming file, line and field."""
+    from pathlib import Path
+
+    session = db.session()
+    known = service.known(session)
+    failed, checked = 0, 0
+    files: list[Path] = []
+    for raw in paths or (str(spec.DEFINITIONS),):
+        path = Path(raw)
+        files += sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    for path in files:
+        checked += 1
+        try:
+            parsed = spec.load(path.read_text(encoding="utf-8"), path.name, known)
+        except spec.SpecError as exc:
+            failed += 1
+            for issue in exc.issues:
+                click.echo(f"{exc.source}:{issue.line or '?'}: {issue.field}: {issue.message}")
+            continue
+        click.echo(f"{path.name}: ok ({parsed.name}, {len(parsed.definition['steps'])} steps)")
+    click.echo(f"{checked - failed} of {checked} playbook(s) valid")
+    if failed:
+        raise SystemExit(1)
+
+
+def init_app(app: Flask) -> None:
+    engine.configure(app.config)
+    app.register_blueprint(bp)
+    app.cli.add_command(playbooks_cli)

@@ -1,0 +1,509 @@
+"""The directory: contacts, groups, on-call schedules, who is on call now, CSV import/export, the 24-hour rule."""
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from incidents import audit, service
+from incidents.access import Actor
+from incidents.base import utcnow
+from incidents.enums import Role
+from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.models import Incident, Organisation
+from playbooks.models import Contact, Group, GroupMember, Schedule, ScheduleMember, ScheduleOverride
+
+LANGUAGES = ("vi", "en")
+KNOWN_CHANNELS = ("telegram", "email", "sms", "webhook")
+DEFAULT_CHANNELS = ["telegram", "email", "sms"]
+# Fields whose change restarts the focal-point clock: the person must confirm them again within 24 h.
+REACH_FIELDS = ("phone", "email", "telegram_chat_id", "webhook_url", "channels")
+CSV_FIELDS = ("id", "organisation", "name", "title", "phone", "email", "telegram_chat_id", "language",
+              "channels", "roles", "active", "confirmed_at")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ContactIn:
+    """A contact as an admin or operator submits it; None leaves a field as it is on update."""
+
+    organisation: str | None = None
+    name: str | None = None
+    title: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    telegram_chat_id: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    language: str | None = None
+    channels: Sequence[str] | None = None
+    roles: Sequence[str] | None = None
+    user: str | None = None
+    active: bool | None = None
+
+
+def _require_desk(actor: Actor) -> None:
+    if actor.role not in (Role.ADMIN, Role.OPERATOR):
+        raise Forbidden("only admins and operators edit the directory")
+
+
+def _organisation(session: Session, code: str, field: str = "organisation") -> Organisation:
+    org = session.scalar(select(Organisation).where(Organisation.code == code))
+    if org is None:
+        raise ValidationFailed("unknown organisation", errors=[FieldError(field, f"no organisation {code!r}")])
+    return org
+
+
+def _check(data: ContactIn, *, creating: bool) -> list[FieldError]:
+    errors = []
+    if creating and not data.organisation:
+        errors.append(FieldError("organisation", "required"))
+    if creating and not (data.name or "").strip():
+        errors.append(FieldError("name", "required"))
+    if data.language is not None and data.language not in LANGUAGES:
+        errors.append(FieldError("language", f"one of {', '.join(LANGUAGES)}"))
+    for n, channel in enumerate(data.channels or []):
+        if channel not in KNOWN_CHANNELS:
+            errors.append(FieldError(f"channels[{n}]", f"one of {', '.join(KNOWN_CHANNELS)}"))
+    if data.email is not None and data.email and "@" not in data.email:
+        errors.append(FieldError("email", "an e-mail address"))
+    if data.phone and sum(ch.isdigit() for ch in data.phone) < 8:
+        errors.append(FieldError("phone", "a phone number of at least 8 digits"))
+    if data.webhook_url and not data.webhook_url.startswith(("http://", "https://")):
+        errors.append(FieldError("webhook_url", "an http:// or https:// URL"))
+    return errors
+
+
+def _apply(session: Session, contact: Contact, data: ContactIn) -> list[str]:
+    changed = []
+    if data.organisation is not None:
+        org = _organisation(session, data.organisation)
+        if contact.organisation_id != org.id:
+            contact.organisation = org
+            changed.append("organisation")
+    if data.user is not None:
+        from incidents.models import User
+
+        user_id = session.scalar(select(User.id).where(User.username == data.user)) if data.user else None
+        if data.user and user_id is None:
+            raise ValidationFailed("unknown user", errors=[FieldError("user", f"no user {data.user!r}")])
+        contact.user_id = user_id
+    for name in ("name", "title", "phone", "email", "telegram_chat_id", "webhook_url", "webhook_secret", "language",
+                 "active"):  # fmt: skip
+        value = getattr(data, name)
+        if value is None:
+            continue
+        if name not in ("name", "active", "language"):
+            value = value or None  # an empty text clears the field
+        if getattr(contact, name) != value:
+            setattr(contact, name, value)
+            changed.append(name)
+    for name in ("channels", "roles"):
+        value = getattr(data, name)
+        if value is not None and list(value) != list(getattr(contact, name) or []):
+            setattr(contact, name, list(value))
+            changed.append(name)
+    if set(changed) & set(REACH_FIELDS):
+        contact.details_changed_at = utcnow()
+        contact.confirmed_at = None
+        contact.unconfirmed_alerted_at = None
+    return changed
+
+
+def save_contact(*, session: Session, data: ContactIn, actor: Actor | None, contact_id: int | None = None) -> Contact:
+    """Create a contact, or change one; a change of how to reach them must be confirmed again within 24 h."""
+    if actor is not None:
+        _require_desk(actor)
+    errors = _check(data, creating=contact_id is None)
+    if errors:
+        raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
+
+    def work() -> Contact:
+        if contact_id is None:
+            contact = Contact(channels=list(DEFAULT_CHANNELS), roles=[], language="vi")
+            session.add(contact)
+        else:
+            contact = session.get(Contact, contact_id)
+            if contact is None or contact.erased_at is not None:
+                raise NotFound(f"no contact {contact_id}")
+        changed = _apply(session, contact, data)
+        contact.updated_at = utcnow()
+        session.flush()
+        service.record_event(
+            session, kind="contact.created" if contact_id is None else "contact.updated", actor=actor,
+            data={"ref": None, "status": None, "contact_id": contact.id, "changed": changed},
+        )  # fmt: skip
+        return contact
+
+    return service.in_transaction(session, work)
+
+
+def get_contact(session: Session, contact_id: int) -> Contact:
+    contact = session.get(Contact, contact_id)
+    if contact is None or contact.erased_at is not None:
+        raise NotFound(f"no contact {contact_id}")
+    return contact
+
+
+def list_contacts(
+    session: Session, *, organisation: str | None = None, after: int = 0, limit: int = 50, active: bool | None = None
+) -> list[Contact]:
+    stmt = select(Contact).where(Contact.erased_at.is_(None), Contact.id > after).order_by(Contact.id).limit(limit)
+    if organisation:
+        stmt = stmt.join(Organisation, Organisation.id == Contact.organisation_id).where(
+            Organisation.code == organisation
+        )
+    if active is not None:
+        stmt = stmt.where(Contact.active.is_(active))
+    return list(session.scalars(stmt.options(selectinload(Contact.organisation))))
+
+
+def confirm_contact(*, session: Session, contact_id: int, actor: Actor | None = None, via: str = "api") -> Contact:
+    """The person confirms their details are still right ("still your number?"): stamps `confirmed_at`."""
+
+    def work() -> Contact:
+        contact = get_contact(session, contact_id)
+        if actor is not None and actor.role not in (Role.ADMIN, Role.OPERATOR) and contact.user_id != actor.user_id:
+            raise Forbidden("only the person, an operator or an admin confirms a contact's details")
+        contact.confirmed_at = utcnow()
+        contact.unconfirmed_alerted_at = None
+        service.record_event(session, kind="contact.confirmed", actor=actor,
+                             data={"ref": None, "status": None, "contact_id": contact.id, "via": via})  # fmt: skip
+        return contact
+
+    return service.in_transaction(session, work)
+
+
+def unconfirmed(session: Session, *, older_than: timedelta, now: datetime | None = None) -> list[Contact]:
+    """Active contacts whose details changed more than `older_than` ago and are still unconfirmed."""
+    cutoff = (now or utcnow()) - older_than
+    stmt = select(Contact).where(
+        Contact.active.is_(True),
+        Contact.erased_at.is_(None),
+        Contact.details_changed_at < cutoff,
+        (Contact.confirmed_at.is_(None)) | (Contact.confirmed_at < Contact.details_changed_at),
+    )
+    return list(session.scalars(stmt.order_by(Contact.id)))
+
+
+def export_personal_data(*, session: Session, contact_id: int, actor: Actor) -> dict[str, Any]:
+    """Everything the directory and the pages hold about one person (a subject-access request); audited."""
+    _require_desk(actor)
+    from playbooks.models import Delivery, PageRecipient
+
+    def work() -> dict[str, Any]:
+        contact = get_contact(session, contact_id)
+        pages = session.scalars(select(PageRecipient).where(PageRecipient.contact_id == contact.id)).all()
+        deliveries = session.scalars(select(Delivery).where(Delivery.contact_id == contact.id)).all()
+        audit.append(session, action=audit.Action.EXPORT, actor=actor, target=f"contact:{contact.id}",
+                     data={"what": "personal data"})  # fmt: skip
+        return {
+            "contact": contact_dict(contact, secrets=False),
+            "pages": [{"page_id": r.page_id, "state": r.state, "paged_at": r.paged_at.isoformat()} for r in pages],
+            "deliveries": [
+                {
+                    "page_id": d.page_id,
+                    "channel": d.channel,
+                    "address": d.address,
+                    "state": d.state,
+                    "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
+                }
+                for d in deliveries
+            ],  # fmt: skip
+        }
+
+    return service.in_transaction(session, work)
+
+
+def erase_contact(*, session: Session, contact_id: int, actor: Actor) -> Contact:
+    """Erase a person's details on request: the row stays (pages refer to it) without name, numbers or addresses."""
+    _require_desk(actor)
+    from playbooks.models import Delivery
+
+    def work() -> Contact:
+        contact = get_contact(session, contact_id)
+        for name in ("title", "phone", "email", "telegram_chat_id", "webhook_url", "webhook_secret"):
+            setattr(contact, name, None)
+        contact.name = f"(đã xoá / erased #{contact.id})"
+        contact.active, contact.erased_at, contact.user_id = False, utcnow(), None
+        contact.channels, contact.roles = [], []
+        for delivery in session.scalars(select(Delivery).where(Delivery.contact_id == contact.id)):
+            delivery.address = "(erased)"
+        session.execute(GroupMember.__table__.delete().where(GroupMember.contact_id == contact.id))
+        session.execute(ScheduleMember.__table__.delete().where(ScheduleMember.contact_id == contact.id))
+        audit.append(session, action=audit.Action.EXPORT, actor=actor, target=f"contact:{contact.id}",
+                     data={"what": "erased on request"})  # fmt: skip
+        service.record_event(session, kind="contact.erased", actor=actor,
+                             data={"ref": None, "status": None, "contact_id": contact.id})  # fmt: skip
+        return contact
+
+    return service.in_transaction(session, work)
+
+
+def contact_dict(contact: Contact, *, secrets: bool = False) -> dict[str, Any]:
+    out = {
+        "id": contact.id,
+        "organisation": contact.organisation.code if contact.organisation else None,
+        "name": contact.name,
+        "title": contact.title,
+        "phone": contact.phone,
+        "email": contact.email,
+        "telegram_chat_id": contact.telegram_chat_id,
+        "webhook_url": contact.webhook_url,
+        "language": contact.language,
+        "channels": list(contact.channels or []),
+        "roles": list(contact.roles or []),
+        "user": contact.user.username if contact.user else None,
+        "active": contact.active,
+        "confirmed_at": contact.confirmed_at.isoformat() if contact.confirmed_at else None,
+        "details_changed_at": contact.details_changed_at.isoformat(),
+    }
+    if secrets:
+        out["webhook_secret"] = contact.webhook_secret
+    return out
+
+
+def export_csv(session: Session) -> str:
+    """Every contact as CSV (channels and roles joined with "|")."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_FIELDS)
+    for contact in list_contacts(session, limit=1_000_000):
+        row = contact_dict(contact)
+        row["channels"] = "|".join(row["channels"])
+        row["roles"] = "|".join(row["roles"])
+        row["active"] = "true" if row["active"] else "false"
+        writer.writerow([row.get(name) if row.get(name) is not None else "" for name in CSV_FIELDS])
+    return buffer.getvalue()
+
+
+def import_csv(*, session: Session, text: str, actor: Actor) -> dict[str, int]:
+    """Create or update contacts from CSV (the export's columns; `id` updates, no `id` creates); all or nothing."""
+    _require_desk(actor)
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {"organisation", "name"} - set(reader.fieldnames or [])
+    if missing:
+        raise ValidationFailed("missing columns", errors=[FieldError(c, "column required") for c in sorted(missing)])
+    rows, errors = [], []
+    for n, raw in enumerate(reader, start=2):
+        data = ContactIn(
+            organisation=(raw.get("organisation") or "").strip() or None,
+            name=(raw.get("name") or "").strip() or None,
+            title=raw.get("title") or "",
+            phone=raw.get("phone") or "",
+            email=raw.get("email") or "",
+            telegram_chat_id=raw.get("telegram_chat_id") or "",
+            language=(raw.get("language") or "vi").strip(),
+            channels=[c for c in (raw.get("channels") or "").split("|") if c] or None,
+            roles=[r for r in (raw.get("roles") or "").split("|") if r] if raw.get("roles") is not None else None,
+            active=(raw.get("active") or "true").strip().lower() not in ("false", "0", "no"),
+        )
+        cid = (raw.get("id") or "").strip()
+        for e in _check(data, creating=not cid):
+            errors.append(FieldError(f"line {n}: {e.field}", e.message))
+        rows.append((int(cid) if cid.isdigit() else None, data))
+    if errors:
+        raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
+
+    def work() -> dict[str, int]:
+        counts = {"created": 0, "updated": 0}
+        for cid, data in rows:
+            contact = session.get(Contact, cid) if cid else None
+            if cid and (contact is None or contact.erased_at is not None):
+                raise ValidationFailed("unknown contact", errors=[FieldError("id", f"no contact {cid}")])
+            if contact is None:
+                contact = Contact(channels=list(DEFAULT_CHANNELS), roles=[], language="vi")
+                session.add(contact)
+                counts["created"] += 1
+            else:
+                counts["updated"] += 1
+            _apply(session, contact, data)
+        session.flush()
+        service.record_event(session, kind="contact.imported", actor=actor,
+                             data={"ref": None, "status": None, **counts})  # fmt: skip
+        return counts
+
+    return service.in_transaction(session, work)
+
+
+def save_group(
+    *, session: Session, code: str, name_vi: str, name_en: str | None, organisation: str | None,
+    members: Sequence[int], actor: Actor,
+) -> Group:  # fmt: skip
+    """Create or replace a group and its ordered members."""
+    _require_desk(actor)
+
+    def work() -> Group:
+        group = session.scalar(select(Group).where(Group.code == code))
+        if group is None:
+            group = Group(code=code, name_vi=name_vi)
+            session.add(group)
+        group.name_vi, group.name_en = name_vi, name_en
+        group.organisation_id = _organisation(session, organisation).id if organisation else None
+        _check_contacts(session, members, "members")
+        group.members = [GroupMember(contact_id=c, position=n) for n, c in enumerate(members)]
+        session.flush()
+        service.record_event(session, kind="group.saved", actor=actor,
+                             data={"ref": None, "status": None, "group": code})  # fmt: skip
+        return group
+
+    return service.in_transaction(session, work)
+
+
+def _check_contacts(session: Session, ids: Sequence[int], field: str) -> None:
+    have = set(session.scalars(select(Contact.id).where(Contact.id.in_(list(ids)), Contact.erased_at.is_(None))))
+    errors = [FieldError(f"{field}[{n}]", f"no contact {c}") for n, c in enumerate(ids) if c not in have]
+    if errors:
+        raise ValidationFailed("unknown contacts", errors=errors)
+
+
+def save_schedule(
+    *, session: Session, code: str, name: str, organisation: str | None, group: str | None, starts_at: datetime,
+    shift_hours: int, members: Sequence[int], actor: Actor,
+) -> Schedule:  # fmt: skip
+    """Create or replace a rotation: members take turns of `shift_hours` (168 = weekly) from `starts_at`."""
+    _require_desk(actor)
+    if shift_hours <= 0:
+        raise ValidationFailed("bad shift", errors=[FieldError("shift_hours", "a positive number of hours")])
+    if not members:
+        raise ValidationFailed("no members", errors=[FieldError("members", "at least one contact")])
+
+    def work() -> Schedule:
+        schedule = session.scalar(select(Schedule).where(Schedule.code == code))
+        if schedule is None:
+            schedule = Schedule(code=code, name=name, starts_at=starts_at)
+            session.add(schedule)
+        schedule.name, schedule.starts_at, schedule.shift_hours = name, starts_at, shift_hours
+        schedule.organisation_id = _organisation(session, organisation).id if organisation else None
+        if group:
+            found = session.scalar(select(Group).where(Group.code == group))
+            if found is None:
+                raise ValidationFailed("unknown group", errors=[FieldError("group", f"no group {group!r}")])
+            schedule.group_id = found.id
+        else:
+            schedule.group_id = None
+        _check_contacts(session, members, "members")
+        schedule.members = [ScheduleMember(contact_id=c, position=n) for n, c in enumerate(members)]
+        session.flush()
+        service.record_event(session, kind="schedule.saved", actor=actor,
+                             data={"ref": None, "status": None, "schedule": code})  # fmt: skip
+        return schedule
+
+    return service.in_transaction(session, work)
+
+
+def add_override(
+    *, session: Session, schedule_code: str, contact_id: int, starts_at: datetime, ends_at: datetime,
+    reason: str | None, actor: Actor,
+) -> ScheduleOverride:  # fmt: skip
+    """Someone else is on call for a span (leave, a swap)."""
+    _require_desk(actor)
+    if ends_at <= starts_at:
+        raise ValidationFailed("bad span", errors=[FieldError("ends_at", "after starts_at")])
+
+    def work() -> ScheduleOverride:
+        schedule = session.scalar(select(Schedule).where(Schedule.code == schedule_code))
+        if schedule is None:
+            raise NotFound(f"no schedule {schedule_code!r}")
+        _check_contacts(session, [contact_id], "contact")
+        override = ScheduleOverride(schedule=schedule, contact_id=contact_id, starts_at=starts_at, ends_at=ends_at,
+                                    reason=reason)  # fmt: skip
+        session.add(override)
+        session.flush()
+        service.record_event(session, kind="schedule.override_added", actor=actor,
+                             data={"ref": None, "status": None, "schedule": schedule_code, "contact_id": contact_id})  # fmt: skip
+        return override
+
+    return service.in_transaction(session, work)
+
+
+def on_call(schedule: Schedule, at: datetime) -> Contact | None:
+    """Who `schedule` puts on call at `at`: an override covering it (the latest added wins), else the rotation."""
+    covering = [o for o in schedule.overrides if o.starts_at <= at < o.ends_at and o.contact.active]
+    if covering:
+        return max(covering, key=lambda o: o.id).contact
+    members = [m.contact for m in schedule.members if m.contact.active and m.contact.erased_at is None]
+    if not members:
+        return None
+    turn = int((at - schedule.starts_at).total_seconds() // (schedule.shift_hours * 3600))
+    return members[turn % len(members)]
+
+
+def _schedules(session: Session, *, organisation_id: int | None = None, group_id: int | None = None) -> list[Schedule]:
+    stmt = select(Schedule).options(
+        selectinload(Schedule.members).selectinload(ScheduleMember.contact),
+        selectinload(Schedule.overrides).selectinload(ScheduleOverride.contact),
+    )
+    if organisation_id is not None:
+        stmt = stmt.where(Schedule.organisation_id == organisation_id, Schedule.group_id.is_(None))
+    if group_id is not None:
+        stmt = stmt.where(Schedule.group_id == group_id)
+    return list(session.scalars(stmt.order_by(Schedule.id)))
+
+
+def who_is_on_call(
+    *, session: Session, organisation: str | None = None, group: str | None = None, at: datetime | None = None
+) -> list[Contact]:
+    """Who a page to this organisation or group reaches now: its schedules' on-call, or all its active members."""
+    at = at or utcnow()
+    if group is not None:
+        found = session.scalar(select(Group).where(Group.code == group))
+        if found is None:
+            raise NotFound(f"no group {group!r}")
+        return group_contacts(session, found, pick="default", at=at)
+    if organisation is not None:
+        org = session.scalar(select(Organisation).where(Organisation.code == organisation))
+        if org is None:
+            raise NotFound(f"no organisation {organisation!r}")
+        return organisation_contacts(session, org.id, pick="default", at=at)
+    raise ValidationFailed("name an organisation or a group", errors=[FieldError("organisation", "or group")])
+
+
+def _unique(contacts: Sequence[Contact | None]) -> list[Contact]:
+    seen: dict[int, Contact] = {}
+    for c in contacts:
+        if c is not None and c.active and c.erased_at is None:
+            seen.setdefault(c.id, c)
+    return list(seen.values())
+
+
+def organisation_contacts(session: Session, organisation_id: int, *, pick: str, at: datetime) -> list[Contact]:
+    if pick != "all":
+        schedules = _schedules(session, organisation_id=organisation_id)
+        if schedules:
+            return _unique([on_call(s, at) for s in schedules])
+    stmt = select(Contact).where(
+        Contact.organisation_id == organisation_id, Contact.active.is_(True), Contact.erased_at.is_(None)
+    )
+    return list(session.scalars(stmt.order_by(Contact.id)))
+
+
+def group_contacts(session: Session, group: Group, *, pick: str, at: datetime) -> list[Contact]:
+    members = [m.contact for m in group.members if m.contact.active and m.contact.erased_at is None]
+    if pick == "round_robin":
+        if not members:
+            return []
+        chosen = members[group.next_turn % len(members)]
+        group.next_turn = (group.next_turn + 1) % len(members)
+        return [chosen]
+    if pick != "all":
+        schedules = _schedules(session, group_id=group.id)
+        if schedules:
+            return _unique([on_call(s, at) for s in schedules])
+    return _unique(members)
+
+
+def role_contacts(session: Session, role: str) -> list[Contact]:
+    stmt = select(Contact).where(Contact.active.is_(True), Contact.erased_at.is_(None)).order_by(Contact.id)
+    return [c for c in session.scalars(stmt) if role in (c.roles or [])]
+
+
+def system_operator_id(incident: Incident) -> int | None:
+    system = incident.affected_system
+    if system is None:
+        return None
+    return system.operator_id or system.owner_id

@@ -1,0 +1,425 @@
+"""Use cases of paging: acknowledge, ask for support, complete a task, answer a request for direction, versions.
+
+Each is one function and one transaction, keyword-only, session passed in; refusals raise domain errors
+(`Forbidden` → 403, `NotFound` → 404, `ValidationFailed` → 422, `Conflict` → 409).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from incidents import audit, service
+from incidents.access import Actor, can_see
+from incidents.base import utcnow
+from incidents.enums import Role
+from incidents.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.models import Incident, Organisation
+from playbooks import engine, spec
+from playbooks.models import (
+    PAGE_ACKED,
+    PAGE_OPEN,
+    Contact,
+    DirectionRequest,
+    Directive,
+    Group,
+    GroupMember,
+    Page,
+    PageRecipient,
+    PlaybookRun,
+    PlaybookVersion,
+    Task,
+)
+
+VIA = ("api", "web", "email", "telegram", "sms", "phone")
+
+
+class AckRefused(Forbidden):
+    """Not someone this page was sent to: refused, and written to the audit trail."""
+
+    def __init__(self, detail: str) -> None:
+        Forbidden.__init__(self, detail, errors=[FieldError("page", detail)])
+
+
+def _locked_page(session: Session, page_id: int) -> Page:
+    page = session.get(Page, page_id, with_for_update=True, populate_existing=True)
+    if page is None:
+        raise NotFound(f"no page {page_id}")
+    return page
+
+
+def may_acknowledge(session: Session, page: Page, contact: Contact) -> bool:
+    """A recipient; for a page to a group or organisation, any of its active members (the first wins)."""
+    if not contact.active or contact.erased_at is not None:
+        return False
+    if any(r.contact_id == contact.id for r in page.recipients):
+        return True
+    if page.group_id is not None:
+        linked = session.scalar(
+            select(GroupMember.id).where(GroupMember.group_id == page.group_id, GroupMember.contact_id == contact.id)
+        )
+        return linked is not None
+    if page.target_kind in ("organisation", "system_operator") and page.organisation_id is not None:
+        return contact.organisation_id == page.organisation_id
+    return False
+
+
+def acknowledge_page(
+    *,
+    session: Session,
+    page_id: int,
+    by_contact_id: int | None = None,
+    actor: Actor | None = None,
+    via: str = "api",
+    note: str | None = None,
+    source_ip: str | None = None,
+) -> Page:
+    """Take up a page: by the person paged (`by_contact_id`, or the contact linked to `actor`), or by an operator
+    or admin on someone's behalf with a note. A second ack changes nothing; a refusal is audited, then raised."""
+    note = (note or "").strip() or None
+
+    def work() -> Page | str:
+        page = _locked_page(session, page_id)
+        incident = session.get(Incident, page.incident_id)
+        if actor is not None and not can_see(session, actor, page.incident_id):
+            raise NotFound(f"no page {page_id}")
+        contact = session.get(Contact, by_contact_id) if by_contact_id is not None else None
+        if contact is None and actor is not None:
+            contact = session.scalar(select(Contact).where(Contact.user_id == actor.user_id))
+        on_behalf = False
+        if contact is None or not may_acknowledge(session, page, contact):
+            if actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR) and note:
+                on_behalf = True
+            else:
+                who = contact.name if contact else (actor.label if actor else "unknown")
+                why = "not paged" if (contact or actor is None) else "no linked contact"
+                if actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR) and not note:
+                    why = "acknowledging on someone's behalf needs a note"
+                audit.append(session, action=audit.Action.ACK_REFUSED, actor=actor or (f"contact:{contact.id}" if contact else None),
+                             target=incident.ref, source_ip=source_ip,
+                             data={"page_id": page.id, "contact_id": contact.id if contact else None, "via": via,
+                                   "reason": why, "who": who})  # fmt: skip
+                return why
+        if page.state == PAGE_ACKED:
+            return page  # the first ack won; a second one is harmless
+        if page.state != PAGE_OPEN:
+            raise Conflict(f"the page is {page.state}")
+        now = utcnow()
+        page.state, page.acked_at, page.ack_via, page.ack_note = PAGE_ACKED, now, via, note
+        page.ack_on_behalf = on_behalf
+        page.acked_by_contact_id = None if on_behalf else contact.id
+        page.acked_by_user_id = actor.user_id if actor else None
+        page.acked_by = f"{actor.label} (thay mặt / on behalf)" if on_behalf else contact.name
+        engine._event(session, "page.acknowledged", incident, actor, note=note, page_id=page.id,
+                      acked_by=page.acked_by, contact_id=page.acked_by_contact_id, via=via, on_behalf=on_behalf,
+                      target=page.target, target_label=page.target_label)  # fmt: skip
+        engine.after_ack(session, page)
+        return page
+
+    result = service.in_transaction(session, work)
+    if isinstance(result, str):
+        raise AckRefused(f"this person may not acknowledge page {page_id}: {result}")
+    return result
+
+
+def request_support(
+    *, session: Session, page_id: int, by_contact_id: int | None = None, actor: Actor | None = None,
+    note: str | None = None, settings: engine.Settings,
+) -> Page:  # fmt: skip
+    """A paged responder asks for support: the next tier is paged (the working group leader, then the board)."""
+
+    def work() -> Page:
+        page = _locked_page(session, page_id)
+        contact = session.get(Contact, by_contact_id) if by_contact_id else None
+        if contact is None and actor is not None:
+            contact = session.scalar(select(Contact).where(Contact.user_id == actor.user_id))
+        if contact is None or not may_acknowledge(session, page, contact):
+            if not (actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR)):
+                raise Forbidden("only someone this page went to asks for support on it")
+        incident = session.get(Incident, page.incident_id)
+        tier = "board.deputy_head" if page.escalation else "working_group.leader"
+        support = engine.create_page(
+            session, incident=incident, settings=settings, run=None, path=None, escalation=True, actor=actor,
+            body={"role": tier, "reason_vi": f"Đề nghị hỗ trợ, phối hợp: {note or page.target_label}",
+                  "reason_en": f"Request for support: {note or page.target_label}"},
+        )  # fmt: skip
+        engine._event(session, "page.support_requested", incident, actor, note=note, page_id=page.id,
+                      support_page_id=support.id, by=contact.name if contact else None, tier=tier)  # fmt: skip
+        return support
+
+    return service.in_transaction(session, work)
+
+
+def page_target(
+    *, session: Session, incident_id: int | str, target: dict[str, Any], actor: Actor, settings: engine.Settings,
+    reason: str | None = None, requires_ack: bool = True,
+) -> Page:  # fmt: skip
+    """An operator pages a contact, group, organisation or role by hand."""
+    if actor.role not in (Role.ADMIN, Role.OPERATOR):
+        raise Forbidden("only admins and operators page by hand")
+    keys = [k for k in spec.TARGET_KEYS if k in target]
+    if len(keys) != 1:
+        raise ValidationFailed(
+            "one target", errors=[FieldError("target", f"exactly one of {', '.join(spec.TARGET_KEYS)}")]
+        )
+
+    def work() -> Page:
+        incident = service.get_incident(session, actor, incident_id, for_update=True)
+        body = {keys[0]: target[keys[0]], "reason_vi": reason, "reason_en": reason}
+        if "pick" in target:
+            body["pick"] = target["pick"]
+        return engine.create_page(session, incident=incident, body=body, run=None, path=None, settings=settings,
+                                  requires_ack=requires_ack, actor=actor)  # fmt: skip
+
+    return service.in_transaction(session, work)
+
+
+def complete_task(
+    *, session: Session, task_id: int, actor: Actor | None = None, by_contact_id: int | None = None,
+    note: str | None = None,
+) -> Task:  # fmt: skip
+    """Mark a checklist item done: by a member of its organisation, an operator or an admin."""
+
+    def work() -> Task:
+        task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        if actor is not None and not can_see(session, actor, task.incident_id):
+            raise NotFound(f"no task {task_id}")
+        contact = session.get(Contact, by_contact_id) if by_contact_id else None
+        desk = actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR)
+        member = (contact is not None and contact.organisation_id == task.organisation_id) or (
+            actor is not None and task.organisation_id == actor.organisation_id
+        )
+        if not (desk or member or task.organisation_id is None and actor is not None):
+            raise Forbidden("only the task's organisation, an operator or an admin completes it")
+        if task.state == "done":
+            return task
+        task.state, task.done_at, task.note = "done", utcnow(), note
+        task.done_by = actor.label if actor else (contact.name if contact else "?")
+        incident = session.get(Incident, task.incident_id)
+        engine._event(session, "task.completed", incident, actor, note=note, task_id=task.id, title=task.title_vi,
+                      done_by=task.done_by)  # fmt: skip
+        return task
+
+    return service.in_transaction(session, work)
+
+
+def request_direction(
+    *, session: Session, incident_id: int | str, question_vi: str, question_en: str | None, actor: Actor
+) -> DirectionRequest:
+    """The standing body asks the board for direction (xin ý kiến chỉ đạo)."""
+    if actor.role not in (Role.ADMIN, Role.OPERATOR):
+        raise Forbidden("the standing body (operators) or an admin asks the board for direction")
+    if not question_vi.strip():
+        raise ValidationFailed("empty question", errors=[FieldError("question_vi", "required")])
+
+    def work() -> DirectionRequest:
+        incident = service.get_incident(session, actor, incident_id, for_update=True)
+        request = DirectionRequest(incident_id=incident.id, question_vi=question_vi, question_en=question_en,
+                                   requested_by=actor.label)  # fmt: skip
+        session.add(request)
+        session.flush()
+        engine._event(session, "direction.requested", incident, actor, request_id=request.id, question=question_vi)
+        return request
+
+    return service.in_transaction(session, work)
+
+
+def answer_direction_request(*, session: Session, request_id: int, text: str, actor: Actor) -> Directive:
+    """A board member (committee) or an admin answers with a directive; it lands on the incident's timeline."""
+    if actor.role not in (Role.COMMITTEE, Role.ADMIN):
+        raise Forbidden("only the board (committee) or an admin gives directives")
+    if not text.strip():
+        raise ValidationFailed("empty directive", errors=[FieldError("text", "required")])
+
+    def work() -> Directive:
+        request = session.get(DirectionRequest, request_id, with_for_update=True, populate_existing=True)
+        if request is None or not can_see(session, actor, request.incident_id):
+            raise NotFound(f"no request for direction {request_id}")
+        now = utcnow()
+        directive = Directive(request_id=request.id, incident_id=request.incident_id, text=text,
+                              given_by_id=actor.user_id, given_by=actor.label, given_at=now)  # fmt: skip
+        session.add(directive)
+        request.state, request.answered_at = "answered", request.answered_at or now
+        session.flush()
+        incident = session.get(Incident, request.incident_id)
+        engine._event(session, "direction.answered", incident, actor, note=text, request_id=request.id,
+                      directive_id=directive.id, directive=text)  # fmt: skip
+        return directive
+
+    return service.in_transaction(session, work)
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+
+def list_pages(
+    session: Session, actor: Actor, *, incident_id: int | None = None, state: str | None = None, after: int = 0,
+    limit: int = 50, mine: bool = False,
+) -> list[Page]:  # fmt: skip
+    from incidents.access import visible_incidents
+
+    stmt = (
+        select(Page).join(Incident, Incident.id == Page.incident_id).where(visible_incidents(actor), Page.id > after)
+        .options(selectinload(Page.recipients).selectinload(PageRecipient.contact), selectinload(Page.incident))
+        .order_by(Page.id).limit(limit)
+    )  # fmt: skip
+    if incident_id is not None:
+        stmt = stmt.where(Page.incident_id == incident_id)
+    if state:
+        stmt = stmt.where(Page.state == state)
+    if mine:
+        contact_id = session.scalar(select(Contact.id).where(Contact.user_id == actor.user_id))
+        stmt = stmt.where(Page.recipients.any(PageRecipient.contact_id == (contact_id or 0)))
+    return list(session.scalars(stmt))
+
+
+def get_page(session: Session, actor: Actor | None, page_id: int) -> Page:
+    page = session.get(Page, page_id)
+    if page is None or (actor is not None and not can_see(session, actor, page.incident_id)):
+        raise NotFound(f"no page {page_id}")
+    return page
+
+
+def list_tasks(session: Session, actor: Actor, *, incident_id: int | None = None, state: str | None = None,
+               after: int = 0, limit: int = 50) -> list[Task]:  # fmt: skip
+    from incidents.access import visible_incidents
+
+    stmt = (
+        select(Task).join(Incident, Incident.id == Task.incident_id).where(visible_incidents(actor), Task.id > after)
+        .options(selectinload(Task.organisation)).order_by(Task.id).limit(limit)
+    )  # fmt: skip
+    if incident_id is not None:
+        stmt = stmt.where(Task.incident_id == incident_id)
+    if state:
+        stmt = stmt.where(Task.state == state)
+    return list(session.scalars(stmt))
+
+
+def list_direction_requests(
+    session: Session, actor: Actor, *, incident_id: int | None = None, state: str | None = None, after: int = 0,
+    limit: int = 50,
+) -> list[DirectionRequest]:  # fmt: skip
+    from incidents.access import visible_incidents
+
+    stmt = (
+        select(DirectionRequest).join(Incident, Incident.id == DirectionRequest.incident_id)
+        .where(visible_incidents(actor), DirectionRequest.id > after)
+        .options(selectinload(DirectionRequest.directives)).order_by(DirectionRequest.id).limit(limit)
+    )  # fmt: skip
+    if incident_id is not None:
+        stmt = stmt.where(DirectionRequest.incident_id == incident_id)
+    if state:
+        stmt = stmt.where(DirectionRequest.state == state)
+    return list(session.scalars(stmt))
+
+
+def list_runs(session: Session, actor: Actor, *, incident_id: int) -> list[PlaybookRun]:
+    if not can_see(session, actor, incident_id):
+        raise NotFound(f"no incident {incident_id}")
+    stmt = select(PlaybookRun).where(PlaybookRun.incident_id == incident_id).options(selectinload(PlaybookRun.version))
+    return list(session.scalars(stmt.order_by(PlaybookRun.id)))
+
+
+# --- playbook versions --------------------------------------------------------------------------------------
+
+
+def known(session: Session) -> spec.Known:
+    return spec.Known(
+        organisations=frozenset(session.scalars(select(Organisation.code))),
+        groups=frozenset(session.scalars(select(Group.code))),
+    )
+
+
+def _add_version(session: Session, parsed: spec.Spec, origin: str, by: str) -> PlaybookVersion | None:
+    latest = session.scalar(
+        select(PlaybookVersion).where(PlaybookVersion.name == parsed.name).order_by(PlaybookVersion.version.desc())
+    )
+    if latest is not None and latest.digest == parsed.digest:
+        return None  # unchanged: no new version
+    version = PlaybookVersion(
+        name=parsed.name, version=(latest.version + 1) if latest else 1, title_vi=parsed.title_vi,
+        title_en=parsed.title_en, source=parsed.source, definition=parsed.definition, digest=parsed.digest,
+        origin=origin, enabled=True, created_by=by, created_at=utcnow(),
+    )  # fmt: skip
+    session.add(version)
+    session.flush()
+    return version
+
+
+def seed_definitions(session: Session, directory: Path = spec.DEFINITIONS) -> tuple[list[str], list[spec.SpecError]]:
+    """Load the shipped YAML into the versioned table (a changed file becomes a new version); in the caller's
+    transaction. Malformed files are reported and skipped; the others still load."""
+    specs, errors = spec.load_directory(directory, known(session))
+    added = []
+    for parsed in specs:
+        if _add_version(session, parsed, f"definitions/{parsed.name}", "init-db") is not None:
+            added.append(parsed.name)
+    return added, errors
+
+
+def upload_playbook(*, session: Session, source: str, actor: Actor, name: str | None = None) -> PlaybookVersion:
+    """An admin uploads a new version (YAML); validated as the files are, the error naming version, line, field."""
+    if actor.role is not Role.ADMIN:
+        raise Forbidden("only admins edit playbooks")
+
+    def work() -> PlaybookVersion:
+        next_no = None
+        if name:
+            next_no = (session.scalar(select(func.max(PlaybookVersion.version)).where(PlaybookVersion.name == name))
+                       or 0) + 1  # fmt: skip
+        label = f"{name} version {next_no}" if name else "the uploaded version"
+        try:
+            parsed = spec.load(source, label, known(session))
+        except spec.SpecError as exc:
+            raise ValidationFailed(
+                str(exc), errors=[FieldError(i.field, f"{exc.source}, line {i.line}: {i.message}") for i in exc.issues],
+                source=exc.source, issues=[{"line": i.line, "field": i.field, "message": i.message} for i in exc.issues],
+            ) from None  # fmt: skip
+        if name and parsed.name != name:
+            raise ValidationFailed("name mismatch", errors=[FieldError("name", f"the YAML names {parsed.name!r}")])
+        version = _add_version(session, parsed, "api", actor.label)
+        if version is None:
+            raise Conflict("this version is identical to the newest one")
+        audit.append(session, action=audit.Action.PLAYBOOK_EDITED, actor=actor, target=parsed.name,
+                     data={"version": version.version, "digest": version.digest})  # fmt: skip
+        service.record_event(session, kind="playbook.version_added", actor=actor,
+                             data={"ref": None, "status": None, "playbook": parsed.name, "version": version.version})  # fmt: skip
+        return version
+
+    return service.in_transaction(session, work)
+
+
+def set_enabled(*, session: Session, name: str, enabled: bool, actor: Actor) -> PlaybookVersion:
+    if actor.role is not Role.ADMIN:
+        raise Forbidden("only admins edit playbooks")
+
+    def work() -> PlaybookVersion:
+        version = session.scalar(
+            select(PlaybookVersion).where(PlaybookVersion.name == name).order_by(PlaybookVersion.version.desc())
+        )
+        if version is None:
+            raise NotFound(f"no playbook {name!r}")
+        version.enabled = enabled
+        audit.append(session, action=audit.Action.PLAYBOOK_EDITED, actor=actor, target=name,
+                     data={"version": version.version, "enabled": enabled})  # fmt: skip
+        return version
+
+    return service.in_transaction(session, work)
+
+
+def list_versions(session: Session, *, name: str | None = None) -> Sequence[PlaybookVersion]:
+    if name:
+        stmt = select(PlaybookVersion).where(PlaybookVersion.name == name).order_by(PlaybookVersion.version)
+        return list(session.scalars(stmt))
+    return engine.latest_versions(session)
+
+
+def who_is_on_call(*, session: Session, organisation: str | None = None, group: str | None = None) -> list[Contact]:
+    """Who a page to this organisation or group reaches now."""
+    from playbooks.directory import who_is_on_call as lookup
+
+    return lookup(session=session, organisation=organisation, group=group)

@@ -1,0 +1,82 @@
+"""Helpers of the paging tests: the shipped playbooks and demo directory loaded, contacts, incidents, the engine."""
+
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import db
+from incidents import jobs
+from incidents.models import Event, Job
+from playbooks import engine, seed
+from playbooks.models import Contact, Page
+
+
+def load_shipped(app: Flask, *, demo: bool = True) -> None:
+    """What `init-db` loads beside the roster: the demo directory and the shipped playbooks."""
+    with app.app_context():
+        session = db.session()
+        with session.begin():
+            if demo:
+                seed.load_demo_directory(session)
+            added, errors = seed.load_playbooks(session)
+            assert errors == [], errors
+
+
+def settings(app: Flask) -> engine.Settings:
+    return engine.Settings.from_config(app.config)
+
+
+def run_jobs(app: Flask, kinds: tuple[str, ...] = (engine.EVALUATE, engine.CONTINUE)) -> int:
+    """Run due jobs of `kinds` in this process through their real handlers (the worker's code path, no thread)."""
+    ran = 0
+    with app.app_context():
+        ctx = jobs.JobContext(app.extensions["ucsc.sessionmaker"], dict(app.config), {})
+        session = db.session()
+        session.rollback()
+        while True:
+            claimed = jobs.claim(session, "test", 50, kinds)
+            if not claimed:
+                return ran
+            for job in claimed:
+                jobs.KINDS[job.kind].handler(ctx, job)
+                jobs.complete(session, job, "test")
+                ran += 1
+
+
+def events(session: Session, kind: str | None = None, incident_id: int | None = None) -> list[Event]:
+    session.rollback()
+    stmt = select(Event).order_by(Event.id)
+    if kind:
+        stmt = stmt.where(Event.kind == kind)
+    if incident_id is not None:
+        stmt = stmt.where(Event.incident_id == incident_id)
+    return list(session.scalars(stmt))
+
+
+def pages(session: Session, incident_id: int | None = None) -> list[Page]:
+    session.rollback()
+    stmt = select(Page).order_by(Page.id)
+    if incident_id is not None:
+        stmt = stmt.where(Page.incident_id == incident_id)
+    return list(session.scalars(stmt))
+
+
+def queued(session: Session, kind: str) -> list[Job]:
+    session.rollback()
+    return list(session.scalars(select(Job).where(Job.kind == kind).order_by(Job.id)))
+
+
+def add_contact(app: Flask, **fields: Any) -> int:
+    """A contact (organisation code in `organisation`), confirmed; its id."""
+    from incidents.models import Organisation
+
+    with app.app_context():
+        session = db.session()
+        with session.begin():
+            org = session.scalar(select(Organisation).where(Organisation.code == fields.pop("organisation", "dic")))
+            contact = Contact(organisation_id=org.id, language="vi", active=True, roles=[], **fields)
+            session.add(contact)
+            session.flush()
+            return contact.id
