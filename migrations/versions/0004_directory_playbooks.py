@@ -242,6 +242,7 @@ def upgrade() -> None:
         sa.Column("ack_on_behalf", sa.Boolean(), nullable=False),
         sa.Column("first_delivered_at", TIME, nullable=True),
         sa.Column("escalated_at", TIME, nullable=True),
+        sa.Column("waves", sa.Integer(), nullable=False),
         sa.Column("created_at", TIME, nullable=False),
         sa.Column("key", sa.String(length=300), nullable=True),
         sa.CheckConstraint("state IN ('open', 'acknowledged', 'cancelled')", name=op.f("ck_pages_state")),
@@ -311,6 +312,7 @@ def upgrade() -> None:
         sa.Column("page_id", BIG_ID, nullable=False),
         sa.Column("contact_id", BIG_ID, nullable=False),
         sa.Column("channel", sa.String(length=32), nullable=False),
+        sa.Column("wave", sa.Integer(), nullable=False),
         sa.Column("address", sa.String(length=2000), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -324,7 +326,9 @@ def upgrade() -> None:
             ["page_id"], ["pages.id"], name=op.f("fk_deliveries_page_id_pages"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deliveries")),
-        sa.UniqueConstraint("page_id", "contact_id", "channel", name=op.f("uq_deliveries_page_id_contact_id_channel")),
+        sa.UniqueConstraint(
+            "page_id", "contact_id", "channel", "wave", name=op.f("uq_deliveries_page_id_contact_id_channel_wave")
+        ),
     )
     op.create_index(op.f("ix_deliveries_page_id"), "deliveries", ["page_id"], unique=False)
     op.create_table(
