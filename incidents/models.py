@@ -477,6 +477,8 @@ class StixObject(Base):
     imported_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     # The JSON exactly as served, so a re-export is byte-identical and no read re-serialises it.
     body: Mapped[str] = mapped_column(Text)
+    # False once a newer version of the same id is stored: TAXII's match[version]=last without a window query.
+    current: Mapped[bool] = mapped_column(default=True)
 
     __table_args__ = (
         UniqueConstraint("stix_id", "modified"),

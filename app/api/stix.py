@@ -1,0 +1,142 @@
+"""STIX 2.1 routes: an incident as a bundle, a bulk export since a time, and importing a bundle."""
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from flask import Response, current_app, request
+from pydantic import BaseModel, Field
+
+from app import db
+from app.api import operation
+from app.api.incidents import _settings
+from app.auth import current_actor
+from app.errors import ApiError
+from incidents import audit, stix_import, stix_store
+from incidents.errors import FieldError, ValidationFailed
+
+STIX_MEDIA = "application/stix+json;version=2.1"
+
+
+class StixExportQuery(BaseModel):
+    profile: Literal["opencti"] | None = Field(
+        default=None, description="opencti adds OpenCTI's top-level incident fields (not strict STIX 2.1)."
+    )
+
+
+class StixBulkQuery(BaseModel):
+    since: datetime | None = Field(default=None, description="Objects added strictly after this time.")
+
+
+class StixBundleIn(BaseModel):
+    """A STIX 2.1 bundle as MISP or OpenCTI export it."""
+
+    type: Literal["bundle"]
+    id: str
+    objects: list[dict[str, Any]]
+
+
+class StixImportRead(BaseModel):
+    stored: int
+    duplicates: int
+    incidents_created: list[str]
+    incidents_enriched: list[str]
+
+
+def stix_settings() -> stix_store.StixSettings:
+    c = current_app.config
+    return stix_store.StixSettings(
+        base_url=str(c["BASE_URL"]), board_name=str(c["STIX_BOARD_NAME"]), push=bool(c["STIX_PUSH_URL"])
+    )
+
+
+def import_settings() -> dict[str, Any]:
+    c = current_app.config
+    return {
+        "settings": _settings(),
+        "default_tlp": str(c["STIX_DEFAULT_TLP"]),
+        "limit": int(c["STIX_IMPORT_LIMIT"]),
+        "push": bool(c["STIX_PUSH_URL"]),
+    }
+
+
+def _stix_response(text: str) -> Response:
+    return Response(text, status=200, content_type=STIX_MEDIA)
+
+
+@operation(
+    "GET",
+    "/incidents/<incident_id>/stix",
+    "The incident as a STIX 2.1 bundle (report, incident with the Incident Core Extension, observables, TLP)",
+    query=StixExportQuery,
+    errors=(401, 404, 422),
+    tag="stix",
+)
+def export_incident(incident_id: str) -> Response:
+    actor = current_actor()
+    profile = request.args.get("profile")
+    if profile not in (None, "opencti"):
+        raise ValidationFailed("unknown profile", errors=[FieldError("profile", "only opencti is offered")])
+    session = db.session()
+    incident, text = stix_store.export_incident(session, actor, incident_id, stix_settings(), profile=profile)
+    audit.record_read(session, actor=actor, incident=incident.id, what="stix", source_ip=request.remote_addr)
+    return _stix_response(text)
+
+
+@operation(
+    "GET",
+    "/stix/objects",
+    "Every STIX object you may see, added after `since`, as one bundle",
+    query=StixBulkQuery,
+    errors=(401, 422),
+    tag="stix",
+)
+def export_since() -> Response:
+    actor = current_actor()
+    raw = request.args.get("since")
+    since = None
+    if raw:
+        try:
+            since = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationFailed("bad since", errors=[FieldError("since", "an RFC 3339 timestamp")]) from None
+        if since.tzinfo is None:
+            raise ValidationFailed("bad since", errors=[FieldError("since", "needs a zone")])
+        since = since.astimezone(UTC)
+    text, _tlps = stix_store.export_since(
+        db.session(), actor, since, limit=int(current_app.config["STIX_EXPORT_LIMIT"])
+    )
+    return _stix_response(text)
+
+
+@operation(
+    "POST",
+    "/stix/bundles",
+    "Import a STIX 2.1 bundle (all or nothing): incidents it describes are created or enriched",
+    body=StixBundleIn,
+    response=StixImportRead,
+    errors=(401, 403, 413, 415, 422),
+    tag="stix",
+)
+def import_bundle() -> Response:
+    actor = current_actor()
+    if request.mimetype not in ("application/json", "application/stix+json"):
+        raise ApiError(
+            415,
+            "Unsupported Media Type",
+            "send Content-Type: application/stix+json or application/json",
+            errors=[FieldError("Content-Type", "must be application/stix+json or application/json")],
+        )
+    try:
+        bundle = json.loads(request.get_data())
+    except ValueError as exc:
+        raise ValidationFailed("the body is not JSON", errors=[FieldError("body", str(exc))]) from None
+    if not isinstance(bundle, dict) or bundle.get("type") != "bundle" or not isinstance(bundle.get("objects"), list):
+        raise ValidationFailed(
+            "not a STIX bundle", errors=[FieldError("body", 'a bundle: {"type": "bundle", "objects": [...]}')]
+        )
+    result = stix_import.import_objects(
+        session=db.session(), objects=bundle["objects"], actor=actor, **import_settings()
+    )
+    response = Response(json.dumps(result.as_dict(), ensure_ascii=False), status=200, mimetype="application/json")
+    return response

@@ -1,0 +1,81 @@
+"""The outbound feed: new objects a national coordinator may see are POSTed to its TAXII collection, retried."""
+
+import json
+import logging
+
+import requests
+from sqlalchemy import and_, exists, not_, or_, select
+
+from incidents import jobs, service
+from incidents.base import utcnow
+from incidents.models import Incident, StixCursor, StixLink, StixObject
+from incidents.stix_store import PUSH, _cursor, levels_up_to
+
+log = logging.getLogger("ucsc.stix.push")
+TAXII = "application/taxii+json;version=2.1"
+
+
+def _eligible(max_tlp: str):
+    """Rows at or below `max_tlp` whose incidents are still at or below it (a raised TLP withdraws them)."""
+    levels = levels_up_to(max_tlp)
+    linked = exists().where(StixLink.object_id == StixObject.id)
+    allowed = exists().where(
+        StixLink.object_id == StixObject.id, Incident.id == StixLink.incident_id, Incident.tlp.in_(levels)
+    )
+    return and_(StixObject.tlp.in_(levels), or_(not_(linked), allowed))
+
+
+@jobs.job_kind("stix.push", max_attempts=50, lease_seconds=120)
+def push(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+    """Send what is after the push cursor, a batch at a time; the cursor moves only when the server accepted."""
+    cfg = ctx.config
+    url = str(cfg["STIX_PUSH_URL"]).rstrip("/") + "/objects/"
+    auth = (cfg["STIX_PUSH_USER"], cfg["STIX_PUSH_PASSWORD"]) if cfg.get("STIX_PUSH_USER") else None
+    batch = int(cfg.get("STIX_PUSH_BATCH", 500))
+    while True:
+        with ctx.sessions() as session:
+            start = session.scalar(select(StixCursor.position).where(StixCursor.name == PUSH)) or 0
+            rows = session.execute(
+                select(StixObject.id, StixObject.body)
+                .where(StixObject.id > start, _eligible(cfg["STIX_PUSH_MAX_TLP"]))
+                .order_by(StixObject.id)
+                .limit(batch)
+            ).all()
+            last = (
+                rows[-1].id
+                if rows
+                else session.scalar(
+                    select(StixObject.id).where(StixObject.id > start).order_by(StixObject.id.desc()).limit(1)
+                )
+            )
+        if rows:
+            # Stored bodies are sent as stored, inside the TAXII envelope.
+            body = '{"objects": [' + ", ".join(r.body for r in rows) + "]}"
+            answer = requests.post(
+                url,
+                data=body.encode(),
+                auth=auth,
+                timeout=float(cfg.get("NOTIFY_TIMEOUT", 10)),
+                headers={"Content-Type": TAXII, "Accept": TAXII},
+            )
+            if answer.status_code not in (200, 202):
+                raise RuntimeError(f"TAXII push refused: HTTP {answer.status_code} {answer.text[:300]}")
+            status = answer.json()
+            log.info(
+                "pushed %d object(s): %s",
+                len(rows),
+                json.dumps({k: status.get(k) for k in ("status", "success_count", "failure_count")}),
+            )
+        if last is None:
+            return
+        with ctx.sessions() as session:
+
+            def advance(end: int = last, begin: int = start) -> None:
+                cursor = _cursor(session, PUSH)
+                if cursor.position == begin:
+                    cursor.position = end
+                    cursor.updated_at = utcnow()
+
+            service.in_transaction(session, advance)
+        if len(rows) < batch:
+            return

@@ -1,0 +1,603 @@
+"""The STIX object store: the projector that turns committed events into versions, visibility, exports and queries."""
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, insert, not_, or_, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from incidents import jobs, service, stix
+from incidents.access import Actor, tlp_clause, visible_incidents
+from incidents.base import utcnow
+from incidents.enums import TLP, Role
+from incidents.errors import FieldError, ValidationFailed
+from incidents.models import Event, Incident, StixCursor, StixLink, StixObject, System
+
+log = logging.getLogger("ucsc.stix")
+
+PROJECTOR = "projector"
+PUSH = "push"
+PROJECTOR_LOCK_KEY = 0x53544958  # "STIX": the one projector leader on PostgreSQL
+BOARD_KEY = "identity:board"
+_SHARED_READERS = (Role.ADMIN, Role.OPERATOR, Role.COMMITTEE, Role.RESPONDER)
+TICK = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class StixSettings:
+    """What the mapping takes from configuration."""
+
+    base_url: str = "http://127.0.0.1:5000"
+    board_name: str = "Ban Chỉ đạo ứng cứu sự cố an toàn thông tin mạng tỉnh Thanh Hóa"
+    push: bool = False  # an outbound TAXII feed is configured: new objects queue a push job
+
+
+def levels_up_to(level: str) -> list[str]:
+    return [str(t) for t in stix.TLP_ORDER[: stix.TLP_ORDER.index(TLP(level)) + 1]]
+
+
+# ---------------------------------------------------------------------------------------------- visibility
+
+
+def visible_objects(actor: Actor) -> ColumnElement[bool]:
+    """Rows `actor` may read: through an incident they may see (judged now), or standalone by TLP and role."""
+    through_incident = (
+        exists()
+        .where(StixLink.object_id == StixObject.id, Incident.id == StixLink.incident_id)
+        .where(visible_incidents(actor), tlp_clause(actor, StixObject.tlp, StixLink.incident_id))
+    )
+    readable = [StixObject.tlp == TLP.CLEAR.value, StixObject.imported_by_id == actor.user_id]
+    if actor.role in _SHARED_READERS:
+        readable.append(StixObject.tlp.in_([TLP.GREEN.value, TLP.AMBER.value]))
+    standalone = and_(not_(exists().where(StixLink.object_id == StixObject.id)), or_(*readable))
+    return or_(through_incident, standalone)
+
+
+# ---------------------------------------------------------------------------------------------- projection
+
+
+def _next_dates(session: Session, count: int) -> list[datetime]:
+    """`count` date_added values after every stored one, in order (the caller holds the write lock)."""
+    last = session.scalar(select(func.max(StixObject.date_added)))
+    start = utcnow()
+    if last is not None and start <= last:
+        start = last + TICK
+    return [start + TICK * i for i in range(count)]
+
+
+def _cursor(session: Session, name: str) -> StixCursor:
+    row = session.get(StixCursor, name)
+    if row is None:
+        row = StixCursor(name=name, position=0, updated_at=utcnow())
+        session.add(row)
+        session.flush()
+    return row
+
+
+def _view(incident: Incident, settings: StixSettings) -> stix.IncidentView:
+    system = incident.affected_system
+    owner = system.owner if system else None
+    return stix.IncidentView(
+        id=incident.id,
+        ref=incident.ref,
+        title=incident.title,
+        description=incident.description,
+        category=str(incident.category),
+        priority=str(incident.priority),
+        status=str(incident.status),
+        tlp=str(incident.tlp),
+        created_at=incident.created_at,
+        detected_at=incident.detected_at,
+        detection_method=incident.detection_method,
+        reporter_organisation=incident.reporter_organisation,
+        affected_organisation=(owner.name_en or owner.name_vi) if owner else None,
+        observables=tuple(stix.ObservableView(o.type, o.value, o.hashes) for o in incident.observables),
+        url=f"{settings.base_url.rstrip('/')}/api/v1/incidents/{incident.ref}",
+    )
+
+
+@dataclass
+class _Stored:
+    row_id: int
+    stix_id: str
+    created: datetime | None
+    modified: datetime
+    body: str
+    tlp: str
+
+
+def _stored(session: Session, incident_id: int, shared_keys: Sequence[str]) -> tuple[dict, dict]:
+    """Latest stored version per key of the incident's own objects, and stored shared objects by (key, tlp)."""
+    own: dict[str, _Stored] = {}
+    rows = session.execute(
+        select(
+            StixObject.id,
+            StixObject.key,
+            StixObject.stix_id,
+            StixObject.created,
+            StixObject.modified,
+            StixObject.body,
+            StixObject.tlp,
+        )
+        .where(StixObject.incident_id == incident_id)
+        .order_by(StixObject.id)
+    )
+    for row in rows:
+        own[row.key] = _Stored(row.id, row.stix_id, row.created, row.modified, row.body, row.tlp)
+    shared: dict[tuple[str, str], list[_Stored]] = {}
+    keys = list(shared_keys)
+    for i in range(0, len(keys), 500):
+        rows = session.execute(
+            select(
+                StixObject.id,
+                StixObject.key,
+                StixObject.stix_id,
+                StixObject.created,
+                StixObject.modified,
+                StixObject.body,
+                StixObject.tlp,
+            )
+            .where(StixObject.key.in_(keys[i : i + 500]), StixObject.incident_id.is_(None))
+            .order_by(StixObject.id)
+        )
+        for row in rows:
+            shared.setdefault((row.key, row.tlp), []).append(
+                _Stored(row.id, row.stix_id, row.created, row.modified, row.body, row.tlp)
+            )
+    return own, shared
+
+
+def _board(session: Session, settings: StixSettings) -> str:
+    stix_id = session.scalar(select(StixObject.stix_id).where(StixObject.key == BOARD_KEY).limit(1))
+    if stix_id is not None:
+        return stix_id
+    now = utcnow()
+    obj = stix.board_identity(f"identity--{stix.object_uuid()}", now, settings.board_name)
+    _insert(session, [(obj, BOARD_KEY, None, TLP.CLEAR.value)], links={})
+    return obj.id
+
+
+def _insert(session: Session, items: list[tuple[Any, str | None, int | None, str]], links: dict[int, int]) -> list[int]:
+    """Store objects (stix2 object, key, owning incident, tlp) with fresh date_added values; their row ids."""
+    if not items:
+        return []
+    dates = _next_dates(session, len(items))
+    values = []
+    for (obj, key, incident_id, tlp), added in zip(items, dates, strict=True):
+        created = obj.get("created")
+        modified = obj.get("modified") or created
+        values.append(
+            {
+                "stix_id": obj["id"],
+                "type": obj["type"],
+                "spec_version": obj.get("spec_version", "2.1"),
+                "created": created,
+                "modified": modified or added,
+                "date_added": added,
+                "tlp": tlp,
+                "key": key,
+                "incident_id": incident_id,
+                "imported_by_id": None,
+                "body": stix.serialise(obj),
+                "current": True,
+            }
+        )
+    return _insert_values(session, values, links)
+
+
+def _insert_values(session: Session, values: list[dict[str, Any]], links: dict[int, int]) -> list[int]:
+    """Insert rows, mark earlier versions of the same ids as no longer current, and link rows to incidents."""
+    table = StixObject.__table__
+    ids: list[int] = []
+    for i in range(0, len(values), 1000):
+        chunk = values[i : i + 1000]
+        result = session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), chunk)
+        ids.extend(r[0] for r in result)
+    versioned = [v for v in values if v["key"] is None or not v["key"].startswith("sco:")]
+    by_id: dict[str, int] = {}
+    for v, row_id in zip(values, ids, strict=True):
+        if v in versioned:
+            by_id[v["stix_id"]] = max(row_id, by_id.get(v["stix_id"], 0))
+    stix_ids = list(by_id)
+    for i in range(0, len(stix_ids), 500):
+        part = stix_ids[i : i + 500]
+        session.execute(
+            update(StixObject)
+            .where(
+                StixObject.stix_id.in_(part),
+                StixObject.id.not_in([by_id[s] for s in part]),
+                StixObject.current.is_(True),
+                ~StixObject.type.in_(_SCO_TYPES),
+            )
+            .values(current=False)
+        )
+    link_rows = []
+    for idx, incident_id in links.items():
+        link_rows.append({"object_id": ids[idx], "incident_id": incident_id})
+    for i in range(0, len(link_rows), 1000):
+        session.execute(insert(StixLink.__table__), link_rows[i : i + 1000])
+    return ids
+
+
+_SCO_TYPES = ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file")
+
+
+def _plan(session: Session, incident_id: int, settings: StixSettings, board_id: str) -> tuple[Any, list, dict, dict]:
+    incident = session.scalar(
+        select(Incident)
+        .where(Incident.id == incident_id)
+        .options(selectinload(Incident.observables), selectinload(Incident.affected_system).selectinload(System.owner))
+    )
+    if incident is None:
+        return None, [], {}, {}
+    view = _view(incident, settings)
+    shared_keys = [f"sco:{o.key}" for o in view.observables]
+    if view.reporter_organisation:
+        shared_keys.append(f"identity:{view.tlp}:{view.reporter_organisation}")
+    if view.affected_organisation:
+        shared_keys.append(f"identity:{view.tlp}:{view.affected_organisation}")
+    own, shared = _stored(session, incident_id, shared_keys)
+    known = {k: (s.stix_id, s.created) for k, s in own.items()}
+    for (key, _tlp), rows in shared.items():
+        if key.startswith("identity:"):
+            known[key] = (rows[-1].stix_id, rows[-1].created)
+    planned = stix.plan(view, stix.Ids(known), board_id, utcnow())
+    return view, planned, own, shared
+
+
+def project_incident(session: Session, incident_id: int, settings: StixSettings) -> int:
+    """Bring an incident's stored graph up to date; a new version only where the STIX body changed. Rows written."""
+    with session.begin():
+        board_id = _board_id_read(session)
+        view, planned, own, shared = _plan(
+            session, incident_id, settings, board_id or "identity--00000000-0000-4000-8000-000000000000"
+        )
+    if view is None:
+        return 0
+
+    def work() -> int:
+        board = _board(session, settings)
+        nonlocal planned, own, shared
+        fresh_own, fresh_shared = _stored(session, incident_id, [p.key for p in planned if p.shared])
+        if board != board_id or _ids_moved(planned, fresh_own, fresh_shared):
+            # Someone else minted ids between our read and our lock (an export racing the projector): replan.
+            _view2, planned, fresh_own, fresh_shared = _plan(session, incident_id, settings, board)
+        written = _write(session, incident_id, view.tlp, planned, fresh_own, fresh_shared)
+        if written and settings.push:
+            enqueue_push(session)
+        return written
+
+    return service.in_transaction(session, work)
+
+
+def _board_id_read(session: Session) -> str | None:
+    return session.scalar(select(StixObject.stix_id).where(StixObject.key == BOARD_KEY).limit(1))
+
+
+def _ids_moved(planned: list, own: dict, shared: dict) -> bool:
+    """Whether ids were minted for our keys since we planned (then the plan is rebuilt under the lock)."""
+    for p in planned:
+        if p.shared:
+            if p.key.startswith("identity:"):
+                rows = shared.get((p.key, _tlp_of(p.obj)), [])
+                if any(r.stix_id != p.obj["id"] for r in rows):
+                    return True
+            continue
+        stored = own.get(p.key)
+        if stored is not None and stored.stix_id != p.obj["id"]:
+            return True
+    return False
+
+
+def _tlp_of(obj: Any) -> str:
+    return stix.TLP_OF_MARKING[obj["object_marking_refs"][0]]
+
+
+def _write(session: Session, incident_id: int, tlp: str, planned: list, own: dict, shared: dict) -> int:
+    now = utcnow()
+    items: list[tuple[Any, str | None, int | None, str]] = []
+    links: dict[int, int] = {}
+    link_existing: list[int] = []
+    linked = set(session.scalars(select(StixLink.object_id).where(StixLink.incident_id == incident_id)))
+    for p in planned:
+        if p.shared:
+            rows = [r for r in shared.get((p.key, tlp), []) if r.stix_id == p.obj["id"]]
+            if rows and not p.key.startswith("identity:"):
+                if rows[-1].row_id not in linked:
+                    link_existing.append(rows[-1].row_id)
+                continue
+            if rows and p.key.startswith("identity:"):
+                stored = rows[-1]
+                if stored.body == stix.serialise(p.obj):
+                    if stored.row_id not in linked:
+                        link_existing.append(stored.row_id)
+                    continue
+                obj = stix.new_version(p.obj, _after(now, stored.modified))
+            else:
+                obj = p.obj
+            links[len(items)] = incident_id
+            items.append((obj, p.key, None, tlp))
+            continue
+        stored = own.get(p.key)
+        body = stix.serialise(p.obj)
+        if stored is not None and stored.body == body:
+            continue
+        obj = p.obj if stored is None else stix.new_version(p.obj, _after(now, stored.modified))
+        links[len(items)] = incident_id
+        items.append((obj, p.key, incident_id, tlp))
+    _insert(session, items, links)
+    if link_existing:
+        session.execute(
+            insert(StixLink.__table__), [{"object_id": r, "incident_id": incident_id} for r in set(link_existing)]
+        )
+    return len(items)
+
+
+def _after(now: datetime, previous: datetime) -> datetime:
+    """A `modified` after `previous` at STIX's millisecond precision."""
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    floor = previous.replace(microsecond=previous.microsecond // 1000 * 1000) + stix.MILLI
+    return max(now, floor)
+
+
+def project_pending(session: Session, settings: StixSettings, *, batch: int = 200) -> int:
+    """Project the incidents of committed events after the cursor, in commit order; events consumed."""
+    with session.begin():
+        position = session.scalar(select(StixCursor.position).where(StixCursor.name == PROJECTOR)) or 0
+        events = session.execute(
+            select(Event.id, Event.incident_id).where(Event.id > position).order_by(Event.id).limit(batch)
+        ).all()
+    if not events:
+        return 0
+    incident_ids = list(dict.fromkeys(e.incident_id for e in events if e.incident_id is not None))
+    for incident_id in incident_ids:
+        project_incident(session, incident_id, settings)
+    last = events[-1].id
+
+    def advance() -> None:
+        cursor = _cursor(session, PROJECTOR)
+        cursor.position = max(cursor.position, last)
+        cursor.updated_at = utcnow()
+
+    service.in_transaction(session, advance)
+    return len(events)
+
+
+def ensure_projected(session: Session, incident_id: int, settings: StixSettings) -> None:
+    """Read your own writes: project this incident now if events of it are past the projector's cursor."""
+    with session.begin():
+        position = session.scalar(select(StixCursor.position).where(StixCursor.name == PROJECTOR)) or 0
+        pending = session.scalar(select(func.count()).where(Event.incident_id == incident_id, Event.id > position))
+        projected = session.scalar(select(func.count()).where(StixObject.incident_id == incident_id))
+    if pending or not projected:
+        project_incident(session, incident_id, settings)
+
+
+def enqueue_push(session: Session) -> None:
+    last = session.scalar(select(func.max(StixObject.id))) or 0
+    jobs.enqueue(session, "stix.push", {}, key=f"stix.push:{last}")
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _bundle(bodies: list[str]) -> str:
+    # The envelope around stored objects; each body is the stix2 serialisation written by the projector.
+    return '{"type": "bundle", "id": "' + stix.bundle_id(bodies) + '", "objects": [' + ", ".join(bodies) + "]}"
+
+
+def _markings(session: Session, tlps: set[str]) -> list[str]:
+    ids = [stix.TLP_MARKING_IDS[TLP(t)] for t in stix.TLP_ORDER if t in tlps]
+    rows = dict(
+        session.execute(
+            select(StixObject.stix_id, StixObject.body).where(StixObject.stix_id.in_(ids), StixObject.current)
+        ).all()
+    )
+    return [rows[i] for i in ids if i in rows]
+
+
+def export_incident(
+    session: Session, actor: Actor, incident_ref: int | str, settings: StixSettings, *, profile: str | None = None
+) -> tuple[Incident, str]:
+    """The incident's current STIX graph as a bundle, for a reader who may see the incident."""
+    incident = service.get_incident(session, actor, incident_ref)
+    session.commit()
+    ensure_projected(session, incident.id, settings)
+    incident = service.get_incident(session, actor, incident.id)
+    rows = session.execute(
+        select(StixObject.stix_id, StixObject.type, StixObject.body, StixObject.tlp)
+        .join(StixLink, StixLink.object_id == StixObject.id)
+        .where(StixLink.incident_id == incident.id, StixObject.current)
+        .where(
+            or_(
+                and_(StixObject.key.is_not(None), StixObject.tlp == incident.tlp),
+                and_(StixObject.key.is_(None), tlp_clause(actor, StixObject.tlp, StixLink.incident_id)),
+            )
+        )
+        .order_by(StixObject.id)
+    ).all()
+    objects: dict[str, str] = {}
+    tlps = {r.tlp for r in rows}
+    for row in rows:
+        body = row.body
+        if profile == "opencti" and row.type == "incident" and row.stix_id not in objects:
+            body = stix.opencti_profile(
+                json.loads(body), incident.priority, incident.category, stix._stamp(incident.detected_at)
+            )
+        objects[row.stix_id] = body
+    board = session.scalar(select(StixObject.body).where(StixObject.key == BOARD_KEY, StixObject.current).limit(1))
+    bodies = [*_markings(session, tlps | {TLP.CLEAR.value}), *([board] if board else []), *objects.values()]
+    return incident, _bundle(bodies)
+
+
+def export_since(session: Session, actor: Actor, since: datetime | None, *, limit: int) -> tuple[str, list[str]]:
+    """Every current object `actor` may see, added after `since`; the bundle and the TLP levels it holds."""
+    stmt = select(StixObject.body, StixObject.tlp).where(StixObject.current, visible_objects(actor))
+    if since is not None:
+        stmt = stmt.where(StixObject.date_added > since)
+    rows = session.execute(stmt.order_by(StixObject.date_added).limit(limit)).all()
+    return _bundle([r.body for r in rows]), sorted({r.tlp for r in rows})
+
+
+# ---------------------------------------------------------------------------------------------- TAXII queries
+
+
+@dataclass(frozen=True)
+class Filters:
+    """TAXII 2.1 filters: added_after (strictly after), match[id|type|version|spec_version]."""
+
+    added_after: datetime | None = None
+    ids: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    versions: tuple[str, ...] = ("last",)
+    spec_versions: tuple[str, ...] = ()
+
+    def digest(self) -> str:
+        raw = json.dumps([str(self.added_after), self.ids, self.types, self.versions, self.spec_versions])
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Page:
+    rows: list[Any]
+    more: bool
+    next: str | None
+
+
+def _encode_next(filters: Filters, last: datetime) -> str:
+    raw = f"{filters.digest()}|{last.isoformat()}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_next(filters: Filters, token: str) -> datetime:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        digest, stamp = raw.split("|", 1)
+        at = datetime.fromisoformat(stamp)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("bad next", errors=[FieldError("next", "not a cursor this server issued")]) from None
+    if digest != filters.digest():
+        raise ValidationFailed(
+            "next does not match these filters", errors=[FieldError("next", "issued for other filters")]
+        )
+    return at.astimezone(UTC)
+
+
+def _filtered(actor: Actor, max_tlp: str, filters: Filters, columns: Sequence[Any]) -> Any:
+    stmt = select(*columns).where(StixObject.tlp.in_(levels_up_to(max_tlp)), visible_objects(actor))
+    if filters.added_after is not None:
+        stmt = stmt.where(StixObject.date_added > filters.added_after)
+    if filters.ids:
+        stmt = stmt.where(StixObject.stix_id.in_(filters.ids))
+    if filters.types:
+        stmt = stmt.where(StixObject.type.in_(filters.types))
+    if filters.spec_versions:
+        stmt = stmt.where(StixObject.spec_version.in_(filters.spec_versions))
+    conditions = []
+    stamps = []
+    for v in filters.versions:
+        if v == "all":
+            conditions = []
+            stamps = []
+            break
+        if v == "last":
+            conditions.append(StixObject.current.is_(True))
+        elif v == "first":
+            conditions.append(StixObject.id == _first_id())
+        else:
+            stamps.append(v)
+    if stamps:
+        conditions.append(StixObject.modified.in_(stamps))
+    if conditions and "all" not in filters.versions:
+        stmt = stmt.where(or_(*conditions))
+    return stmt
+
+
+def _first_id() -> Any:
+    from sqlalchemy.orm import aliased
+
+    earlier = aliased(StixObject)
+    return (
+        select(func.min(earlier.id))
+        .where(earlier.stix_id == StixObject.stix_id)
+        .correlate(StixObject)
+        .scalar_subquery()
+    )
+
+
+def query_objects(
+    session: Session,
+    actor: Actor,
+    max_tlp: str,
+    filters: Filters,
+    *,
+    limit: int,
+    next_token: str | None,
+    columns: Sequence[Any] = (),
+) -> Page:
+    """One page, oldest date_added first; `next` resumes strictly after this page's last row."""
+    cols = columns or (
+        StixObject.id,
+        StixObject.stix_id,
+        StixObject.date_added,
+        StixObject.modified,
+        StixObject.body,
+        StixObject.spec_version,
+    )
+    stmt = _filtered(actor, max_tlp, filters, cols)
+    if next_token:
+        stmt = stmt.where(StixObject.date_added > _decode_next(filters, next_token))
+    rows = session.execute(stmt.order_by(StixObject.date_added).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, more, _encode_next(filters, rows[-1].date_added) if more else None)
+
+
+def object_rows(session: Session, actor: Actor, max_tlp: str, object_id: str, filters: Filters) -> list[Any]:
+    stmt = _filtered(
+        actor,
+        max_tlp,
+        Filters(filters.added_after, (object_id,), filters.types, filters.versions, filters.spec_versions),
+        (
+            StixObject.id,
+            StixObject.stix_id,
+            StixObject.date_added,
+            StixObject.modified,
+            StixObject.body,
+            StixObject.incident_id,
+            StixObject.key,
+            StixObject.spec_version,
+        ),
+    )
+    return list(session.execute(stmt.order_by(StixObject.date_added)).all())
+
+
+def delete_object(session: Session, actor: Actor, max_tlp: str, object_id: str, filters: Filters) -> int:
+    """Delete imported versions of an object (projected ones belong to incidents and are refused)."""
+    from incidents.errors import Forbidden, NotFound
+
+    if actor.role is not Role.ADMIN:
+        raise Forbidden("only an admin deletes TAXII objects")
+
+    def work() -> int:
+        rows = object_rows(session, actor, max_tlp, object_id, filters)
+        if not rows:
+            raise NotFound(f"no object {object_id}")
+        if any(r.incident_id is not None or (r.key or "") == BOARD_KEY for r in rows):
+            raise Forbidden("this object is projected from an incident; change the incident instead")
+        ids = [r.id for r in rows]
+        session.execute(StixLink.__table__.delete().where(StixLink.object_id.in_(ids)))
+        session.execute(StixObject.__table__.delete().where(StixObject.id.in_(ids)))
+        # The newest remaining version becomes the current one again.
+        newest = session.scalar(select(func.max(StixObject.id)).where(StixObject.stix_id == object_id))
+        if newest is not None:
+            session.execute(update(StixObject).where(StixObject.id == newest).values(current=True))
+        return len(ids)
+
+    return service.in_transaction(session, work)
