@@ -5,13 +5,24 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint format install install-test browser clean translations
+.PHONY: run test bench lint format install install-test browser clean wheelhouse translations
+
+# PIP_OPTS="--no-index --find-links wheelhouse" installs from a bundle made by `make wheelhouse`, with no registry.
+PIP_OPTS ?=
+WHEELHOUSE ?= wheelhouse
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet $(PIP_OPTS) --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_OPTS) -r requirements.txt
 	touch $@
+
+# A bundle of every runtime wheel (and pip itself) for a closed network: copy the folder, then
+# `make run PIP_OPTS="--no-index --find-links wheelhouse"` there (docs/deploy.md).
+wheelhouse: install
+	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELHOUSE) -r requirements.txt pip
+	cp requirements.txt $(WHEELHOUSE)/requirements.txt
+	@echo "$$(ls $(WHEELHOUSE)/*.whl | wc -l) wheels in $(WHEELHOUSE)/"
 
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-test.txt

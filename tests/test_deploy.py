@@ -298,3 +298,47 @@ def test_a_v0_1_database_with_incidents_upgrades_to_head_and_keeps_them(empty_ur
         with app.app_context():
             db.engine().dispose()
     shutil.rmtree(tree)
+
+
+@pytest.mark.slow
+def test_wheelhouse_installs_with_no_registry_and_the_installed_server_answers(tmp_path: Path) -> None:
+    wheelhouse, venv = tmp_path / "wheelhouse", tmp_path / "offline-venv"
+    built = subprocess.run(["make", "wheelhouse", f"WHEELHOUSE={wheelhouse}"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert (wheelhouse / "requirements.txt").read_text() == (ROOT / "requirements.txt").read_text()
+    # No index, no find-links but the bundle, no pip configuration of this machine's.
+    offline = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    offline.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_INDEX_URL="http://127.0.0.1:9/unreachable")
+    # An empty venv filled by this pip (`--python`), without byte-compiling: the same wheels, a third of the time.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, env=offline, timeout=120)
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet", "--no-compile",
+         "--no-index", "--find-links", str(wheelhouse), "-r", str(wheelhouse / "requirements.txt")],
+        capture_output=True, text=True, env=offline, timeout=600,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    url = f"sqlite:///{tmp_path / 'offline.db'}"
+    env = {**offline, "UCSC_DATABASE_URL": url, "UCSC_SECRET_KEY": "test"}
+    python = str(venv / "bin" / "python")
+    init = subprocess.run([python, "-m", "flask", "--app", "wsgi", "init-db"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert init.returncode == 0, init.stdout + init.stderr
+    from tests.live import free_port
+
+    port = free_port()
+    with (tmp_path / "gunicorn.log").open("wb") as log:
+        server = subprocess.Popen([python, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}"], cwd=ROOT,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline, answer = time.monotonic() + 30, None
+        while time.monotonic() < deadline and answer is None:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            except requests.RequestException:
+                time.sleep(0.2)
+        assert answer is not None and answer.status_code == 200, (tmp_path / "gunicorn.log").read_text()
+        assert answer.json()["database"] == "sqlite"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
