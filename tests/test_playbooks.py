@@ -1,0 +1,178 @@
+"""Shipped playbooks page whom the law and the roster say; definitions are validated with file, line and field."""
+
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from incidents.models import AuditEntry
+from playbooks import spec
+from playbooks.models import PlaybookRun, Task
+from tests import paging
+from tests.paging import dbs  # noqa: F401
+from tests.conftest import TokenFactory, incident_payload
+
+URL = "/api/v1/incidents"
+
+# Written from domain.md (Decision 05 Art. 7.4: telecoms filter upstream and give source data; the Police
+# receive evidence and investigate; the operator restores its system; the standing body coordinates) and
+# roster.yaml (dic is the standing body; police, vnpt, viettel sit in the working group). Not read from YAML.
+PAGED = {
+    "dos": {"vnpt", "viettel", "dic"},
+    "ransomware": {"police", "dic"},
+    "malware": {"police", "dic"},
+    "unauthorized_access": {"police", "dic"},
+    "defacement": {"doh", "dic"},  # ytdt is operated by the Department of Health
+    "data_theft": {"police"},
+    "phishing": {"police", "dic"},
+    "destruction": {"police", "dic"},
+    "combined": {"police", "vnpt", "viettel", "dic"},
+    "other": {"dic"},
+}
+
+
+@pytest.fixture
+def shipped(app: Flask) -> Flask:
+    paging.load_shipped(app)
+    return app
+
+
+def _first_pages(dbs: Session, incident_id: int) -> set[str]:
+    return {p.target for p in paging.pages(dbs, incident_id) if not p.escalation and p.requires_ack}
+
+
+def test_each_shipped_playbook_pages_the_organisations_domain_and_roster_name(
+    shipped: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str]
+) -> None:
+    ids = {}
+    for category in PAGED:
+        r = client.post(URL, json=incident_payload(category=category, affected_system="ytdt"), headers=operator)
+        assert r.status_code == 201, r.json
+        ids[category] = r.json["id"]
+    paging.run_jobs(shipped)
+    seen = {category: _first_pages(dbs, ids[category]) for category in PAGED}
+    assert seen == PAGED
+    runs = dbs.scalars(select(PlaybookRun).order_by(PlaybookRun.id)).all()
+    assert sorted(r.name for r in runs) == sorted(
+        ["ddos", "ransomware", "malware", "unauthorized-access", "defacement", "data-theft", "phishing",
+         "destruction", "combined", "other"]
+    )  # fmt: skip
+    data_theft = [e for e in paging.events(dbs, "notify.sent") if e.incident_id == ids["data_theft"]]
+    assert [e.data["target"] for e in data_theft] == ["dic"]  # notified, not paged
+
+
+def test_a_serious_decision_pages_the_boards_leaders_and_opens_a_request_for_direction(
+    shipped: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str], make_token: TokenFactory
+) -> None:
+    incident_id = client.post(URL, json=incident_payload(category="dos"), headers=operator).json["id"]
+    paging.run_jobs(shipped)
+    committee = make_token("committee", organisation="ppc")
+    r = client.post(f"{URL}/{incident_id}/classification", json={"action": "decide", "class": "serious"},
+                    headers=committee)  # fmt: skip
+    assert r.status_code == 200, r.json
+    paging.run_jobs(shipped)
+    serious = [p for p in paging.pages(dbs, incident_id) if p.run_id and p.target_kind == "role"]
+    assert {p.target for p in serious} == {"board.head", "board.deputy_head"}
+    assert {r.contact.name for p in serious for r in p.recipients} == {
+        "Chủ tịch UBND tỉnh", "Phó Chủ tịch UBND tỉnh", "Giám đốc Sở TT&TT",
+    }  # fmt: skip
+    [requested] = paging.events(dbs, "direction.requested", incident_id)
+    r = client.get(f"/api/v1/direction-requests?incident={incident_id}", headers=committee)
+    [open_request] = r.json["items"]
+    assert open_request["id"] == requested.data["request_id"] and open_request["state"] == "open"
+    # The running DDoS playbook went on; re-evaluating started only the newly matching one, once.
+    assert sorted(r.name for r in dbs.scalars(select(PlaybookRun))) == ["ddos", "serious"]
+    r = client.post(f"/api/v1/direction-requests/{open_request['id']}/directives",
+                    json={"text": "Triệu tập Đội ứng cứu ngay."}, headers=committee)  # fmt: skip
+    assert r.status_code == 201, r.json
+    [answered] = paging.events(dbs, "direction.answered", incident_id)
+    assert answered.data["directive"] == "Triệu tập Đội ứng cứu ngay." and answered.data["ref"]
+    assert client.post(f"/api/v1/direction-requests/{open_request['id']}/directives", json={"text": "x"},
+                       headers=operator).status_code == 403  # fmt: skip
+
+
+def test_a_changed_category_starts_the_newly_matching_playbook_and_the_first_one_continues(
+    shipped: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str]
+) -> None:
+    incident_id = client.post(URL, json=incident_payload(category="other"), headers=operator).json["id"]
+    paging.run_jobs(shipped)
+    assert _first_pages(dbs, incident_id) == {"dic"}
+    r = client.patch(f"{URL}/{incident_id}", json={"category": "ransomware"}, headers=operator)
+    assert r.status_code == 200, r.json
+    paging.run_jobs(shipped)
+    paging.run_jobs(shipped)  # a repeated evaluation starts nothing again
+    targets = [p.target for p in paging.pages(dbs, incident_id)]
+    assert sorted(targets) == ["dic", "dic", "police"]  # other's dic page, ransomware's police and dic pages
+    assert {r.name: r.state for r in dbs.scalars(select(PlaybookRun))} == {"other": "waiting",
+                                                                               "ransomware": "waiting"}  # fmt: skip
+    tasks = dbs.scalars(select(Task).where(Task.incident_id == incident_id)).all()
+    assert [t.organisation.code for t in tasks] == ["police"] and tasks[0].due_at is not None
+
+
+def test_a_run_keeps_the_version_it_started_with_after_an_upload(
+    shipped: Flask, client: FlaskClient, dbs: Session, make_token: TokenFactory, operator: dict[str, str]
+) -> None:
+    incident_id = client.post(URL, json=incident_payload(category="other"), headers=operator).json["id"]
+    paging.run_jobs(shipped)
+    admin = make_token("admin")
+    source = (spec.DEFINITIONS / "other.yaml").read_text().replace("timeout: 15m", "timeout: 5m")
+    r = client.post("/api/v1/playbooks?name=other", data=source.encode(), headers={**admin, "Content-Type": "application/yaml"})
+    assert r.status_code == 201, r.json
+    assert r.json["version"] == 2
+    [run] = dbs.scalars(select(PlaybookRun)).all()
+    assert run.version.version == 1 and "15m" in run.version.source
+    [entry] = dbs.scalars(select(AuditEntry).where(AuditEntry.action == "playbook.edited")).all()
+    assert entry.target == "other" and entry.data["version"] == 2
+
+
+def test_a_malformed_upload_is_refused_naming_the_version_line_and_field(
+    shipped: Flask, client: FlaskClient, make_token: TokenFactory
+) -> None:
+    admin = {**make_token("admin"), "Content-Type": "application/yaml"}
+    source = (spec.DEFINITIONS / "ddos.yaml").read_text().replace("organisation: viettel", "organisation: nowhere", 1)
+    r = client.post("/api/v1/playbooks?name=ddos", data=source.encode(), headers=admin)
+    assert r.status_code == 422
+    line = next(n for n, text in enumerate(source.splitlines(), 1) if "nowhere" in text)
+    assert r.json["source"] == "ddos version 2"
+    assert r.json["issues"] == [
+        {"line": line, "field": "steps[1].page.organisation", "message": "no organisation 'nowhere' in the directory"}
+    ]
+    assert r.json["errors"][0]["field"] == "steps[1].page.organisation"
+    bad_timeout = "name: x\ntitle_vi: X\nsteps:\n  - page: {organisation: dic}\n  - wait_for_ack:\n      timeout: soon\n"
+    r = client.post("/api/v1/playbooks", data=bad_timeout.encode(), headers=admin)
+    assert r.status_code == 422
+    assert r.json["issues"] == [{"line": 6, "field": "steps[1].wait_for_ack.timeout",
+                                 "message": "a positive duration such as 3s, 15m or 1h"}]  # fmt: skip
+    assert client.post("/api/v1/playbooks", data=b"a: [", headers=admin).json["issues"][0]["field"] == "(yaml)"
+    operator = {**make_token("operator"), "Content-Type": "application/yaml"}
+    assert client.post("/api/v1/playbooks", data=bad_timeout.encode(), headers=operator).status_code == 403
+
+
+def test_a_malformed_file_is_refused_with_file_line_and_field_while_the_others_load(
+    tmp_path: Path, shipped: Flask, dbs: Session
+) -> None:
+    for path in spec.DEFINITIONS.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    broken = (tmp_path / "malware.yaml").read_text().replace("      due: 4h", "      due: tomorrow-ish")
+    (tmp_path / "malware.yaml").write_text(broken)
+    (tmp_path / "zz-typo.yaml").write_text("name: zz\ntitle_vi: Z\nsteps:\n  - pgae: {organisation: dic}\n")
+    specs, errors = spec.load_directory(tmp_path)
+    assert len(specs) == len(list(spec.DEFINITIONS.glob("*.yaml"))) - 1
+    line = next(n for n, text in enumerate(broken.splitlines(), 1) if "tomorrow-ish" in text)
+    assert [(e.source, [(i.line, i.field) for i in e.issues]) for e in errors] == [
+        ("malware.yaml", [(line, "steps[2].task.due")]),
+        ("zz-typo.yaml", [(4, "steps[0]")]),
+    ]
+    assert "malware.yaml, line" in str(errors[0]) and "steps[2].task.due" in str(errors[0])
+
+    result = shipped.test_cli_runner().invoke(args=["playbooks", "validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"malware.yaml:{line}: steps[2].task.due: a duration such as 30m, 2h or 1d" in result.output
+    assert "zz-typo.yaml:4: steps[0]:" in result.output
+    shipped_files = len(list(spec.DEFINITIONS.glob("*.yaml")))
+    assert f"{shipped_files - 1} of {shipped_files + 1} playbook(s) valid" in result.output
+    ok = shipped.test_cli_runner().invoke(args=["playbooks", "validate"])
+    assert ok.exit_code == 0 and f"{shipped_files} of {shipped_files} playbook(s) valid" in ok.output
