@@ -23,7 +23,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import stix_worker
+from app import stix_worker, telegram_bot
 from app.observability import log_config
 from incidents import jobs, receipts  # noqa: F401 - registers the receipt job kinds
 from incidents.base import utcnow
@@ -46,6 +46,7 @@ class Worker:
         self.heartbeat_every = float(cfg["WORKER_HEARTBEAT_SECONDS"])
         self.grace = float(cfg["WORKER_SHUTDOWN_GRACE"])
         self.ctx = jobs.JobContext(self.sessions, dict(cfg), build_notifiers(cfg))
+        self.telegram = telegram_bot.attach(self)  # None when Telegram is off; binds the `telegram` channel
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ucsc-job")
         # The worker's own queries (claim, heartbeat, release) get a thread of their own, so they never wait
         # behind jobs that fill the pool; one thread keeps them in order (the stopping beat comes last).
@@ -75,12 +76,17 @@ class Worker:
         await self._call(self._schedule_sweep)
         tasks = [asyncio.create_task(self._heartbeat(started))]
         tasks.append(asyncio.create_task(stix_worker.run(self)))  # the STIX projector (app/stix_worker.py)
+        telegram = asyncio.create_task(self.telegram.run()) if self.telegram else None  # app/telegram_bot.py
         if self.engine.dialect.name == "postgresql":
             tasks.append(asyncio.create_task(self._listen()))
         log.info("worker %s started (%d threads, poll %.2fs)", self.name, self.threads, self.poll)
         try:
             await self._claim_loop()
         finally:
+            if telegram is not None:
+                await self.telegram.stop()  # steps down: stops polling, ends its leases, frees the lock
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(telegram, self.grace)
             for task in tasks:
                 task.cancel()
             await self._drain()
@@ -131,7 +137,9 @@ class Worker:
             due = jobs.next_due_at(session)
             if due is None or due > utcnow():
                 return []
-            return jobs.claim(session, self.name, limit)
+            # Telegram sends are claimed by the Telegram leader alone (per-token limits, app/telegram_bot.py).
+            kinds = [k for k in jobs.KINDS if k not in telegram_bot.LEADER_KINDS]
+            return jobs.claim(session, self.name, limit, kinds=kinds)
 
     async def _run(self, job: jobs.ClaimedJob) -> None:
         try:
