@@ -504,7 +504,8 @@ def create_page(
         incident_id=incident.id, run_id=run.id if run else None, step_path=path, target_kind=kind, target=target,
         target_label=label, reason_vi=body.get("reason_vi") or body.get("text_vi"),
         reason_en=body.get("reason_en") or body.get("text_en"), requires_ack=requires_ack, escalation=escalation,
-        state=PAGE_OPEN, created_at=now, key=key or (f"{run.id}:{path}" if run else None), **links,
+        state=PAGE_OPEN, created_at=now, key=key or (f"{run.id}:{path}" if run else None),
+        occurrences=service.occurrence_count(session, incident.id), **links,
     )  # fmt: skip
     session.add(page)
     session.flush()
@@ -513,7 +514,7 @@ def create_page(
         recipient = PageRecipient(page_id=page.id, contact_id=contact.id, paged_at=now, state=RECIPIENT_PAGED)
         if _over_limit(session, contact.id, now, settings):
             recipient.state = RECIPIENT_HELD
-            recipient.digest_key = _schedule_digest(session, contact.id, incident.id, now, settings)
+            recipient.digest_key = _schedule_digest(session, contact.id, page.id, now, settings)
             held.append(contact.name)
         session.add(recipient)
         if recipient.state == RECIPIENT_PAGED and _queue_delivery(session, page, contact, 0, settings) is None:
@@ -544,9 +545,16 @@ def _over_limit(session: Session, contact_id: int, now: datetime, settings: Sett
     return (sent or 0) >= settings.rate_limit
 
 
-def _schedule_digest(session: Session, contact_id: int, incident_id: int, now: datetime, settings: Settings) -> str:
-    bucket = int(now.timestamp() // settings.rate_window)
-    key = f"{DIGEST}:{contact_id}:{bucket}"
+def _schedule_digest(session: Session, contact_id: int, page_id: int, now: datetime, settings: Settings) -> str:
+    """The key of this person's pending digest, or a new digest due `digest_delay` from now."""
+    pending = session.scalar(
+        select(PageRecipient.digest_key)
+        .where(PageRecipient.contact_id == contact_id, PageRecipient.state == RECIPIENT_HELD)
+        .limit(1)
+    )
+    if pending:
+        return pending
+    key = f"{DIGEST}:{contact_id}:{page_id}"
     jobs.enqueue(session, DIGEST, {"contact_id": contact_id, "digest_key": key},
                  run_at=now + timedelta(seconds=settings.digest_delay), key=key)  # fmt: skip
     return key
@@ -918,6 +926,16 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
             ).all()  # fmt: skip
             for r in rows:
                 r.state = RECIPIENT_DIGESTED
+            # Pages held while this digest was being sent go into the next one.
+            late = session.scalars(
+                select(PageRecipient).where(PageRecipient.digest_key == key, PageRecipient.state == RECIPIENT_HELD)
+            ).all()
+            if late:
+                again = f"{key}:{late[0].id}"
+                for r in late:
+                    r.digest_key = again
+                jobs.enqueue(session, DIGEST, {"contact_id": contact_id, "digest_key": again},
+                             run_at=utcnow() + timedelta(seconds=settings.digest_delay), key=again)  # fmt: skip
             for incident_id in incidents:
                 incident = session.get(Incident, incident_id)
                 _event(session, "digest.sent", incident, None, contact=contact.name, contact_id=contact_id,
