@@ -33,7 +33,9 @@ def main() -> None:
     print(
         f"""
 UCSC is starting on http://{bind}
-  Sign in / Đăng nhập:   user "admin", password in {password_file}
+  Sign in / Đăng nhập:   http://{bind}/login as user "admin", password in {password_file}
+                         then scan the QR code to set up two-factor sign-in (required for admins)
+  Board / Ban Chỉ đạo:   http://{bind}/board
   API token / Mã API:    .venv/bin/flask --app wsgi create-token my-siem --role intake
   API reference:         http://{bind}/api/v1/docs
 """,
