@@ -462,21 +462,27 @@ class Core:
 
     # sends: outcomes recorded on the job
 
-    def sent(self, job: jobs.ClaimedJob, worker: str, message_id: int, at: datetime, spacing: float) -> None:
-        """Record a sent message, the chat's next slot and the job's completion in one transaction."""
-        p = job.payload
+    def sent(self, batch: list[tuple[jobs.ClaimedJob, int, datetime, float]], worker: str) -> None:
+        """Record sent messages, their chats' next slots and their jobs' completion, in one transaction."""
         with self.sessions() as session:
 
             def work() -> None:
-                session.add(TelegramMessage(
-                    key=p["key"], purpose=p.get("purpose", "page"), chat_id=int(p["chat_id"]), message_id=message_id,
-                    incident_id=p.get("incident_id"), page_id=p.get("page_id"), contact_id=p.get("contact_id"),
-                    direction_request_id=p.get("direction_request_id"), text=p["text"], sent_at=at,
-                ))  # fmt: skip
-                self._space(session, int(p["chat_id"]), at + timedelta(seconds=spacing), sent=True)
-                _finish(session, job, worker, jobs.DONE)
-                if p.get("delivery_id"):
-                    _delivery_done(session, p["delivery_id"], int(p["chat_id"]), message_id)
+                keys = [job.payload["key"] for job, *_ in batch]
+                known = set(session.scalars(select(TelegramMessage.key).where(TelegramMessage.key.in_(keys))))
+                for job, message_id, at, spacing in batch:
+                    p = job.payload
+                    if p["key"] not in known:
+                        known.add(p["key"])
+                        session.add(TelegramMessage(
+                            key=p["key"], purpose=p.get("purpose", "page"), chat_id=int(p["chat_id"]),
+                            message_id=message_id, incident_id=p.get("incident_id"), page_id=p.get("page_id"),
+                            contact_id=p.get("contact_id"), direction_request_id=p.get("direction_request_id"),
+                            text=p["text"], sent_at=at,
+                        ))  # fmt: skip
+                    self._space(session, int(p["chat_id"]), at + timedelta(seconds=spacing), sent=True)
+                    _finish(session, job, worker, jobs.DONE)
+                    if p.get("delivery_id"):
+                        _delivery_done(session, p["delivery_id"], int(p["chat_id"]), message_id)
 
             service.in_transaction(session, work)
 
@@ -979,6 +985,8 @@ class Runtime:
         self._wake = asyncio.Event()
         self._lock_conn: Any = None
         self._tasks: set[asyncio.Task] = set()
+        self._sent: list[tuple[jobs.ClaimedJob, int, datetime, float]] = []
+        self._sent_changed = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def wake(self) -> None:
@@ -1084,18 +1092,11 @@ class Runtime:
         log.info("telegram leader %s (%s mode, bot @%s, %d send lease(s) taken over)", self.name,
                  self.settings.mode, app.bot.username, taken)  # fmt: skip
         try:
-            await self._register_commands(app)
-            if self.settings.mode == "polling":
-                await app.updater.start_polling(timeout=self.settings.poll_timeout, allowed_updates=[
-                    "message", "callback_query"], error_callback=self._on_poll_error)  # fmt: skip
-            else:
-                await self._set_webhook(app)
             await app.start()
-            workers = [asyncio.create_task(self._sender()), asyncio.create_task(self._beat())]
-            if self.settings.mode == "webhook":
-                workers.append(asyncio.create_task(self._stored_updates()))
+            workers = [asyncio.create_task(t) for t in (self._sender(), self._beat(), self._recorder(),
+                                                         self._receive(app))]  # fmt: skip
             await asyncio.wait([*workers, asyncio.create_task(self._stop.wait())],
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
             for task in workers:
                 task.cancel()
             for task in workers:
@@ -1105,6 +1106,10 @@ class Runtime:
             self.leading = False
             for task in list(self._tasks):
                 task.cancel()
+            for _ in range(3):  # what was sent must be recorded, or a new leader would send it again
+                if self._sent:
+                    with contextlib.suppress(Exception):
+                        await self._flush()
             with contextlib.suppress(Exception):
                 if app.updater is not None and app.updater.running:
                     await app.updater.stop()
@@ -1115,6 +1120,24 @@ class Runtime:
                 await app.shutdown()
             self.application = None
             log.info("telegram leader %s stepped down", self.name)
+
+    async def _receive(self, app: Application) -> None:
+        """Commands, then updates by long polling (or the webhook); retried while Telegram cannot be reached."""
+        await self._register_commands(app)
+        if self.settings.mode == "polling":
+            while True:
+                try:
+                    await app.updater.start_polling(timeout=self.settings.poll_timeout, allowed_updates=[
+                        "message", "callback_query"], error_callback=self._on_poll_error)  # fmt: skip
+                    break
+                except NetworkError as exc:
+                    log.warning("starting to poll failed (%s); retrying", exc)
+                    await asyncio.sleep(2)
+            log.info("telegram ready: polling")
+            await asyncio.Event().wait()  # the updater polls on its own; this task ends when leadership does
+        await self._set_webhook(app)
+        log.info("telegram ready: webhook")
+        await self._stored_updates()
 
     async def _register_commands(self, app: Application) -> None:
         for language in tg.LANGUAGES:
@@ -1210,6 +1233,30 @@ class Runtime:
         finally:
             self.sending.discard(job.id)
 
+    def _record(self, job: jobs.ClaimedJob, message_id: int, at: datetime, spacing: float) -> None:
+        """Sent: written with the others sent in the same few milliseconds (one transaction, not one each)."""
+        self._sent.append((job, message_id, at, spacing))
+        self._sent_changed.set()
+
+    async def _recorder(self) -> None:
+        while True:
+            await self._sent_changed.wait()
+            await asyncio.sleep(0.01)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._sent_changed.clear()
+        batch, self._sent = self._sent, []
+        if not batch:
+            return
+        try:
+            await self._db(self.core.sent, batch, self.name)
+        except Exception:
+            log.exception("recording %d sent message(s) failed; retrying", len(batch))
+            self._sent = batch + self._sent
+            self._sent_changed.set()
+            await asyncio.sleep(0.5)
+
     def _complete(self, job: jobs.ClaimedJob) -> None:
         with self.worker.sessions() as session:
             jobs.complete(session, job, self.name)
@@ -1240,7 +1287,7 @@ class Runtime:
             released = True
             spacing = PRIVATE_SPACING if chat_id > 0 else GROUP_SPACING
             self.chat_next[chat_id] = time.monotonic() + spacing
-            await self._db(self.core.sent, job, self.name, message.message_id, utcnow(), spacing)
+            self._record(job, message.message_id, utcnow(), spacing)
             if p.get("queued_at"):
                 log.debug("telegram page %s sent %.3fs after queueing", job.id, time.time() - p["queued_at"])
         except RetryAfter as exc:
@@ -1425,6 +1472,7 @@ def attach(worker: Any) -> Runtime | None:
     settings = Settings.from_config(worker.app.config)
     if settings is None:
         return None
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Bot API call otherwise
     # PTB 22 warns on every 429 that retry_after becomes a timedelta; `tg.retry_seconds` reads both forms.
     warnings.filterwarnings("ignore", message=".*retry_after.*", category=PTBDeprecationWarning)
     runtime = Runtime(worker, settings)

@@ -134,11 +134,11 @@ class Worker:
     def _claim(self, limit: int) -> list[jobs.ClaimedJob]:
         with self.sessions() as session:
             # An idle poll is a read; the write lock (BEGIN IMMEDIATE on SQLite) is taken only when work is due.
-            due = jobs.next_due_at(session)
-            if due is None or due > utcnow():
-                return []
             # Telegram sends are claimed by the Telegram leader alone (per-token limits, app/telegram_bot.py).
             kinds = [k for k in jobs.KINDS if k not in telegram_bot.LEADER_KINDS]
+            due = jobs.next_due_at(session, kinds)
+            if due is None or due > utcnow():
+                return []
             return jobs.claim(session, self.name, limit, kinds=kinds)
 
     async def _run(self, job: jobs.ClaimedJob) -> None:

@@ -142,10 +142,12 @@ def _due(now: datetime) -> Any:
     )
 
 
-def next_due_at(session: Session) -> datetime | None:
-    """When the next job falls due (a read: an idle worker checks this before it takes any write lock)."""
+def next_due_at(session: Session, kinds: Sequence[str] | None = None) -> datetime | None:
+    """When the next job (of `kinds`, default all) falls due: a read, checked before any write lock is taken."""
     queued = select(func.min(Job.run_at)).where(Job.state == QUEUED)
     expired = select(func.min(Job.lease_until)).where(Job.state == RUNNING)
+    if kinds is not None:
+        queued, expired = queued.where(Job.kind.in_(kinds)), expired.where(Job.kind.in_(kinds))
     times = [t for t in (session.scalar(queued), session.scalar(expired)) if t is not None]
     session.rollback()
     return min(times) if times else None
