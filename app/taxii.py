@@ -332,10 +332,9 @@ def get_objects(api_root: str, collection_id: str) -> Response:
 def add_objects(api_root: str, collection_id: str) -> Response:
     _root(api_root)
     col = _collection(collection_id, write=True)
-    if not _media_ok(request.headers.get("Content-Type", ""), ("application/taxii+json",)) or request.mimetype in (
-        "*/*",
-        "application/*",
-    ):
+    media, _, params = request.headers.get("Content-Type", "").partition(";")
+    version = params.replace(" ", "").removeprefix("version=") if params else "2.1"
+    if media.strip() != "application/taxii+json" or version != "2.1":
         raise TaxiiError(415, "Unsupported Media Type", f"send Content-Type: {TAXII}")
     try:
         envelope = json.loads(request.get_data())

@@ -153,7 +153,16 @@ def _stored(session: Session, incident_id: int, shared_keys: Sequence[str]) -> t
     return own, shared
 
 
+def ensure_markings(session: Session) -> int:
+    """Store the five TLP 2.0 marking definitions if any is missing (migration 0003 seeds them); rows added."""
+    have = set(session.scalars(select(StixObject.key).where(StixObject.key.like("marking:%"))))
+    missing = [level for level in stix.TLP_ORDER if f"marking:{level}" not in have]
+    _insert(session, [(stix.tlp_marking(level), f"marking:{level}", None, TLP.CLEAR.value) for level in missing], {})
+    return len(missing)
+
+
 def _board(session: Session, settings: StixSettings) -> str:
+    ensure_markings(session)
     stix_id = session.scalar(select(StixObject.stix_id).where(StixObject.key == BOARD_KEY).limit(1))
     if stix_id is not None:
         return stix_id
