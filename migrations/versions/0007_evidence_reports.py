@@ -7,7 +7,7 @@ Create Date: 2026-12-01 22:06:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa  # noqa: F401
+import sqlalchemy as sa
 from alembic import op  # noqa: F401
 from sqlalchemy.dialects import postgresql
 
