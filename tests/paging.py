@@ -79,7 +79,7 @@ def add_contact(app: Flask, **fields: Any) -> int:
         session = db.session()
         with session.begin():
             org = session.scalar(select(Organisation).where(Organisation.code == fields.pop("organisation", "dic")))
-            contact = Contact(organisation_id=org.id, language="vi", active=True, roles=[], **fields)
+            contact = Contact(organisation_id=org.id, **{"language": "vi", "active": True, "roles": [], **fields})
             session.add(contact)
             session.flush()
             return contact.id
