@@ -30,8 +30,9 @@ def _render(token: str, found: tuple[Page, Contact] | None, *, done: str | None 
     if found is None:
         return render_template("ack.html", invalid=True), 404
     page, contact = found
-    return render_template("ack.html", page=page, contact=contact, incident=page.incident, token=token,
-                           done=done, invalid=False), status  # fmt: skip
+    return render_template(
+        "ack.html", page=page, contact=contact, incident=page.incident, token=token, done=done, invalid=False
+    ), status
 
 
 @bp.get("/ack/<token>")
@@ -48,9 +49,14 @@ def confirm(token: str) -> Any:
         return _render(token, None)
     page, contact = found
     try:
-        page = service.acknowledge_page(session=db.session(), page_id=page.id, by_contact_id=contact.id, via="email",
-                                        note=(request.form.get("note") or "")[:2000] or None,
-                                        source_ip=request.remote_addr)  # fmt: skip
+        page = service.acknowledge_page(
+            session=db.session(),
+            page_id=page.id,
+            by_contact_id=contact.id,
+            via="email",
+            note=(request.form.get("note") or "")[:2000] or None,
+            source_ip=request.remote_addr,
+        )
     except (Forbidden, NotFound, Conflict) as exc:
         return _render(token, (page, contact), done=f"refused: {exc.detail}", status=403)
     db.session().refresh(page)

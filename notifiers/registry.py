@@ -32,9 +32,11 @@ def _email(config: Mapping[str, Any]) -> Notifier | None:
     if not config.get("SMTP_URL"):
         return None
     return EmailNotifier(
-        config["SMTP_URL"], str(config.get("MAIL_FROM") or "ucsc@localhost"), timeout=_timeout(config),
+        config["SMTP_URL"],
+        str(config.get("MAIL_FROM") or "ucsc@localhost"),
+        timeout=_timeout(config),
         subject_prefix=str(config.get("MAIL_SUBJECT_PREFIX", "[TBSC]") or ""),
-    )  # fmt: skip
+    )
 
 
 def _webhook(config: Mapping[str, Any]) -> Notifier | None:

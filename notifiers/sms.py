@@ -23,20 +23,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "viettel": {
         "format": "form",
         "fields": {
-            "User": "{user}", "Password": "{password}", "CPCode": "{cp_code}", "RequestID": "{key}",
-            "UserID": "{to}", "ReceiverID": "{to}", "ServiceID": "{sender}", "CommandCode": "bulksms",
-            "Content": "{text}", "ContentType": "0",
+            "User": "{user}",
+            "Password": "{password}",
+            "CPCode": "{cp_code}",
+            "RequestID": "{key}",
+            "UserID": "{to}",
+            "ReceiverID": "{to}",
+            "ServiceID": "{sender}",
+            "CommandCode": "bulksms",
+            "Content": "{text}",
+            "ContentType": "0",
         },
     },
     # VNPT's brandname REST request.
     "vnpt": {
         "format": "json",
         "fields": {
-            "username": "{user}", "password": "{password}", "brandname": "{sender}", "phone": "{to}",
-            "message": "{text}", "requestId": "{key}",
+            "username": "{user}",
+            "password": "{password}",
+            "brandname": "{sender}",
+            "phone": "{to}",
+            "message": "{text}",
+            "requestId": "{key}",
         },
     },
-}  # fmt: skip
+}
 
 
 def normalise_phone(number: str, country: str = "84") -> str:

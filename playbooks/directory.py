@@ -23,8 +23,20 @@ KNOWN_CHANNELS = ("telegram", "email", "sms", "webhook")
 DEFAULT_CHANNELS = ["telegram", "email", "sms"]
 # Fields whose change restarts the focal-point clock: the person must confirm them again within 24 h.
 REACH_FIELDS = ("phone", "email", "telegram_chat_id", "webhook_url", "channels")
-CSV_FIELDS = ("id", "organisation", "name", "title", "phone", "email", "telegram_chat_id", "language",
-              "channels", "roles", "active", "confirmed_at")  # fmt: skip
+CSV_FIELDS = (
+    "id",
+    "organisation",
+    "name",
+    "title",
+    "phone",
+    "email",
+    "telegram_chat_id",
+    "language",
+    "channels",
+    "roles",
+    "active",
+    "confirmed_at",
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +104,17 @@ def _apply(session: Session, contact: Contact, data: ContactIn) -> list[str]:
         if data.user and user_id is None:
             raise ValidationFailed("unknown user", errors=[FieldError("user", f"no user {data.user!r}")])
         contact.user_id = user_id
-    for name in ("name", "title", "phone", "email", "telegram_chat_id", "webhook_url", "webhook_secret", "language",
-                 "active"):  # fmt: skip
+    for name in (
+        "name",
+        "title",
+        "phone",
+        "email",
+        "telegram_chat_id",
+        "webhook_url",
+        "webhook_secret",
+        "language",
+        "active",
+    ):
         value = getattr(data, name)
         if value is None:
             continue
@@ -134,9 +155,11 @@ def save_contact(*, session: Session, data: ContactIn, actor: Actor | None, cont
         contact.updated_at = utcnow()
         session.flush()
         service.record_event(
-            session, kind="contact.created" if contact_id is None else "contact.updated", actor=actor,
+            session,
+            kind="contact.created" if contact_id is None else "contact.updated",
+            actor=actor,
             data={"ref": None, "status": None, "contact_id": contact.id, "changed": changed},
-        )  # fmt: skip
+        )
         return contact
 
     return service.in_transaction(session, work)
@@ -171,8 +194,12 @@ def confirm_contact(*, session: Session, contact_id: int, actor: Actor | None = 
             raise Forbidden("only the person, an operator or an admin confirms a contact's details")
         contact.confirmed_at = utcnow()
         contact.unconfirmed_alerted_at = None
-        service.record_event(session, kind="contact.confirmed", actor=actor,
-                             data={"ref": None, "status": None, "contact_id": contact.id, "via": via})  # fmt: skip
+        service.record_event(
+            session,
+            kind="contact.confirmed",
+            actor=actor,
+            data={"ref": None, "status": None, "contact_id": contact.id, "via": via},
+        )
         return contact
 
     return service.in_transaction(session, work)
@@ -199,8 +226,13 @@ def export_personal_data(*, session: Session, contact_id: int, actor: Actor) -> 
         contact = get_contact(session, contact_id)
         pages = session.scalars(select(PageRecipient).where(PageRecipient.contact_id == contact.id)).all()
         deliveries = session.scalars(select(Delivery).where(Delivery.contact_id == contact.id)).all()
-        audit.append(session, action=audit.Action.EXPORT, actor=actor, target=f"contact:{contact.id}",
-                     data={"what": "personal data"})  # fmt: skip
+        audit.append(
+            session,
+            action=audit.Action.EXPORT,
+            actor=actor,
+            target=f"contact:{contact.id}",
+            data={"what": "personal data"},
+        )
         return {
             "contact": contact_dict(contact, secrets=False),
             "pages": [{"page_id": r.page_id, "state": r.state, "paged_at": r.paged_at.isoformat()} for r in pages],
@@ -213,7 +245,7 @@ def export_personal_data(*, session: Session, contact_id: int, actor: Actor) -> 
                     "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
                 }
                 for d in deliveries
-            ],  # fmt: skip
+            ],
         }
 
     return service.in_transaction(session, work)
@@ -235,10 +267,16 @@ def erase_contact(*, session: Session, contact_id: int, actor: Actor) -> Contact
             delivery.address = "(erased)"
         session.execute(GroupMember.__table__.delete().where(GroupMember.contact_id == contact.id))
         session.execute(ScheduleMember.__table__.delete().where(ScheduleMember.contact_id == contact.id))
-        audit.append(session, action=audit.Action.EXPORT, actor=actor, target=f"contact:{contact.id}",
-                     data={"what": "erased on request"})  # fmt: skip
-        service.record_event(session, kind="contact.erased", actor=actor,
-                             data={"ref": None, "status": None, "contact_id": contact.id})  # fmt: skip
+        audit.append(
+            session,
+            action=audit.Action.EXPORT,
+            actor=actor,
+            target=f"contact:{contact.id}",
+            data={"what": "erased on request"},
+        )
+        service.record_event(
+            session, kind="contact.erased", actor=actor, data={"ref": None, "status": None, "contact_id": contact.id}
+        )
         return contact
 
     return service.in_transaction(session, work)
@@ -323,17 +361,24 @@ def import_csv(*, session: Session, text: str, actor: Actor) -> dict[str, int]:
                 counts["updated"] += 1
             _apply(session, contact, data)
         session.flush()
-        service.record_event(session, kind="contact.imported", actor=actor,
-                             data={"ref": None, "status": None, **counts})  # fmt: skip
+        service.record_event(
+            session, kind="contact.imported", actor=actor, data={"ref": None, "status": None, **counts}
+        )
         return counts
 
     return service.in_transaction(session, work)
 
 
 def save_group(
-    *, session: Session, code: str, name_vi: str, name_en: str | None, organisation: str | None,
-    members: Sequence[int], actor: Actor,
-) -> Group:  # fmt: skip
+    *,
+    session: Session,
+    code: str,
+    name_vi: str,
+    name_en: str | None,
+    organisation: str | None,
+    members: Sequence[int],
+    actor: Actor,
+) -> Group:
     """Create or replace a group and its ordered members."""
     _require_desk(actor)
 
@@ -347,8 +392,9 @@ def save_group(
         _check_contacts(session, members, "members")
         group.members = [GroupMember(contact_id=c, position=n) for n, c in enumerate(members)]
         session.flush()
-        service.record_event(session, kind="group.saved", actor=actor,
-                             data={"ref": None, "status": None, "group": code})  # fmt: skip
+        service.record_event(
+            session, kind="group.saved", actor=actor, data={"ref": None, "status": None, "group": code}
+        )
         return group
 
     return service.in_transaction(session, work)
@@ -362,9 +408,17 @@ def _check_contacts(session: Session, ids: Sequence[int], field: str) -> None:
 
 
 def save_schedule(
-    *, session: Session, code: str, name: str, organisation: str | None, group: str | None, starts_at: datetime,
-    shift_hours: int, members: Sequence[int], actor: Actor,
-) -> Schedule:  # fmt: skip
+    *,
+    session: Session,
+    code: str,
+    name: str,
+    organisation: str | None,
+    group: str | None,
+    starts_at: datetime,
+    shift_hours: int,
+    members: Sequence[int],
+    actor: Actor,
+) -> Schedule:
     """Create or replace a rotation: members take turns of `shift_hours` (168 = weekly) from `starts_at`."""
     _require_desk(actor)
     if shift_hours <= 0:
@@ -389,17 +443,24 @@ def save_schedule(
         _check_contacts(session, members, "members")
         schedule.members = [ScheduleMember(contact_id=c, position=n) for n, c in enumerate(members)]
         session.flush()
-        service.record_event(session, kind="schedule.saved", actor=actor,
-                             data={"ref": None, "status": None, "schedule": code})  # fmt: skip
+        service.record_event(
+            session, kind="schedule.saved", actor=actor, data={"ref": None, "status": None, "schedule": code}
+        )
         return schedule
 
     return service.in_transaction(session, work)
 
 
 def add_override(
-    *, session: Session, schedule_code: str, contact_id: int, starts_at: datetime, ends_at: datetime,
-    reason: str | None, actor: Actor,
-) -> ScheduleOverride:  # fmt: skip
+    *,
+    session: Session,
+    schedule_code: str,
+    contact_id: int,
+    starts_at: datetime,
+    ends_at: datetime,
+    reason: str | None,
+    actor: Actor,
+) -> ScheduleOverride:
     """Someone else is on call for a span (leave, a swap)."""
     _require_desk(actor)
     if ends_at <= starts_at:
@@ -410,12 +471,17 @@ def add_override(
         if schedule is None:
             raise NotFound(f"no schedule {schedule_code!r}")
         _check_contacts(session, [contact_id], "contact")
-        override = ScheduleOverride(schedule=schedule, contact_id=contact_id, starts_at=starts_at, ends_at=ends_at,
-                                    reason=reason)  # fmt: skip
+        override = ScheduleOverride(
+            schedule=schedule, contact_id=contact_id, starts_at=starts_at, ends_at=ends_at, reason=reason
+        )
         session.add(override)
         session.flush()
-        service.record_event(session, kind="schedule.override_added", actor=actor,
-                             data={"ref": None, "status": None, "schedule": schedule_code, "contact_id": contact_id})  # fmt: skip
+        service.record_event(
+            session,
+            kind="schedule.override_added",
+            actor=actor,
+            data={"ref": None, "status": None, "schedule": schedule_code, "contact_id": contact_id},
+        )
         return override
 
     return service.in_transaction(session, work)

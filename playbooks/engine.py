@@ -30,7 +30,6 @@ from playbooks.models import (
     DELIVERY_DELIVERED,
     DELIVERY_FAILED,
     DELIVERY_QUEUED,
-    PAGE_ACKED,
     PAGE_CANCELLED,
     PAGE_OPEN,
     RECIPIENT_DIGESTED,
@@ -56,8 +55,13 @@ from playbooks.spec import parse_duration
 log = logging.getLogger("ucsc.playbooks")
 
 EVALUATE, CONTINUE, WAIT, DELIVER, DIGEST, FOCAL = (
-    "playbooks.evaluate", "playbooks.continue", "playbooks.wait", "page.deliver", "page.digest", "directory.focal",
-)  # fmt: skip
+    "playbooks.evaluate",
+    "playbooks.continue",
+    "playbooks.wait",
+    "page.deliver",
+    "page.digest",
+    "directory.focal",
+)
 # Incident fields whose change can make new playbooks match.
 TRIGGER_FIELDS = frozenset({"category", "priority", "tlp", "exercise", "affected_system"})
 TLP_ORDER = ("clear", "green", "amber", "amber+strict", "red")
@@ -360,22 +364,47 @@ def _stop(session: Session, run: PlaybookRun, incident: Incident, actor: Actor |
 def _event(
     session: Session, kind: str, incident: Incident, actor: Actor | None, note: str | None = None, **data: Any
 ) -> None:
-    service.record_event(session, kind=kind, actor=actor, incident=incident, note=note,
-                         data={"ref": incident.ref, "status": str(incident.status), **data})  # fmt: skip
+    service.record_event(
+        session,
+        kind=kind,
+        actor=actor,
+        incident=incident,
+        note=note,
+        data={"ref": incident.ref, "status": str(incident.status), **data},
+    )
 
 
 def _start(
-    session: Session, incident: Incident, version: PlaybookVersion, key: str, trigger: str, actor: Actor | None,
+    session: Session,
+    incident: Incident,
+    version: PlaybookVersion,
+    key: str,
+    trigger: str,
+    actor: Actor | None,
     settings: Settings,
-) -> PlaybookRun:  # fmt: skip
+) -> PlaybookRun:
     run = PlaybookRun(
-        incident_id=incident.id, playbook_version_id=version.id, name=version.name, key=key, state=RUN_RUNNING,
-        trigger=trigger, started_by=actor.label if actor else "system", started_at=utcnow(),
-    )  # fmt: skip
+        incident_id=incident.id,
+        playbook_version_id=version.id,
+        name=version.name,
+        key=key,
+        state=RUN_RUNNING,
+        trigger=trigger,
+        started_by=actor.label if actor else "system",
+        started_at=utcnow(),
+    )
     session.add(run)
     session.flush()
-    _event(session, "playbook.started", incident, actor, run_id=run.id, playbook=version.name,
-           version=version.version, title=version.title_vi)  # fmt: skip
+    _event(
+        session,
+        "playbook.started",
+        incident,
+        actor,
+        run_id=run.id,
+        playbook=version.name,
+        version=version.version,
+        title=version.title_vi,
+    )
     advance(session, run, incident, version.definition, "0", settings)
     return run
 
@@ -384,9 +413,13 @@ def _start(
 
 
 def advance(
-    session: Session, run: PlaybookRun, incident: Incident, definition: dict[str, Any], path: str | None,
+    session: Session,
+    run: PlaybookRun,
+    incident: Incident,
+    definition: dict[str, Any],
+    path: str | None,
     settings: Settings,
-) -> None:  # fmt: skip
+) -> None:
     """Carry out steps from `path` until a wait or the end, inside the caller's transaction."""
     while path is not None:
         if run.state not in (RUN_RUNNING, RUN_WAITING):
@@ -408,8 +441,16 @@ def advance(
             if body.get("repage"):
                 _repage(session, run, incident, path, settings)
             else:
-                create_page(session, incident=incident, body=body, run=run, path=path, settings=settings,
-                            requires_ack=kind == "page", escalation=".e." in path)  # fmt: skip
+                create_page(
+                    session,
+                    incident=incident,
+                    body=body,
+                    run=run,
+                    path=path,
+                    settings=settings,
+                    requires_ack=kind == "page",
+                    escalation=".e." in path,
+                )
         elif kind == "task":
             _task(session, run, incident, body, path)
         elif kind == "request_direction":
@@ -418,8 +459,14 @@ def advance(
             record.outcome = "waiting"
             run.state = RUN_WAITING
             timeout = parse_duration(body["timeout"]) or 0
-            jobs.enqueue(session, WAIT, {"run_id": run.id, "path": path}, run_at=utcnow() + timedelta(seconds=timeout),
-                         key=f"{WAIT}:{run.id}:{path}", incident_id=incident.id)  # fmt: skip
+            jobs.enqueue(
+                session,
+                WAIT,
+                {"run_id": run.id, "path": path},
+                run_at=utcnow() + timedelta(seconds=timeout),
+                key=f"{WAIT}:{run.id}:{path}",
+                incident_id=incident.id,
+            )
             session.flush()
             return
         session.flush()
@@ -436,23 +483,40 @@ def _task(session: Session, run: PlaybookRun, incident: Incident, body: dict[str
         org_id = directory.system_operator_id(incident)
     due = parse_duration(body["due"]) if "due" in body else None
     task = Task(
-        incident_id=incident.id, run_id=run.id, step_path=path, organisation_id=org_id, title_vi=body["title_vi"],
-        title_en=body.get("title_en"), due_at=utcnow() + timedelta(seconds=due) if due is not None else None,
+        incident_id=incident.id,
+        run_id=run.id,
+        step_path=path,
+        organisation_id=org_id,
+        title_vi=body["title_vi"],
+        title_en=body.get("title_en"),
+        due_at=utcnow() + timedelta(seconds=due) if due is not None else None,
         key=f"{run.id}:{path}",
-    )  # fmt: skip
+    )
     session.add(task)
     session.flush()
     org = session.get(Organisation, org_id) if org_id else None
-    _event(session, "task.created", incident, None, task_id=task.id, title=task.title_vi,
-           organisation=org.code if org else None, due_at=task.due_at.isoformat() if task.due_at else None)  # fmt: skip
+    _event(
+        session,
+        "task.created",
+        incident,
+        None,
+        task_id=task.id,
+        title=task.title_vi,
+        organisation=org.code if org else None,
+        due_at=task.due_at.isoformat() if task.due_at else None,
+    )
 
 
 def _direction(session: Session, run: PlaybookRun | None, incident: Incident, body: dict[str, Any], path: str) -> None:
     request = DirectionRequest(
-        incident_id=incident.id, run_id=run.id if run else None, step_path=path, question_vi=body["question_vi"],
-        question_en=body.get("question_en"), requested_by=f"playbook:{run.name}" if run else "system",
+        incident_id=incident.id,
+        run_id=run.id if run else None,
+        step_path=path,
+        question_vi=body["question_vi"],
+        question_en=body.get("question_en"),
+        requested_by=f"playbook:{run.name}" if run else "system",
         key=f"{run.id}:{path}" if run else None,
-    )  # fmt: skip
+    )
     session.add(request)
     session.flush()
     _event(session, "direction.requested", incident, None, request_id=request.id, question=request.question_vi)
@@ -493,20 +557,38 @@ def resolve_target(
 
 
 def create_page(
-    session: Session, *, incident: Incident, body: dict[str, Any], run: PlaybookRun | None, path: str | None,
-    settings: Settings, requires_ack: bool = True, escalation: bool = False, actor: Actor | None = None,
+    session: Session,
+    *,
+    incident: Incident,
+    body: dict[str, Any],
+    run: PlaybookRun | None,
+    path: str | None,
+    settings: Settings,
+    requires_ack: bool = True,
+    escalation: bool = False,
+    actor: Actor | None = None,
     key: str | None = None,
-) -> Page:  # fmt: skip
+) -> Page:
     """Page a target: one page, a recipient per person reached, a delivery on each one's first usable channel."""
     kind, target, label, contacts, links = resolve_target(session, incident, body)
     now = utcnow()
     page = Page(
-        incident_id=incident.id, run_id=run.id if run else None, step_path=path, target_kind=kind, target=target,
-        target_label=label, reason_vi=body.get("reason_vi") or body.get("text_vi"),
-        reason_en=body.get("reason_en") or body.get("text_en"), requires_ack=requires_ack, escalation=escalation,
-        state=PAGE_OPEN, created_at=now, key=key or (f"{run.id}:{path}" if run else None),
-        occurrences=service.occurrence_count(session, incident.id), **links,
-    )  # fmt: skip
+        incident_id=incident.id,
+        run_id=run.id if run else None,
+        step_path=path,
+        target_kind=kind,
+        target=target,
+        target_label=label,
+        reason_vi=body.get("reason_vi") or body.get("text_vi"),
+        reason_en=body.get("reason_en") or body.get("text_en"),
+        requires_ack=requires_ack,
+        escalation=escalation,
+        state=PAGE_OPEN,
+        created_at=now,
+        key=key or (f"{run.id}:{path}" if run else None),
+        occurrences=service.occurrence_count(session, incident.id),
+        **links,
+    )
     session.add(page)
     session.flush()
     held, unreachable = [], []
@@ -520,15 +602,44 @@ def create_page(
         if recipient.state == RECIPIENT_PAGED and _queue_delivery(session, page, contact, 0, settings) is None:
             unreachable.append(contact)
     session.flush()
-    _event(session, "page.sent" if requires_ack else "notify.sent", incident, actor, page_id=page.id,
-           target_kind=kind, target=target, target_label=label, escalation=escalation,
-           recipients=[c.name for c in contacts], held=held, run_id=page.run_id)  # fmt: skip
+    _event(
+        session,
+        "page.sent" if requires_ack else "notify.sent",
+        incident,
+        actor,
+        page_id=page.id,
+        target_kind=kind,
+        target=target,
+        target_label=label,
+        escalation=escalation,
+        recipients=[c.name for c in contacts],
+        held=held,
+        run_id=page.run_id,
+    )
     for contact in unreachable:
-        _event(session, "page.failed", incident, None, note="no channel this deployment has reaches this person",
-               page_id=page.id, contact=contact.name, contact_id=contact.id, channel=None, final=True)  # fmt: skip
+        _event(
+            session,
+            "page.failed",
+            incident,
+            None,
+            note="no channel this deployment has reaches this person",
+            page_id=page.id,
+            contact=contact.name,
+            contact_id=contact.id,
+            channel=None,
+            final=True,
+        )
     if not contacts:
-        _event(session, "page.failed", incident, None, note="nobody to page: no active contact",
-               page_id=page.id, target=target, final=True)  # fmt: skip
+        _event(
+            session,
+            "page.failed",
+            incident,
+            None,
+            note="nobody to page: no active contact",
+            page_id=page.id,
+            target=target,
+            final=True,
+        )
     return page
 
 
@@ -555,8 +666,13 @@ def _schedule_digest(session: Session, contact_id: int, page_id: int, now: datet
     if pending:
         return pending
     key = f"{DIGEST}:{contact_id}:{page_id}"
-    jobs.enqueue(session, DIGEST, {"contact_id": contact_id, "digest_key": key},
-                 run_at=now + timedelta(seconds=settings.digest_delay), key=key)  # fmt: skip
+    jobs.enqueue(
+        session,
+        DIGEST,
+        {"contact_id": contact_id, "digest_key": key},
+        run_at=now + timedelta(seconds=settings.digest_delay),
+        key=key,
+    )
     return key
 
 
@@ -564,9 +680,12 @@ def usable_channels(contact: Contact, settings: Settings) -> list[str]:
     """The contact's channels, in their order, that this deployment has and the contact has an address for."""
     order = list(contact.channels or directory.DEFAULT_CHANNELS)
     return [
-        c for c in order
-        if c in settings.channels and c in registry.ADDRESS_FIELDS and getattr(contact, registry.ADDRESS_FIELDS[c], None)
-    ]  # fmt: skip
+        c
+        for c in order
+        if c in settings.channels
+        and c in registry.ADDRESS_FIELDS
+        and getattr(contact, registry.ADDRESS_FIELDS[c], None)
+    ]
 
 
 def _queue_delivery(
@@ -578,20 +697,32 @@ def _queue_delivery(
     for channel in channels:
         exists = session.scalar(
             select(Delivery.id).where(
-                Delivery.page_id == page.id, Delivery.contact_id == contact.id, Delivery.channel == channel,
+                Delivery.page_id == page.id,
+                Delivery.contact_id == contact.id,
+                Delivery.channel == channel,
                 Delivery.wave == wave,
             )
-        )  # fmt: skip
+        )
         if exists is not None:
             continue
         delivery = Delivery(
-            page_id=page.id, contact_id=contact.id, channel=channel, wave=wave, state=DELIVERY_QUEUED,
-            address=str(getattr(contact, registry.ADDRESS_FIELDS[channel])), created_at=utcnow(),
-        )  # fmt: skip
+            page_id=page.id,
+            contact_id=contact.id,
+            channel=channel,
+            wave=wave,
+            state=DELIVERY_QUEUED,
+            address=str(getattr(contact, registry.ADDRESS_FIELDS[channel])),
+            created_at=utcnow(),
+        )
         session.add(delivery)
         session.flush()
-        jobs.enqueue(session, DELIVER, {"delivery_id": delivery.id}, key=f"{DELIVER}:{delivery.id}:0",
-                     incident_id=page.incident_id)  # fmt: skip
+        jobs.enqueue(
+            session,
+            DELIVER,
+            {"delivery_id": delivery.id},
+            key=f"{DELIVER}:{delivery.id}:0",
+            incident_id=page.incident_id,
+        )
         return delivery
     return None
 
@@ -607,8 +738,19 @@ def _repage(session: Session, run: PlaybookRun, incident: Incident, path: str, s
         for recipient in page.recipients:
             if recipient.state == RECIPIENT_PAGED:
                 _queue_delivery(session, page, recipient.contact, wave, settings)
-        _event(session, "page.sent", incident, None, page_id=page.id, target=page.target,
-               target_label=page.target_label, escalation=True, wave=wave, repage=True, run_id=run.id)  # fmt: skip
+        _event(
+            session,
+            "page.sent",
+            incident,
+            None,
+            page_id=page.id,
+            target=page.target,
+            target_label=page.target_label,
+            escalation=True,
+            wave=wave,
+            repage=True,
+            run_id=run.id,
+        )
 
 
 # --- waiting for acknowledgements ---------------------------------------------------------------------------
@@ -645,17 +787,33 @@ def wait_elapsed(*, session: Session, run_id: int, path: str, settings: Settings
         now = utcnow()
         if due > now + timedelta(milliseconds=5):
             n = session.scalar(select(func.count()).where(RunStep.run_id == run.id)) or 0
-            jobs.enqueue(session, WAIT, {"run_id": run.id, "path": path}, run_at=due,
-                         key=f"{WAIT}:{run.id}:{path}:{n}:{int(due.timestamp() * 1000)}", incident_id=incident.id)  # fmt: skip
+            jobs.enqueue(
+                session,
+                WAIT,
+                {"run_id": run.id, "path": path},
+                run_at=due,
+                key=f"{WAIT}:{run.id}:{path}:{n}:{int(due.timestamp() * 1000)}",
+                incident_id=incident.id,
+            )
             return "postponed"
         record.outcome, run.state = "escalated", RUN_RUNNING
         for page in pages:
             page.escalated_at = now
-            _event(session, "page.escalated", incident, None, page_id=page.id, target=page.target,
-                   target_label=page.target_label, run_id=run.id, step=path)  # fmt: skip
+            _event(
+                session,
+                "page.escalated",
+                incident,
+                None,
+                page_id=page.id,
+                target=page.target,
+                target_label=page.target_label,
+                run_id=run.id,
+                step=path,
+            )
         escalate = step_at(definition, path)["wait_for_ack"].get("escalate")
-        advance(session, run, incident, definition, f"{path}.e.0" if escalate else next_path(definition, path),
-                settings)  # fmt: skip
+        advance(
+            session, run, incident, definition, f"{path}.e.0" if escalate else next_path(definition, path), settings
+        )
         return "escalated"
 
     return service.in_transaction(session, work)
@@ -692,8 +850,13 @@ def after_ack(session: Session, page: Page) -> None:
         return
     if any(p.state == PAGE_OPEN for p in _watched(session, page.run_id, lock=False)):
         return
-    jobs.enqueue(session, CONTINUE, {"run_id": page.run_id, "path": record.path},
-                 key=f"{CONTINUE}:{page.run_id}:{record.path}", incident_id=page.incident_id)  # fmt: skip
+    jobs.enqueue(
+        session,
+        CONTINUE,
+        {"run_id": page.run_id, "path": record.path},
+        key=f"{CONTINUE}:{page.run_id}:{record.path}",
+        incident_id=page.incident_id,
+    )
 
 
 # --- messages -----------------------------------------------------------------------------------------------
@@ -717,26 +880,38 @@ def compose(page: Page, incident: Incident, contact: Contact, channel: str, wave
         subject = f"{drill} [{incident.ref}] Page: {title or 'TLP:' + str(incident.tlp).upper()}{again}".strip()
         lines = [
             f"{drill} You are paged for incident {incident.ref}.".strip(),
-            *([f"Title: {incident.title}", f"Category: {incident.category} · priority {incident.priority}"
-               f" · class {incident.incident_class}", f"System: {system.name if system else '-'}"]
-              if not restricted else [f"TLP:{str(incident.tlp).upper()}: open the link to read the incident."]),
+            *(
+                [
+                    f"Title: {incident.title}",
+                    f"Category: {incident.category} · priority {incident.priority} · class {incident.incident_class}",
+                    f"System: {system.name if system else '-'}",
+                ]
+                if not restricted
+                else [f"TLP:{str(incident.tlp).upper()}: open the link to read the incident."]
+            ),
             *([f"Asked of you: {reason}"] if reason and not restricted else []),
             f"Occurrences so far: {page.occurrences}" if page.occurrences > 1 else "",
             f"Acknowledge (confirm on the page that opens): {link}",
-        ]  # fmt: skip
+        ]
     else:
         subject = f"{drill} [{incident.ref}] Gọi trực: {title or 'TLP:' + str(incident.tlp).upper()}{again}".strip()
         lines = [
             f"{drill} Đồng chí được gọi trực xử lý sự cố {incident.ref}.".strip(),
-            *([f"Tiêu đề: {incident.title}", f"Loại: {incident.category} · ưu tiên {incident.priority}"
-               f" · phân loại {incident.incident_class}", f"Hệ thống: {system.name if system else '-'}"]
-              if not restricted else [f"TLP:{str(incident.tlp).upper()}: mở đường dẫn để xem sự cố."]),
+            *(
+                [
+                    f"Tiêu đề: {incident.title}",
+                    f"Loại: {incident.category} · ưu tiên {incident.priority} · phân loại {incident.incident_class}",
+                    f"Hệ thống: {system.name if system else '-'}",
+                ]
+                if not restricted
+                else [f"TLP:{str(incident.tlp).upper()}: mở đường dẫn để xem sự cố."]
+            ),
             *([f"Đề nghị: {reason}"] if reason and not restricted else []),
             f"Số lần ghi nhận: {page.occurrences}" if page.occurrences > 1 else "",
             f"Nhận xử lý (xác nhận trên trang mở ra): {link}",
             "",
             f"{DRILL_EN + ' ' if incident.exercise else ''}Page for incident {incident.ref}. Acknowledge: {link}",
-        ]  # fmt: skip
+        ]
     text = "\n".join(line for line in lines if line is not None)
     if channel == "sms":
         text = f"{drill} {incident.ref} P{str(incident.priority)[-1]} {title[:80]} {link}".strip()
@@ -745,20 +920,30 @@ def compose(page: Page, incident: Incident, contact: Contact, channel: str, wave
         "page_id": page.id,
         "wave": wave,
         "incident": {
-            "id": incident.id, "ref": incident.ref, "status": str(incident.status), "tlp": str(incident.tlp),
+            "id": incident.id,
+            "ref": incident.ref,
+            "status": str(incident.status),
+            "tlp": str(incident.tlp),
             "exercise": incident.exercise,
-            **({} if restricted else {"title": incident.title, "category": str(incident.category),
-                                      "priority": str(incident.priority)}),
+            **(
+                {}
+                if restricted
+                else {"title": incident.title, "category": str(incident.category), "priority": str(incident.priority)}
+            ),
         },
         "reason": None if restricted else reason,
         "ack_url": link,
         "incident_url": f"{settings.base_url}/api/v1/incidents/{incident.id}",
         "drill": incident.exercise,
-    }  # fmt: skip
+    }
     return Message(
-        to="", subject=subject, text=text, key=f"page.{page.id}.{contact.id}.{wave}", data=data,
+        to="",
+        subject=subject,
+        text=text,
+        key=f"page.{page.id}.{contact.id}.{wave}",
+        data=data,
         secret=contact.webhook_secret,
-    )  # fmt: skip
+    )
 
 
 # --- deliveries -----------------------------------------------------------------------------------------------
@@ -790,8 +975,14 @@ def deliver(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
             _give_up(ctx, delivery_id, "the page was cancelled", notify=False)
             return
         message = compose(page, incident, contact, delivery.channel, delivery.wave, settings)
-        message = Message(to=delivery.address, subject=message.subject, text=message.text, key=message.key,
-                          data=message.data, secret=message.secret)  # fmt: skip
+        message = Message(
+            to=delivery.address,
+            subject=message.subject,
+            text=message.text,
+            key=message.key,
+            data=message.data,
+            secret=message.secret,
+        )
         channel = delivery.channel
     notifier = ctx.notifiers.get(channel)
     if notifier is None:
@@ -825,9 +1016,20 @@ def _delivered(ctx: jobs.JobContext, delivery_id: int, receipt: str) -> None:
                 page.first_delivered_at = now
             incident = session.get(Incident, page.incident_id)
             contact = session.get(Contact, delivery.contact_id)
-            _event(session, "page.delivered", incident, None, page_id=page.id, delivery_id=delivery.id,
-                   channel=delivery.channel, contact=contact.name, contact_id=contact.id, wave=delivery.wave,
-                   attempts=delivery.attempts, message_id=delivery.message_id)  # fmt: skip
+            _event(
+                session,
+                "page.delivered",
+                incident,
+                None,
+                page_id=page.id,
+                delivery_id=delivery.id,
+                channel=delivery.channel,
+                contact=contact.name,
+                contact_id=contact.id,
+                wave=delivery.wave,
+                attempts=delivery.attempts,
+                message_id=delivery.message_id,
+            )
 
         service.in_transaction(session, work)
 
@@ -848,17 +1050,33 @@ def _failed(ctx: jobs.JobContext, delivery_id: int, error: str, *, permanent: bo
             limit = settings.channel_attempts if has_next else settings.max_attempts
             if not permanent and delivery.attempts < limit and page.state == PAGE_OPEN:
                 wait = min(settings.retry_cap, settings.retry_seconds * 2 ** (delivery.attempts - 1))
-                jobs.enqueue(session, DELIVER, {"delivery_id": delivery.id},
-                             run_at=utcnow() + timedelta(seconds=wait),
-                             key=f"{DELIVER}:{delivery.id}:{delivery.attempts}", incident_id=page.incident_id)  # fmt: skip
+                jobs.enqueue(
+                    session,
+                    DELIVER,
+                    {"delivery_id": delivery.id},
+                    run_at=utcnow() + timedelta(seconds=wait),
+                    key=f"{DELIVER}:{delivery.id}:{delivery.attempts}",
+                    incident_id=page.incident_id,
+                )
                 return
             delivery.state = DELIVERY_FAILED
             incident = session.get(Incident, page.incident_id)
             fallback = _queue_delivery(session, page, contact, delivery.wave, settings, after=delivery.channel)
-            _event(session, "page.failed", incident, None, note=error[:500], page_id=page.id,
-                   delivery_id=delivery.id, channel=delivery.channel, contact=contact.name, contact_id=contact.id,
-                   attempts=delivery.attempts, next_channel=fallback.channel if fallback else None,
-                   final=fallback is None)  # fmt: skip
+            _event(
+                session,
+                "page.failed",
+                incident,
+                None,
+                note=error[:500],
+                page_id=page.id,
+                delivery_id=delivery.id,
+                channel=delivery.channel,
+                contact=contact.name,
+                contact_id=contact.id,
+                attempts=delivery.attempts,
+                next_channel=fallback.channel if fallback else None,
+                final=fallback is None,
+            )
 
         service.in_transaction(session, work)
 
@@ -882,10 +1100,13 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
         contact = session.get(Contact, contact_id)
         held = session.scalars(
             select(PageRecipient)
-            .where(PageRecipient.contact_id == contact_id, PageRecipient.digest_key == key,
-                   PageRecipient.state == RECIPIENT_HELD)
+            .where(
+                PageRecipient.contact_id == contact_id,
+                PageRecipient.digest_key == key,
+                PageRecipient.state == RECIPIENT_HELD,
+            )
             .order_by(PageRecipient.id)
-        ).all()  # fmt: skip
+        ).all()
         if not held or contact is None:
             return
         items, incidents = [], {}
@@ -908,8 +1129,14 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
         f"{int(settings.rate_window // 60)} phút) / Digest of {len(items)} held pages:\n" + "\n".join(items)
     )
     subject = f"[{len(items)}] Tổng hợp gọi trực / Page digest: {', '.join(sorted(set(incidents.values())))[:150]}"
-    message = Message(to=str(getattr(contact, registry.ADDRESS_FIELDS[channel])), subject=subject, text=text,
-                      key=key, data={"type": "digest", "pages": held_ids, "text": text}, secret=contact.webhook_secret)  # fmt: skip
+    message = Message(
+        to=str(getattr(contact, registry.ADDRESS_FIELDS[channel])),
+        subject=subject,
+        text=text,
+        key=key,
+        data={"type": "digest", "pages": held_ids, "text": text},
+        secret=contact.webhook_secret,
+    )
     notifier = ctx.notifiers[channel]
     try:
         notifier.send(message)
@@ -921,9 +1148,11 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
 
         def work() -> None:
             rows = session.scalars(
-                select(PageRecipient).where(PageRecipient.id.in_(held_ids), PageRecipient.state == RECIPIENT_HELD)
-                .with_for_update().execution_options(populate_existing=True)
-            ).all()  # fmt: skip
+                select(PageRecipient)
+                .where(PageRecipient.id.in_(held_ids), PageRecipient.state == RECIPIENT_HELD)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).all()
             for r in rows:
                 r.state = RECIPIENT_DIGESTED
             # Pages held while this digest was being sent go into the next one.
@@ -934,12 +1163,26 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                 again = f"{key}:{late[0].id}"
                 for r in late:
                     r.digest_key = again
-                jobs.enqueue(session, DIGEST, {"contact_id": contact_id, "digest_key": again},
-                             run_at=utcnow() + timedelta(seconds=settings.digest_delay), key=again)  # fmt: skip
+                jobs.enqueue(
+                    session,
+                    DIGEST,
+                    {"contact_id": contact_id, "digest_key": again},
+                    run_at=utcnow() + timedelta(seconds=settings.digest_delay),
+                    key=again,
+                )
             for incident_id in incidents:
                 incident = session.get(Incident, incident_id)
-                _event(session, "digest.sent", incident, None, contact=contact.name, contact_id=contact_id,
-                       channel=channel, pages=len(held_ids), digest_key=key)  # fmt: skip
+                _event(
+                    session,
+                    "digest.sent",
+                    incident,
+                    None,
+                    contact=contact.name,
+                    contact_id=contact_id,
+                    channel=channel,
+                    pages=len(held_ids),
+                    digest_key=key,
+                )
 
         service.in_transaction(session, work)
 
@@ -959,10 +1202,12 @@ def focal_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                     alerted.append(contact.id)
             if alerted:
                 service.record_event(
-                    session, kind="directory.unconfirmed", actor=None,
+                    session,
+                    kind="directory.unconfirmed",
+                    actor=None,
                     note=f"{len(alerted)} đầu mối chưa xác nhận thông tin liên lạc quá {settings.focal_hours:g} giờ",
                     data={"ref": None, "status": None, "contacts": alerted},
-                )  # fmt: skip
+                )
             schedule_focal_check(session, after=job.run_at)
             return alerted
 
@@ -981,8 +1226,9 @@ def schedule_focal_check(session: Session, *, after: datetime | None = None) -> 
 @jobs.job_kind(EVALUATE, max_attempts=10, lease_seconds=30)
 def _evaluate_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     with ctx.sessions() as session:
-        evaluate_incident(session=session, incident_id=job.payload["incident_id"],
-                          settings=Settings.from_config(ctx.config))  # fmt: skip
+        evaluate_incident(
+            session=session, incident_id=job.payload["incident_id"], settings=Settings.from_config(ctx.config)
+        )
 
 
 @jobs.job_kind(WAIT, max_attempts=10, lease_seconds=30)
@@ -992,16 +1238,21 @@ def _wait_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
         # Acks sent in the last instant (a button pressed, a form posted) get this long to land first.
         time.sleep(settings.escalation_grace)
     with ctx.sessions() as session:
-        outcome = wait_elapsed(session=session, run_id=job.payload["run_id"], path=job.payload["path"],
-                               settings=settings)  # fmt: skip
+        outcome = wait_elapsed(
+            session=session, run_id=job.payload["run_id"], path=job.payload["path"], settings=settings
+        )
     log.info("wait %s of run %s: %s", job.payload["path"], job.payload["run_id"], outcome)
 
 
 @jobs.job_kind(CONTINUE, max_attempts=10, lease_seconds=30)
 def _continue_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     with ctx.sessions() as session:
-        continue_run(session=session, run_id=job.payload["run_id"], path=job.payload["path"],
-                     settings=Settings.from_config(ctx.config))  # fmt: skip
+        continue_run(
+            session=session,
+            run_id=job.payload["run_id"],
+            path=job.payload["path"],
+            settings=Settings.from_config(ctx.config),
+        )
 
 
 # Retries are the delivery's own (a new job per attempt, PAGING_RETRY_*), so the job itself rarely fails.
@@ -1011,7 +1262,7 @@ jobs.job_kind(FOCAL, max_attempts=3, lease_seconds=60)(focal_check)
 
 
 def configure(config: dict[str, Any]) -> None:
-    """Apply the configured lease of delivery jobs (`PAGING_LEASE_SECONDS`): a killed worker's sends return this soon."""
+    """Apply `PAGING_LEASE_SECONDS` to paging's jobs: a killed worker's sends are taken up again this soon."""
     from dataclasses import replace
 
     lease = config.get("PAGING_LEASE_SECONDS")

@@ -32,7 +32,7 @@ class GroupBody(Strict):
     name_vi: Annotated[str, Field(min_length=1, max_length=300)]
     name_en: Text300 | None = None
     organisation: Annotated[str, Field(max_length=64)] | None = None
-    members: Annotated[list[int], Field(max_length=500)] = []
+    members: Annotated[list[int], Field(max_length=500, default_factory=list)]
 
 
 class ScheduleBody(Strict):

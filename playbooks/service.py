@@ -97,10 +97,20 @@ def acknowledge_page(
                 why = "not paged" if (contact or actor is None) else "no linked contact"
                 if actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR) and not note:
                     why = "acknowledging on someone's behalf needs a note"
-                audit.append(session, action=audit.Action.ACK_REFUSED, actor=actor or (f"contact:{contact.id}" if contact else None),
-                             target=incident.ref, source_ip=source_ip,
-                             data={"page_id": page.id, "contact_id": contact.id if contact else None, "via": via,
-                                   "reason": why, "who": who})  # fmt: skip
+                audit.append(
+                    session,
+                    action=audit.Action.ACK_REFUSED,
+                    actor=actor or (f"contact:{contact.id}" if contact else None),
+                    target=incident.ref,
+                    source_ip=source_ip,
+                    data={
+                        "page_id": page.id,
+                        "contact_id": contact.id if contact else None,
+                        "via": via,
+                        "reason": why,
+                        "who": who,
+                    },
+                )
                 return why
         if page.state == PAGE_ACKED:
             return page  # the first ack won; a second one is harmless
@@ -112,9 +122,20 @@ def acknowledge_page(
         page.acked_by_contact_id = None if on_behalf else contact.id
         page.acked_by_user_id = actor.user_id if actor else None
         page.acked_by = f"{actor.label} (thay mặt / on behalf)" if on_behalf else contact.name
-        engine._event(session, "page.acknowledged", incident, actor, note=note, page_id=page.id,
-                      acked_by=page.acked_by, contact_id=page.acked_by_contact_id, via=via, on_behalf=on_behalf,
-                      target=page.target, target_label=page.target_label)  # fmt: skip
+        engine._event(
+            session,
+            "page.acknowledged",
+            incident,
+            actor,
+            note=note,
+            page_id=page.id,
+            acked_by=page.acked_by,
+            contact_id=page.acked_by_contact_id,
+            via=via,
+            on_behalf=on_behalf,
+            target=page.target,
+            target_label=page.target_label,
+        )
         engine.after_ack(session, page)
         return page
 
@@ -125,9 +146,14 @@ def acknowledge_page(
 
 
 def request_support(
-    *, session: Session, page_id: int, by_contact_id: int | None = None, actor: Actor | None = None,
-    note: str | None = None, settings: engine.Settings,
-) -> Page:  # fmt: skip
+    *,
+    session: Session,
+    page_id: int,
+    by_contact_id: int | None = None,
+    actor: Actor | None = None,
+    note: str | None = None,
+    settings: engine.Settings,
+) -> Page:
     """A paged responder asks for support: the next tier is paged (the working group leader, then the board)."""
 
     def work() -> Page:
@@ -135,27 +161,51 @@ def request_support(
         contact = session.get(Contact, by_contact_id) if by_contact_id else None
         if contact is None and actor is not None:
             contact = session.scalar(select(Contact).where(Contact.user_id == actor.user_id))
-        if contact is None or not may_acknowledge(session, page, contact):
-            if not (actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR)):
-                raise Forbidden("only someone this page went to asks for support on it")
+        desk = actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR)
+        if (contact is None or not may_acknowledge(session, page, contact)) and not desk:
+            raise Forbidden("only someone this page went to asks for support on it")
         incident = session.get(Incident, page.incident_id)
         tier = "board.deputy_head" if page.escalation else "working_group.leader"
         support = engine.create_page(
-            session, incident=incident, settings=settings, run=None, path=None, escalation=True, actor=actor,
-            body={"role": tier, "reason_vi": f"Đề nghị hỗ trợ, phối hợp: {note or page.target_label}",
-                  "reason_en": f"Request for support: {note or page.target_label}"},
-        )  # fmt: skip
-        engine._event(session, "page.support_requested", incident, actor, note=note, page_id=page.id,
-                      support_page_id=support.id, by=contact.name if contact else None, tier=tier)  # fmt: skip
+            session,
+            incident=incident,
+            settings=settings,
+            run=None,
+            path=None,
+            escalation=True,
+            actor=actor,
+            body={
+                "role": tier,
+                "reason_vi": f"Đề nghị hỗ trợ, phối hợp: {note or page.target_label}",
+                "reason_en": f"Request for support: {note or page.target_label}",
+            },
+        )
+        engine._event(
+            session,
+            "page.support_requested",
+            incident,
+            actor,
+            note=note,
+            page_id=page.id,
+            support_page_id=support.id,
+            by=contact.name if contact else None,
+            tier=tier,
+        )
         return support
 
     return service.in_transaction(session, work)
 
 
 def page_target(
-    *, session: Session, incident_id: int | str, target: dict[str, Any], actor: Actor, settings: engine.Settings,
-    reason: str | None = None, requires_ack: bool = True,
-) -> Page:  # fmt: skip
+    *,
+    session: Session,
+    incident_id: int | str,
+    target: dict[str, Any],
+    actor: Actor,
+    settings: engine.Settings,
+    reason: str | None = None,
+    requires_ack: bool = True,
+) -> Page:
     """An operator pages a contact, group, organisation or role by hand."""
     if actor.role not in (Role.ADMIN, Role.OPERATOR):
         raise Forbidden("only admins and operators page by hand")
@@ -170,16 +220,28 @@ def page_target(
         body = {keys[0]: target[keys[0]], "reason_vi": reason, "reason_en": reason}
         if "pick" in target:
             body["pick"] = target["pick"]
-        return engine.create_page(session, incident=incident, body=body, run=None, path=None, settings=settings,
-                                  requires_ack=requires_ack, actor=actor)  # fmt: skip
+        return engine.create_page(
+            session,
+            incident=incident,
+            body=body,
+            run=None,
+            path=None,
+            settings=settings,
+            requires_ack=requires_ack,
+            actor=actor,
+        )
 
     return service.in_transaction(session, work)
 
 
 def complete_task(
-    *, session: Session, task_id: int, actor: Actor | None = None, by_contact_id: int | None = None,
+    *,
+    session: Session,
+    task_id: int,
+    actor: Actor | None = None,
+    by_contact_id: int | None = None,
     note: str | None = None,
-) -> Task:  # fmt: skip
+) -> Task:
     """Mark a checklist item done: by a member of its organisation, an operator or an admin."""
 
     def work() -> Task:
@@ -193,15 +255,23 @@ def complete_task(
         member = (contact is not None and contact.organisation_id == task.organisation_id) or (
             actor is not None and task.organisation_id == actor.organisation_id
         )
-        if not (desk or member or task.organisation_id is None and actor is not None):
+        if not (desk or member or (task.organisation_id is None and actor is not None)):
             raise Forbidden("only the task's organisation, an operator or an admin completes it")
         if task.state == "done":
             return task
         task.state, task.done_at, task.note = "done", utcnow(), note
         task.done_by = actor.label if actor else (contact.name if contact else "?")
         incident = session.get(Incident, task.incident_id)
-        engine._event(session, "task.completed", incident, actor, note=note, task_id=task.id, title=task.title_vi,
-                      done_by=task.done_by)  # fmt: skip
+        engine._event(
+            session,
+            "task.completed",
+            incident,
+            actor,
+            note=note,
+            task_id=task.id,
+            title=task.title_vi,
+            done_by=task.done_by,
+        )
         return task
 
     return service.in_transaction(session, work)
@@ -218,8 +288,9 @@ def request_direction(
 
     def work() -> DirectionRequest:
         incident = service.get_incident(session, actor, incident_id, for_update=True)
-        request = DirectionRequest(incident_id=incident.id, question_vi=question_vi, question_en=question_en,
-                                   requested_by=actor.label)  # fmt: skip
+        request = DirectionRequest(
+            incident_id=incident.id, question_vi=question_vi, question_en=question_en, requested_by=actor.label
+        )
         session.add(request)
         session.flush()
         engine._event(session, "direction.requested", incident, actor, request_id=request.id, question=question_vi)
@@ -240,14 +311,28 @@ def answer_direction_request(*, session: Session, request_id: int, text: str, ac
         if request is None or not can_see(session, actor, request.incident_id):
             raise NotFound(f"no request for direction {request_id}")
         now = utcnow()
-        directive = Directive(request_id=request.id, incident_id=request.incident_id, text=text,
-                              given_by_id=actor.user_id, given_by=actor.label, given_at=now)  # fmt: skip
+        directive = Directive(
+            request_id=request.id,
+            incident_id=request.incident_id,
+            text=text,
+            given_by_id=actor.user_id,
+            given_by=actor.label,
+            given_at=now,
+        )
         session.add(directive)
         request.state, request.answered_at = "answered", request.answered_at or now
         session.flush()
         incident = session.get(Incident, request.incident_id)
-        engine._event(session, "direction.answered", incident, actor, note=text, request_id=request.id,
-                      directive_id=directive.id, directive=text)  # fmt: skip
+        engine._event(
+            session,
+            "direction.answered",
+            incident,
+            actor,
+            note=text,
+            request_id=request.id,
+            directive_id=directive.id,
+            directive=text,
+        )
         return directive
 
     return service.in_transaction(session, work)
@@ -257,16 +342,25 @@ def answer_direction_request(*, session: Session, request_id: int, text: str, ac
 
 
 def list_pages(
-    session: Session, actor: Actor, *, incident_id: int | None = None, state: str | None = None, after: int = 0,
-    limit: int = 50, mine: bool = False,
-) -> list[Page]:  # fmt: skip
+    session: Session,
+    actor: Actor,
+    *,
+    incident_id: int | None = None,
+    state: str | None = None,
+    after: int = 0,
+    limit: int = 50,
+    mine: bool = False,
+) -> list[Page]:
     from incidents.access import visible_incidents
 
     stmt = (
-        select(Page).join(Incident, Incident.id == Page.incident_id).where(visible_incidents(actor), Page.id > after)
+        select(Page)
+        .join(Incident, Incident.id == Page.incident_id)
+        .where(visible_incidents(actor), Page.id > after)
         .options(selectinload(Page.recipients).selectinload(PageRecipient.contact), selectinload(Page.incident))
-        .order_by(Page.id).limit(limit)
-    )  # fmt: skip
+        .order_by(Page.id)
+        .limit(limit)
+    )
     if incident_id is not None:
         stmt = stmt.where(Page.incident_id == incident_id)
     if state:
@@ -284,14 +378,25 @@ def get_page(session: Session, actor: Actor | None, page_id: int) -> Page:
     return page
 
 
-def list_tasks(session: Session, actor: Actor, *, incident_id: int | None = None, state: str | None = None,
-               after: int = 0, limit: int = 50) -> list[Task]:  # fmt: skip
+def list_tasks(
+    session: Session,
+    actor: Actor,
+    *,
+    incident_id: int | None = None,
+    state: str | None = None,
+    after: int = 0,
+    limit: int = 50,
+) -> list[Task]:
     from incidents.access import visible_incidents
 
     stmt = (
-        select(Task).join(Incident, Incident.id == Task.incident_id).where(visible_incidents(actor), Task.id > after)
-        .options(selectinload(Task.organisation)).order_by(Task.id).limit(limit)
-    )  # fmt: skip
+        select(Task)
+        .join(Incident, Incident.id == Task.incident_id)
+        .where(visible_incidents(actor), Task.id > after)
+        .options(selectinload(Task.organisation))
+        .order_by(Task.id)
+        .limit(limit)
+    )
     if incident_id is not None:
         stmt = stmt.where(Task.incident_id == incident_id)
     if state:
@@ -300,16 +405,24 @@ def list_tasks(session: Session, actor: Actor, *, incident_id: int | None = None
 
 
 def list_direction_requests(
-    session: Session, actor: Actor, *, incident_id: int | None = None, state: str | None = None, after: int = 0,
+    session: Session,
+    actor: Actor,
+    *,
+    incident_id: int | None = None,
+    state: str | None = None,
+    after: int = 0,
     limit: int = 50,
-) -> list[DirectionRequest]:  # fmt: skip
+) -> list[DirectionRequest]:
     from incidents.access import visible_incidents
 
     stmt = (
-        select(DirectionRequest).join(Incident, Incident.id == DirectionRequest.incident_id)
+        select(DirectionRequest)
+        .join(Incident, Incident.id == DirectionRequest.incident_id)
         .where(visible_incidents(actor), DirectionRequest.id > after)
-        .options(selectinload(DirectionRequest.directives)).order_by(DirectionRequest.id).limit(limit)
-    )  # fmt: skip
+        .options(selectinload(DirectionRequest.directives))
+        .order_by(DirectionRequest.id)
+        .limit(limit)
+    )
     if incident_id is not None:
         stmt = stmt.where(DirectionRequest.incident_id == incident_id)
     if state:
@@ -341,10 +454,18 @@ def _add_version(session: Session, parsed: spec.Spec, origin: str, by: str) -> P
     if latest is not None and latest.digest == parsed.digest:
         return None  # unchanged: no new version
     version = PlaybookVersion(
-        name=parsed.name, version=(latest.version + 1) if latest else 1, title_vi=parsed.title_vi,
-        title_en=parsed.title_en, source=parsed.source, definition=parsed.definition, digest=parsed.digest,
-        origin=origin, enabled=True, created_by=by, created_at=utcnow(),
-    )  # fmt: skip
+        name=parsed.name,
+        version=(latest.version + 1) if latest else 1,
+        title_vi=parsed.title_vi,
+        title_en=parsed.title_en,
+        source=parsed.source,
+        definition=parsed.definition,
+        digest=parsed.digest,
+        origin=origin,
+        enabled=True,
+        created_by=by,
+        created_at=utcnow(),
+    )
     session.add(version)
     session.flush()
     return version
@@ -369,25 +490,37 @@ def upload_playbook(*, session: Session, source: str, actor: Actor, name: str | 
     def work() -> PlaybookVersion:
         next_no = None
         if name:
-            next_no = (session.scalar(select(func.max(PlaybookVersion.version)).where(PlaybookVersion.name == name))
-                       or 0) + 1  # fmt: skip
+            next_no = (
+                session.scalar(select(func.max(PlaybookVersion.version)).where(PlaybookVersion.name == name)) or 0
+            ) + 1
         label = f"{name} version {next_no}" if name else "the uploaded version"
         try:
             parsed = spec.load(source, label, known(session))
         except spec.SpecError as exc:
             raise ValidationFailed(
-                str(exc), errors=[FieldError(i.field, f"{exc.source}, line {i.line}: {i.message}") for i in exc.issues],
-                source=exc.source, issues=[{"line": i.line, "field": i.field, "message": i.message} for i in exc.issues],
-            ) from None  # fmt: skip
+                str(exc),
+                errors=[FieldError(i.field, f"{exc.source}, line {i.line}: {i.message}") for i in exc.issues],
+                source=exc.source,
+                issues=[{"line": i.line, "field": i.field, "message": i.message} for i in exc.issues],
+            ) from None
         if name and parsed.name != name:
             raise ValidationFailed("name mismatch", errors=[FieldError("name", f"the YAML names {parsed.name!r}")])
         version = _add_version(session, parsed, "api", actor.label)
         if version is None:
             raise Conflict("this version is identical to the newest one")
-        audit.append(session, action=audit.Action.PLAYBOOK_EDITED, actor=actor, target=parsed.name,
-                     data={"version": version.version, "digest": version.digest})  # fmt: skip
-        service.record_event(session, kind="playbook.version_added", actor=actor,
-                             data={"ref": None, "status": None, "playbook": parsed.name, "version": version.version})  # fmt: skip
+        audit.append(
+            session,
+            action=audit.Action.PLAYBOOK_EDITED,
+            actor=actor,
+            target=parsed.name,
+            data={"version": version.version, "digest": version.digest},
+        )
+        service.record_event(
+            session,
+            kind="playbook.version_added",
+            actor=actor,
+            data={"ref": None, "status": None, "playbook": parsed.name, "version": version.version},
+        )
         return version
 
     return service.in_transaction(session, work)
@@ -404,8 +537,13 @@ def set_enabled(*, session: Session, name: str, enabled: bool, actor: Actor) -> 
         if version is None:
             raise NotFound(f"no playbook {name!r}")
         version.enabled = enabled
-        audit.append(session, action=audit.Action.PLAYBOOK_EDITED, actor=actor, target=name,
-                     data={"version": version.version, "enabled": enabled})  # fmt: skip
+        audit.append(
+            session,
+            action=audit.Action.PLAYBOOK_EDITED,
+            actor=actor,
+            target=name,
+            data={"version": version.version, "enabled": enabled},
+        )
         return version
 
     return service.in_transaction(session, work)

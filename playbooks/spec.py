@@ -163,8 +163,12 @@ class _Checker:
         if not isinstance(data, dict):
             self.bad("", "a playbook is a mapping with name, title_vi and steps")
             return
-        self.keys(data, "", ("name", "title_vi", "title_en", "description", "trigger", "when", "steps"),
-                  ("name", "title_vi", "steps"))  # fmt: skip
+        self.keys(
+            data,
+            "",
+            ("name", "title_vi", "title_en", "description", "trigger", "when", "steps"),
+            ("name", "title_vi", "steps"),
+        )
         if "name" in data and not (isinstance(data["name"], str) and _NAME.match(data["name"])):
             self.bad("name", "lower-case letters, digits, '-' and '_' (at most 100)")
         self.text(data, "title_vi", "", size=300)

@@ -4,7 +4,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,7 +22,7 @@ def load_shipped(app: Flask, *, demo: bool = True) -> None:
         with session.begin():
             if demo:
                 seed.load_demo_directory(session)
-            added, errors = seed.load_playbooks(session)
+            _, errors = seed.load_playbooks(session)
             assert errors == [], errors
 
 

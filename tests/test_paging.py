@@ -15,9 +15,9 @@ from playbooks import engine
 from playbooks.models import Page
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
-from tests.paging import dbs  # noqa: F401
 from tests.receivers import SmtpServer
 
+pytest_plugins = ["tests.paging"]  # the `dbs` fixture
 URL = "/api/v1/incidents"
 BASE_URL = "https://ucsc.thanhhoa.gov.vn"
 
@@ -25,8 +25,9 @@ BASE_URL = "https://ucsc.thanhhoa.gov.vn"
 @pytest.fixture
 def smtp(app_config: dict) -> Iterator[SmtpServer]:
     server = SmtpServer().start()
-    app_config.update(SMTP_URL=server.url, MAIL_FROM="ucsc@thanhhoa.gov.vn", BASE_URL=BASE_URL,
-                      PAGING_DIGEST_DELAY_SECONDS=600)  # fmt: skip
+    app_config.update(
+        SMTP_URL=server.url, MAIL_FROM="ucsc@thanhhoa.gov.vn", BASE_URL=BASE_URL, PAGING_DIGEST_DELAY_SECONDS=600
+    )
     yield server
     server.close()
 
@@ -61,8 +62,9 @@ def _dic_page(app: Flask, client: FlaskClient, operator: dict[str, str], dbs: Se
 def duty(app: Flask, make_token: TokenFactory) -> dict[str, object]:
     """The standing body's only focal point, with a user account of her own."""
     headers = make_token("responder", organisation="dic", username="lan")
-    contact_id = paging.add_contact(app, organisation="dic", name="Lê Thị Lan", email="lan@dic.example.vn",
-                                    channels=["email"])  # fmt: skip
+    contact_id = paging.add_contact(
+        app, organisation="dic", name="Lê Thị Lan", email="lan@dic.example.vn", channels=["email"]
+    )
     from app import db
     from incidents.models import User
     from playbooks.models import Contact
@@ -93,8 +95,14 @@ def test_someone_not_paged_cannot_acknowledge_and_the_refusal_is_audited(
     r = client.post(f"/api/v1/pages/{page.id}/acks", json={}, headers=police)
     assert r.status_code in (403, 404)  # a responder of another organisation may not even see it
     # The incident is shared with the Police (a participant), so the refusal is about the page itself.
-    assert client.post(f"{URL}/{page.incident_id}/participants", json={"organisation": "police", "role": "member"},
-                       headers=operator).status_code == 201  # fmt: skip
+    assert (
+        client.post(
+            f"{URL}/{page.incident_id}/participants",
+            json={"organisation": "police", "role": "member"},
+            headers=operator,
+        ).status_code
+        == 201
+    )
     r = client.post(f"/api/v1/pages/{page.id}/acks", json={"note": "tôi nhận"}, headers=police)
     assert r.status_code == 403
     assert r.mimetype == "application/problem+json" and "not paged" in r.json["detail"]
@@ -117,8 +125,11 @@ def test_the_person_paged_acknowledges_once_and_a_second_ack_changes_nothing(
     assert r.status_code == 200, r.json
     first = r.json
     assert (first["state"], first["acked_by"], first["ack_via"], first["ack_on_behalf"]) == (
-        "acknowledged", "Lê Thị Lan", "api", False,
-    )  # fmt: skip
+        "acknowledged",
+        "Lê Thị Lan",
+        "api",
+        False,
+    )
     again = client.post(f"/api/v1/pages/{page.id}/acks", json={"note": "lần hai"}, headers=duty["headers"])
     assert again.status_code == 200 and again.json == first
     [event] = paging.events(dbs, "page.acknowledged")
@@ -140,7 +151,7 @@ def test_the_email_link_opens_a_confirmation_that_only_its_post_acknowledges(
     link = re.search(rf"{re.escape(BASE_URL)}(/ack/\S+)", mail.text).group(1)
     for _ in range(3):  # a mail scanner opening the link, twice, then the person
         r = client.get(link)
-        assert r.status_code == 200 and 'data-state="open"' in r.text and "<form method=\"post\"" in r.text
+        assert r.status_code == 200 and 'data-state="open"' in r.text and '<form method="post"' in r.text
     assert dbs.get(Page, page.id).state == "open"
     assert client.get(link[:-3] + "xyz").status_code == 404  # a forged signature
     r = client.post(link, data={"note": "đã nhận qua e-mail"})
@@ -183,7 +194,7 @@ def test_four_hundred_occurrences_of_one_dedup_key_page_each_person_at_most_six_
     digests = [m for m in mails if "Tổng hợp gọi trực" in m.message["Subject"]]
     assert len(pages_sent) == 6 and len(digests) == 1, [m.message["Subject"] for m in mails]
     assert all(m.rcpt_tos == ["lan@dic.example.vn"] for m in mails)
-    held_refs = {ref for ref in re.findall(r"TH-\d{4}-\d{5}", digests[0].text)}
+    held_refs = set(re.findall(r"TH-\d{4}-\d{5}", digests[0].text))
     assert len(held_refs) == 4
     all_pages = paging.pages(dbs)
     assert len(all_pages) == 10

@@ -18,9 +18,9 @@ from playbooks import engine
 from playbooks.models import Delivery, PlaybookRun
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
-from tests.paging import dbs  # noqa: F401
 from tests.receivers import HttpReceiver, SmtpServer, _Collect, eventually
 
+pytest_plugins = ["tests.paging"]  # the `dbs` fixture
 URL = "/api/v1/incidents"
 BASE_URL = "https://ucsc.thanhhoa.gov.vn"
 THREADS = 4
@@ -30,7 +30,7 @@ NO_MAIL = {"name": "SOC Sở TT&TT"}  # no reporter address: no receipt e-mail a
 class TimedSmtp(SmtpServer):
     """aiosmtpd that notes when each message arrived, optionally taking `delay` seconds per message."""
 
-    def __init__(self, delay: float = 0.0) -> None:  # noqa: D107 - the parent's controller is not built
+    def __init__(self, delay: float = 0.0) -> None:
         import threading
 
         from tests.live import free_port
@@ -58,11 +58,17 @@ class TimedSmtp(SmtpServer):
 
 def _env(smtp: SmtpServer, **extra: str) -> dict[str, str]:
     return {
-        "UCSC_SMTP_URL": smtp.url, "UCSC_BASE_URL": BASE_URL, "UCSC_MAIL_FROM": "ucsc@thanhhoa.gov.vn",
-        "UCSC_WORKER_THREADS": str(THREADS), "UCSC_NOTIFY_TIMEOUT": "1.5", "UCSC_PAGING_LEASE_SECONDS": "2",
-        "UCSC_PAGING_RETRY_SECONDS": "0.4", "UCSC_PAGING_RETRY_CAP_SECONDS": "0.8", "UCSC_WORKER_POLL_SECONDS": "0.05",
+        "UCSC_SMTP_URL": smtp.url,
+        "UCSC_BASE_URL": BASE_URL,
+        "UCSC_MAIL_FROM": "ucsc@thanhhoa.gov.vn",
+        "UCSC_WORKER_THREADS": str(THREADS),
+        "UCSC_NOTIFY_TIMEOUT": "1.5",
+        "UCSC_PAGING_LEASE_SECONDS": "2",
+        "UCSC_PAGING_RETRY_SECONDS": "0.4",
+        "UCSC_PAGING_RETRY_CAP_SECONDS": "0.8",
+        "UCSC_WORKER_POLL_SECONDS": "0.05",
         **extra,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -70,8 +76,15 @@ def drill(app: Flask, make_token: TokenFactory) -> dict[str, Any]:
     """The standing body's focal point and the working group's leader, both by e-mail; the drill playbook."""
     paging.load_shipped(app, demo=False)
     lan = paging.add_contact(app, organisation="dic", name="Lê Thị Lan", email="lan@dic.example.vn", channels=["email"])
-    paging.add_contact(app, organisation="dpi", name="Tổ trưởng", email="leader@dic.example.vn", channels=["email"],
-                       roles=["working_group.leader"], active=True)  # fmt: skip
+    paging.add_contact(
+        app,
+        organisation="dpi",
+        name="Tổ trưởng",
+        email="leader@dic.example.vn",
+        channels=["email"],
+        roles=["working_group.leader"],
+        active=True,
+    )
     from app import db
     from incidents.models import User
     from playbooks.models import Contact
@@ -88,7 +101,9 @@ def drill(app: Flask, make_token: TokenFactory) -> dict[str, Any]:
 
 
 def _start_drill(client: FlaskClient, operator: dict[str, str]) -> int:
-    incident_id = client.post(URL, json=incident_payload(category="other", exercise=True, reporter=NO_MAIL), headers=operator).json["id"]
+    incident_id = client.post(
+        URL, json=incident_payload(category="other", exercise=True, reporter=NO_MAIL), headers=operator
+    ).json["id"]
     r = client.post(f"{URL}/{incident_id}/runs", json={"playbook": "drill-ack-timer"}, headers=operator)
     assert r.status_code == 201, r.json
     return incident_id
@@ -109,7 +124,11 @@ def smtp(app_config: dict) -> Iterator[TimedSmtp]:
 
 @pytest.fixture
 def receivers(app_config: dict) -> Iterator[tuple[TimedSmtp, HttpReceiver, HttpReceiver]]:
-    smtp, hooks, sms = TimedSmtp(delay=0.05).start(), HttpReceiver(delays=(0.05,)).start(), HttpReceiver(delays=(0.05,)).start()
+    smtp, hooks, sms = (
+        TimedSmtp(delay=0.05).start(),
+        HttpReceiver(delays=(0.05,)).start(),
+        HttpReceiver(delays=(0.05,)).start(),
+    )
     _configure(app_config, smtp, SMS_GATEWAY_URL=sms.url)
     yield smtp, hooks, sms
     smtp.close()
@@ -126,26 +145,42 @@ def down_smtp(app_config: dict) -> Iterator[TimedSmtp]:
 
 
 def test_without_an_ack_the_escalation_arrives_three_to_four_seconds_after_the_page_then_the_request_for_direction(
-    smtp: TimedSmtp, app: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str], drill: dict,
+    smtp: TimedSmtp,
+    app: Flask,
+    client: FlaskClient,
+    dbs: Session,
+    operator: dict[str, str],
+    drill: dict,
     start_worker: Callable[..., Any],
-) -> None:  # fmt: skip
+) -> None:
     start_worker(env=_env(smtp))
     incident_id = _start_drill(client, operator)
     mails = smtp.wait_for(2, timeout=15)
     assert [m.rcpt_tos for m in mails] == [["lan@dic.example.vn"], ["leader@dic.example.vn"]]
     gap = smtp.arrived[1] - smtp.arrived[0]
     assert 3.0 <= gap <= 4.0, gap
-    kinds = [e.kind for e in eventually(lambda: paging.events(dbs, "direction.requested", incident_id) and
-                                        paging.events(dbs, incident_id=incident_id))]  # fmt: skip
+    kinds = [
+        e.kind
+        for e in eventually(
+            lambda: (
+                paging.events(dbs, "direction.requested", incident_id) and paging.events(dbs, incident_id=incident_id)
+            )
+        )
+    ]
     assert kinds.index("page.escalated") < kinds.index("direction.requested")
     assert kinds.count("page.sent") == 2
     eventually(lambda: len(paging.events(dbs, "page.delivered", incident_id)) == 2)
 
 
 def test_an_ack_at_two_seconds_stops_the_escalation(
-    smtp: TimedSmtp, app: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str], drill: dict,
+    smtp: TimedSmtp,
+    app: Flask,
+    client: FlaskClient,
+    dbs: Session,
+    operator: dict[str, str],
+    drill: dict,
     start_worker: Callable[..., Any],
-) -> None:  # fmt: skip
+) -> None:
     start_worker(env=_env(smtp))
     incident_id = _start_drill(client, operator)
     smtp.wait_for(1)
@@ -160,9 +195,14 @@ def test_an_ack_at_two_seconds_stops_the_escalation(
 
 
 def test_an_ack_committed_while_the_escalation_job_is_claimed_still_stops_it(
-    smtp: TimedSmtp, app: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str], drill: dict,
+    smtp: TimedSmtp,
+    app: Flask,
+    client: FlaskClient,
+    dbs: Session,
+    operator: dict[str, str],
+    drill: dict,
     start_worker: Callable[..., Any],
-) -> None:  # fmt: skip
+) -> None:
     start_worker(env=_env(smtp, UCSC_PAGING_ESCALATION_GRACE_SECONDS="1.0"))
     incident_id = _start_drill(client, operator)
     smtp.wait_for(1)
@@ -184,21 +224,34 @@ def test_an_ack_committed_while_the_escalation_job_is_claimed_still_stops_it(
 
 
 def test_sigkills_mid_delivery_lose_nothing_and_repeat_at_most_the_send_concurrency_with_the_same_keys(
-    receivers: tuple[TimedSmtp, HttpReceiver, HttpReceiver], app: Flask, client: FlaskClient, dbs: Session,
-    operator: dict[str, str], start_worker: Callable[..., Any],
-) -> None:  # fmt: skip
+    receivers: tuple[TimedSmtp, HttpReceiver, HttpReceiver],
+    app: Flask,
+    client: FlaskClient,
+    dbs: Session,
+    operator: dict[str, str],
+    start_worker: Callable[..., Any],
+) -> None:
     smtp, hooks, sms = receivers
     if True:
         paging.load_shipped(app, demo=False)
         for n in range(50):
-            paging.add_contact(app, organisation="dost", name=f"Email {n}", email=f"e{n}@dost.example.vn",
-                               channels=["email"])  # fmt: skip
-            paging.add_contact(app, organisation="dost", name=f"Hook {n}", webhook_url=f"{hooks.url}?n={n}",
-                               webhook_secret="s", channels=["webhook"])  # fmt: skip
+            paging.add_contact(
+                app, organisation="dost", name=f"Email {n}", email=f"e{n}@dost.example.vn", channels=["email"]
+            )
+            paging.add_contact(
+                app,
+                organisation="dost",
+                name=f"Hook {n}",
+                webhook_url=f"{hooks.url}?n={n}",
+                webhook_secret="s",
+                channels=["webhook"],
+            )
             paging.add_contact(app, organisation="dost", name=f"Sms {n}", phone=f"09120000{n:02d}", channels=["sms"])
         env = _env(smtp, UCSC_SMS_GATEWAY_URL=sms.url)
         worker = start_worker(env=env)
-        incident_id = client.post(URL, json=incident_payload(category="other", reporter=NO_MAIL), headers=operator).json["id"]
+        incident_id = client.post(
+            URL, json=incident_payload(category="other", reporter=NO_MAIL), headers=operator
+        ).json["id"]
         r = client.post(f"{URL}/{incident_id}/pages", json={"organisation": "dost", "pick": "all"}, headers=operator)
         assert r.status_code == 201, r.json
         for threshold in (10, 20, 30):
@@ -208,8 +261,11 @@ def test_sigkills_mid_delivery_lose_nothing_and_repeat_at_most_the_send_concurre
             worker = start_worker(env=env)
 
         def everything() -> bool:
-            return (len({m.message["Message-ID"] for m in smtp.mails}) == 50 and len(set(hooks.keys())) == 50
-                    and len({d.json["id"] for d in sms.deliveries}) == 50)  # fmt: skip
+            return (
+                len({m.message["Message-ID"] for m in smtp.mails}) == 50
+                and len(set(hooks.keys())) == 50
+                and len({d.json["id"] for d in sms.deliveries}) == 50
+            )
 
         eventually(everything, timeout=30)
         [page] = [p for p in paging.pages(dbs, incident_id) if p.target == "dost"]
@@ -229,22 +285,34 @@ def test_sigkills_mid_delivery_lose_nothing_and_repeat_at_most_the_send_concurre
 
 
 def test_an_smtp_server_down_for_longer_than_three_retry_intervals_gets_everything_once_it_is_back(
-    down_smtp: TimedSmtp, app: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str],
+    down_smtp: TimedSmtp,
+    app: Flask,
+    client: FlaskClient,
+    dbs: Session,
+    operator: dict[str, str],
     start_worker: Callable[..., Any],
-) -> None:  # fmt: skip
+) -> None:
     smtp = down_smtp
     if True:
         paging.load_shipped(app, demo=False)
         for n in range(10):
-            paging.add_contact(app, organisation="dost", name=f"Email {n}", email=f"e{n}@dost.example.vn",
-                               channels=["email"])  # fmt: skip
+            paging.add_contact(
+                app, organisation="dost", name=f"Email {n}", email=f"e{n}@dost.example.vn", channels=["email"]
+            )
         start_worker(env=_env(smtp))
-        incident_id = client.post(URL, json=incident_payload(category="other", reporter=NO_MAIL), headers=operator).json["id"]
-        assert client.post(f"{URL}/{incident_id}/pages", json={"organisation": "dost", "pick": "all"},
-                           headers=operator).status_code == 201  # fmt: skip
+        incident_id = client.post(
+            URL, json=incident_payload(category="other", reporter=NO_MAIL), headers=operator
+        ).json["id"]
+        assert (
+            client.post(
+                f"{URL}/{incident_id}/pages", json={"organisation": "dost", "pick": "all"}, headers=operator
+            ).status_code
+            == 201
+        )
         # Retries 0.4 s, then 0.8 s capped: three intervals are at most 2.0 s; the outage lasts 3 s.
-        eventually(lambda: all(d.attempts >= 3 for d in (dbs.rollback(), dbs.scalars(select(Delivery)).all())[1]),
-                   timeout=10)  # fmt: skip
+        eventually(
+            lambda: all(d.attempts >= 3 for d in (dbs.rollback(), dbs.scalars(select(Delivery)).all())[1]), timeout=10
+        )
         time.sleep(max(0.0, 3.0 - 2.0))
         smtp.start()
         mails = smtp.wait_for(10, timeout=10)

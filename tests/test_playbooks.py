@@ -12,9 +12,9 @@ from incidents.models import AuditEntry
 from playbooks import spec
 from playbooks.models import PlaybookRun, Task
 from tests import paging
-from tests.paging import dbs  # noqa: F401
 from tests.conftest import TokenFactory, incident_payload
 
+pytest_plugins = ["tests.paging"]  # the `dbs` fixture
 URL = "/api/v1/incidents"
 
 # Written from domain.md (Decision 05 Art. 7.4: telecoms filter upstream and give source data; the Police
@@ -57,9 +57,19 @@ def test_each_shipped_playbook_pages_the_organisations_domain_and_roster_name(
     assert seen == PAGED
     runs = dbs.scalars(select(PlaybookRun).order_by(PlaybookRun.id)).all()
     assert sorted(r.name for r in runs) == sorted(
-        ["ddos", "ransomware", "malware", "unauthorized-access", "defacement", "data-theft", "phishing",
-         "destruction", "combined", "other"]
-    )  # fmt: skip
+        [
+            "ddos",
+            "ransomware",
+            "malware",
+            "unauthorized-access",
+            "defacement",
+            "data-theft",
+            "phishing",
+            "destruction",
+            "combined",
+            "other",
+        ]
+    )
     data_theft = [e for e in paging.events(dbs, "notify.sent") if e.incident_id == ids["data_theft"]]
     assert [e.data["target"] for e in data_theft] == ["dic"]  # notified, not paged
 
@@ -70,28 +80,38 @@ def test_a_serious_decision_pages_the_boards_leaders_and_opens_a_request_for_dir
     incident_id = client.post(URL, json=incident_payload(category="dos"), headers=operator).json["id"]
     paging.run_jobs(shipped)
     committee = make_token("committee", organisation="ppc")
-    r = client.post(f"{URL}/{incident_id}/classification", json={"action": "decide", "class": "serious"},
-                    headers=committee)  # fmt: skip
+    r = client.post(
+        f"{URL}/{incident_id}/classification", json={"action": "decide", "class": "serious"}, headers=committee
+    )
     assert r.status_code == 200, r.json
     paging.run_jobs(shipped)
     serious = [p for p in paging.pages(dbs, incident_id) if p.run_id and p.target_kind == "role"]
     assert {p.target for p in serious} == {"board.head", "board.deputy_head"}
     assert {r.contact.name for p in serious for r in p.recipients} == {
-        "Chủ tịch UBND tỉnh", "Phó Chủ tịch UBND tỉnh", "Giám đốc Sở TT&TT",
-    }  # fmt: skip
+        "Chủ tịch UBND tỉnh",
+        "Phó Chủ tịch UBND tỉnh",
+        "Giám đốc Sở TT&TT",
+    }
     [requested] = paging.events(dbs, "direction.requested", incident_id)
     r = client.get(f"/api/v1/direction-requests?incident={incident_id}", headers=committee)
     [open_request] = r.json["items"]
     assert open_request["id"] == requested.data["request_id"] and open_request["state"] == "open"
     # The running DDoS playbook went on; re-evaluating started only the newly matching one, once.
     assert sorted(r.name for r in dbs.scalars(select(PlaybookRun))) == ["ddos", "serious"]
-    r = client.post(f"/api/v1/direction-requests/{open_request['id']}/directives",
-                    json={"text": "Triệu tập Đội ứng cứu ngay."}, headers=committee)  # fmt: skip
+    r = client.post(
+        f"/api/v1/direction-requests/{open_request['id']}/directives",
+        json={"text": "Triệu tập Đội ứng cứu ngay."},
+        headers=committee,
+    )
     assert r.status_code == 201, r.json
     [answered] = paging.events(dbs, "direction.answered", incident_id)
     assert answered.data["directive"] == "Triệu tập Đội ứng cứu ngay." and answered.data["ref"]
-    assert client.post(f"/api/v1/direction-requests/{open_request['id']}/directives", json={"text": "x"},
-                       headers=operator).status_code == 403  # fmt: skip
+    assert (
+        client.post(
+            f"/api/v1/direction-requests/{open_request['id']}/directives", json={"text": "x"}, headers=operator
+        ).status_code
+        == 403
+    )
 
 
 def test_a_changed_category_starts_the_newly_matching_playbook_and_the_first_one_continues(
@@ -106,8 +126,7 @@ def test_a_changed_category_starts_the_newly_matching_playbook_and_the_first_one
     paging.run_jobs(shipped)  # a repeated evaluation starts nothing again
     targets = [p.target for p in paging.pages(dbs, incident_id)]
     assert sorted(targets) == ["dic", "dic", "police"]  # other's dic page, ransomware's police and dic pages
-    assert {r.name: r.state for r in dbs.scalars(select(PlaybookRun))} == {"other": "waiting",
-                                                                               "ransomware": "waiting"}  # fmt: skip
+    assert {r.name: r.state for r in dbs.scalars(select(PlaybookRun))} == {"other": "waiting", "ransomware": "waiting"}
     tasks = dbs.scalars(select(Task).where(Task.incident_id == incident_id)).all()
     assert [t.organisation.code for t in tasks] == ["police"] and tasks[0].due_at is not None
 
@@ -115,11 +134,13 @@ def test_a_changed_category_starts_the_newly_matching_playbook_and_the_first_one
 def test_a_run_keeps_the_version_it_started_with_after_an_upload(
     shipped: Flask, client: FlaskClient, dbs: Session, make_token: TokenFactory, operator: dict[str, str]
 ) -> None:
-    incident_id = client.post(URL, json=incident_payload(category="other"), headers=operator).json["id"]
+    assert client.post(URL, json=incident_payload(category="other"), headers=operator).status_code == 201
     paging.run_jobs(shipped)
     admin = make_token("admin")
     source = (spec.DEFINITIONS / "other.yaml").read_text().replace("timeout: 15m", "timeout: 5m")
-    r = client.post("/api/v1/playbooks?name=other", data=source.encode(), headers={**admin, "Content-Type": "application/yaml"})
+    r = client.post(
+        "/api/v1/playbooks?name=other", data=source.encode(), headers={**admin, "Content-Type": "application/yaml"}
+    )
     assert r.status_code == 201, r.json
     assert r.json["version"] == 2
     [run] = dbs.scalars(select(PlaybookRun)).all()
@@ -141,11 +162,14 @@ def test_a_malformed_upload_is_refused_naming_the_version_line_and_field(
         {"line": line, "field": "steps[1].page.organisation", "message": "no organisation 'nowhere' in the directory"}
     ]
     assert r.json["errors"][0]["field"] == "steps[1].page.organisation"
-    bad_timeout = "name: x\ntitle_vi: X\nsteps:\n  - page: {organisation: dic}\n  - wait_for_ack:\n      timeout: soon\n"
+    bad_timeout = (
+        "name: x\ntitle_vi: X\nsteps:\n  - page: {organisation: dic}\n  - wait_for_ack:\n      timeout: soon\n"
+    )
     r = client.post("/api/v1/playbooks", data=bad_timeout.encode(), headers=admin)
     assert r.status_code == 422
-    assert r.json["issues"] == [{"line": 6, "field": "steps[1].wait_for_ack.timeout",
-                                 "message": "a positive duration such as 3s, 15m or 1h"}]  # fmt: skip
+    assert r.json["issues"] == [
+        {"line": 6, "field": "steps[1].wait_for_ack.timeout", "message": "a positive duration such as 3s, 15m or 1h"}
+    ]
     assert client.post("/api/v1/playbooks", data=b"a: [", headers=admin).json["issues"][0]["field"] == "(yaml)"
     operator = {**make_token("operator"), "Content-Type": "application/yaml"}
     assert client.post("/api/v1/playbooks", data=bad_timeout.encode(), headers=operator).status_code == 403

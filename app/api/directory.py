@@ -21,8 +21,9 @@ def _limit() -> tuple[int, int]:
         limit = int(request.args.get("limit", 50))
         after = int(request.args.get("cursor") or 0)
     except ValueError:
-        raise ApiError(422, "Invalid request", "limit and cursor are numbers",
-                       errors=[FieldError("limit", "1–500")]) from None  # fmt: skip
+        raise ApiError(
+            422, "Invalid request", "limit and cursor are numbers", errors=[FieldError("limit", "1–500")]
+        ) from None
     if not 1 <= limit <= 500 or after < 0:
         raise ApiError(422, "Invalid request", "limit is 1–500", errors=[FieldError("limit", "1–500")])
     return limit, after
@@ -43,9 +44,12 @@ def list_contacts() -> Response:
     limit, after = _limit()
     active = request.args.get("active")
     items = directory.list_contacts(
-        db.session(), organisation=request.args.get("organisation"), after=after, limit=limit,
+        db.session(),
+        organisation=request.args.get("organisation"),
+        after=after,
+        limit=limit,
         active=None if active is None else active.lower() in ("1", "true", "yes"),
-    )  # fmt: skip
+    )
     return _page(items, limit, directory.contact_dict)
 
 
@@ -61,8 +65,14 @@ def get_contact(contact_id: int) -> Response:
     return jsonify(directory.contact_dict(directory.get_contact(db.session(), contact_id)))
 
 
-@operation("PATCH", "/contacts/<int:contact_id>", "Change a contact (a new number must be confirmed again)", tag=TAG,
-           body=ContactBody, errors=(401, 403, 404, 415, 422))  # fmt: skip
+@operation(
+    "PATCH",
+    "/contacts/<int:contact_id>",
+    "Change a contact (a new number must be confirmed again)",
+    tag=TAG,
+    body=ContactBody,
+    errors=(401, 403, 404, 415, 422),
+)
 def patch_contact(contact_id: int) -> Response:
     contact = directory.save_contact(
         session=db.session(), data=_contact_in(body(ContactBody)), actor=current_actor(), contact_id=contact_id
@@ -70,21 +80,32 @@ def patch_contact(contact_id: int) -> Response:
     return jsonify(directory.contact_dict(contact))
 
 
-@operation("POST", "/contacts/<int:contact_id>/confirmations", "The person confirms their details are right",
-           tag=TAG, errors=(401, 403, 404))  # fmt: skip
+@operation(
+    "POST",
+    "/contacts/<int:contact_id>/confirmations",
+    "The person confirms their details are right",
+    tag=TAG,
+    errors=(401, 403, 404),
+)
 def confirm_contact(contact_id: int) -> Response:
     contact = directory.confirm_contact(session=db.session(), contact_id=contact_id, actor=current_actor())
     return jsonify(directory.contact_dict(contact))
 
 
-@operation("GET", "/contacts/<int:contact_id>/personal-data", "Everything held about one person (audited)",
-           tag=TAG, errors=(401, 403, 404))  # fmt: skip
+@operation(
+    "GET",
+    "/contacts/<int:contact_id>/personal-data",
+    "Everything held about one person (audited)",
+    tag=TAG,
+    errors=(401, 403, 404),
+)
 def contact_personal_data(contact_id: int) -> Response:
     return jsonify(directory.export_personal_data(session=db.session(), contact_id=contact_id, actor=current_actor()))
 
 
-@operation("POST", "/contacts/<int:contact_id>/erasure", "Erase a person's details on request", tag=TAG,
-           errors=(401, 403, 404))  # fmt: skip
+@operation(
+    "POST", "/contacts/<int:contact_id>/erasure", "Erase a person's details on request", tag=TAG, errors=(401, 403, 404)
+)
 def erase_contact(contact_id: int) -> Response:
     contact = directory.erase_contact(session=db.session(), contact_id=contact_id, actor=current_actor())
     return jsonify(directory.contact_dict(contact))
@@ -98,13 +119,23 @@ def export_contacts() -> Response:
     return Response(directory.export_csv(db.session()), mimetype="text/csv")
 
 
-@operation("POST", "/contacts/imports", "Create or update contacts from CSV (all or nothing)", tag=TAG,
-           status=201, errors=(401, 403, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/contacts/imports",
+    "Create or update contacts from CSV (all or nothing)",
+    tag=TAG,
+    status=201,
+    errors=(401, 403, 415, 422),
+)
 def import_contacts() -> tuple[Response, int]:
     actor = current_actor()
     if request.mimetype != "text/csv":
-        raise ApiError(415, "Unsupported Media Type", "send Content-Type: text/csv",
-                       errors=[FieldError("Content-Type", "must be text/csv")])  # fmt: skip
+        raise ApiError(
+            415,
+            "Unsupported Media Type",
+            "send Content-Type: text/csv",
+            errors=[FieldError("Content-Type", "must be text/csv")],
+        )
     try:
         text = request.get_data().decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -114,10 +145,12 @@ def import_contacts() -> tuple[Response, int]:
 
 def _group(group: Group) -> dict[str, Any]:
     return {
-        "code": group.code, "name_vi": group.name_vi, "name_en": group.name_en,
+        "code": group.code,
+        "name_vi": group.name_vi,
+        "name_en": group.name_en,
         "organisation": group.organisation.code if group.organisation else None,
         "members": [m.contact_id for m in group.members],
-    }  # fmt: skip
+    }
 
 
 @operation("GET", "/groups", "Groups of contacts", tag=TAG, errors=(401,))
@@ -129,8 +162,15 @@ def list_groups() -> Response:
     return jsonify({"items": [_group(g) for g in groups], "next_cursor": None})
 
 
-@operation("POST", "/groups", "Create or replace a group (keyed by code)", tag=TAG, body=GroupBody, status=201,
-           errors=(401, 403, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/groups",
+    "Create or replace a group (keyed by code)",
+    tag=TAG,
+    body=GroupBody,
+    status=201,
+    errors=(401, 403, 415, 422),
+)
 def post_group() -> tuple[Response, int]:
     data = body(GroupBody)
     group = directory.save_group(session=db.session(), actor=current_actor(), **data.model_dump())
@@ -142,12 +182,22 @@ def _schedule(schedule: Schedule) -> dict[str, Any]:
 
     now = directory.on_call(schedule, utcnow())
     return {
-        "code": schedule.code, "name": schedule.name, "starts_at": schedule.starts_at.isoformat(),
-        "shift_hours": schedule.shift_hours, "members": [m.contact_id for m in schedule.members],
-        "overrides": [{"contact_id": o.contact_id, "starts_at": o.starts_at.isoformat(),
-                       "ends_at": o.ends_at.isoformat(), "reason": o.reason} for o in schedule.overrides],
+        "code": schedule.code,
+        "name": schedule.name,
+        "starts_at": schedule.starts_at.isoformat(),
+        "shift_hours": schedule.shift_hours,
+        "members": [m.contact_id for m in schedule.members],
+        "overrides": [
+            {
+                "contact_id": o.contact_id,
+                "starts_at": o.starts_at.isoformat(),
+                "ends_at": o.ends_at.isoformat(),
+                "reason": o.reason,
+            }
+            for o in schedule.overrides
+        ],
         "on_call_now": now.id if now else None,
-    }  # fmt: skip
+    }
 
 
 @operation("GET", "/schedules", "On-call schedules with who is on call now", tag=TAG, errors=(401,))
@@ -159,27 +209,44 @@ def list_schedules() -> Response:
     return jsonify({"items": [_schedule(s) for s in schedules], "next_cursor": None})
 
 
-@operation("POST", "/schedules", "Create or replace a rotation (keyed by code)", tag=TAG, body=ScheduleBody,
-           status=201, errors=(401, 403, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/schedules",
+    "Create or replace a rotation (keyed by code)",
+    tag=TAG,
+    body=ScheduleBody,
+    status=201,
+    errors=(401, 403, 415, 422),
+)
 def post_schedule() -> tuple[Response, int]:
     data = body(ScheduleBody)
     schedule = directory.save_schedule(session=db.session(), actor=current_actor(), **data.model_dump())
     return jsonify(_schedule(schedule)), 201
 
 
-@operation("POST", "/schedules/<code>/overrides", "Someone else is on call for a span (leave)", tag=TAG,
-           body=OverrideBody, status=201, errors=(401, 403, 404, 415, 422))  # fmt: skip
+@operation(
+    "POST",
+    "/schedules/<code>/overrides",
+    "Someone else is on call for a span (leave)",
+    tag=TAG,
+    body=OverrideBody,
+    status=201,
+    errors=(401, 403, 404, 415, 422),
+)
 def post_override(code: str) -> tuple[Response, int]:
     data = body(OverrideBody)
-    override = directory.add_override(session=db.session(), schedule_code=code, actor=current_actor(),
-                                      **data.model_dump())  # fmt: skip
+    override = directory.add_override(
+        session=db.session(), schedule_code=code, actor=current_actor(), **data.model_dump()
+    )
     return jsonify({"id": override.id, "contact_id": override.contact_id}), 201
 
 
-@operation("GET", "/on-call", "Who a page to ?organisation=CODE or ?group=CODE reaches now", tag=TAG,
-           errors=(401, 404, 422))  # fmt: skip
+@operation(
+    "GET", "/on-call", "Who a page to ?organisation=CODE or ?group=CODE reaches now", tag=TAG, errors=(401, 404, 422)
+)
 def on_call_now() -> Response:
     current_actor()
-    people = directory.who_is_on_call(session=db.session(), organisation=request.args.get("organisation"),
-                                      group=request.args.get("group"))  # fmt: skip
+    people = directory.who_is_on_call(
+        session=db.session(), organisation=request.args.get("organisation"), group=request.args.get("group")
+    )
     return jsonify({"items": [directory.contact_dict(c) for c in people], "next_cursor": None})
