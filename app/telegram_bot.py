@@ -42,7 +42,7 @@ from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import NotFound
-from incidents.models import Incident, Job, User
+from incidents.models import Event, Incident, Job, User
 from notifiers import telegram as tg
 from notifiers.base import DeliveryFailed, Message
 from playbooks.telegram_models import (
@@ -408,19 +408,9 @@ class Core:
         board = self.settings.board_chat_id
         if board is None:
             return 0
-        from incidents.models import Event
-
         with self.sessions() as session:
             leader = session.get(TelegramLeader, self.settings.bot)
             if leader is None:
-                return 0
-            if leader.board_cursor == 0:
-                start = session.scalar(select(func.max(Event.id))) or 0
-
-                def first() -> None:
-                    session.get(TelegramLeader, self.settings.bot).board_cursor = start or -1
-
-                service.in_transaction(session, first)
                 return 0
             events = list(session.scalars(
                 select(Event).where(Event.id > leader.board_cursor).order_by(Event.id).limit(200)
@@ -564,9 +554,10 @@ class Core:
             def work() -> None:
                 row = session.get(TelegramLeader, self.settings.bot)
                 now = utcnow()
-                if row is None:
+                if row is None:  # the board is told of what happens from the first leadership on, not of history
+                    start = session.scalar(select(func.max(Event.id))) or 0
                     session.add(TelegramLeader(bot=self.settings.bot, worker=worker, since=now, beat_at=now,
-                                               board_cursor=0))  # fmt: skip
+                                               board_cursor=start))  # fmt: skip
                 elif row.worker != worker:
                     row.worker, row.since, row.beat_at = worker, now, now
                 else:
