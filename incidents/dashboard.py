@@ -72,3 +72,21 @@ def counts_by_week(session: Session, actor: Actor, *, now: datetime, weeks: int 
         if key in result:
             result[key][str(category)] += 1
     return result
+
+
+def final_page_failures(session: Session, actor: Actor, *, since: datetime, limit: int = 20) -> list[FeedItem]:
+    """Pages that failed on every channel (`page.failed` marked final) of open incidents `actor` may see."""
+    stmt = (
+        select(Event, Incident.ref, Incident.title)
+        .join(Incident, Incident.id == Event.incident_id)
+        .where(
+            Event.kind == "page.failed",
+            Event.at >= since,
+            visible_incidents(actor),
+            Incident.status.not_in([s.value for s in TERMINAL_STATUSES]),
+        )
+        .order_by(Event.id.desc())
+        .limit(500)
+    )
+    found = [FeedItem(ev, ref, title) for ev, ref, title in session.execute(stmt) if (ev.data or {}).get("final")]
+    return found[:limit]

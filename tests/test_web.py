@@ -434,3 +434,118 @@ def test_admin_creates_a_user_who_can_sign_in_and_an_organisation(app: Flask, cl
     operator = app.test_client()
     sign_in(operator, "newop", "long enough pw")
     assert operator.get("/admin").status_code == 403
+
+
+def test_a_directive_from_the_board_answers_the_request_and_lands_on_the_timeline(
+    app: Flask, client: FlaskClient
+) -> None:
+    make_user(app, "op")
+    make_user(app, "member", role="committee")
+    ref = file_as(app, "op", title="Tấn công mã hóa dữ liệu")
+    sign_in(client, "op")
+    page = client.get(f"/incidents/{ref}")
+    asked = client.post(
+        f"/incidents/{ref}/direction-requests",
+        data={"question_vi": "Có cần cô lập toàn bộ mạng nội bộ?", "csrf_token": csrf(page.text)},
+    )
+    assert asked.status_code == 302
+    member = app.test_client()
+    sign_in(member, "member")
+    board = member.get("/board").text
+    assert "Có cần cô lập toàn bộ mạng nội bộ?" in board and ref in text_of(board)
+    request_id = re.search(r'data-request="(\d+)"', board).group(1)
+    given = member.post(
+        f"/direction-requests/{request_id}/directives",
+        data={"text": "Cô lập ngay phân vùng máy chủ.", "next": "/board", "csrf_token": csrf(board)},
+    )
+    assert given.status_code == 302 and given.headers["Location"].endswith("/board")
+    after = member.get("/board").text
+    assert "Không có đề nghị nào đang chờ." in after
+    timeline = client.get(f"/incidents/{ref}").text
+    assert "Đã có ý kiến chỉ đạo" in timeline and "Cô lập ngay phân vùng máy chủ." in timeline
+    # An operator may not give directives; the committee may not ask for direction.
+    refused = client.post(
+        f"/direction-requests/{request_id}/directives", data={"text": "x", "csrf_token": csrf(page.text)}
+    )
+    assert refused.status_code == 403
+    assert (
+        member.post(
+            f"/incidents/{ref}/direction-requests", data={"question_vi": "?", "csrf_token": csrf(board)}
+        ).status_code
+        == 403
+    )
+
+
+def add_contact(session, actor: Actor, **fields: object) -> None:
+    from playbooks import directory
+
+    # save_contact adds the row before it looks up the organisation; without this the lookup flushes it half-made.
+    with session.no_autoflush:
+        directory.save_contact(session=session, actor=actor, data=directory.ContactIn(**fields))
+
+
+def test_pages_show_who_was_paged_delivery_and_acknowledgement(app: Flask, client: FlaskClient) -> None:
+    from playbooks import engine
+    from playbooks import service as playbooks
+
+    make_user(app, "op")
+    make_user(app, "member", role="committee")
+    ref = file_as(app, "op", title="Tấn công từ chối dịch vụ")
+    with app.app_context():
+        s = db.session()
+        op = user_row(app, "op")
+        actor = Actor(user_id=op.id, username="op", role=Role.OPERATOR, organisation_id=op.organisation_id)
+        add_contact(s, actor, organisation="vnpt", name="Phạm Trực Ban", email="truc@vnpt.example", channels=["email"])
+        settings = engine.Settings.from_config(app.config)
+        page = playbooks.page_target(
+            session=s,
+            incident_id=ref,
+            target={"organisation": "vnpt"},
+            actor=actor,
+            settings=settings,
+            reason="Cần hỗ trợ chặn lưu lượng",
+        )
+        page_id = page.id
+    sign_in(client, "op")
+    text = text_of(client.get(f"/incidents/{ref}").text)
+    assert "Phạm Trực Ban" in text and "Chờ xác nhận" in text and "chưa gửi được" in text
+    member = app.test_client()
+    sign_in(member, "member")
+    assert "Chờ xác nhận" in text_of(member.get("/board").text)
+    with app.app_context():
+        playbooks.acknowledge_page(session=db.session(), page_id=page_id, actor=actor, note="Đã gọi điện xác nhận")
+    text = text_of(client.get(f"/incidents/{ref}").text)
+    assert "op (thay mặt / on behalf) đã nhận xử lý" in text and "Đã xác nhận" in text
+    assert "op (thay mặt / on behalf) đã nhận xử lý" in text_of(member.get("/board").text)
+
+
+def test_the_incident_page_offers_its_stix_bundle(app: Flask, client: FlaskClient) -> None:
+    import json
+
+    make_user(app, "op")
+    ref = file_as(app, "op", observables=[{"type": "ipv4-addr", "value": "192.0.2.9"}])
+    sign_in(client, "op")
+    assert f"/incidents/{ref}/stix" in client.get(f"/incidents/{ref}").text
+    response = client.get(f"/incidents/{ref}/stix")
+    assert response.status_code == 200 and response.mimetype == "application/stix+json"
+    assert f'filename="{ref}.stix.json"' in response.headers["Content-Disposition"]
+    bundle = json.loads(response.data)
+    assert bundle["type"] == "bundle" and any(o.get("value") == "192.0.2.9" for o in bundle["objects"])
+
+
+def test_contacts_of_the_directory_are_shown_to_the_desk_only(app: Flask, client: FlaskClient) -> None:
+    make_user(app, "op")
+    make_user(app, "member", role="committee")
+    with app.app_context():
+        op = user_row(app, "op")
+        actor = Actor(user_id=op.id, username="op", role=Role.OPERATOR, organisation_id=op.organisation_id)
+        add_contact(
+            db.session(), actor, organisation="police", name="Đầu Mối Công An", phone="0237111222", channels=["sms"]
+        )
+    sign_in(client, "op")
+    text = text_of(client.get("/directory").text)
+    assert "Đầu Mối Công An" in text and "0237111222" in text
+    member = app.test_client()
+    sign_in(member, "member")
+    text = text_of(member.get("/directory").text)
+    assert "Đầu Mối Công An" not in text and "0237111222" not in text

@@ -8,6 +8,7 @@ from flask import current_app
 
 from app import db
 from app.web import bp, current_actor, labels
+from app.web.response import board_context
 from app.web.views import is_fragment, render, roles
 from incidents import dashboard, jobs
 from incidents.base import utcnow
@@ -36,8 +37,11 @@ def board() -> Any:
             if any(weeks[w].get(c, 0) for w in weeks)
         ],
     }
+    open_incidents = dashboard.open_incidents(session, actor)
     context = {
-        "open": dashboard.open_incidents(session, actor),
+        **board_context(actor, open_incidents),
+        "failures": dashboard.final_page_failures(session, actor, since=now - timedelta(hours=24)),
+        "open": open_incidents,
         "feed": dashboard.recent_events(session, actor),
         "this_week": sorted(this_week.items(), key=lambda kv: -kv[1]),
         "chart_json": json.dumps(chart, ensure_ascii=False),

@@ -160,7 +160,10 @@ def _page_context(ref: str) -> dict[str, Any]:
     incident = service.get_incident(session, actor, ref)
     events = service.list_events(session, actor, incident.id, after=0, limit=500)
     comments = service.list_comments(session, actor, incident.id, after=0, limit=500)
+    from app.web.response import incident_context
+
     return {
+        **incident_context(actor, incident),
         "incident": incident,
         "events": events,
         "comments": comments,
@@ -269,7 +272,9 @@ def participant(ref: str) -> Any:
 @bp.route("/directory")
 @roles(*DESK)
 def directory() -> Any:
+    from app.web.response import directory_context
+
     session = db.session()
-    return render(
-        "directory.html", organisations=service.list_organisations(session), systems=service.list_systems(session)
-    )
+    organisations = service.list_organisations(session)
+    return render("directory.html", organisations=organisations, systems=service.list_systems(session),
+                  **directory_context(current_actor(), organisations))  # fmt: skip

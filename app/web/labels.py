@@ -91,7 +91,30 @@ EVENT = {
     "comment.edited": _l("Comment edited"),
     "incident.participant_added": _l("Participant added"),
     "incident.participant_removed": _l("Participant removed"),
+    "playbook.started": _l("Playbook started"),
+    "playbook.finished": _l("Playbook finished"),
+    "playbook.stopped": _l("Playbook stopped"),
+    "page.sent": _l("Paged"),
+    "page.delivered": _l("Page delivered"),
+    "page.failed": _l("Page failed"),
+    "page.acknowledged": _l("Page acknowledged"),
+    "page.escalated": _l("Escalated to the next tier"),
+    "page.support_requested": _l("Support requested"),
+    "digest.sent": _l("Digest sent"),
+    "task.created": _l("Task created"),
+    "task.completed": _l("Task done"),
+    "direction.requested": _l("Direction requested"),
+    "direction.answered": _l("Directive given"),
 }
+PAGE_STATE = {
+    "open": _l("Waiting for acknowledgement"),
+    "acknowledged": _l("Acknowledged"),
+    "cancelled": _l("Cancelled"),
+}
+RECIPIENT_STATE = {"paged": _l("paged"), "held": _l("held back"), "digested": _l("in a digest")}
+RUN_STATE = {"running": _l("Running"), "waiting": _l("Waiting"), "done": _l("Finished"), "stopped": _l("Stopped")}
+TASK_STATE = {"open": _l("Open"), "done": _l("Done")}
+DIRECTION_STATE = {"open": _l("Waiting for direction"), "answered": _l("Answered")}
 # Messages of the shared validation (incidents/schemas.py) that the form shows in the user's language.
 MESSAGES = {
     "Field required": _l("Required"),

@@ -43,6 +43,21 @@
 
   function refreshed() { tick(); drawCharts(); }
 
+  // Replace a region's content, keeping what the user is typing in it (a directive, a note) and the focus.
+  function swap(el, html) {
+    var kept = {};
+    el.querySelectorAll("textarea[id], input[id]:not([type=hidden])").forEach(function (f) {
+      if (f.value) { kept[f.id] = f.value; }
+    });
+    var active = document.activeElement && el.contains(document.activeElement) ? document.activeElement.id : null;
+    el.innerHTML = html;
+    Object.keys(kept).forEach(function (id) {
+      var f = document.getElementById(id);
+      if (f) { f.value = kept[id]; }
+    });
+    if (active && document.getElementById(active)) { document.getElementById(active).focus(); }
+  }
+
   var pending = null, inFlight = false, again = false;
   function refresh() {
     if (inFlight) { again = true; return; }
@@ -52,7 +67,7 @@
       return fetch(el.getAttribute("data-live-src"), {headers: {"X-Fragment": "1"}, credentials: "same-origin"})
         .then(function (r) {
           if (r.redirected || r.status === 401) { window.location.reload(); return; }
-          if (r.ok) { return r.text().then(function (html) { el.innerHTML = html; }); }
+          if (r.ok) { return r.text().then(function (html) { swap(el, html); }); }
         });
     })).catch(function () {}).then(function () {
       inFlight = false;
