@@ -3,6 +3,7 @@
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from statistics import median
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, or_, select
@@ -90,3 +91,28 @@ def final_page_failures(session: Session, actor: Actor, *, since: datetime, limi
     )
     found = [FeedItem(ev, ref, title) for ev, ref, title in session.execute(stmt) if (ev.data or {}).get("final")]
     return found[:limit]
+
+
+def ack_minutes_by_week(session: Session, actor: Actor, *, now: datetime, weeks: int = 8) -> dict[str, float | None]:
+    """Median minutes from a page's first sending to its acknowledgement, by local week of the acknowledgement."""
+    first = week_start(now) - timedelta(weeks=weeks - 1)
+    stmt = (
+        select(Event.kind, Event.at, Event.data)
+        .join(Incident, Incident.id == Event.incident_id)
+        .where(Event.kind.in_(("page.sent", "page.acknowledged")), Event.at >= first - timedelta(days=7))
+        .where(visible_incidents(actor))
+        .order_by(Event.id)
+    )
+    sent: dict[int, datetime] = {}
+    samples: dict[str, list[float]] = {(first + timedelta(weeks=i)).date().isoformat(): [] for i in range(weeks)}
+    for kind, at, data in session.execute(stmt):
+        page_id = (data or {}).get("page_id")
+        if page_id is None:
+            continue
+        if kind == "page.sent":
+            sent.setdefault(page_id, at)
+        elif page_id in sent:
+            key = week_start(at).date().isoformat()
+            if key in samples:
+                samples[key].append((at - sent.pop(page_id)).total_seconds() / 60)
+    return {week: round(median(values), 1) if values else None for week, values in samples.items()}

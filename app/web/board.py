@@ -5,6 +5,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
+from flask_babel import gettext as _
 
 from app import db
 from app.web import bp, current_actor, labels
@@ -38,7 +39,14 @@ def board() -> Any:
         ],
     }
     open_incidents = dashboard.open_incidents(session, actor)
+    ack = dashboard.ack_minutes_by_week(session, actor, now=now)
+    ack_chart = {
+        "labels": list(ack),
+        "datasets": [{"label": str(_("Median minutes to acknowledge")), "data": list(ack.values())}],
+    }
     context = {
+        "ack_chart_json": json.dumps(ack_chart, ensure_ascii=False),
+        "ack_minutes": ack,
         **board_context(actor, open_incidents),
         "failures": dashboard.final_page_failures(session, actor, since=now - timedelta(hours=24)),
         "open": open_incidents,

@@ -33,9 +33,10 @@
     document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
       var data = JSON.parse(canvas.getAttribute("data-chart"));
       charts.push(new window.Chart(canvas, {
-        type: "bar",
+        type: canvas.getAttribute("data-chart-type") || "bar",
         data: data,
         options: {animation: false, responsive: true, maintainAspectRatio: false,
+          spanGaps: true,
           scales: {x: {stacked: true}, y: {stacked: true, beginAtZero: true, ticks: {precision: 0}}}}
       }));
     });
