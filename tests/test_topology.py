@@ -11,9 +11,11 @@ import requests
 from sqlalchemy import func, select
 
 from incidents.models import Incident
+from playbooks.models import Delivery, Page
+from tests import paging
 from tests.conftest import incident_payload
 from tests.live import LiveServer
-from tests.receivers import HttpReceiver, eventually, give_webhook
+from tests.receivers import HttpReceiver, SmtpServer, eventually, give_webhook
 from tests.sockets import LiveClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)]
@@ -29,7 +31,9 @@ def _file(servers: list[LiveServer], headers: dict[str, str], numbers: range, ac
     for n in numbers:
         index = n % len(servers)
         body = incident_payload(
-            title=f"Tải hai máy chủ số {n}", observables=[{"type": "ipv4-addr", "value": f"198.51.100.{n % 250}"}]
+            title=f"Tải hai máy chủ số {n}",
+            category="other",
+            observables=[{"type": "ipv4-addr", "value": f"198.51.100.{n % 250}"}],
         )
         for _attempt in range(20):  # a 503 (busy pool) is retried, as a SIEM would; anything else is an error
             try:
@@ -62,12 +66,18 @@ def _created(client: LiveClient) -> list[dict[str, Any]]:
 def test_a_thousand_incidents_through_two_instances_while_a_worker_is_killed_lose_and_double_nothing(
     app, database_url: str, tmp_path: Path, make_token, session, start_worker
 ) -> None:
+    # The shipped playbook for "other" pages the standing body's on-call contact, by e-mail, for every incident.
+    paging.load_shipped(app, demo=True)
+    smtp = SmtpServer().start()
     receiver = HttpReceiver().start()
     siem = make_token("intake", username="siem-topology")
     give_webhook(session, siem, receiver.url, "topology-secret")
     viewer = make_token("operator", username="op-topology")
-    servers = [LiveServer(database_url, tmp_path / f"web-{i}.log").start() for i in range(2)]
-    worker_env = {"UCSC_WORKER_THREADS": str(WORKER_THREADS)}
+    # Every process shares one configuration, as in a deployment; the storm limit is lifted so each page is
+    # its own e-mail (the storm limit and its digest have their own test).
+    shared = {"UCSC_SMTP_URL": smtp.url, "UCSC_PAGING_RATE_LIMIT": "100000"}
+    servers = [LiveServer(database_url, tmp_path / f"web-{i}.log", shared).start() for i in range(2)]
+    worker_env = {"UCSC_WORKER_THREADS": str(WORKER_THREADS), **shared}
     workers = [start_worker(worker_env), start_worker(worker_env)]
     clients = [LiveClient(server.url).connect(viewer) for server in servers for _ in range(2)]
     try:
@@ -103,18 +113,35 @@ def test_a_thousand_incidents_through_two_instances_while_a_worker_is_killed_los
             ids = [f["event_id"] for f in frames]
             assert ids == sorted(ids), "incident.created frames arrived out of feed order"
 
-        deliveries = receiver.wait_for(INCIDENTS, timeout=90)
+        deliveries = receiver.wait_for(INCIDENTS, timeout=180)
         eventually(lambda: {d.json["id"] for d in receiver.deliveries} == set(accepted), timeout=60)
         time.sleep(1.0)  # let any redelivery of a reclaimed lease arrive before counting repeats
         repeats = Counter(d.key for d in receiver.deliveries)
         doubled = sum(n - 1 for n in repeats.values())
         assert doubled <= WORKER_THREADS, f"{doubled} receipts delivered twice after one SIGKILL"
         assert all(key == f"receipt.webhook:{d.json['id']}" for d in deliveries for key in [d.key])
-        print(
-            f"{INCIDENTS} incidents through 2 instances in {filing_seconds:.1f} s; worker killed after "
-            f"{killed_at}; {len(receiver.deliveries)} receipts for {INCIDENTS} incidents ({doubled} repeats)"
-        )
+
+        # Every page delivered at least once; repeats only from the kill, each with its page's stable Message-ID.
+        def delivered() -> list[Page] | None:
+            session.rollback()
+            pages = list(session.scalars(select(Page)))
+            done = session.scalars(select(Delivery.page_id).where(Delivery.state == "delivered")).all()
+            return pages if len(pages) >= INCIDENTS and {p.id for p in pages} <= set(done) else None
+
+        pages = eventually(delivered, timeout=180)
+        assert {p.incident_id for p in pages} == set(accepted)
+        mails = smtp.wait_for(len(pages), timeout=30)
+        time.sleep(1.0)
+        ids = Counter(m.message["Message-ID"] for m in smtp.mails)
+        mail_repeats = sum(n - 1 for n in ids.values())
+        assert len(ids) == len(pages), f"{len(ids)} distinct Message-IDs for {len(pages)} pages"
+        assert mail_repeats <= WORKER_THREADS, f"{mail_repeats} e-mails sent twice after one SIGKILL"
+        assert all("[TBSC]" in m.message["Subject"] for m in mails)
+        print(f"{INCIDENTS} incidents through 2 instances in {filing_seconds:.1f} s; worker killed after "
+              f"{killed_at}; {len(receiver.deliveries)} receipts ({doubled} repeats), {len(pages)} pages, "
+              f"{len(smtp.mails)} e-mails ({mail_repeats} repeats)")  # fmt: skip
     finally:
+        smtp.close()
         for client in clients:
             client.disconnect()
         for server in servers:
