@@ -13,6 +13,9 @@ from incidents.enums import Role
 from incidents.models import User
 
 PASSWORD = "correct horse battery"
+# Test users get a cheap (real) hash: scrypt costs ~0.2 s per sign-in here, and these tests sign in hundreds of times.
+# The production path (scrypt) is exercised by the password change and admin tests.
+TEST_HASH = "pbkdf2:sha256:1000"
 
 
 def make_user(
@@ -34,7 +37,7 @@ def make_user(
                 username=username,
                 role=Role(role),
                 organisation=organisation,
-                password_hash=generate_password_hash(PASSWORD),
+                password_hash=generate_password_hash(PASSWORD, TEST_HASH),
                 display_name=username,
             )
             user.totp_secret = secret
