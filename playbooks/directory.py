@@ -151,7 +151,8 @@ def save_contact(*, session: Session, data: ContactIn, actor: Actor | None, cont
             contact = session.get(Contact, contact_id)
             if contact is None or contact.erased_at is not None:
                 raise NotFound(f"no contact {contact_id}")
-        changed = _apply(session, contact, data)
+        with session.no_autoflush:  # a new contact is written once its organisation is set
+            changed = _apply(session, contact, data)
         contact.updated_at = utcnow()
         session.flush()
         service.record_event(
@@ -359,7 +360,8 @@ def import_csv(*, session: Session, text: str, actor: Actor) -> dict[str, int]:
                 counts["created"] += 1
             else:
                 counts["updated"] += 1
-            _apply(session, contact, data)
+            with session.no_autoflush:
+                _apply(session, contact, data)
         session.flush()
         service.record_event(
             session, kind="contact.imported", actor=actor, data={"ref": None, "status": None, **counts}

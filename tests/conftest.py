@@ -211,3 +211,11 @@ def start_worker(database_url: str, tmp_path: Path) -> Iterator[Callable[..., An
     yield factory
     for worker in started:
         worker.kill()
+
+
+@pytest.fixture
+def dbs(app: Flask) -> Iterator[Session]:
+    """A session outside any app context, so each test-client request gets a fresh `g` (and its own actor)."""
+    s = app.extensions["ucsc.sessionmaker"]()
+    yield s
+    s.close()

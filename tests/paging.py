@@ -1,9 +1,7 @@
 """Helpers of the paging tests: the shipped playbooks and demo directory loaded, contacts, incidents, the engine."""
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -82,11 +80,3 @@ def add_contact(app: Flask, **fields: Any) -> int:
             session.add(contact)
             session.flush()
             return contact.id
-
-
-@pytest.fixture
-def dbs(app: Flask) -> Iterator[Session]:
-    """A session of its own, outside any app context: the test client's requests then each get a fresh `g`."""
-    session = app.extensions["ucsc.sessionmaker"]()
-    yield session
-    session.close()

@@ -17,7 +17,6 @@ from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 from tests.receivers import SmtpServer
 
-pytest_plugins = ["tests.paging"]  # the `dbs` fixture
 URL = "/api/v1/incidents"
 BASE_URL = "https://ucsc.thanhhoa.gov.vn"
 

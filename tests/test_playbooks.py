@@ -14,7 +14,6 @@ from playbooks.models import PlaybookRun, Task
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 
-pytest_plugins = ["tests.paging"]  # the `dbs` fixture
 URL = "/api/v1/incidents"
 
 # Written from domain.md (Decision 05 Art. 7.4: telecoms filter upstream and give source data; the Police
