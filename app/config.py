@@ -77,6 +77,14 @@ DEFAULTS: dict[str, object] = {
     "STIX_PUSH_USER": None,
     "STIX_PUSH_PASSWORD": None,
     "STIX_PUSH_MAX_TLP": "amber",
+    # Evidence, reports and deadline clocks (docs/reports.md)
+    "EVIDENCE_DIR": None,  # default: instance/evidence, outside the web root
+    "EVIDENCE_MAX_BYTES": 100 * 1024 * 1024,
+    "DEADLINES_FILE": None,  # default: incidents/deadlines.yaml
+    "DEADLINE_PROFILES": "circular20",
+    "PERIODIC_REMINDER_DAYS": 7,
+    "REPORT_BOARD_NAME": "BAN CHỈ ĐẠO ỨNG CỨU SỰ CỐ AN TOÀN THÔNG TIN MẠNG TỈNH THANH HÓA",
+    "REPORT_MEMBER_CODE": "",
 }
 
 

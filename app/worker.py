@@ -23,7 +23,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import stix_worker, telegram_bot
+from app import deadline_paging, stix_worker, telegram_bot
 from app.observability import log_config
 from incidents import jobs, receipts  # noqa: F401 - registers the receipt job kinds
 from incidents.base import utcnow
@@ -203,6 +203,7 @@ class Worker:
         with self.sessions() as session, session.begin():
             session.connection(execution_options={"ucsc_write": True})
             jobs.schedule_sweep(session)
+            deadline_paging.schedule(session, self.ctx.config)  # Form 05 reminders before 20 June and 15 December
 
     def _after_commit(self, session: Session) -> None:
         if session.info.pop(jobs.JOBS_WRITTEN, False):

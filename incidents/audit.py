@@ -41,6 +41,7 @@ class Action(StrEnum):
     ACK_REFUSED = "ack.refused"
     PLAYBOOK_EDITED = "playbook.edited"
     AUDIT_EXPORTED = "audit.exported"
+    EVIDENCE_DOWNLOADED = "evidence.downloaded"
 
 
 ACTIONS = frozenset(Action)

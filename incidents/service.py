@@ -52,6 +52,7 @@ from incidents.models import (
     SystemAddress,
     User,
 )
+from incidents.records import Report
 from incidents.schemas import (
     ClassificationIn,
     CommentCreate,
@@ -863,6 +864,12 @@ def transition(*, session: Session, incident_id: int | str, data: TransitionIn, 
                 raise ValidationFailed(
                     "closing requires a resolution summary",
                     errors=[FieldError("resolution", "required to close an incident")],
+                )
+            # TT 20 Art. 9.2.b: an incident counts as resolved only once its end report (Form 04) exists.
+            if session.scalar(select(Report.id).where(Report.incident_id == incident.id, Report.kind == "end")) is None:
+                raise ValidationFailed(
+                    "closing requires the end report (Form 04)",
+                    errors=[FieldError("end_report", "create the end report (Form 04) before closing")],
                 )
             incident.resolution = summary
             incident.closed_at = now

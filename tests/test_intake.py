@@ -233,6 +233,9 @@ def test_dedup_key_of_a_closed_or_rejected_incident_makes_a_new_incident(client,
     closed = client.post(URL, json=incident_payload(dedup_key="k-closed"), headers=operator).json
     for to in ("triage", "first_response", "containment", "eradication", "recovery", "assessment", "review"):
         client.post(f"{URL}/{closed['id']}/transitions", json={"to": to}, headers=operator)
+    # Closing requires the end report (Form 04).
+    made = client.post(f"{URL}/{closed['id']}/reports/end", json={"handling_result": RESOLUTION}, headers=operator)
+    assert made.status_code == 201, made.json
     r = client.post(
         f"{URL}/{closed['id']}/transitions", json={"to": "closed", "resolution": RESOLUTION}, headers=operator
     )

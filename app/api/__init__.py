@@ -85,4 +85,4 @@ def _impossible_path_values(_endpoint: str | None, values: dict[str, Any] | None
 
 from app.api import audit, incidents, meta, registry  # noqa: E402,F401  (routes register on import)
 from app.api import directory, playbooks  # noqa: E402,F401  (routes register on import)
-from app.api import stix  # noqa: E402,F401
+from app.api import evidence, reports, stix  # noqa: E402,F401

@@ -1,0 +1,396 @@
+"""Deadline clocks: configurable rules (incidents/deadlines.yaml), calendar or working days, warn then breach.
+
+Clocks start and are met by the incident's own events (a listener on `service.EVENT_LISTENERS`, so they commit
+with the change), and two durable jobs per clock look again at the warning and the due time. Every function
+that judges time takes `now`, so tests drive the clock instead of sleeping.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from incidents import jobs, service
+from incidents.access import Actor
+from incidents.base import utcnow
+from incidents.enums import IncidentClass, Status
+from incidents.models import Incident
+from incidents.records import DeadlineClock
+
+SHIPPED = Path(__file__).with_name("deadlines.yaml")
+CHECK = "deadline.check"
+STARTS = ("created", "detected", "response_ended", "escalated")
+MET_BY = ("triage", "notified", "initial_report", "end_report", "contained")
+UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
+OPEN_STATES = ("running", "warned")
+LOCAL_TZ = service.LOCAL_TZ
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    title_vi: str
+    title_en: str
+    start: str
+    met_by: tuple[str, ...]
+    amount: float
+    unit: str
+    counting: str
+    warn_minutes: float
+    source: str = ""
+    profile: str = ""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The rules of the enabled profiles and the holiday table."""
+
+    rules: tuple[Rule, ...]
+    holidays: frozenset[date]
+
+    def get(self, code: str) -> Rule | None:
+        return next((r for r in self.rules if r.code == code), None)
+
+    def is_working_day(self, day: date) -> bool:
+        return day.weekday() < 5 and day not in self.holidays
+
+    def due(self, rule: Rule, start: datetime) -> datetime:
+        """The absolute due time of `rule` started at `start`."""
+        if rule.counting == "calendar":
+            return start + timedelta(seconds=rule.amount * UNITS[rule.unit])
+        local = start.astimezone(LOCAL_TZ)
+        if rule.unit == "days":
+            # The same local clock time on the Nth working day after the starting day.
+            day, counted = local.date(), 0
+            while counted < int(rule.amount):
+                day += timedelta(days=1)
+                counted += self.is_working_day(day)
+            return datetime.combine(day, local.timetz()).astimezone(start.tzinfo)
+        # Hours or minutes on working days only: the time of non-working days does not count.
+        remaining = timedelta(seconds=rule.amount * UNITS[rule.unit])
+        cursor = local
+        while remaining > timedelta(0):
+            midnight = datetime.combine(cursor.date() + timedelta(days=1), time(0), LOCAL_TZ)
+            if not self.is_working_day(cursor.date()):
+                cursor = midnight
+                continue
+            step = min(remaining, midnight - cursor)
+            cursor, remaining = cursor + step, remaining - step
+        return cursor.astimezone(start.tzinfo)
+
+    def warn(self, rule: Rule, start: datetime, due: datetime) -> datetime:
+        return max(start, due - timedelta(minutes=rule.warn_minutes))
+
+
+def parse_rules(source: dict[str, Any], profiles: Iterable[str]) -> Rules:
+    """Rules of `profiles` from the YAML structure; ValueError names the first bad entry."""
+    chosen: list[Rule] = []
+    all_profiles = source.get("profiles") or {}
+    for profile in profiles:
+        if profile not in all_profiles:
+            raise ValueError(f"no deadline profile {profile!r}; known: {', '.join(all_profiles)}")
+        for i, item in enumerate(all_profiles[profile] or []):
+            where = f"profiles.{profile}[{i}]"
+            met_by = tuple(item.get("met_by") or [])
+            rule = Rule(
+                code=str(item["code"]),
+                title_vi=str(item.get("title_vi") or item["code"]),
+                title_en=str(item.get("title_en") or item["code"]),
+                start=str(item["start"]),
+                met_by=met_by,
+                amount=float(item["amount"]),
+                unit=str(item["unit"]),
+                counting=str(item.get("counting", "calendar")),
+                warn_minutes=float(item.get("warn_minutes", 0)),
+                source=str(item.get("source") or ""),
+                profile=profile,
+            )
+            if rule.start not in STARTS:
+                raise ValueError(f"{where}.start: one of {', '.join(STARTS)}")
+            if not met_by or any(m not in MET_BY for m in met_by):
+                raise ValueError(f"{where}.met_by: a list of {', '.join(MET_BY)}")
+            if rule.unit not in UNITS or rule.counting not in ("calendar", "working") or rule.amount <= 0:
+                raise ValueError(f"{where}: unit minutes|hours|days, counting calendar|working, amount > 0")
+            if any(r.code == rule.code for r in chosen):
+                raise ValueError(f"{where}.code: {rule.code!r} appears twice")
+            chosen.append(rule)
+    holidays = frozenset(date.fromisoformat(str(h["date"])) for h in source.get("holidays") or [])
+    return Rules(tuple(chosen), holidays)
+
+
+@cache
+def _load(path: str, profiles: tuple[str, ...]) -> Rules:
+    return parse_rules(yaml.safe_load(Path(path).read_text(encoding="utf-8")), profiles)
+
+
+def rules_from_config(config: dict[str, Any]) -> Rules:
+    path = str(config.get("DEADLINES_FILE") or SHIPPED)
+    profiles = tuple(p.strip() for p in str(config.get("DEADLINE_PROFILES") or "circular20").split(",") if p.strip())
+    return _load(path, profiles)
+
+
+_ACTIVE: list[Rules] = [_load(str(SHIPPED), ("circular20",))]
+
+
+def configure(config: dict[str, Any]) -> Rules:
+    """Make the configured rules the ones new clocks follow in this process."""
+    _ACTIVE[0] = rules_from_config(config)
+    return _ACTIVE[0]
+
+
+def active() -> Rules:
+    return _ACTIVE[0]
+
+
+# What a warning does beyond its event: the app registers a page to the standing body (incidents cannot
+# import playbooks). A hook runs inside the warning's transaction, so its page commits with the warning.
+WARNING_HOOKS: list[Callable[[Session, Incident, DeadlineClock, Rule], None]] = []
+
+
+def _escalated(incident: Incident) -> bool:
+    return bool(
+        incident.beyond_capacity
+        or incident.incident_class == IncidentClass.SERIOUS
+        or incident.class_proposed_at is not None
+    )
+
+
+def _start(session: Session, incident: Incident, rule: Rule, at: datetime, rules: Rules) -> DeadlineClock | None:
+    exists = session.scalar(
+        select(DeadlineClock.id).where(DeadlineClock.incident_id == incident.id, DeadlineClock.rule == rule.code)
+    )
+    if exists is not None:
+        return None
+    due = rules.due(rule, at)
+    clock = DeadlineClock(
+        incident_id=incident.id, rule=rule.code, started_at=at, warn_at=rules.warn(rule, at, due), due_at=due
+    )
+    session.add(clock)
+    session.flush()
+    jobs.enqueue_many(
+        session,
+        [
+            jobs.job_values(
+                CHECK,
+                {"clock_id": clock.id},
+                run_at=clock.warn_at,
+                key=f"{CHECK}:{clock.id}:warn",
+                incident_id=incident.id,
+            ),
+            jobs.job_values(
+                CHECK,
+                {"clock_id": clock.id},
+                run_at=clock.due_at,
+                key=f"{CHECK}:{clock.id}:due",
+                incident_id=incident.id,
+            ),
+        ],
+    )
+    return clock
+
+
+def _meet(session: Session, incident: Incident, what: str, at: datetime, rules: Rules) -> None:
+    codes = [r.code for r in rules.rules if what in r.met_by]
+    if not codes:
+        return
+    clocks = session.scalars(
+        select(DeadlineClock).where(
+            DeadlineClock.incident_id == incident.id,
+            DeadlineClock.rule.in_(codes),
+            DeadlineClock.state.in_(OPEN_STATES),
+        )
+    ).all()
+    for clock in clocks:
+        clock.met_at = at
+        if at > clock.due_at:
+            _breach(session, incident, clock, at, late=True)
+        else:
+            # Met in time: the clock's state says so; only warnings and breaches go on the timeline.
+            clock.state = "met"
+
+
+def _breach(session: Session, incident: Incident, clock: DeadlineClock, at: datetime, *, late: bool = False) -> None:
+    clock.state, clock.breached_at = "breached", at
+    _event(session, incident, clock, active(), "deadline.breached", at, alert=True, met_late=late)
+
+
+def _event(
+    session: Session, incident: Incident, clock: DeadlineClock, rules: Rules, kind: str, at: datetime, **extra: Any
+) -> None:
+    rule = rules.get(clock.rule)
+    service.record_event(
+        session,
+        kind=kind,
+        actor=None,
+        incident=incident,
+        at=at,
+        note=rule.title_vi if rule else clock.rule,
+        data={
+            "ref": incident.ref,
+            "status": str(incident.status),
+            "rule": clock.rule,
+            "due_at": clock.due_at.isoformat(),
+            "exercise": incident.exercise,
+            **extra,
+        },
+    )
+
+
+def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
+    """Start, meet or stop clocks as the incident's events are written (inside the writing transaction)."""
+    mine = [e for e in events if e.get("incident_id") is not None and _relevant(e)]
+    if not mine:
+        return
+    rules = active()
+    for event in mine:
+        incident = session.get(Incident, event["incident_id"])
+        if incident is None:
+            continue
+        _apply(session, incident, event, rules)
+
+
+def _relevant(event: dict[str, Any]) -> bool:
+    kind = event["kind"]
+    return kind in (
+        "incident.created",
+        "incident.status_changed",
+        "incident.updated",
+        "incident.classification_proposed",
+        "incident.classification_decided",
+        "report.created",
+    )
+
+
+def _apply(session: Session, incident: Incident, event: dict[str, Any], rules: Rules) -> None:
+    kind, at, data = event["kind"], event["at"], event.get("data") or {}
+    if kind == "incident.created":
+        for rule in rules.rules:
+            if rule.start == "created":
+                _start(session, incident, rule, incident.created_at, rules)
+            elif rule.start == "detected":
+                _start(session, incident, rule, incident.detected_at, rules)
+        if _escalated(incident):
+            _start_escalated(session, incident, at, rules)
+        if incident.notified_parties:
+            _meet(session, incident, "notified", at, rules)
+    elif kind == "incident.status_changed":
+        to, origin = data.get("to"), data.get("from")
+        if origin == Status.NEW and to != Status.NEW:
+            _meet(session, incident, "triage", at, rules)
+        if to == Status.ERADICATION:
+            _meet(session, incident, "contained", at, rules)
+        if to == Status.REVIEW:
+            for rule in rules.rules:
+                if rule.start == "response_ended":
+                    _start(session, incident, rule, at, rules)
+        if to in (Status.REJECTED, Status.MERGED):
+            _stop(session, incident, at)
+    elif kind in ("incident.updated", "incident.classification_proposed", "incident.classification_decided"):
+        changes = data.get("changes") or {}
+        if _escalated(incident):
+            _start_escalated(session, incident, at, rules)
+        if "notified_parties" in changes and incident.notified_parties:
+            _meet(session, incident, "notified", at, rules)
+    elif kind == "report.created":
+        _meet(session, incident, "initial_report" if data.get("report") == "initial" else "end_report", at, rules)
+
+
+def _start_escalated(session: Session, incident: Incident, at: datetime, rules: Rules) -> None:
+    for rule in rules.rules:
+        if rule.start == "escalated":
+            clock = _start(session, incident, rule, at, rules)
+            # An initial report made before the escalation already answers it.
+            if clock is not None and "initial_report" in rule.met_by and _has_report(session, incident.id, "initial"):
+                clock.state, clock.met_at = "met", at
+
+
+def _has_report(session: Session, incident_id: int, kind: str) -> bool:
+    from incidents.records import Report
+
+    return session.scalar(select(Report.id).where(Report.incident_id == incident_id, Report.kind == kind)) is not None
+
+
+def _stop(session: Session, incident: Incident, at: datetime) -> None:
+    for clock in session.scalars(
+        select(DeadlineClock).where(DeadlineClock.incident_id == incident.id, DeadlineClock.state.in_(OPEN_STATES))
+    ):
+        clock.state = "stopped"
+
+
+def check(*, session: Session, clock_id: int, now: datetime) -> str | None:
+    """Warn or breach one clock if `now` has reached its time; returns what happened (one transaction)."""
+
+    def work() -> str | None:
+        clock = session.scalar(
+            select(DeadlineClock)
+            .where(DeadlineClock.id == clock_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if clock is None or clock.state not in OPEN_STATES:
+            return None
+        incident = session.get(Incident, clock.incident_id)
+        if incident is None:
+            return None
+        if now >= clock.due_at:
+            _breach(session, incident, clock, now)
+            return "breached"
+        if now >= clock.warn_at and clock.state == "running":
+            clock.state, clock.warned_at = "warned", now
+            _event(session, incident, clock, active(), "deadline.warning", now, alert=True)
+            rule = active().get(clock.rule)
+            if rule is not None:
+                for hook in WARNING_HOOKS:
+                    hook(session, incident, clock, rule)
+            return "warned"
+        return None
+
+    return service.in_transaction(session, work)
+
+
+@jobs.job_kind(CHECK, max_attempts=8)
+def run_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+    with ctx.sessions() as session:
+        check(session=session, clock_id=int(job.payload["clock_id"]), now=utcnow())
+
+
+def clocks_of(session: Session, actor: Actor, incident_id: int | str) -> list[DeadlineClock]:
+    """The incident's clocks, oldest first, if `actor` may see the incident."""
+    incident = service.get_incident(session, actor, incident_id)
+    return list(
+        session.scalars(
+            select(DeadlineClock).where(DeadlineClock.incident_id == incident.id).order_by(DeadlineClock.id)
+        )
+    )
+
+
+def as_dict(clock: DeadlineClock, rules: Rules | None = None) -> dict[str, Any]:
+    rule = (rules or active()).get(clock.rule)
+
+    def ts(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": clock.id,
+        "rule": clock.rule,
+        "title_vi": rule.title_vi if rule else clock.rule,
+        "title_en": rule.title_en if rule else clock.rule,
+        "counting": rule.counting if rule else None,
+        "source": rule.source if rule else None,
+        "state": clock.state,
+        "started_at": ts(clock.started_at),
+        "warn_at": ts(clock.warn_at),
+        "due_at": ts(clock.due_at),
+        "warned_at": ts(clock.warned_at),
+        "met_at": ts(clock.met_at),
+        "breached_at": ts(clock.breached_at),
+    }
+
+
+service.EVENT_LISTENERS.append(on_events)

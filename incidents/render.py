@@ -1,0 +1,157 @@
+"""Render a report document (heading, numbered sections of label/value rows or tables) to DOCX and PDF.
+
+DOCX uses Times New Roman 13 pt with a 14 pt title, as Vietnamese administrative documents do (Decree
+30/2020/NĐ-CP); Word substitutes a metric-compatible font where it is missing. The PDF embeds DejaVu Serif,
+vendored beside this module with its licence, because it covers every Vietnamese letter and tone mark and
+does not depend on what fonts the server happens to have.
+"""
+
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+FONT_DIR = Path(__file__).with_name("report_templates") / "fonts"
+DOCX_FONT = "Times New Roman"
+DOCX_SIZE, DOCX_TITLE_SIZE = 13, 14
+
+
+def docx_bytes(doc: dict[str, Any]) -> bytes:
+    """The document as a Word file: each value in the table cell beside its label."""
+    from docx import Document
+    from docx.enum.table import WD_TABLE_ALIGNMENT
+    from docx.enum.text import WD_ALIGN_PARAGRAPH
+    from docx.oxml.ns import qn
+    from docx.shared import Cm, Pt
+
+    d = Document()
+    for section in d.sections:
+        section.left_margin, section.right_margin = Cm(3), Cm(2)
+        section.top_margin, section.bottom_margin = Cm(2), Cm(2)
+    style = d.styles["Normal"]
+    style.font.name, style.font.size = DOCX_FONT, Pt(DOCX_SIZE)
+    # East Asian and complex-script slots too, or Word falls back to another font for some letters.
+    fonts = style.element.get_or_add_rPr().get_or_add_rFonts()
+    for slot in ("w:ascii", "w:hAnsi", "w:eastAsia", "w:cs"):
+        fonts.set(qn(slot), DOCX_FONT)
+
+    def para(text: str, *, bold: bool = False, size: int = DOCX_SIZE, center: bool = False, italic: bool = False):
+        p = d.add_paragraph()
+        run = p.add_run(text)
+        run.bold, run.italic, run.font.size = bold, italic, Pt(size)
+        if center:
+            p.alignment = WD_ALIGN_PARAGRAPH.CENTER
+        return p
+
+    para("CỘNG HÒA XÃ HỘI CHỦ NGHĨA VIỆT NAM", bold=True, center=True)
+    para("Độc lập - Tự do - Hạnh phúc", bold=True, center=True)
+    para(doc["board"], center=True)
+    para(f"{doc['form']} {doc['basis']}", italic=True, center=True)
+    if doc.get("exercise"):
+        para("DIỄN TẬP - KHÔNG PHẢI SỰ CỐ THẬT (DRILL)", bold=True, size=DOCX_TITLE_SIZE, center=True)
+    para(doc["title"], bold=True, size=DOCX_TITLE_SIZE, center=True)
+    para(doc["reference"], center=True)
+    para(doc["dated"], italic=True, center=True)
+    for section in doc["sections"]:
+        para(f"{section['number']}. {section['title']}", bold=True)
+        if "rows" in section:
+            table = d.add_table(rows=0, cols=2)
+            table.style = "Table Grid"
+            table.alignment = WD_TABLE_ALIGNMENT.CENTER
+            for label, value in section["rows"]:
+                cells = table.add_row().cells
+                cells[0].text, cells[1].text = label, value
+                cells[0].width, cells[1].width = Cm(6), Cm(10)
+        elif "table" in section:
+            header, rows = section["table"]["header"], section["table"]["rows"]
+            table = d.add_table(rows=1, cols=len(header))
+            table.style = "Table Grid"
+            for cell, text in zip(table.rows[0].cells, header, strict=True):
+                cell.text = text
+                for run in cell.paragraphs[0].runs:
+                    run.bold = True
+            for row in rows:
+                for cell, text in zip(table.add_row().cells, row, strict=True):
+                    cell.text = str(text)
+        if section.get("text") is not None:
+            para(section["text"])
+    para("")
+    for i, line in enumerate(doc["signature"]):
+        p = para(line, bold=i == 0, italic=i > 0)
+        p.alignment = WD_ALIGN_PARAGRAPH.RIGHT
+    para(doc["footnote"], italic=True, size=11)
+    out = io.BytesIO()
+    d.save(out)
+    return out.getvalue()
+
+
+_CSS = """
+@font-face { font-family: "UCSC Serif"; src: url("%(regular)s"); font-weight: normal; }
+@font-face { font-family: "UCSC Serif"; src: url("%(bold)s"); font-weight: bold; }
+@page { size: A4; margin: 20mm 20mm 20mm 30mm;
+        @bottom-center { content: counter(page) "/" counter(pages); font-family: "UCSC Serif"; font-size: 9pt; } }
+html { font-family: "UCSC Serif"; font-size: 12pt; line-height: 1.3; }
+.center { text-align: center; margin: 0; }
+.nation { font-weight: bold; }
+h1 { font-size: 13pt; text-align: center; margin: 10pt 0 4pt; }
+h2 { font-size: 12pt; margin: 10pt 0 4pt; }
+.drill { text-align: center; font-weight: bold; border: 2pt solid black; padding: 3pt; }
+table { width: 100%%; border-collapse: collapse; table-layout: fixed; }
+td, th { border: 0.6pt solid black; padding: 3pt 4pt; vertical-align: top;
+         white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-word; }
+td.label { width: 38%%; }
+table.matrix td, table.matrix th { font-size: 9pt; }
+.signature { text-align: right; margin-top: 14pt; }
+.note { font-size: 9pt; font-style: italic; margin-top: 12pt; }
+"""
+
+
+def html_text(doc: dict[str, Any]) -> str:
+    e = html.escape
+    css = _CSS % {
+        "regular": (FONT_DIR / "DejaVuSerif.ttf").as_uri(),
+        "bold": (FONT_DIR / "DejaVuSerif-Bold.ttf").as_uri(),
+    }
+    parts = [
+        f'<!doctype html><html lang="vi"><head><meta charset="utf-8"><title>{e(doc["title"])}</title>',
+        f"<style>{css}</style></head><body>",
+        '<p class="center nation">CỘNG HÒA XÃ HỘI CHỦ NGHĨA VIỆT NAM</p>',
+        '<p class="center nation">Độc lập - Tự do - Hạnh phúc</p>',
+        f'<p class="center">{e(doc["board"])}</p>',
+        f'<p class="center"><i>{e(doc["form"])} {e(doc["basis"])}</i></p>',
+    ]
+    if doc.get("exercise"):
+        parts.append('<p class="drill">DIỄN TẬP - KHÔNG PHẢI SỰ CỐ THẬT (DRILL)</p>')
+    parts += [
+        f"<h1>{e(doc['title'])}</h1>",
+        f'<p class="center">{e(doc["reference"])}</p>',
+        f'<p class="center"><i>{e(doc["dated"])}</i></p>',
+    ]
+    for section in doc["sections"]:
+        parts.append(f"<h2>{e(section['number'])}. {e(section['title'])}</h2>")
+        if "rows" in section:
+            parts.append("<table>")
+            parts += [
+                f'<tr><td class="label">{e(label)}</td><td>{e(value)}</td></tr>' for label, value in section["rows"]
+            ]
+            parts.append("</table>")
+        elif "table" in section:
+            parts.append('<table class="matrix"><thead><tr>')
+            parts += [f"<th>{e(h)}</th>" for h in section["table"]["header"]]
+            parts.append("</tr></thead><tbody>")
+            for row in section["table"]["rows"]:
+                parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
+            parts.append("</tbody></table>")
+        if section.get("text") is not None:
+            parts.append(f'<p style="white-space: pre-wrap">{e(section["text"])}</p>')
+    sig = doc["signature"]
+    parts.append(f'<p class="signature"><b>{e(sig[0])}</b><br><i>{e(" ".join(sig[1:]))}</i></p>')
+    parts.append(f'<p class="note">{e(doc["footnote"])}</p></body></html>')
+    return "".join(parts)
+
+
+def pdf_bytes(doc: dict[str, Any]) -> bytes:
+    """The document as PDF/A-free plain PDF with the vendored font embedded (subset)."""
+    from weasyprint import HTML
+
+    return HTML(string=html_text(doc), base_url=str(FONT_DIR)).write_pdf()
