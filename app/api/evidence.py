@@ -2,8 +2,9 @@
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
-from flask import Response, current_app, jsonify, request, send_file
+from flask import Response, current_app, jsonify, request
 from pydantic import Field
 
 from app import db
@@ -19,6 +20,12 @@ class CustodyIn(Strict):
     action: Literal["transferred", "verified", "note"]
     holder: Annotated[str, Field(max_length=300)] | None = None
     note: Annotated[str, Field(max_length=10_000)] | None = None
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` always, with an ASCII fallback name and the real one as RFC 6266 filename*."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"
 
 
 def store() -> evidence.Store:
@@ -100,8 +107,17 @@ def download_evidence(incident_id: str, evidence_id: int) -> Response:
         store=store(),
         source_ip=request.remote_addr,
     )
-    response = send_file(found.path, mimetype=found.media_type, as_attachment=True, download_name=found.filename,
-                         conditional=False, etag=False, max_age=0)  # fmt: skip
+    path = found.path
+
+    def chunks():
+        # The generator opens and closes the file itself, once the last chunk is sent.
+        with path.open("rb") as f:
+            while chunk := f.read(evidence.CHUNK):
+                yield chunk
+
+    response = Response(chunks(), mimetype=found.media_type)
+    response.headers["Content-Length"] = str(path.stat().st_size)
+    response.headers["Content-Disposition"] = content_disposition(found.filename)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'"
     response.headers["Cache-Control"] = "no-store"
