@@ -52,11 +52,11 @@ def test_a_committee_member_never_receives_a_red_incident_they_are_not_named_on(
             service.transition(session=db.session(), incident_id=red, data=TransitionIn(to="triage"), actor=actor)
         amber = file_as(app, "op", title="Sự cố chung", tlp="amber")
         # Events reach clients in commit order, so once the later amber filing arrived, the red ones would have too.
-        member.wait_for(lambda f: isinstance(f.data, dict) and f.data.get("ref") == amber)
-        named.wait_for(lambda f: isinstance(f.data, dict) and f.data.get("ref") == amber)
+        member.wait_for(lambda f: isinstance(f.data, dict) and f.data.get("ref") == amber, timeout=30)
+        named.wait_for(lambda f: isinstance(f.data, dict) and f.data.get("ref") == amber, timeout=30)
         assert not [f for f in member.frames if f.mentions(red, "Bí mật đỏ")]
         got = [f.data.get("kind") for f in named.frames if isinstance(f.data, dict) and f.data.get("ref") == red]
-        assert got == ["incident.created", "incident.status_changed"]
+        assert {"incident.created", "incident.status_changed"} <= set(got), got
     finally:
         member.disconnect()
         named.disconnect()
