@@ -96,5 +96,8 @@ def validate(paths: tuple[str, ...]) -> None:
 
 def init_app(app: Flask) -> None:
     engine.configure(app.config)
+    if app.config.get("PAGING_START_INLINE", True):
+        settings = engine.Settings.from_config(app.config)
+        app.extensions["ucsc.sessionmaker"].configure(info={engine.INLINE_SETTINGS: settings})
     app.register_blueprint(bp)
     app.cli.add_command(playbooks_cli)

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, object] = {
     "PAGING_ESCALATION_GRACE_SECONDS": 0,
     "PAGING_LEASE_SECONDS": 30,
     "FOCAL_POINT_CONFIRM_HOURS": 24,
+    "PAGING_START_INLINE": True,
     # Observability: `json` logs one object per line with the request id; /metrics behind a token if set
     "LOG_FORMAT": "text",
     "METRICS_TOKEN": None,

@@ -62,6 +62,10 @@ EVALUATE, CONTINUE, WAIT, DELIVER, DIGEST, FOCAL = (
     "page.digest",
     "directory.focal",
 )
+# A web process's sessions carry its paging settings here (`app/ack.py`): small filings then start their
+# playbooks in their own transaction, one worker round trip sooner; bulk filings and other processes queue a job.
+INLINE_SETTINGS = "ucsc.paging_inline"
+INLINE_MAX = 5
 # Incident fields whose change can make new playbooks match.
 TRIGGER_FIELDS = frozenset({"category", "priority", "tlp", "exercise", "affected_system"})
 TLP_ORDER = ("clear", "green", "amber", "amber+strict", "red")
@@ -156,12 +160,16 @@ def ack_url(settings: Settings, page_id: int, contact_id: int) -> str:
 def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
     """Queue playbook work for incident changes in the writing transaction: nothing is lost if we crash after it."""
     rows = []
+    inline = session.info.get(INLINE_SETTINGS)
+    created = sum(1 for ev in events if ev.get("kind") == "incident.created")
     for ev in events:
         kind, incident_id = ev.get("kind"), ev.get("incident_id")
         if incident_id is None or not str(kind).startswith("incident."):
             continue
         data = ev.get("data") or {}
         if kind == "incident.created":
+            if inline is not None and created <= INLINE_MAX and _start_inline(session, incident_id, inline):
+                continue
             key = f"{EVALUATE}:{incident_id}:created"
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, key=key, incident_id=incident_id))
         elif (kind == "incident.updated" and TRIGGER_FIELDS & set(data.get("changes") or {})) or (
@@ -178,6 +186,18 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
         elif kind == "incident.status_changed" and data.get("to") in {s.value for s in TERMINAL_STATUSES}:
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
     jobs.enqueue_many(session, rows)
+
+
+def _start_inline(session: Session, incident_id: int, settings: "Settings") -> bool:
+    """Start a new incident's playbooks in its filing transaction, in a savepoint: if anything in a playbook
+    fails, the filing still succeeds and the worker starts them instead (False)."""
+    try:
+        with session.begin_nested():
+            _evaluate(session, incident_id, settings)
+    except Exception:  # a playbook must never cost a filing
+        log.exception("starting the playbooks of incident %s in its filing failed; the worker will", incident_id)
+        return False
+    return True
 
 
 # --- conditions ----------------------------------------------------------------------------------------------
@@ -275,31 +295,31 @@ def _locked_incident(session: Session, incident_id: int) -> Incident | None:
 
 def evaluate_incident(*, session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:
     """Start the automatic playbooks that now match the incident (each once), or stop its runs if it ended."""
+    return service.in_transaction(session, lambda: _evaluate(session, incident_id, settings))
 
-    def work() -> list[PlaybookRun]:
-        incident = _locked_incident(session, incident_id)
-        if incident is None:
-            return []
-        if incident.status in TERMINAL_STATUSES:
-            for run in session.scalars(
-                select(PlaybookRun).where(
-                    PlaybookRun.incident_id == incident.id, PlaybookRun.state.in_((RUN_RUNNING, RUN_WAITING))
-                )
-            ):
-                _stop(session, run, incident, None, f"incident {incident.status}")
-            return []
-        started = []
-        for version in latest_versions(session):
-            spec = version.definition
-            if not version.enabled or spec.get("trigger", "auto") != "auto" or not matches(spec.get("when"), incident):
-                continue
-            key = f"{incident.id}:{version.name}:auto"
-            if session.scalar(select(PlaybookRun.id).where(PlaybookRun.key == key)) is not None:
-                continue  # running ones continue; a playbook starts once per incident on its own
-            started.append(_start(session, incident, version, key, "auto", None, settings))
-        return started
 
-    return service.in_transaction(session, work)
+def _evaluate(session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:
+    incident = _locked_incident(session, incident_id)
+    if incident is None:
+        return []
+    if incident.status in TERMINAL_STATUSES:
+        for run in session.scalars(
+            select(PlaybookRun).where(
+                PlaybookRun.incident_id == incident.id, PlaybookRun.state.in_((RUN_RUNNING, RUN_WAITING))
+            )
+        ):
+            _stop(session, run, incident, None, f"incident {incident.status}")
+        return []
+    started = []
+    for version in latest_versions(session):
+        spec = version.definition
+        if not version.enabled or spec.get("trigger", "auto") != "auto" or not matches(spec.get("when"), incident):
+            continue
+        key = f"{incident.id}:{version.name}:auto"
+        if session.scalar(select(PlaybookRun.id).where(PlaybookRun.key == key)) is not None:
+            continue  # running ones continue; a playbook starts once per incident on its own
+        started.append(_start(session, incident, version, key, "auto", None, settings))
+    return started
 
 
 def start_run(
