@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiosmtpd.controller import Controller
-
 from _common import env as _env
 from _common import flask as _flask
 from _common import percentile
+from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
@@ -144,9 +143,12 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     environment = _env(
         f"sqlite:///{workdir / 'ucsc.db'}",
-        UCSC_SMTP_URL=f"smtp://127.0.0.1:{smtp_port}", UCSC_MAIL_FROM="ucsc@bench.example.vn", UCSC_BASE_URL=base,
-        UCSC_PAGING_RATE_LIMIT="100000", UCSC_LOG_LEVEL="WARNING",
-    )  # fmt: skip
+        UCSC_SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
+        UCSC_MAIL_FROM="ucsc@bench.example.vn",
+        UCSC_BASE_URL=base,
+        UCSC_PAGING_RATE_LIMIT="100000",
+        UCSC_LOG_LEVEL="WARNING",
+    )
     processes: list[subprocess.Popen] = []
     report: dict[str, Any] = {}
     try:
@@ -154,29 +156,60 @@ def main() -> int:
         admin = _flask(environment, "create-token", "bench-admin", "--role", "admin").strip().splitlines()[-1]
         operator = _flask(environment, "create-token", "bench-soc", "--role", "operator").strip().splitlines()[-1]
         log = (workdir / "processes.log").open("ab")
-        processes.append(subprocess.Popen([sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}"],
-                                          cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
-        processes.append(subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "worker"], cwd=ROOT,
-                                          env=environment, stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}"],
+                cwd=ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "flask", "--app", "wsgi", "worker"],
+                cwd=ROOT,
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         _wait_http(base + "/healthz")
         client = httpx.Client(base_url=base, timeout=30)
         auth = {"Authorization": f"Bearer {admin}"}
         mail_ids, hook_ids = [], []
         for n in range(CONTACTS):
-            r = client.post("/api/v1/contacts", headers=auth, json={"organisation": "dost", "name": f"Bench mail {n}",
-                            "email": f"m{n}@bench.example.vn", "channels": ["email"]})  # fmt: skip
-            assert r.status_code == 201, r.text  # noqa: S101
+            r = client.post(
+                "/api/v1/contacts",
+                headers=auth,
+                json={
+                    "organisation": "dost",
+                    "name": f"Bench mail {n}",
+                    "email": f"m{n}@bench.example.vn",
+                    "channels": ["email"],
+                },
+            )
+            assert r.status_code == 201, r.text
             mail_ids.append(r.json()["id"])
-            r = client.post("/api/v1/contacts", headers=auth, json={"organisation": "dost", "name": f"Bench hook {n}",
-                            "webhook_url": hook_url, "channels": ["webhook"]})  # fmt: skip
+            r = client.post(
+                "/api/v1/contacts",
+                headers=auth,
+                json={
+                    "organisation": "dost",
+                    "name": f"Bench hook {n}",
+                    "webhook_url": hook_url,
+                    "channels": ["webhook"],
+                },
+            )
             hook_ids.append(r.json()["id"])
         for code, ids in (("bench-mail", mail_ids), ("bench-hook", hook_ids)):
             r = client.post("/api/v1/groups", headers=auth, json={"code": code, "name_vi": code, "members": ids})
-            assert r.status_code == 201, r.text  # noqa: S101 - a bench setup error
-        assert client.patch("/api/v1/playbooks/other", headers=auth, json={"enabled": False}).status_code == 200  # noqa: S101
-        r = client.post("/api/v1/playbooks", headers={**auth, "Content-Type": "application/yaml"},
-                        content=PLAYBOOK.encode())  # fmt: skip
-        assert r.status_code == 201, r.text  # noqa: S101
+            assert r.status_code == 201, r.text
+        assert client.patch("/api/v1/playbooks/other", headers=auth, json={"enabled": False}).status_code == 200
+        r = client.post(
+            "/api/v1/playbooks", headers={**auth, "Content-Type": "application/yaml"}, content=PLAYBOOK.encode()
+        )
+        assert r.status_code == 201, r.text
 
         posted: dict[str, float] = {}
         soc = {"Authorization": f"Bearer {operator}"}
@@ -185,8 +218,14 @@ def main() -> int:
             delay = start + k / RATE - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            body = {"title": f"Bench paging {k}", "category": "other", "priority": "P3", "tlp": "green",
-                    "detected_at": "2026-01-15T08:30:00+07:00", "reporter": {"name": "bench"}}  # fmt: skip
+            body = {
+                "title": f"Bench paging {k}",
+                "category": "other",
+                "priority": "P3",
+                "tlp": "green",
+                "detected_at": "2026-01-15T08:30:00+07:00",
+                "reporter": {"name": "bench"},
+            }
             r = client.post("/api/v1/incidents", headers=soc, json=body)
             if r.status_code != 201:
                 errors.append(f"POST {r.status_code}: {r.text[:200]}")
@@ -230,10 +269,13 @@ def main() -> int:
             if channel["api"]["missing"]:
                 errors.append(f"{channel['api']['missing']} deliveries never arrived")
         targets = {
-            f"{name}_p99_ms": {"value": f["api"]["p99_ms"], "target": TARGET_P99_MS,
-                               "pass": f["api"]["p99_ms"] <= TARGET_P99_MS}
+            f"{name}_p99_ms": {
+                "value": f["api"]["p99_ms"],
+                "target": TARGET_P99_MS,
+                "pass": f["api"]["p99_ms"] <= TARGET_P99_MS,
+            }
             for name, f in figures.items()
-        }  # fmt: skip
+        }
         report = {
             "scale": SCALE,
             "finished_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
@@ -243,7 +285,7 @@ def main() -> int:
                 "incidents": count,
                 "contacts": CONTACTS,
                 "server": "gunicorn (1 gevent worker) + flask worker",
-            },  # fmt: skip
+            },
             "machine": {"cpus": os.cpu_count(), "load_average_after": [round(x, 2) for x in os.getloadavg()]},
             **figures,
             "targets": targets,
@@ -270,9 +312,11 @@ def main() -> int:
     for name in ("email", "webhook"):
         if name in report:
             f = report[name]
-            print(f"  {name:8} POST→arrival p50 {f['api']['p50_ms']:7.1f} ms  p99 {f['api']['p99_ms']:7.1f} ms"
-                  f"  | direct p50 {f['baseline']['p50_ms']:6.1f} ms  p99 {f['baseline']['p99_ms']:6.1f} ms"
-                  f"  | p99 ratio to baseline {f['ratio_p99']:.1f}")  # fmt: skip
+            print(
+                f"  {name:8} POST→arrival p50 {f['api']['p50_ms']:7.1f} ms  p99 {f['api']['p99_ms']:7.1f} ms"
+                f"  | direct p50 {f['baseline']['p50_ms']:6.1f} ms  p99 {f['baseline']['p99_ms']:6.1f} ms"
+                f"  | p99 ratio to baseline {f['ratio_p99']:.1f}"
+            )
     if "targets" in report:
         print("targets:")
         for name, t in report["targets"].items():
