@@ -366,42 +366,73 @@ class Core:
         return {a: tg.sign_callback(secret, a, page_id, chat_id, now) for a in actions}
 
     def enqueue_page(self, message: Message) -> str:
-        """The channel's `send`: render the page for its contact and queue it for the leader (one transaction)."""
+        """The channel's `send`: render the page for its contact and queue it for the leader (one transaction).
+
+        The page's other Telegram deliveries still queued are rendered and queued in the same transaction (their
+        own `send` then finds its job there): a page to 120 people reaches the leader at once, not one by one.
+        """
         page_id, contact_id, wave = _page_key(message)
         try:
             chat_id = int(str(message.to).strip())
         except ValueError:
             raise DeliveryFailed(f"not a Telegram chat id: {message.to!r}", permanent=True) from None
         with self.sessions() as session:
-            from playbooks.models import Contact, Page
+            from playbooks.models import DELIVERY_QUEUED, Contact, Delivery, Page
 
-            page = session.get(Page, page_id) if page_id is not None else None
-            contact = session.get(Contact, contact_id) if contact_id is not None else None
-            language = getattr(contact, "language", None) or tg.DEFAULT_LANGUAGE
             chat = session.get(TelegramChat, chat_id)
             if chat is not None and chat.undeliverable_at is not None:
                 raise DeliveryFailed(f"Telegram chat {chat_id}: {chat.undeliverable_reason}", permanent=True)
-            renderer = self.renderer(language)
-            if page is not None:
-                text = renderer.page(self.page_view(session, page, language), max_tlp=self.max_tlp(chat_id))
-                buttons = self.buttons(page.id, chat_id) if page.requires_ack else {}
-                incident_id = page.incident_id
+            page = session.get(Page, page_id) if page_id is not None else None
+            if page is None:
+                text = tg.esc(message.text)[: tg.MAX_TEXT]
+                payloads = [self._payload(chat_id, text, {}, f"tg:{message.key}", "reply", None, contact_id,
+                                          message.data.get("incident_id"), None, tg.DEFAULT_LANGUAGE)]  # fmt: skip
             else:
-                text, buttons, incident_id = tg.esc(message.text)[: tg.MAX_TEXT], {}, message.data.get("incident_id")
-            payload = {
-                "chat_id": chat_id, "text": text, "buttons": buttons, "key": f"tg:{message.key}",
-                "purpose": "page" if page is not None else "reply", "page_id": page_id, "contact_id": contact_id,
-                "incident_id": incident_id, "delivery_id": _delivery_id(session, page_id, contact_id, wave),
-                "language": language,
-                "queued_at": time.time(),
-            }  # fmt: skip
+                siblings = session.execute(
+                    select(Delivery.id, Delivery.contact_id, Delivery.address).where(
+                        Delivery.page_id == page.id, Delivery.channel == tg.CHANNEL, Delivery.wave == wave,
+                        (Delivery.state == DELIVERY_QUEUED) | (Delivery.contact_id == contact_id))
+                ).all()  # fmt: skip
+                targets = {c: (d, addr) for d, c, addr in siblings}
+                targets.setdefault(contact_id, (None, str(chat_id)))
+                contacts = {c.id: c for c in session.scalars(select(Contact).where(Contact.id.in_(list(targets))))}
+                addresses = [int(a) for _, a in targets.values() if str(a).lstrip("-").isdigit()]
+                blocked = set(session.scalars(select(TelegramChat.chat_id).where(
+                    TelegramChat.chat_id.in_(addresses), TelegramChat.undeliverable_at.is_not(None))))  # fmt: skip
+                views: dict[str, tg.PageView] = {}
+                payloads = []
+                for cid, (delivery_id, address) in targets.items():
+                    try:
+                        to = chat_id if cid == contact_id else int(address)
+                    except ValueError:
+                        continue
+                    if to in blocked and cid != contact_id:
+                        continue
+                    language = getattr(contacts.get(cid), "language", None) or tg.DEFAULT_LANGUAGE
+                    if language not in views:
+                        views[language] = self.page_view(session, page, language)
+                    text = self.renderer(language).page(views[language], max_tlp=self.max_tlp(to))
+                    buttons = self.buttons(page.id, to) if page.requires_ack else {}
+                    payloads.append(self._payload(to, text, buttons, f"tg:page.{page.id}.{cid}.{wave}", "page",
+                                                  page.id, cid, page.incident_id, delivery_id, language))  # fmt: skip
 
             def work() -> None:
-                jobs.enqueue(session, SEND, payload, key=payload["key"], incident_id=incident_id)
+                jobs.enqueue_many(session, [jobs.job_values(SEND, p, key=p["key"], incident_id=p["incident_id"])
+                                            for p in payloads])  # fmt: skip
 
             service.in_transaction(session, work)
         self.queued()
-        return f"queued for Telegram as {payload['key']}"
+        return f"queued for Telegram as tg:{message.key}"
+
+    @staticmethod
+    def _payload(chat_id: int, text: str, buttons: dict[str, str], key: str, purpose: str, page_id: int | None,
+                 contact_id: int | None, incident_id: int | None, delivery_id: int | None,
+                 language: str) -> dict[str, Any]:  # fmt: skip
+        return {
+            "chat_id": chat_id, "text": text, "buttons": buttons, "key": key, "purpose": purpose, "page_id": page_id,
+            "contact_id": contact_id, "incident_id": incident_id, "delivery_id": delivery_id, "language": language,
+            "queued_at": time.time(),
+        }  # fmt: skip
 
     def queue_board_posts(self) -> int:
         """Post serious incidents, escalations to the board and requests for direction to the board's group."""
@@ -826,16 +857,6 @@ def _page_key(message: Message) -> tuple[int | None, int | None, int]:
     return page_id, contact_id, int(data.get("wave") or from_key[2] or 0)
 
 
-def _delivery_id(session: Session, page_id: int | None, contact_id: int | None, wave: int) -> int | None:
-    if page_id is None or contact_id is None:
-        return None
-    from playbooks.models import Delivery
-
-    return session.scalar(select(Delivery.id).where(
-        Delivery.page_id == page_id, Delivery.contact_id == contact_id, Delivery.channel == tg.CHANNEL,
-        Delivery.wave == wave))  # fmt: skip
-
-
 def _apply(session: Session, action: str, page_id: int, contact: Any, config: dict[str, Any]) -> None:
     """The press's use case (playbooks/service.py), one transaction of its own."""
     from incidents.errors import Conflict, Forbidden
@@ -969,7 +990,7 @@ class Runtime:
         self.paused_until = 0.0  # monotonic: a 429 holds every send until then
         self.chat_next: dict[int, float] = {}
         self.chat_locks: dict[int, asyncio.Lock] = {}
-        self.sending: set[int] = set()
+        self.sending: set[tuple[int, int]] = set()  # (job id, attempt): a re-claimed job is a new attempt
         self.leading = False
         self.application: Application | None = None
         self._stop = asyncio.Event()
@@ -1187,7 +1208,7 @@ class Runtime:
                     for chat_id, at in slots.items():
                         self.chat_next[chat_id] = time.monotonic() + (at - utcnow()).total_seconds()
                 for job in claimed:
-                    self.sending.add(job.id)
+                    self.sending.add((job.id, job.attempts))
                     task = asyncio.create_task(self._deliver(job, job.payload["key"] in keys))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -1205,7 +1226,7 @@ class Runtime:
             if due is None or due > utcnow():
                 return []
             claimed = jobs.claim(session, self.name, 100, kinds=sorted(LEADER_KINDS))
-        return [j for j in claimed if j.id not in self.sending]
+        return [j for j in claimed if (j.id, j.attempts) not in self.sending]
 
     async def _deliver(self, job: jobs.ClaimedJob, sent_before: bool) -> None:
         try:
@@ -1222,7 +1243,7 @@ class Runtime:
             log.exception("telegram send %s failed", job.id)
             await self._db(self.core.failed, job, self.name, f"{type(exc).__name__}: {exc}", permanent=False)
         finally:
-            self.sending.discard(job.id)
+            self.sending.discard((job.id, job.attempts))
 
     def _record(self, job: jobs.ClaimedJob, message_id: int, at: datetime, spacing: float) -> None:
         """Sent: written with the others sent in the same few milliseconds (one transaction, not one each)."""

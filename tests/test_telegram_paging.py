@@ -62,6 +62,7 @@ def test_incident_pages_each_linked_contact_with_three_buttons_and_only_the_addr
     to_alice = next(c for c in sent if int(c.params["chat_id"]) == 2001)
     (message_id,) = message_ids(bot_api, 2001)
     ack_data = dict(buttons(to_alice))["Nhận xử lý"]
+    wait_until(lambda: len(events_of(session, "page.delivered")) == 2, what="both deliveries recorded")
     timeline_before = count(session, type(events_of(session, "page.sent")[0]))
 
     # Refused: an unlinked user in Alice's chat, Carol with a genuinely signed button that was not hers, a forgery.
