@@ -300,6 +300,7 @@ def test_every_page_has_a_strict_csp_and_no_inline_script(app: Flask, client: Fl
         "/board",
         "/directory",
         "/account/sessions",
+        "/playbooks",
     ):
         response = client.get(url)
         policy = response.headers["Content-Security-Policy"]
@@ -378,7 +379,15 @@ def test_an_english_page_shows_no_vietnamese_catalogue_string_and_the_reverse(ap
             text = text.replace(name, " ")
         return text
 
-    pages = ("/incidents", "/incidents/new", f"/incidents/{ref}", "/board", "/directory", "/account/sessions")
+    pages = (
+        "/incidents",
+        "/incidents/new",
+        f"/incidents/{ref}",
+        "/board",
+        "/directory",
+        "/account/sessions",
+        "/playbooks",
+    )
     sign_in(client, "op")
     for url in pages:
         text = shown(client.get(url).text)
@@ -553,3 +562,41 @@ def test_contacts_of_the_directory_are_shown_to_the_desk_only(app: Flask, client
     sign_in(member, "member")
     text = text_of(member.get("/directory").text)
     assert "Đầu Mối Công An" not in text and "0237111222" not in text
+
+
+def test_the_playbook_editor_shows_validation_messages_and_saves_a_new_version(app: Flask, client: FlaskClient) -> None:
+    from playbooks import service as playbooks
+
+    with app.app_context():
+        s = db.session()
+        with s.begin():
+            playbooks.seed_definitions(s)
+    secret = make_user(app, "boss", role="admin", totp=True)
+    sign_in(client, "boss", totp=secret)
+    page = client.get("/playbooks")
+    assert page.status_code == 200 and "/playbooks/other" in page.text
+    edit = client.get("/playbooks/other")
+    source = re.search(r'<textarea id="playbook-source"[^>]*>(.*?)</textarea>', edit.text, re.S).group(1)
+    source = (
+        source.replace("&#39;", "'")
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#34;", '"')
+    )
+    broken = source.replace("timeout: 15m", "timeout: soon")
+    refused = client.post("/playbooks/other", data={"source": broken, "csrf_token": csrf(edit.text)})
+    assert refused.status_code == 422
+    assert "Kịch bản chưa được lưu" in refused.text and "line" in refused.text
+    assert "timeout: soon" in refused.text  # the text stays in the editor to be corrected
+    saved = client.post(
+        "/playbooks/other", data={"source": source.replace("15m", "20m", 1), "csrf_token": csrf(edit.text)}
+    )
+    assert saved.status_code == 302
+    assert "Phiên bản 2" in client.get("/playbooks/other").text
+    operator = app.test_client()
+    make_user(app, "op")
+    sign_in(operator, "op")
+    view = operator.get("/playbooks/other")
+    assert view.status_code == 200 and 'name="source"' not in view.text  # read-only for operators
+    assert operator.post("/playbooks/other", data={"source": source, "csrf_token": csrf(view.text)}).status_code == 403

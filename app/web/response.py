@@ -12,7 +12,7 @@ from app.web.views import roles
 from incidents import audit, service, stix_store
 from incidents.access import Actor
 from incidents.enums import Role
-from incidents.errors import Forbidden, NotFound, ValidationFailed
+from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident
 from playbooks import directory
 from playbooks import service as playbooks
@@ -120,3 +120,62 @@ def directory_context(actor: Actor, organisations: list[Any]) -> dict[str, Any]:
         if people:
             on_call[org.code] = people
     return {"contacts": directory.list_contacts(session, limit=500), "on_call": on_call}
+
+
+@bp.route("/playbooks")
+@roles(Role.ADMIN, Role.OPERATOR)
+def playbook_list() -> Any:
+    from app.web.views import render
+
+    return render("playbooks.html", versions=playbooks.list_versions(db.session()), errors={}, source="")
+
+
+@bp.route("/playbooks/<name>")
+@roles(Role.ADMIN, Role.OPERATOR)
+def playbook(name: str) -> Any:
+    from app.web.views import error_page, render
+
+    versions = list(playbooks.list_versions(db.session(), name=name))
+    if not versions:
+        return error_page(404, _("Not found, or you may not see it."))
+    return render("playbook.html", name=name, versions=versions, source=versions[-1].source, errors=[])
+
+
+def _upload(name: str | None) -> Any:
+    from app.web.views import render
+
+    source = request.form.get("source", "")
+    try:
+        version = playbooks.upload_playbook(session=db.session(), source=source, actor=current_actor(), name=name)
+    except (ValidationFailed, Conflict) as exc:
+        errors = [f"{e.field}: {e.message}" for e in exc.errors] or [exc.detail]
+        versions = list(playbooks.list_versions(db.session(), name=name)) if name else []
+        template = "playbook.html" if name else "playbooks.html"
+        if not name:
+            return render(template, 422, versions=playbooks.list_versions(db.session()), errors=errors, source=source)
+        return render(template, 422, name=name, versions=versions, source=source, errors=errors)
+    flash(_("Playbook %(name)s saved as version %(version)s.", name=version.name, version=version.version), "ok")
+    return redirect(url_for("web.playbook", name=version.name))
+
+
+@bp.route("/playbooks", methods=["POST"])
+@roles(Role.ADMIN)
+def playbook_create() -> Any:
+    return _upload(None)
+
+
+@bp.route("/playbooks/<name>", methods=["POST"])
+@roles(Role.ADMIN)
+def playbook_update(name: str) -> Any:
+    return _upload(name)
+
+
+@bp.route("/playbooks/<name>/enabled", methods=["POST"])
+@roles(Role.ADMIN)
+def playbook_enabled(name: str) -> Any:
+    try:
+        playbooks.set_enabled(session=db.session(), name=name, enabled=request.form.get("enabled") == "1",
+                              actor=current_actor())  # fmt: skip
+    except NotFound as exc:
+        flash(_("Refused: %(details)s", details=exc.detail), "error")
+    return redirect(url_for("web.playbook", name=name))
