@@ -9,7 +9,7 @@ from flask.cli import AppGroup
 
 from app import db
 from incidents.errors import Conflict, Forbidden, NotFound
-from playbooks import engine, service, spec
+from playbooks import directory, engine, service, spec
 from playbooks.models import Contact, Page
 
 bp = Blueprint("ack", __name__)
@@ -61,6 +61,31 @@ def confirm(token: str) -> Any:
         return _render(token, (page, contact), done=f"refused: {exc.detail}", status=403)
     db.session().refresh(page)
     return _render(token, (page, contact), done="acknowledged")
+
+
+@bp.get("/directory/confirm/<token>")
+def confirm_details_form(token: str) -> Any:
+    """Show the person's details with a confirm button; nothing changes."""
+    contact = _contact_of(token)
+    if contact is None:
+        return render_template("confirm_details.html", contact=None), 404
+    return render_template("confirm_details.html", contact=contact, done=False)
+
+
+@bp.post("/directory/confirm/<token>")
+def confirm_details(token: str) -> Any:
+    """The person confirms their details are still right: `confirmed_at` is stamped."""
+    contact = _contact_of(token)
+    if contact is None:
+        return render_template("confirm_details.html", contact=None), 404
+    contact = directory.confirm_contact(session=db.session(), contact_id=contact.id, via="link")
+    return render_template("confirm_details.html", contact=contact, done=True)
+
+
+def _contact_of(token: str) -> Contact | None:
+    contact_id = engine.read_confirm_token(str(current_app.config["SECRET_KEY"]), token)
+    contact = db.session().get(Contact, contact_id) if contact_id is not None else None
+    return contact if contact is not None and contact.erased_at is None else None
 
 
 playbooks_cli = AppGroup("playbooks", help="Check and load playbook definitions.")

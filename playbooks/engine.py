@@ -62,6 +62,7 @@ EVALUATE, CONTINUE, WAIT, DELIVER, DIGEST, FOCAL = (
     "page.digest",
     "directory.focal",
 )
+CONFIRM = "directory.confirm_request"
 # A web process's sessions carry its paging settings here (`app/ack.py`): small filings then start their
 # playbooks in their own transaction, one worker round trip sooner; bulk filings and other processes queue a job.
 INLINE_SETTINGS = "ucsc.paging_inline"
@@ -1228,10 +1229,60 @@ def focal_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                     note=f"{len(alerted)} đầu mối chưa xác nhận thông tin liên lạc quá {settings.focal_hours:g} giờ",
                     data={"ref": None, "status": None, "contacts": alerted},
                 )
+            # "Still your number?": ask whoever has not confirmed since the last change (again each day).
+            asked_before = now - timedelta(hours=24)
+            for contact in directory.unconfirmed(session, older_than=timedelta(0), now=now):
+                if contact.confirm_requested_at is None or contact.confirm_requested_at < asked_before:
+                    contact.confirm_requested_at = now
+                    jobs.enqueue(session, CONFIRM, {"contact_id": contact.id},
+                                 key=f"{CONFIRM}:{contact.id}:{now:%Y-%m-%dT%H}")  # fmt: skip
             schedule_focal_check(session, after=job.run_at)
             return alerted
 
         service.in_transaction(session, work)
+
+
+def confirm_token(secret: str, contact_id: int) -> str:
+    """The signed link a person follows to confirm their details."""
+    return f"{contact_id}-{_mac(secret, 'confirm', contact_id)}"
+
+
+def read_confirm_token(secret: str, token: str) -> int | None:
+    head, _, mac = token.partition("-")
+    if not head.isdigit() or not hmac.compare_digest(mac, _mac(secret, "confirm", int(head))):
+        return None
+    return int(head)
+
+
+def send_confirm_request(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+    """Ask one person whether the directory still reaches them, with a link whose POST confirms."""
+    settings = Settings.from_config(ctx.config)
+    with ctx.sessions() as session:
+        contact = session.get(Contact, job.payload["contact_id"])
+        if contact is None or not contact.active or contact.erased_at is not None:
+            return
+        channels = usable_channels(contact, settings)
+        if not channels:
+            # Nothing reaches them: the 24-hour report to the standing body is what follows.
+            log.warning("contact %s has no channel to ask for confirmation on", contact.id)
+            return
+        channel = channels[0]
+        address = str(getattr(contact, registry.ADDRESS_FIELDS[channel]))
+        link = f"{settings.base_url}/directory/confirm/{confirm_token(settings.secret_key, contact.id)}"
+        text = (
+            f"Ban Chỉ đạo ứng cứu sự cố: đề nghị đồng chí {contact.name} xác nhận thông tin liên lạc "
+            f"(điện thoại {contact.phone or '-'}, e-mail {contact.email or '-'}) vẫn đúng: {link}\n"
+            f"The steering board asks you to confirm your contact details are still right: {link}"
+        )
+    message = Message(to=address, subject="Xác nhận thông tin đầu mối / Are these still your details?", text=text,
+                      key=job.idempotency_key or f"{CONFIRM}:{contact.id}", data={"type": "confirm", "url": link},
+                      secret=contact.webhook_secret)  # fmt: skip
+    try:
+        ctx.notifiers[channel].send(message)
+    except DeliveryFailed as exc:
+        if exc.permanent:
+            raise jobs.PermanentError(str(exc)) from exc
+        raise
 
 
 def schedule_focal_check(session: Session, *, after: datetime | None = None) -> None:
@@ -1279,6 +1330,7 @@ def _continue_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
 jobs.job_kind(DELIVER, max_attempts=3, lease_seconds=30)(deliver)
 jobs.job_kind(DIGEST, max_attempts=10, lease_seconds=30)(send_digest)
 jobs.job_kind(FOCAL, max_attempts=3, lease_seconds=60)(focal_check)
+jobs.job_kind(CONFIRM, max_attempts=8, lease_seconds=30)(send_confirm_request)
 
 
 def configure(config: dict[str, Any]) -> None:

@@ -28,11 +28,15 @@ def settings(app: Flask) -> engine.Settings:
     return engine.Settings.from_config(app.config)
 
 
-def run_jobs(app: Flask, kinds: tuple[str, ...] = (engine.EVALUATE, engine.CONTINUE)) -> int:
-    """Run due jobs of `kinds` in this process through their real handlers (the worker's code path, no thread)."""
+def run_jobs(app: Flask, kinds: tuple[str, ...] = (engine.EVALUATE, engine.CONTINUE), *, send: bool = False) -> int:
+    """Run due jobs of `kinds` in this process through their real handlers (the worker's code path, no thread);
+    with `send`, through the channels the configuration names (real SMTP, real HTTP)."""
+    from notifiers.registry import build_notifiers
+
     ran = 0
     with app.app_context():
-        ctx = jobs.JobContext(app.extensions["ucsc.sessionmaker"], dict(app.config), {})
+        notifiers = build_notifiers(app.config) if send else {}
+        ctx = jobs.JobContext(app.extensions["ucsc.sessionmaker"], dict(app.config), notifiers)
         session = db.session()
         session.rollback()
         while True:

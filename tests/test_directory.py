@@ -1,12 +1,17 @@
 """The directory: weekly rotations with leave, who a page reaches, CSV round trips, the 24-hour rule, erasure."""
 
+import re
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from incidents import jobs
 from incidents.base import utcnow
 from incidents.models import AuditEntry, Job
 from playbooks import engine
@@ -14,8 +19,20 @@ from playbooks.directory import on_call
 from playbooks.models import Contact, Schedule
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
+from tests.receivers import SmtpServer
 
 MONDAY = datetime(2026, 11, 2, 1, 0, tzinfo=UTC)  # 08:00 in Thanh Hoa
+
+
+def _hourly_check(app: Flask, n: int, *, send: bool = False) -> None:
+    """The hourly focal-point job falls due (queued as the worker's schedule would, but now), and what it causes."""
+    with app.app_context():
+        from app import db
+
+        s = db.session()
+        with s.begin():
+            jobs.enqueue(s, engine.FOCAL, run_at=utcnow(), key=f"test-focal-{n}")
+    paging.run_jobs(app, (engine.FOCAL, engine.CONFIRM), send=send)
 
 
 def _contact(client: FlaskClient, admin: dict[str, str], name: str, org: str = "vnpt", **extra: object) -> int:
@@ -96,27 +113,14 @@ def test_a_focal_point_unconfirmed_24_hours_after_a_change_is_reported_to_the_st
     assert (
         client.patch(f"/api/v1/contacts/{an}", json={"phone": "0912000111"}, headers=admin).json["confirmed_at"] is None
     )
-
-    def hourly_check(n: int) -> None:
-        """The hourly focal-point job falls due (queued as the worker's schedule would, but now)."""
-        from incidents import jobs
-
-        with app.app_context():
-            from app import db
-
-            s = db.session()
-            with s.begin():
-                jobs.enqueue(s, engine.FOCAL, run_at=utcnow(), key=f"test-focal-{n}")
-        paging.run_jobs(app, (engine.FOCAL,))
-
-    hourly_check(1)
+    _hourly_check(app, 1)
     assert paging.events(dbs, "directory.unconfirmed") == []  # changed just now: still within 24 h
     dbs.execute(update(Contact).values(details_changed_at=utcnow() - timedelta(hours=25)))
     dbs.commit()
-    hourly_check(2)
+    _hourly_check(app, 2)
     [alert] = paging.events(dbs, "directory.unconfirmed")
     assert alert.data["contacts"] == [an] and "24" in alert.note
-    hourly_check(3)
+    _hourly_check(app, 3)
     assert len(paging.events(dbs, "directory.unconfirmed")) == 1  # reported once
     assert dbs.scalar(select(Job).where(Job.kind == engine.FOCAL, Job.state == "queued")) is not None  # the next hour
     r = client.post(f"/api/v1/contacts/{an}/confirmations", headers=admin)
@@ -148,3 +152,35 @@ def test_personal_data_is_exported_and_erased_on_request_and_both_are_audited(
     [page] = paging.pages(dbs, incident_id)
     assert page.recipients[0].contact.name.startswith("(đã xoá")
     assert client.get(f"/api/v1/contacts/{an}/personal-data", headers=operator).status_code == 404
+
+
+@pytest.fixture
+def smtp(app_config: dict) -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    app_config.update(SMTP_URL=server.url, BASE_URL="https://ucsc.thanhhoa.gov.vn")
+    yield server
+    server.close()
+
+
+def test_the_hourly_check_asks_an_unconfirmed_person_still_your_number_and_only_the_links_post_confirms(
+    smtp: SmtpServer, app: Flask, client: FlaskClient, dbs: Session, make_token: TokenFactory
+) -> None:
+    admin = make_token("admin")
+    an = _contact(client, admin, "an", phone="0912000111")
+    _hourly_check(app, 1, send=True)
+    [mail] = smtp.wait_for(1)
+    assert mail.rcpt_tos == ["an@x.vn"] and "0912000111" in mail.text
+    link = re.search(r"https://ucsc\.thanhhoa\.gov\.vn(/directory/confirm/\S+)", mail.text).group(1)
+    for _ in range(2):  # a mail scanner, then the person
+        page = client.get(link)
+        assert page.status_code == 200 and 'data-state="unconfirmed"' in page.text
+    dbs.rollback()
+    assert dbs.get(Contact, an).confirmed_at is None and dbs.get(Contact, an).confirm_requested_at is not None
+    assert client.post(link + "x").status_code == 404
+    done = client.post(link)
+    assert done.status_code == 200 and 'data-state="confirmed"' in done.text
+    dbs.rollback()
+    assert dbs.get(Contact, an).confirmed_at is not None
+    _hourly_check(app, 2, send=True)
+    time.sleep(0.2)
+    assert len(smtp.mails) == 1  # confirmed: not asked again
