@@ -334,6 +334,34 @@ def test_the_intake_form_can_be_completed_by_keyboard_alone(
     assert count_incidents(bapp) == before + 1
 
 
+def test_a_board_member_answers_a_request_for_direction_and_the_operator_sees_the_directive_live(
+    server: LiveServer, browser: Browser, contexts: list[BrowserContext], bapp: Flask
+) -> None:
+    op = new_page(browser, contexts)
+    sign_in(op, server, "op")
+    ref = _an_incident(op, server, "Mã độc lây lan trong mạng nội bộ")
+    member = new_page(browser, contexts)
+    sign_in(member, server, "member")
+    wait_live(member)
+    question = f"Có ngắt kết nối Internet của Sở không? {time.time_ns()}"
+    op.fill("#question-vi", question)
+    op.click("#ask-heading ~ form button[type=submit]")
+    op.wait_for_load_state("load")
+    wait_live(op)
+    op.evaluate("window.__sameDocument = true")
+    request = member.locator("#inbox .request", has_text=question)
+    request.wait_for(state="visible", timeout=LIVE_WITHIN_MS)
+    member.locator("#inbox .request", has_text=question).locator("textarea").fill("Ngắt ngay, báo cáo sau 30 phút.")
+    member.locator("#inbox .request", has_text=question).locator("button[type=submit]").click()
+    member.wait_for_load_state("load")
+    expect(member.locator(".flash.ok")).to_be_visible()
+    expect(member.locator("#inbox .request", has_text=question)).to_have_count(0)
+    expect(op.locator("#timeline")).to_contain_text("Ngắt ngay, báo cáo sau 30 phút.", timeout=LIVE_WITHIN_MS)
+    expect(op.locator("#directions")).to_contain_text("Ngắt ngay, báo cáo sau 30 phút.")
+    assert op.evaluate("window.__sameDocument") is True
+    assert ref in op.url
+
+
 def test_the_board_says_reconnecting_when_the_heartbeat_stops_and_catches_up_after(
     server: LiveServer, browser: Browser, contexts: list[BrowserContext], bapp: Flask
 ) -> None:
