@@ -600,3 +600,14 @@ def test_the_playbook_editor_shows_validation_messages_and_saves_a_new_version(a
     view = operator.get("/playbooks/other")
     assert view.status_code == 200 and 'name="source"' not in view.text  # read-only for operators
     assert operator.post("/playbooks/other", data={"source": source, "csrf_token": csrf(view.text)}).status_code == 403
+
+
+@pytest.mark.parametrize("app_config", [{"LOGIN_RATE_LIMIT": "3/minute"}])
+def test_sign_in_attempts_are_rate_limited_per_address(app: Flask, client: FlaskClient) -> None:
+    make_user(app, "op")
+    for _ in range(3):
+        assert sign_in(client, "op", "wrong password!").status_code == 401
+    limited = sign_in(client, "op")
+    assert limited.status_code == 429
+    assert "Đăng nhập quá nhiều lần" in limited.text
+    assert client.get("/incidents").status_code == 302
