@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint format install install-test browser clean wheelhouse translations
+.PHONY: run test bench lint format install install-test browser system-deps clean wheelhouse translations
 
 # PIP_OPTS="--no-index --find-links wheelhouse" installs from a bundle made by `make wheelhouse`, with no registry.
 PIP_OPTS ?=
@@ -42,7 +42,13 @@ browser:
 	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q chromium >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null); \
 	  else echo "chromium is missing: install Debian's chromium package"; fi; fi
 
-test: install-test browser
+# Pango for WeasyPrint's PDF reports (docs/reports.md); installed when we are root and it is missing.
+system-deps:
+	@if ! ldconfig -p | grep -q libpangoft2-1.0; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 >/dev/null); \
+	  else echo "Pango is missing: install Debian's libpango-1.0-0 and libpangoft2-1.0-0"; fi; fi
+
+test: install-test browser system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadgroup
 
