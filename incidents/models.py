@@ -506,6 +506,20 @@ class StixCursor(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     position: Mapped[int] = mapped_column(BigId, default=0)
+    # Per incident ("incident:42"): a digest of its STIX-visible state, so a page or an ack costs no stix2 work.
+    digest: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StixExport(Base):
+    """An incident's projected objects joined as served, rewritten by the projector whenever they change."""
+
+    __tablename__ = "stix_exports"
+
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True)
+    tlp: Mapped[str] = mapped_column(String(16))
+    objects: Mapped[str] = mapped_column(Text)
+    tlps: Mapped[list[Any]] = mapped_column(default=list)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

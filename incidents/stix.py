@@ -2,7 +2,6 @@
 
 import hashlib
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -218,13 +217,9 @@ def object_uuid(*parts: str) -> str:
     return str(uuid.uuid4())
 
 
-def bundle_id(bodies: Iterable[str]) -> str:
+def bundle_id_of(objects: str) -> str:
     """A bundle id fixed by its content, shaped as a UUIDv4, so a re-export of the same objects is identical."""
-    digest = hashlib.sha256()
-    for body in bodies:
-        digest.update(body.encode())
-        digest.update(b"\n")
-    raw = bytearray(digest.digest()[:16])
+    raw = bytearray(hashlib.sha256(objects.encode()).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     return f"bundle--{uuid.UUID(bytes=bytes(raw))}"
@@ -237,6 +232,7 @@ class Planned:
     key: str
     obj: Any
     shared: bool = False
+    body: str = ""
 
 
 class Ids:

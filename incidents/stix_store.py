@@ -17,7 +17,7 @@ from incidents.access import Actor, tlp_clause, visible_incidents
 from incidents.base import utcnow
 from incidents.enums import TLP, Role
 from incidents.errors import FieldError, ValidationFailed
-from incidents.models import Event, Incident, StixCursor, StixLink, StixObject, System
+from incidents.models import Event, Incident, StixCursor, StixExport, StixLink, StixObject, System
 
 log = logging.getLogger("ucsc.stix")
 
@@ -237,52 +237,91 @@ def _insert_values(session: Session, values: list[dict[str, Any]], links: dict[i
 _SCO_TYPES = ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file")
 
 
-def _plan(session: Session, incident_id: int, settings: StixSettings, board_id: str) -> tuple[Any, list, dict, dict]:
+def _load_view(session: Session, incident_id: int, settings: StixSettings) -> stix.IncidentView | None:
     incident = session.scalar(
         select(Incident)
         .where(Incident.id == incident_id)
         .options(selectinload(Incident.observables), selectinload(Incident.affected_system).selectinload(System.owner))
     )
-    if incident is None:
-        return None, [], {}, {}
-    view = _view(incident, settings)
+    return None if incident is None else _view(incident, settings)
+
+
+def _plan(session: Session, view: stix.IncidentView, board_id: str) -> tuple[list, dict, dict]:
+    """The planned objects, serialised, with the ids already stored for their keys."""
     shared_keys = [f"sco:{o.key}" for o in view.observables]
-    if view.reporter_organisation:
-        shared_keys.append(f"identity:{view.tlp}:{view.reporter_organisation}")
-    if view.affected_organisation:
-        shared_keys.append(f"identity:{view.tlp}:{view.affected_organisation}")
-    own, shared = _stored(session, incident_id, shared_keys)
+    for name in (view.reporter_organisation, view.affected_organisation):
+        if name:
+            shared_keys.append(f"identity:{view.tlp}:{name}")
+    own, shared = _stored(session, view.id, shared_keys)
     known = {k: (s.stix_id, s.created) for k, s in own.items()}
     for (key, _tlp), rows in shared.items():
         if key.startswith("identity:"):
             known[key] = (rows[-1].stix_id, rows[-1].created)
     planned = stix.plan(view, stix.Ids(known), board_id, utcnow())
-    return view, planned, own, shared
+    for p in planned:
+        p.body = stix.serialise(p.obj)
+    return planned, own, shared
+
+
+PLACEHOLDER_BOARD = "identity--00000000-0000-4000-8000-000000000000"
+MAPPING_VERSION = "1"  # bump when incidents/stix.py maps differently: every incident is then projected again
+
+
+def _digest(view: stix.IncidentView, board_id: str | None) -> str:
+    return hashlib.sha256(f"{MAPPING_VERSION}|{board_id}|{view!r}".encode()).hexdigest()
+
+
+def _end(session: Session) -> None:
+    if session.in_transaction():
+        session.commit()
 
 
 def project_incident(session: Session, incident_id: int, settings: StixSettings) -> int:
-    """Bring an incident's stored graph up to date; a new version only where the STIX body changed. Rows written."""
+    """Bring an incident's stored graph up to date; a new version only where the STIX body changed. Rows written.
+
+    The stix2 work happens before the write lock is taken; under it, only comparisons and inserts.
+    """
+    _end(session)
     with session.begin():
+        last_event = session.scalar(select(func.max(Event.id)).where(Event.incident_id == incident_id)) or 0
         board_id = _board_id_read(session)
-        view, planned, own, shared = _plan(
-            session, incident_id, settings, board_id or "identity--00000000-0000-4000-8000-000000000000"
-        )
-    if view is None:
+        view = _load_view(session, incident_id, settings)
+        if view is None:
+            return 0
+        digest = _digest(view, board_id)
+        cursor = session.get(StixCursor, f"incident:{incident_id}")
+        unchanged = cursor is not None and cursor.digest == digest
+        if not unchanged:
+            planned, _own, _shared = _plan(session, view, board_id or PLACEHOLDER_BOARD)
+    if unchanged:
+        if cursor.position < last_event:
+            service.in_transaction(session, lambda: _mark(session, incident_id, digest, last_event))
         return 0
 
     def work() -> int:
+        nonlocal planned, digest
         board = _board(session, settings)
-        nonlocal planned, own, shared
-        fresh_own, fresh_shared = _stored(session, incident_id, [p.key for p in planned if p.shared])
-        if board != board_id or _ids_moved(planned, fresh_own, fresh_shared):
-            # Someone else minted ids between our read and our lock (an export racing the projector): replan.
-            _view2, planned, fresh_own, fresh_shared = _plan(session, incident_id, settings, board)
-        written = _write(session, incident_id, view.tlp, planned, fresh_own, fresh_shared)
+        own, shared = _stored(session, incident_id, [p.key for p in planned if p.shared])
+        if board != board_id or _ids_moved(planned, own, shared):
+            # Someone minted ids between our read and our lock (an export racing the projector): plan again.
+            fresh = _load_view(session, incident_id, settings)
+            planned, own, shared = _plan(session, fresh, board)
+            digest = _digest(fresh, board)
+        written = _write(session, incident_id, view.tlp, planned, own, shared)
+        _refresh_export(session, incident_id, view.tlp)
+        _mark(session, incident_id, digest, last_event)
         if written and settings.push:
             enqueue_push(session)
         return written
 
     return service.in_transaction(session, work)
+
+
+def _mark(session: Session, incident_id: int, digest: str, last_event: int) -> None:
+    cursor = _cursor(session, f"incident:{incident_id}")
+    cursor.digest = digest
+    cursor.position = max(cursor.position, last_event)
+    cursor.updated_at = utcnow()
 
 
 def _board_id_read(session: Session) -> str | None:
@@ -323,7 +362,7 @@ def _write(session: Session, incident_id: int, tlp: str, planned: list, own: dic
                 continue
             if rows and p.key.startswith("identity:"):
                 stored = rows[-1]
-                if stored.body == stix.serialise(p.obj):
+                if stored.body == p.body:
                     if stored.row_id not in linked:
                         link_existing.append(stored.row_id)
                     continue
@@ -334,8 +373,7 @@ def _write(session: Session, incident_id: int, tlp: str, planned: list, own: dic
             items.append((obj, p.key, None, tlp))
             continue
         stored = own.get(p.key)
-        body = stix.serialise(p.obj)
-        if stored is not None and stored.body == body:
+        if stored is not None and stored.body == p.body:
             continue
         obj = p.obj if stored is None else stix.new_version(p.obj, _after(now, stored.modified))
         links[len(items)] = incident_id
@@ -357,6 +395,7 @@ def _after(now: datetime, previous: datetime) -> datetime:
 
 def project_pending(session: Session, settings: StixSettings, *, batch: int = 200) -> int:
     """Project the incidents of committed events after the cursor, in commit order; events consumed."""
+    _end(session)
     with session.begin():
         position = session.scalar(select(StixCursor.position).where(StixCursor.name == PROJECTOR)) or 0
         events = session.execute(
@@ -379,12 +418,13 @@ def project_pending(session: Session, settings: StixSettings, *, batch: int = 20
 
 
 def ensure_projected(session: Session, incident_id: int, settings: StixSettings) -> None:
-    """Read your own writes: project this incident now if events of it are past the projector's cursor."""
+    """Read your own writes: project this incident now if any event of it is past what was projected."""
+    _end(session)
     with session.begin():
-        position = session.scalar(select(StixCursor.position).where(StixCursor.name == PROJECTOR)) or 0
-        pending = session.scalar(select(func.count()).where(Event.incident_id == incident_id, Event.id > position))
-        projected = session.scalar(select(func.count()).where(StixObject.incident_id == incident_id))
-    if pending or not projected:
+        done = session.scalar(select(StixCursor.position).where(StixCursor.name == PROJECTOR)) or 0
+        mine = session.scalar(select(StixCursor.position).where(StixCursor.name == f"incident:{incident_id}"))
+        last = session.scalar(select(func.max(Event.id)).where(Event.incident_id == incident_id)) or 0
+    if mine is None or last > max(done, mine):
         project_incident(session, incident_id, settings)
 
 
@@ -398,7 +438,8 @@ def enqueue_push(session: Session) -> None:
 
 def _bundle(bodies: list[str]) -> str:
     # The envelope around stored objects; each body is the stix2 serialisation written by the projector.
-    return '{"type": "bundle", "id": "' + stix.bundle_id(bodies) + '", "objects": [' + ", ".join(bodies) + "]}"
+    objects = ", ".join(bodies)
+    return '{"type": "bundle", "id": "' + stix.bundle_id_of(objects) + '", "objects": [' + objects + "]}"
 
 
 def _markings(session: Session, tlps: set[str]) -> list[str]:
@@ -411,37 +452,84 @@ def _markings(session: Session, tlps: set[str]) -> list[str]:
     return [rows[i] for i in ids if i in rows]
 
 
+def _visible_incident(session: Session, actor: Actor, ref_or_id: int | str) -> Any:
+    """The few columns an export needs, if `actor` may see the incident (its observables are not loaded)."""
+    from incidents.base import MAX_ID
+    from incidents.errors import NotFound
+
+    stmt = select(Incident.id, Incident.ref, Incident.tlp, Incident.priority, Incident.category,
+                  Incident.detected_at).where(visible_incidents(actor))  # fmt: skip
+    text = str(ref_or_id)
+    if isinstance(ref_or_id, int) or (text.isascii() and text.isdigit()):
+        if int(text) > MAX_ID:
+            raise NotFound(f"no incident {ref_or_id}")
+        stmt = stmt.where(Incident.id == int(text))
+    else:
+        stmt = stmt.where(Incident.ref == text)
+    row = session.execute(stmt).first()
+    if row is None:
+        raise NotFound(f"no incident {ref_or_id}")
+    return row
+
+
+def _projected_rows(session: Session, incident_id: int, tlp: str, *, imported: Actor | None = None) -> list[Any]:
+    """Current rows of an incident's graph: projected ones at its TLP, or (`imported`) imported ones it may read."""
+    if imported is None:
+        which = and_(StixObject.key.is_not(None), StixObject.tlp == tlp)
+    else:
+        which = and_(StixObject.key.is_(None), tlp_clause(imported, StixObject.tlp, StixLink.incident_id))
+    # Core rows, not ORM ones: 50,000 bodies pass through here and ORM row handling was a third of the time.
+    return (
+        session.connection()
+        .execute(
+            select(StixObject.stix_id, StixObject.type, StixObject.body, StixObject.tlp)
+            .join(StixLink, StixLink.object_id == StixObject.id)
+            .where(StixLink.incident_id == incident_id, StixObject.current, which)
+            .order_by(StixObject.id)
+        )
+        .all()
+    )
+
+
+def _refresh_export(session: Session, incident_id: int, tlp: str) -> None:
+    """Rewrite the incident's joined objects (in the projecting transaction), so an export reads one row."""
+    rows = _projected_rows(session, incident_id, tlp)
+    objects = ", ".join({r.stix_id: r.body for r in rows}.values())
+    row = session.get(StixExport, incident_id)
+    if row is None:
+        session.add(StixExport(incident_id=incident_id, tlp=tlp, objects=objects, tlps=[tlp], updated_at=utcnow()))
+    elif row.objects != objects or row.tlp != tlp:
+        row.objects, row.tlp, row.updated_at = objects, tlp, utcnow()
+
+
 def export_incident(
     session: Session, actor: Actor, incident_ref: int | str, settings: StixSettings, *, profile: str | None = None
-) -> tuple[Incident, str]:
+) -> tuple[Any, str]:
     """The incident's current STIX graph as a bundle, for a reader who may see the incident."""
-    incident = service.get_incident(session, actor, incident_ref)
-    session.commit()
+    incident = _visible_incident(session, actor, incident_ref)
     ensure_projected(session, incident.id, settings)
-    incident = service.get_incident(session, actor, incident.id)
-    rows = session.execute(
-        select(StixObject.stix_id, StixObject.type, StixObject.body, StixObject.tlp)
-        .join(StixLink, StixLink.object_id == StixObject.id)
-        .where(StixLink.incident_id == incident.id, StixObject.current)
-        .where(
-            or_(
-                and_(StixObject.key.is_not(None), StixObject.tlp == incident.tlp),
-                and_(StixObject.key.is_(None), tlp_clause(actor, StixObject.tlp, StixLink.incident_id)),
-            )
-        )
-        .order_by(StixObject.id)
-    ).all()
-    objects: dict[str, str] = {}
-    tlps = {r.tlp for r in rows}
-    for row in rows:
-        body = row.body
-        if profile == "opencti" and row.type == "incident" and row.stix_id not in objects:
-            body = stix.opencti_profile(
-                json.loads(body), incident.priority, incident.category, stix._stamp(incident.detected_at)
-            )
-        objects[row.stix_id] = body
+    incident = _visible_incident(session, actor, incident.id)
+    stored = session.execute(
+        select(StixExport.objects).where(StixExport.incident_id == incident.id, StixExport.tlp == incident.tlp)
+    ).scalar()
+    imported = _projected_rows(session, incident.id, incident.tlp, imported=actor)
+    tlps = {str(incident.tlp), *(r.tlp for r in imported)}
+    own: list[str] = []
+    if profile == "opencti" or stored is None:
+        seen: dict[str, str] = {}
+        for row in _projected_rows(session, incident.id, incident.tlp):
+            body = row.body
+            if profile == "opencti" and row.type == "incident" and row.stix_id not in seen:
+                body = stix.opencti_profile(
+                    json.loads(body), incident.priority, incident.category, stix._stamp(incident.detected_at)
+                )
+            seen[row.stix_id] = body
+        own = list(seen.values())
+    else:
+        own = [stored] if stored else []
     board = session.scalar(select(StixObject.body).where(StixObject.key == BOARD_KEY, StixObject.current).limit(1))
-    bodies = [*_markings(session, tlps | {TLP.CLEAR.value}), *([board] if board else []), *objects.values()]
+    extra = list({r.stix_id: r.body for r in imported}.values())
+    bodies = [*_markings(session, tlps | {TLP.CLEAR.value}), *([board] if board else []), *own, *extra]
     return incident, _bundle(bodies)
 
 

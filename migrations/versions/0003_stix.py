@@ -66,8 +66,21 @@ def upgrade() -> None:
         "stix_cursors",
         sa.Column("name", sa.String(64), nullable=False),
         sa.Column("position", BIG_ID, nullable=False),
+        sa.Column("digest", sa.String(64), nullable=True),
         sa.Column("updated_at", TIME, nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_stix_cursors")),
+    )
+    op.create_table(
+        "stix_exports",
+        sa.Column("incident_id", BIG_ID, nullable=False),
+        sa.Column("tlp", sa.String(16), nullable=False),
+        sa.Column("objects", sa.Text(), nullable=False),
+        sa.Column("tlps", JSON, nullable=False),
+        sa.Column("updated_at", TIME, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["incident_id"], ["incidents.id"], name=op.f("fk_stix_exports_incident_id_incidents"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("incident_id", name=op.f("pk_stix_exports")),
     )
     op.create_table(
         "taxii_statuses",
@@ -139,6 +152,7 @@ TLP_CLEAR = "clear"
 
 def downgrade() -> None:
     op.drop_table("taxii_statuses")
+    op.drop_table("stix_exports")
     op.drop_table("stix_cursors")
     op.drop_index("ix_stix_links_incident_id", table_name="stix_links")
     op.drop_table("stix_links")
