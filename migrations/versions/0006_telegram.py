@@ -70,7 +70,7 @@ def upgrade() -> None:
         sa.Column("received_at", TIME, nullable=False),
         sa.Column("processed_at", TIME, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_telegram_updates")),
-        sa.UniqueConstraint("bot", "update_id", name=op.f("uq_telegram_updates_bot")),
+        sa.UniqueConstraint("bot", "update_id", name=op.f("uq_telegram_updates_bot_update_id")),
     )
     op.create_index("ix_telegram_updates_processed_at", "telegram_updates", ["processed_at"])
     op.create_table(
