@@ -21,6 +21,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app import deadline_paging, stix_worker, telegram_bot
@@ -119,7 +120,12 @@ class Worker:
         while not self._stop.is_set():
             self._wake.clear()
             free = self.threads - len(self.running)
-            claimed = await self._call(self._claim, free) if free > 0 else []
+            try:
+                claimed = await self._call(self._claim, free) if free > 0 else []
+            except OperationalError as exc:
+                # SQLite busy past its busy_timeout, a lost PostgreSQL connection: the worker must outlive it.
+                log.warning("claiming jobs failed, retrying at the next poll: %s", exc)
+                claimed = []
             for job in claimed:
                 await slots.acquire()
                 self.running[job.id] = job
