@@ -223,7 +223,8 @@ def main() -> int:
                 "category": "other",
                 "priority": "P3",
                 "tlp": "green",
-                "detected_at": "2026-01-15T08:30:00+07:00",
+                # Detected now: a long-past time would make the reporting deadlines' timers fall due at once.
+                "detected_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
                 "reporter": {"name": "bench"},
             }
             r = client.post("/api/v1/incidents", headers=soc, json=body)
