@@ -91,7 +91,7 @@
     var lastBeat = Date.now();
     var banner = document.getElementById("live-status");
     // auth is a function so that every reconnect sends the newest event id this page has seen.
-    var socket = window.io("/live", {auth: function (cb) { cb({last_event_id: last}); }});
+    var socket = window.io("/live", {auth: function (cb) { cb({last_event_id: last}); }, reconnectionDelayMax: 3000});
     window.ucscLive = socket;
     socket.onAny(function (name, data) {
       if (data && typeof data.event_id === "number" && name !== "heartbeat" && name !== "ready") {
