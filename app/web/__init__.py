@@ -79,7 +79,12 @@ def load_user(key: str) -> WebUser | None:
 def actor_for_browser(key: str) -> Actor | None:
     """The actor of a Flask-Login session key, for the /live connect."""
     found = signin.load_session(db.session(), key)
-    return signin.actor_of(found[1]) if found else None
+    if found is None:
+        return None
+    user = found[1]
+    if not user.totp_secret and signin.totp_required(user, policy()):
+        return None  # owes its second factor: no page and no feed until it is set up
+    return signin.actor_of(user)
 
 
 def current_actor() -> Actor:
@@ -143,9 +148,9 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     babel.init_app(app, locale_selector=select_locale)
 
-    from app.web import account, admin, board, console, labels, response
+    from app.web import account, admin, board, console, labels, records, response
 
-    del account, admin, board, console, response
+    del account, admin, board, console, records, response
     app.register_blueprint(bp)
     app.jinja_env.globals.update(labels=labels, get_locale=get_locale)
     app.jinja_env.filters.update(localtime=labels.localtime, iso=labels.iso)
