@@ -9,6 +9,7 @@ from flask_babel import gettext as _
 
 from app import db
 from app.web import bp, current_actor, labels
+from app.web.records import board_metrics
 from app.web.response import board_context
 from app.web.views import is_fragment, render, roles
 from incidents import dashboard, jobs
@@ -48,6 +49,7 @@ def board() -> Any:
         "ack_chart_json": json.dumps(ack_chart, ensure_ascii=False),
         "ack_minutes": ack,
         **board_context(actor, open_incidents),
+        **board_metrics(actor, now),
         "failures": dashboard.final_page_failures(session, actor, since=now - timedelta(hours=24)),
         "open": open_incidents,
         "feed": dashboard.recent_events(session, actor),

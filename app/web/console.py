@@ -160,10 +160,12 @@ def _page_context(ref: str) -> dict[str, Any]:
     incident = service.get_incident(session, actor, ref)
     events = service.list_events(session, actor, incident.id, after=0, limit=500)
     comments = service.list_comments(session, actor, incident.id, after=0, limit=500)
+    from app.web.records import records_context
     from app.web.response import incident_context
 
     return {
         **incident_context(actor, incident),
+        **records_context(actor, incident),
         "incident": incident,
         "events": events,
         "comments": comments,
