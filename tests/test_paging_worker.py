@@ -23,7 +23,7 @@ from tests.receivers import HttpReceiver, SmtpServer, _Collect, eventually
 URL = "/api/v1/incidents"
 BASE_URL = "https://ucsc.thanhhoa.gov.vn"
 THREADS = 4
-HTTP_EACH = 10  # webhook and SMS contacts beside the 50 e-mail ones
+HTTP_EACH = 5  # webhook and SMS contacts beside the 50 e-mail ones
 NO_MAIL = {"name": "SOC Sở TT&TT"}  # no reporter address: no receipt e-mail among the pages
 
 
@@ -65,7 +65,7 @@ def _env(smtp: SmtpServer, **extra: str) -> dict[str, str]:
         "UCSC_MAIL_FROM": "ucsc@thanhhoa.gov.vn",
         "UCSC_WORKER_THREADS": str(THREADS),
         "UCSC_NOTIFY_TIMEOUT": "1.5",
-        "UCSC_PAGING_LEASE_SECONDS": "2",
+        "UCSC_PAGING_LEASE_SECONDS": "4",
         "UCSC_PAGING_RETRY_SECONDS": "0.4",
         "UCSC_PAGING_RETRY_CAP_SECONDS": "0.8",
         "UCSC_WORKER_POLL_SECONDS": "0.05",
