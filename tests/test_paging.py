@@ -200,3 +200,36 @@ def test_four_hundred_occurrences_of_one_dedup_key_page_each_person_at_most_six_
     # Repeats updated the open page instead of paging again: 40 reports, one page each.
     assert [p.occurrences for p in all_pages] == [40] * 10
     assert len(paging.events(dbs, "digest.sent")) == 4
+
+
+def test_a_refused_channel_falls_through_to_the_next_and_red_incidents_travel_as_reference_and_link(
+    smtp: SmtpServer, app: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str]
+) -> None:
+    from notifiers.webhook import SIGNATURE_HEADER, signature
+    from tests.receivers import HttpReceiver
+
+    hook = HttpReceiver(statuses=(410,)).start()
+    try:
+        paging.load_shipped(app, demo=False)
+        paging.add_contact(app, organisation="dic", name="Lê Thị Lan", email="lan@dic.example.vn",
+                           webhook_url=hook.url, webhook_secret="k", channels=["webhook", "email"])  # fmt: skip
+        secret_title = "Lộ lọt hồ sơ mật của Sở"
+        page = _dic_page(app, client, operator, dbs, title=secret_title, tlp="red")
+        _deliver(app)
+        _deliver(app)
+        [refused] = hook.wait_for(1)
+        assert refused.json["incident"] == {"id": page.incident_id, "ref": refused.json["incident"]["ref"],
+                                            "status": "new", "tlp": "red", "exercise": False}  # fmt: skip
+        stamp = refused.headers[SIGNATURE_HEADER].split(",")[0].removeprefix("t=")
+        assert refused.headers[SIGNATURE_HEADER] == signature("k", stamp, refused.body)
+        assert refused.headers["Idempotency-Key"] == f"page.{page.id}.{page.recipients[0].contact_id}.0"
+        [mail] = smtp.wait_for(1)
+        assert secret_title not in mail.text and secret_title not in str(mail.message["Subject"])
+        assert "TLP:RED" in mail.text and "/ack/" in mail.text
+        failed, delivered = paging.events(dbs, "page.failed"), paging.events(dbs, "page.delivered")
+        assert [(e.data["channel"], e.data["next_channel"], e.data["final"]) for e in failed] == [
+            ("webhook", "email", False)
+        ]
+        assert [e.data["channel"] for e in delivered] == ["email"]
+    finally:
+        hook.close()
