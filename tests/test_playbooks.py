@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from incidents.models import AuditEntry
-from playbooks import spec
+from incidents.base import utcnow
+from incidents.models import AuditEntry, Job
+from playbooks import engine, spec
 from playbooks.models import PlaybookRun, Task
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
@@ -199,3 +200,97 @@ def test_a_malformed_file_is_refused_with_file_line_and_field_while_the_others_l
     assert f"{shipped_files - 1} of {shipped_files + 1} playbook(s) valid" in result.output
     ok = shipped.test_cli_runner().invoke(args=["playbooks", "validate"])
     assert ok.exit_code == 0 and f"{shipped_files} of {shipped_files} playbook(s) valid" in ok.output
+
+
+def test_conditions_on_priority_security_level_tlp_and_exercise_choose_the_playbook(
+    shipped: Flask, client: FlaskClient, dbs: Session, make_token: TokenFactory, operator: dict[str, str]
+) -> None:
+    admin = {**make_token("admin"), "Content-Type": "application/yaml"}
+    source = (
+        "name: critical-systems\ntitle_vi: Hệ thống cấp độ 4-5, ưu tiên cao\nwhen:\n  priority: [P1]\n"
+        "  security_level: {min: 4}\n  tlp: [amber, red]\n  exercise: false\n"
+        "steps:\n  - page: {role: working_group.leader}\n"
+    )
+    assert client.post("/api/v1/playbooks", data=source.encode(), headers=admin).status_code == 201
+    cases = {
+        "match": {"priority": "P1", "affected_system": "cong-ttdt"},  # level 4
+        "low_level": {"priority": "P1", "affected_system": "cong-dvc"},  # level 3
+        "low_priority": {"priority": "P3", "affected_system": "cong-ttdt"},
+        "green": {"priority": "P1", "affected_system": "cong-ttdt", "tlp": "green"},
+        "drill": {"priority": "P1", "affected_system": "cong-ttdt", "exercise": True},
+        "no_system": {"priority": "P1", "observables": []},
+    }
+    ids = {}
+    for name, fields in cases.items():
+        r = client.post(URL, json=incident_payload(category="other", **fields), headers=operator)
+        assert r.status_code == 201, r.json
+        ids[name] = r.json["id"]
+    paging.run_jobs(shipped)
+    runs = {(r.incident_id, r.name) for r in dbs.scalars(select(PlaybookRun))}
+    started = {name for name, i in ids.items() if (i, "critical-systems") in runs}
+    assert started == {"match"}
+
+
+def test_a_stopped_run_pages_no_more_and_a_person_may_start_it_again(
+    shipped: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str], make_token: TokenFactory
+) -> None:
+    incident_id = client.post(URL, json=incident_payload(category="ransomware"), headers=operator).json["id"]
+    paging.run_jobs(shipped)
+    [run] = client.get(f"{URL}/{incident_id}/runs", headers=operator).json["items"]
+    assert (run["playbook"], run["state"], run["trigger"]) == ("ransomware", "waiting", "auto")
+    responder = make_token("responder")
+    assert client.delete(f"/api/v1/runs/{run['id']}", headers=responder).status_code == 403
+    stopped = client.delete(f"/api/v1/runs/{run['id']}", headers=operator)
+    assert stopped.status_code == 200 and stopped.json["state"] == "stopped" and stopped.json["stopped_by"] == "op1"
+    assert {p.state for p in paging.pages(dbs, incident_id)} == {"cancelled"}
+    # Its timer fires later and finds the run stopped: no escalation.
+    dbs.execute(update(Job).where(Job.kind == engine.WAIT).values(run_at=utcnow()))
+    dbs.commit()
+    paging.run_jobs(shipped, (engine.WAIT,))
+    assert paging.events(dbs, "page.escalated") == []
+    again = client.post(f"{URL}/{incident_id}/runs", json={"playbook": "ransomware"}, headers=operator)
+    assert again.status_code == 201 and again.json["trigger"] == "manual" and again.json["version"] == 1
+    assert (
+        client.post(f"{URL}/{incident_id}/runs", json={"playbook": "ransomware"}, headers=operator).status_code == 409
+    )
+    assert len([p for p in paging.pages(dbs, incident_id) if p.state == "open"]) == 2
+
+
+def test_any_member_of_a_paged_organisation_may_acknowledge_and_everyone_sees_who_did(
+    shipped: Flask, client: FlaskClient, dbs: Session, operator: dict[str, str]
+) -> None:
+    from app import db
+    from incidents.models import User
+    from playbooks.models import Contact, Page
+
+    incident_id = client.post(URL, json=incident_payload(category="dos"), headers=operator).json["id"]
+    paging.run_jobs(shipped)
+    [vnpt] = [p for p in paging.pages(dbs, incident_id) if p.target == "vnpt"]
+    on_call = vnpt.recipients[0].contact.name
+    off_duty = next(c for c in dbs.scalars(select(Contact)) if c.organisation.code == "vnpt" and c.name != on_call)
+    headers = {}
+    with shipped.app_context():
+        from app.auth import new_token
+        from incidents import accounts
+        from incidents.enums import Role
+
+        for contact_id, name in ((off_duty.id, "vnpt-b"), (vnpt.recipients[0].contact_id, "vnpt-a")):
+            token, digest = new_token()
+            s = db.session()
+            with s.begin():
+                accounts.create_user(
+                    session=s, username=name, role=Role.RESPONDER, organisation="vnpt", password_hash=None
+                )
+                accounts.create_token(session=s, name=name, role=Role.RESPONDER, digest=digest, user=name)
+                s.get(Contact, contact_id).user_id = s.scalar(select(User.id).where(User.username == name))
+            headers[name] = {"Authorization": f"Bearer {token}"}
+    assert client.post(f"{URL}/{incident_id}/participants", json={"organisation": "vnpt", "role": "member"},
+                       headers=operator).status_code == 201  # fmt: skip
+    r = client.post(f"/api/v1/pages/{vnpt.id}/acks", json={}, headers=headers["vnpt-b"])
+    assert r.status_code == 200 and r.json["acked_by"] == off_duty.name
+    late = client.post(f"/api/v1/pages/{vnpt.id}/acks", json={}, headers=headers["vnpt-a"])
+    assert late.status_code == 200 and late.json["acked_by"] == off_duty.name  # the first wins
+    seen = client.get(f"/api/v1/pages/{vnpt.id}", headers=headers["vnpt-a"]).json
+    assert seen["acked_by"] == off_duty.name and seen["state"] == "acknowledged"
+    dbs.rollback()
+    assert dbs.get(Page, vnpt.id).acked_by_contact_id == off_duty.id
