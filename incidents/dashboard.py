@@ -116,3 +116,15 @@ def ack_minutes_by_week(session: Session, actor: Actor, *, now: datetime, weeks:
             if key in samples:
                 samples[key].append((at - sent.pop(page_id)).total_seconds() / 60)
     return {week: round(median(values), 1) if values else None for week, values in samples.items()}
+
+
+def incidents_with_pages(session: Session, incident_ids: list[int]) -> set[int]:
+    """Which of these incidents have had a page sent (one query, so the board asks for pages only where any exist)."""
+    if not incident_ids:
+        return set()
+    stmt = (
+        select(Event.incident_id)
+        .where(Event.incident_id.in_(incident_ids), Event.kind.in_(("page.sent", "notify.sent", "page.failed")))
+        .distinct()
+    )
+    return {i for i in session.scalars(stmt) if i is not None}

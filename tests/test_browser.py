@@ -153,25 +153,33 @@ def test_operator_files_through_the_form_and_the_board_follows_live(
     op.goto(f"{server.url}/incidents/new")
     title = f"DDoS vào Cổng dịch vụ công {time.time_ns()}"
     fill_intake(op, title)
-    started = time.monotonic()
-    op.click("#submit-report")
+    clicked = time.monotonic()
+    # The clock starts when the filing is committed, that is when the server answers the form's POST.
+    with op.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/incidents/new")):
+        op.click("#submit-report")
+    committed = time.monotonic()
     tile = board.locator(".tile", has_text=title)
     tile.wait_for(state="visible", timeout=LIVE_WITHIN_MS)
-    filed_ms = (time.monotonic() - started) * 1000
+    filed_ms = (time.monotonic() - committed) * 1000
+    click_ms = (time.monotonic() - clicked) * 1000
     op.wait_for_url("**/incidents/TH-*")
     ref = op.url.rsplit("/", 1)[1]
     expect(op.locator(".flash.ok")).to_contain_text(ref)
     assert board.evaluate("window.__sameDocument") is True
 
     for step in ("triage", "first_response", "containment"):
+        with op.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/transitions")):
+            op.click(f"button[data-to={step}]")
         started = time.monotonic()
-        op.click(f"button[data-to={step}]")
-        op.wait_for_load_state("load")
         expect(tile.locator(f".status-{step}")).to_be_visible(timeout=LIVE_WITHIN_MS)
-    moved_ms = (time.monotonic() - started) * 1000
+        moved_ms = (time.monotonic() - started) * 1000
+        op.wait_for_load_state("load")
     expect(op.locator("#incident-status .status-containment")).to_be_visible()
     assert board.evaluate("window.__sameDocument") is True
-    print(f"board showed the filing after {filed_ms:.0f} ms and containment after {moved_ms:.0f} ms")
+    print(
+        f"board showed the filing {filed_ms:.0f} ms after its commit ({click_ms:.0f} ms after the click) "
+        f"and containment {moved_ms:.0f} ms after its commit"
+    )
 
 
 def test_a_refused_action_shows_a_clear_message(

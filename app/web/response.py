@@ -9,7 +9,7 @@ from app import db
 from app.api.stix import stix_settings
 from app.web import bp, current_actor
 from app.web.views import roles
-from incidents import audit, service, stix_store
+from incidents import audit, dashboard, service, stix_store
 from incidents.access import Actor
 from incidents.enums import Role
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -35,7 +35,8 @@ def incident_context(actor: Actor, incident: Incident) -> dict[str, Any]:
 def board_context(actor: Actor, open_incidents: list[Incident]) -> dict[str, Any]:
     """Who was paged and who acknowledged, per open incident, and the open requests for direction."""
     session = db.session()
-    pages = {i.id: playbooks.list_pages(session, actor, incident_id=i.id, limit=50) for i in open_incidents[:50]}
+    paged = dashboard.incidents_with_pages(session, [i.id for i in open_incidents[:50]])
+    pages = {i: playbooks.list_pages(session, actor, incident_id=i, limit=50) for i in sorted(paged)}
     inbox = playbooks.list_direction_requests(session, actor, state="open", limit=100)
     refs = {i.id: i for i in open_incidents}
     for req in inbox:

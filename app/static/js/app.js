@@ -79,7 +79,7 @@
   }
   function schedule() {
     if (pending) { return; }
-    pending = setTimeout(function () { pending = null; refresh(); }, 100);
+    pending = setTimeout(function () { pending = null; refresh(); }, 40);
   }
 
   document.addEventListener("DOMContentLoaded", function () {
