@@ -134,6 +134,24 @@ def fill_intake(page: Page, title: str) -> None:
     page.select_option("[name=priority]", "P1")
 
 
+def file_directly(bapp: Flask, title: str) -> str:
+    """File an incident as `op` from this test process (another process than the server); its title."""
+    from incidents import service
+    from incidents.access import Actor
+    from incidents.enums import Role
+    from incidents.models import User
+    from incidents.schemas import IncidentCreate
+
+    with bapp.app_context():
+        session = db.session()
+        user = session.scalar(select(User).where(User.username == "op"))
+        actor = Actor(user_id=user.id, username="op", role=Role.OPERATOR, organisation_id=user.organisation_id)
+        data = IncidentCreate.model_validate({"title": title, "category": "phishing", "tlp": "amber"})
+        service.file_incidents(session=session, items=[data], actor=actor, settings=service.Settings())
+        session.close()
+    return title
+
+
 def screenshot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -360,6 +378,12 @@ def test_a_board_member_answers_a_request_for_direction_and_the_operator_sees_th
     request = member.locator("#inbox .request", has_text=question)
     request.wait_for(state="visible", timeout=LIVE_WITHIN_MS)
     member.locator("#inbox .request", has_text=question).locator("textarea").fill("Ngắt ngay, báo cáo sau 30 phút.")
+    # Another change arrives while the member is typing: the board refreshes and keeps the text.
+    other = file_directly(bapp, f"Sự cố khác trong lúc soạn chỉ đạo {time.time_ns()}")
+    expect(member.locator(".tile", has_text=other)).to_be_visible(timeout=LIVE_WITHIN_MS * 2)
+    expect(member.locator("#inbox .request", has_text=question).locator("textarea")).to_have_value(
+        "Ngắt ngay, báo cáo sau 30 phút."
+    )
     member.locator("#inbox .request", has_text=question).locator("button[type=submit]").click()
     member.wait_for_load_state("load")
     expect(member.locator(".flash.ok")).to_be_visible()
@@ -388,20 +412,8 @@ def test_the_board_says_reconnecting_when_the_heartbeat_stops_and_catches_up_aft
 
     server.kill()  # the server dies: the board must reconnect and replay what it missed
     expect(banner).to_be_visible(timeout=6000)
-    from incidents import service
-    from incidents.access import Actor
-    from incidents.enums import Role
-    from incidents.models import User
-    from incidents.schemas import IncidentCreate
 
-    title = f"Sự cố trong lúc mất kết nối {time.time_ns()}"
-    with bapp.app_context():
-        session = db.session()
-        user = session.scalar(select(User).where(User.username == "op"))
-        actor = Actor(user_id=user.id, username="op", role=Role.OPERATOR, organisation_id=user.organisation_id)
-        data = IncidentCreate.model_validate({"title": title, "category": "phishing", "tlp": "amber"})
-        service.file_incidents(session=session, items=[data], actor=actor, settings=service.Settings())
-        session.close()
+    title = file_directly(bapp, f"Sự cố trong lúc mất kết nối {time.time_ns()}")
     server.start()
     expect(member.locator(".tile", has_text=title)).to_be_visible(timeout=15_000)
     expect(banner).to_be_hidden()

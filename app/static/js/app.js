@@ -46,15 +46,29 @@
 
   // Replace a region's content, keeping what the user is typing in it (a directive, a note) and the focus.
   function swap(el, html) {
-    var kept = {};
-    el.querySelectorAll("textarea[id], input[id]:not([type=hidden])").forEach(function (f) {
-      if (f.value) { kept[f.id] = f.value; }
+    // A chosen file cannot be put back into a new input: leave such a region as it is until the next change.
+    var chosen = Array.prototype.some.call(el.querySelectorAll("input[type=file]"), function (f) {
+      return f.files && f.files.length > 0;
     });
+    if (chosen) { return; }
+    var kept = {};
+    el.querySelectorAll("textarea[id], select[id], input[id]:not([type=hidden]):not([type=file]):not([type=submit])")
+      .forEach(function (f) {
+        if (f.type === "checkbox" || f.type === "radio") {
+          if (f.checked !== f.defaultChecked) { kept[f.id] = {checked: f.checked}; }
+        } else if (f.tagName === "SELECT") {
+          var changed = Array.prototype.some.call(f.options, function (o) { return o.selected !== o.defaultSelected; });
+          if (changed) { kept[f.id] = {value: f.value}; }
+        } else if (f.value !== f.defaultValue) {
+          kept[f.id] = {value: f.value};
+        }
+      });
     var active = document.activeElement && el.contains(document.activeElement) ? document.activeElement.id : null;
     el.innerHTML = html;
     Object.keys(kept).forEach(function (id) {
       var f = document.getElementById(id);
-      if (f) { f.value = kept[id]; }
+      if (!f) { return; }
+      if ("checked" in kept[id]) { f.checked = kept[id].checked; } else { f.value = kept[id].value; }
     });
     if (active && document.getElementById(active)) { document.getElementById(active).focus(); }
   }
