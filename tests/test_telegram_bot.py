@@ -22,6 +22,7 @@ from tests.tgkit import (
     message_ids,
     refusals,
     stand_in,
+    telegram_config,
     telegram_env,
     user_for,
     wait_until,
@@ -33,6 +34,11 @@ BOARD = -5001
 @pytest.fixture
 def bot_api() -> Iterator[BotAPI]:
     yield from stand_in()
+
+
+@pytest.fixture
+def app_config(bot_api: BotAPI) -> dict:
+    return telegram_config(bot_api)
 
 
 def _replies(api: BotAPI, chat_id: int) -> list[str]:

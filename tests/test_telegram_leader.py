@@ -12,12 +12,26 @@ from sqlalchemy.orm import Session
 from playbooks.telegram_models import TelegramLeader
 from tests.botapi import BotAPI
 from tests.conftest import incident_payload
-from tests.tgkit import add_playbook, linked, settings, stand_in, telegram_env, telegram_jobs, wait_until
+from tests.tgkit import (
+    add_playbook,
+    linked,
+    settings,
+    stand_in,
+    telegram_config,
+    telegram_env,
+    telegram_jobs,
+    wait_until,
+)
 
 
 @pytest.fixture
 def bot_api() -> Iterator[BotAPI]:
     yield from stand_in()
+
+
+@pytest.fixture
+def app_config(bot_api: BotAPI) -> dict:
+    return telegram_config(bot_api)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

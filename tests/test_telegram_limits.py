@@ -19,12 +19,26 @@ from tests.botapi import BotAPI
 from tests.conftest import incident_payload
 from tests.paging import add_contact
 from tests.receivers import HttpReceiver
-from tests.tgkit import add_playbook, events_of, linked, stand_in, telegram_env, telegram_jobs, wait_until
+from tests.tgkit import (
+    add_playbook,
+    events_of,
+    linked,
+    stand_in,
+    telegram_config,
+    telegram_env,
+    telegram_jobs,
+    wait_until,
+)
 
 
 @pytest.fixture
 def bot_api() -> Iterator[BotAPI]:
     yield from stand_in()
+
+
+@pytest.fixture
+def app_config(bot_api: BotAPI) -> dict:
+    return telegram_config(bot_api)
 
 
 def _many_contacts(app: Flask, api: BotAPI, n: int, first_chat: int = 10_000) -> list[int]:

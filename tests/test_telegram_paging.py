@@ -24,6 +24,7 @@ from tests.tgkit import (
     refusals,
     sign,
     stand_in,
+    telegram_config,
     telegram_env,
     wait_until,
 )
@@ -34,6 +35,11 @@ LABELS = ["Nhận xử lý", "Cần hỗ trợ", "Đã xử lý xong"]
 @pytest.fixture
 def bot_api() -> Iterator[BotAPI]:
     yield from stand_in()
+
+
+@pytest.fixture
+def app_config(bot_api: BotAPI) -> dict:
+    return telegram_config(bot_api)
 
 
 def test_incident_pages_each_linked_contact_with_three_buttons_and_only_the_addressee_acknowledges(

@@ -25,6 +25,7 @@ from tests.tgkit import (
     page_states,
     refusals,
     stand_in,
+    telegram_config,
     telegram_env,
     wait_until,
 )
@@ -33,6 +34,11 @@ from tests.tgkit import (
 @pytest.fixture
 def bot_api() -> Iterator[BotAPI]:
     yield from stand_in()
+
+
+@pytest.fixture
+def app_config(bot_api: BotAPI) -> dict:
+    return telegram_config(bot_api, "webhook")
 
 
 def test_webhook_mode_checks_the_secret_drops_repeats_answers_in_the_body_and_the_worker_acknowledges(
@@ -68,7 +74,9 @@ def test_webhook_mode_checks_the_secret_drops_repeats_answers_in_the_body_and_th
         press = bot_api.press(bot_api.user(7001), 7001, message_id, data)
         edit = bot_api.wait_for(lambda a: a.calls_of("editMessageText"), what="the worker edited the page")[0]
         assert "Đã nhận xử lý:" in edit.params["text"]
-        answers = bot_api.calls_of("answerCallbackQuery")
+        answers = bot_api.wait_for(
+            lambda a: len(c := a.calls_of("answerCallbackQuery")) >= 2 and c, what="the press answered"
+        )  # the reply is run after the response arrives
         assert [(a.via, a.params["show_alert"], a.params["text"]) for a in answers[1:]] == [
             ("webhook-reply", False, "Đã nhận xử lý.")
         ]

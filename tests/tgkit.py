@@ -55,6 +55,11 @@ def telegram_env(api: BotAPI, **extra: str) -> dict[str, str]:
     }  # fmt: skip
 
 
+def telegram_config(api: BotAPI, mode: str = "polling") -> dict[str, Any]:
+    """The test app's own settings: the web side must know Telegram is on (filings start playbooks there)."""
+    return {"TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": api.url, "TELEGRAM_MODE": mode}
+
+
 def settings(app: Flask, api: BotAPI, mode: str = "polling") -> Settings:
     config = {**app.config, "TELEGRAM_TOKEN": TOKEN, "TELEGRAM_API_URL": api.url, "TELEGRAM_MODE": mode}
     found = Settings.from_config(config)
