@@ -40,6 +40,10 @@ RATE = 5.0
 SECONDS = 40.0
 CONTACTS = 20
 TARGET_P99_MS = 500.0
+# `UCSC_BENCH_BACKEND=postgresql` runs the same on the machine's PostgreSQL (a database of its own, dropped after).
+BACKEND = os.environ.get("UCSC_BENCH_BACKEND", "sqlite")
+PG_ADMIN = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_NAME = f"ucsc_bench_paging_{os.getpid()}"
 PLAYBOOK = """name: bench-round-robin
 title_vi: Bench — gọi lần lượt 20 đầu mối
 title_en: Bench — page 20 contacts in turn
@@ -49,6 +53,22 @@ steps:
   - page: {group: bench-mail, pick: round_robin, reason_vi: Đo thời gian gọi trực.}
   - page: {group: bench-hook, pick: round_robin, reason_vi: Đo thời gian gọi trực.}
 """
+
+
+def _create_pg_database() -> str:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{PG_NAME}"')
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{PG_NAME}"
+
+
+def _drop_pg_database() -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{PG_NAME}" WITH (FORCE)')
 
 
 def _free_port() -> int:
@@ -141,8 +161,11 @@ def main() -> int:
     hook_url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
+    database = f"sqlite:///{workdir / 'ucsc.db'}"
+    if BACKEND == "postgresql":
+        database = _create_pg_database()
     environment = _env(
-        f"sqlite:///{workdir / 'ucsc.db'}",
+        database,
         UCSC_SMTP_URL=f"smtp://127.0.0.1:{smtp_port}",
         UCSC_MAIL_FROM="ucsc@bench.example.vn",
         UCSC_BASE_URL=base,
@@ -281,7 +304,7 @@ def main() -> int:
             "scale": SCALE,
             "finished_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "setup": {
-                "database": "sqlite (WAL)",
+                "database": BACKEND,
                 "rate_per_s": RATE,
                 "incidents": count,
                 "contacts": CONTACTS,
@@ -307,6 +330,8 @@ def main() -> int:
         smtp.stop()
         receiver.shutdown()
         receiver.server_close()
+    if BACKEND == "postgresql":
+        _drop_pg_database()
     report["seconds"] = round(time.perf_counter() - t0, 1)
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(json.dumps(report, indent=2, default=float) + "\n")
