@@ -608,7 +608,7 @@ def _filtered(actor: Actor, max_tlp: str, filters: Filters, columns: Sequence[An
         elif v == "first":
             conditions.append(StixObject.id == _first_id())
         else:
-            stamps.append(v)
+            stamps.append(datetime.fromisoformat(v))
     if stamps:
         conditions.append(StixObject.modified.in_(stamps))
     if conditions and "all" not in filters.versions:

@@ -110,16 +110,25 @@ def test_taxii2_client_discovers_lists_pages_2500_objects_filters_and_adds_over_
     assert api.get_status(status.id).status == "complete"
     assert col.get_object(mal.id)["objects"][0]["name"] == "Taxii-added"
     assert col.object_versions(mal.id)["versions"] == [mal.modified.strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
+    assert col.get_object(mal.id, version="all")["objects"][0]["id"] == mal.id
+    newer = mal.new_version(name="Taxii-added v2")
+    col.add_objects(json.dumps({"objects": [json.loads(newer.serialize())]}))
+    assert col.get_object(mal.id)["objects"][0]["name"] == "Taxii-added v2"
+    assert col.get_object(mal.id, version="first")["objects"][0]["name"] == "Taxii-added"
+    assert len(col.get_object(mal.id, version="all")["objects"]) == 2
+    stamp = mal.modified.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert [o["name"] for o in col.get_object(mal.id, version=stamp)["objects"]] == ["Taxii-added"]
+    assert len(col.object_versions(mal.id)["versions"]) == 2
     manifest = col.get_manifest(type="malware")
     assert [m["id"] for m in manifest["objects"]] == [mal.id]
     # Re-adding the same version is an idempotent success, friendlier to clients that retry.
-    again = col.add_objects(json.dumps({"objects": [json.loads(mal.serialize())]}))
+    again = col.add_objects(json.dumps({"objects": [json.loads(newer.serialize())]}))
     assert again.success_count == 1 and again.failure_count == 0
 
     # stix2's own TAXII data source and sink, over the same socket.
     source_col = Collection(national, user="soc", password=_token(operator))
     source = stix2.TAXIICollectionSource(source_col)
-    assert source.get(mal.id).name == "Taxii-added"
+    assert source.get(mal.id).name == "Taxii-added v2"
     assert len(source.query([stix2.Filter("type", "=", "malware")])) == 1
     sink = stix2.TAXIICollectionSink(source_col)
     tool = stix2.Tool(name="sink-added", object_marking_refs=[GREEN])
