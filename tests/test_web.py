@@ -611,3 +611,16 @@ def test_sign_in_attempts_are_rate_limited_per_address(app: Flask, client: Flask
     assert limited.status_code == 429
     assert "Đăng nhập quá nhiều lần" in limited.text
     assert client.get("/incidents").status_code == 302
+
+
+def test_the_console_pages_through_the_list_with_the_api_cursor(app: Flask, client: FlaskClient) -> None:
+    make_user(app, "op")
+    refs = [file_as(app, "op", title=f"Sự cố số {n}") for n in range(3)]
+    sign_in(client, "op")
+    first = client.get("/incidents?limit=2&sort=created")
+    assert refs[0] in first.text and refs[1] in first.text and refs[2] not in first.text
+    link = re.search(r'rel="next" href="([^"]+)"', first.text).group(1).replace("&amp;", "&")
+    assert "sort=created" in link and "limit=2" in link
+    second = client.get(link)
+    assert refs[2] in second.text and refs[0] not in second.text
+    assert 'rel="next"' not in second.text
