@@ -208,10 +208,9 @@ def _insert_values(session: Session, values: list[dict[str, Any]], links: dict[i
         chunk = values[i : i + 1000]
         result = session.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), chunk)
         ids.extend(r[0] for r in result)
-    versioned = [v for v in values if v["key"] is None or not v["key"].startswith("sco:")]
     by_id: dict[str, int] = {}
     for v, row_id in zip(values, ids, strict=True):
-        if v in versioned:
+        if v["key"] is None or not v["key"].startswith("sco:"):
             by_id[v["stix_id"]] = max(row_id, by_id.get(v["stix_id"], 0))
     stix_ids = list(by_id)
     for i in range(0, len(stix_ids), 500):
