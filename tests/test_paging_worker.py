@@ -65,7 +65,9 @@ def _env(smtp: SmtpServer, **extra: str) -> dict[str, str]:
         "UCSC_MAIL_FROM": "ucsc@thanhhoa.gov.vn",
         "UCSC_WORKER_THREADS": str(THREADS),
         "UCSC_NOTIFY_TIMEOUT": "1.5",
-        "UCSC_PAGING_LEASE_SECONDS": "4",
+        # Well above a send's 1.5 s timeout even on a loaded machine: a lease that runs out while its job still runs
+        # lets the job be claimed again and sent twice, which is not what the kill test counts.
+        "UCSC_PAGING_LEASE_SECONDS": "8",
         "UCSC_PAGING_RETRY_SECONDS": "0.4",
         "UCSC_PAGING_RETRY_CAP_SECONDS": "0.8",
         "UCSC_WORKER_POLL_SECONDS": "0.05",
