@@ -646,18 +646,30 @@ class Core:
             except _Refused as exc:
                 return self._refuse(session, r, exc.reason, data=data, **who)
 
-            def record() -> None:
-                session.add(TelegramPress(mac=cb.mac, page_id=page_id, action=cb.action, telegram_user_id=user_id,
-                                          chat_id=chat_id, contact_id=contact.id, at=now))  # fmt: skip
-
-            with contextlib.suppress(IntegrityError):
-                service.in_transaction(session, record)
             sent = session.scalar(select(TelegramMessage).where(
                 TelegramMessage.chat_id == chat_id, TelegramMessage.message_id == message_id))  # fmt: skip
-            left = {tg.ACK: (tg.SUPPORT, tg.DONE), tg.SUPPORT: (tg.DONE,), tg.DONE: ()}[cb.action]
+            edit_text = r.outcome(sent.text, cb.action, contact.name, now) if sent is not None else None
+            sent_id = sent.id if sent is not None else None
+            session.rollback()
+
+            def record() -> set[str]:
+                session.add(TelegramPress(mac=cb.mac, page_id=page_id, action=cb.action, telegram_user_id=user_id,
+                                          chat_id=chat_id, contact_id=contact.id, at=now))  # fmt: skip
+                if sent_id is not None and edit_text is not None:  # the next press adds to what the message says
+                    session.get(TelegramMessage, sent_id).text = edit_text
+                return set(session.scalars(select(TelegramPress.action).where(
+                    TelegramPress.page_id == page_id, TelegramPress.chat_id == chat_id)))  # fmt: skip
+
+            try:
+                used = service.in_transaction(session, record)
+            except IntegrityError:
+                used = {cb.action}
+            from playbooks.models import PAGE_OPEN, Page
+
+            page_open = session.scalar(select(Page.state).where(Page.id == page_id)) == PAGE_OPEN
+            left = tuple(a for a in tg.ACTIONS if a not in used and (a != tg.ACK or page_open))
             return Outcome(
-                answer=r.gettext(ACCEPTED[cb.action]), accepted=True, language=r.language,
-                edit_text=r.outcome(sent.text, cb.action, contact.name, now) if sent is not None else None,
+                answer=r.gettext(ACCEPTED[cb.action]), accepted=True, language=r.language, edit_text=edit_text,
                 edit_buttons=self.buttons(page_id, chat_id, left),
             )  # fmt: skip
 
@@ -1256,6 +1268,11 @@ class Runtime:
             await asyncio.sleep(0.01)
             await self._flush()
 
+    async def _recorded(self) -> None:
+        """Before an update is handled: what was sent is in the database (a press may come right after a send)."""
+        if self._sent:
+            await self._flush()
+
     async def _flush(self) -> None:
         self._sent_changed.clear()
         batch, self._sent = self._sent, []
@@ -1362,6 +1379,7 @@ class Runtime:
         q = update.callback_query
         if q is None or q.message is None:
             return
+        await self._recorded()
         chat = q.message.chat
         outcome = await self._db(
             self.core.press, data=q.data or "", chat_id=chat.id, message_id=q.message.message_id,
@@ -1387,6 +1405,7 @@ class Runtime:
         message = update.effective_message
         if message is None or message.from_user is None:
             return
+        await self._recorded()
         name = (message.text or "").split()[0][1:].split("@")[0].lower()
         outcome = await self._db(
             self.core.command, name=name, args=list(context.args or []), chat_id=message.chat.id,
@@ -1401,6 +1420,7 @@ class Runtime:
         message = update.effective_message
         if message is None or message.reply_to_message is None or message.from_user is None:
             return
+        await self._recorded()
         outcome = await self._db(self.core.directive, chat_id=message.chat.id, user_id=message.from_user.id,
                                  reply_to=message.reply_to_message.message_id, text=message.text or "")  # fmt: skip
         if outcome is not None:

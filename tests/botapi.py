@@ -253,12 +253,15 @@ class BotAPI:
         }  # fmt: skip
         return self.push({"callback_query": query})
 
-    def say(self, user: dict[str, Any], chat_id: int, text: str) -> dict[str, Any]:
-        """A user writes to the bot (a command when the text starts with "/")."""
+    def say(self, user: dict[str, Any], chat_id: int, text: str, *, reply_to: int | None = None) -> dict[str, Any]:
+        """A user writes to the bot (a command when the text starts with "/"), maybe replying to a bot message."""
         message: dict[str, Any] = {
             "message_id": next(self._ids), "date": int(time.time()), "chat": self._chat_json(chat_id), "from": user,
             "text": text,
         }  # fmt: skip
+        if reply_to is not None:
+            original = self.state.messages[(chat_id, reply_to)]
+            message["reply_to_message"] = {k: v for k, v in original.items() if k != "html"}
         if text.startswith("/"):
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
         return self.push({"message": message})
@@ -275,7 +278,7 @@ class BotAPI:
         with self._lock:
             return [c for c in self.state.calls if c.method == method and c.status == 200]
 
-    def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+    def wait_for(self, predicate: Any, timeout: float = 30.0, what: str = "condition") -> Any:
         """Block until `predicate(self)` is truthy; its value."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -286,7 +289,7 @@ class BotAPI:
                 self._changed.wait(0.05)
         raise AssertionError(f"stand-in: {what} not reached within {timeout}s")
 
-    def wait_sent(self, count: int, timeout: float = 15.0) -> list[Call]:
+    def wait_sent(self, count: int, timeout: float = 30.0) -> list[Call]:
         return self.wait_for(
             lambda api: (c := api.calls_of("sendMessage")) and len(c) >= count and c, timeout, f"{count} sendMessage"
         )

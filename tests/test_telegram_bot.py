@@ -140,12 +140,9 @@ def test_the_board_group_sees_serious_incidents_and_requests_for_direction_and_a
     assert all(filed["ref"] in p and "TLP: AMBER" in p for p in posts)
     direction_post = message_ids(bot_api, BOARD)[1]
 
-    def reply(user_id: int, text: str) -> None:
-        update = bot_api.say(bot_api.user(user_id), BOARD, text)
-        update["message"]["reply_to_message"] = bot_api.state.messages[(BOARD, direction_post)]
-
-    reply(6002, "Cứ ngắt luôn")  # not a board member: refused, nothing on the timeline
-    reply(6001, "Đồng ý ngắt kết nối, báo cáo trước 17 giờ.")
+    # Not a board member: refused, nothing on the timeline; then a member's directive.
+    bot_api.say(bot_api.user(6002), BOARD, "Cứ ngắt luôn", reply_to=direction_post)
+    bot_api.say(bot_api.user(6001), BOARD, "Đồng ý ngắt kết nối, báo cáo trước 17 giờ.", reply_to=direction_post)
     wait_until(lambda: events_of(session, "direction.answered"), what="the directive on the timeline")
     (answered,) = events_of(session, "direction.answered")
     assert answered.data["directive"] == "Đồng ý ngắt kết nối, báo cáo trước 17 giờ."

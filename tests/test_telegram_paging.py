@@ -93,7 +93,7 @@ def test_incident_pages_each_linked_contact_with_three_buttons_and_only_the_addr
     assert page_states(session) == {page.id: PAGE_ACKED}
     (acked,) = events_of(session, "page.acknowledged")
     assert (acked.data["contact_id"], acked.data["via"]) == (alice, "telegram")
-    frame = live.wait_for(lambda f: f.name == "page.acknowledged", timeout=15)
+    frame = live.wait_for(lambda f: f.name == "page.acknowledged", timeout=30)
     assert frame.data["ref"] == filed["ref"]
 
     # Replayed: the same button again is refused and changes nothing.
@@ -103,4 +103,13 @@ def test_incident_pages_each_linked_contact_with_three_buttons_and_only_the_addr
     assert len(events_of(session, "page.acknowledged")) == 1
     assert len(bot_api.calls_of("editMessageText")) == 1
     assert count(session, AuditEntry, AuditEntry.action == "ack.refused") == 4
+
+    # The buttons left on the edited message: ask for support (the next tier is paged), then report done.
+    left = dict(buttons(edit))
+    bot_api.press(bot_api.user(2001), 2001, message_id, left["Cần hỗ trợ"])
+    (support,) = wait_until(lambda: events_of(session, "page.support_requested"), what="support requested")
+    assert support.data["page_id"] == page.id
+    bot_api.press(bot_api.user(2001), 2001, message_id, left["Đã xử lý xong"])
+    (done,) = wait_until(lambda: events_of(session, "task.completed"), what="the task done")
+    assert done.data["done_by"] == "Nguyễn <Alice> & Co"
     live.disconnect()

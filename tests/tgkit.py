@@ -31,6 +31,11 @@ steps:
       organisation: {org}
       reason_vi: Đề nghị kiểm tra <hệ thống> & báo cáo
       reason_en: Please check the <system> & report
+  - task:
+      organisation: {org}
+      title_vi: Kiểm tra hệ thống và báo cáo
+      title_en: Check the system and report
+      due: 2h
 """
 
 
@@ -128,7 +133,7 @@ def events_of(session: Session, kind: str) -> list[Event]:
     return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
