@@ -77,7 +77,7 @@ def _seed(url: str, headers: dict[str, str]) -> dict[str, list]:
         assert r.status_code == 201, r.text
         participants.append(r.json()["id"])
     return {"incident_id": incidents, "comment_id": comments, "participant_id": participants,
-            "code": ["cong-dvc", "qlvb"]}  # fmt: skip
+            "code": ["cong-dvc", "qlvb"], "kind": ["initial", "end"], "evidence_id": ["1"]}  # fmt: skip
 
 
 def _hostile_cases(operation: schemathesis.APIOperation, real: dict[str, list]) -> list[schemathesis.Case]:

@@ -192,6 +192,18 @@ def test_form04_carries_the_initial_reports_reference_and_date_and_the_outcome(c
     assert [(x["kind"], x["version"]) for x in listed] == [("end", 1), ("initial", 1), ("initial", 2)]
 
 
+def test_a_drills_reports_say_so_on_their_face(client, operator):
+    incident = file(client, operator, exercise=True)
+    make_report(client, operator, incident["id"], "initial")
+    got = client.get(f"{URL}/{incident['id']}/reports/initial?format=docx", headers=operator)
+    texts = [p.text for p in docx.Document(io.BytesIO(got.data)).paragraphs]
+    assert "DIỄN TẬP - KHÔNG PHẢI SỰ CỐ THẬT (DRILL)" in texts
+    real = file(client, operator)
+    make_report(client, operator, real["id"], "initial")
+    got = client.get(f"{URL}/{real['id']}/reports/initial?format=docx", headers=operator)
+    assert not any("DIỄN TẬP" in p.text for p in docx.Document(io.BytesIO(got.data)).paragraphs)
+
+
 def _to_review(client, headers, iid):
     for step in ("triage", "first_response", "containment", "eradication", "recovery", "assessment", "review"):
         r = client.post(f"{URL}/{iid}/transitions", json={"to": step}, headers=headers)

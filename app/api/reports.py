@@ -11,6 +11,7 @@ from app import db, deadline_paging
 from app.api import body, bp, operation
 from app.auth import current_actor
 from incidents import audit, deadlines, metrics, periodic, render, reports
+from incidents.errors import FieldError, ValidationFailed
 from incidents.models import Organisation
 from incidents.schemas import Strict, parse_query
 
@@ -31,9 +32,13 @@ class ReportQuery(Strict):
     version: Annotated[int, Field(ge=1, le=100_000)] | None = None
 
 
+# Dates far outside any reporting period would overflow on the way to UTC; a range is at most ten years.
+Day = Annotated[date, Field(ge=date(1970, 1, 1), le=date(9998, 12, 31))]
+
+
 class RangeQuery(Strict):
-    start: date | None = Field(default=None, alias="from")
-    end: date | None = Field(default=None, alias="to")
+    start: Day | None = Field(default=None, alias="from")
+    end: Day | None = Field(default=None, alias="to")
 
     @model_validator(mode="after")
     def _ordered(self) -> "RangeQuery":
@@ -123,10 +128,13 @@ def list_deadlines(incident_id: str) -> Response:
     return jsonify({"items": [deadlines.as_dict(c) for c in clocks], "next_cursor": None})
 
 
-def _range(query: RangeQuery) -> tuple[date, date]:
-    today = datetime.now(periodic.LOCAL_TZ).date()
-    end = query.end or today
-    return query.start or date(end.year, 1, 1), end
+def _range(query: RangeQuery, *, default_days: int | None = None) -> tuple[date, date]:
+    """The query's range; a missing end is today, a missing start 1 January (or `default_days` back)."""
+    end = query.end or datetime.now(periodic.LOCAL_TZ).date()
+    start = query.start or (end - timedelta(days=default_days) if default_days else date(end.year, 1, 1))
+    if start > end or (end - start).days > 3660:
+        raise ValidationFailed("invalid range", errors=[FieldError("from", "at most ten years before `to`")])
+    return start, end
 
 
 @operation(
@@ -169,6 +177,5 @@ def get_periodic() -> Response:
 )
 def get_metrics() -> Response:
     query = parse_query(RangeQuery, request.args.to_dict(flat=False))
-    end = query.end or datetime.now(periodic.LOCAL_TZ).date()
-    start = query.start or end - timedelta(days=182)
+    start, end = _range(query, default_days=182)
     return jsonify(metrics.compute(session=db.session(), actor=current_actor(), start=start, end=end))
