@@ -387,10 +387,10 @@ def test_the_worker_projects_committed_events_without_any_export(client, operato
 def test_stix_import_cli_streams_a_file_in_batches_with_a_progress_bar(app, tmp_path: Path, make_token):
     make_token("admin", username="root")
     path = tmp_path / "big.json"
-    path.write_text(json.dumps(_bundle([_indicator(i) for i in range(250)])))
-    result = app.test_cli_runner().invoke(args=["stix", "import", str(path), "--batch", "100"])
+    path.write_text(json.dumps(_bundle([_indicator(i) for i in range(120)])))
+    result = app.test_cli_runner().invoke(args=["stix", "import", str(path), "--batch", "50"])
     assert result.exit_code == 0, result.output
-    assert "250 stored" in result.output
+    assert "120 stored" in result.output
     with app.app_context():
-        assert db.session().scalar(select(func.count()).where(StixObject.type == "indicator")) == 250
+        assert db.session().scalar(select(func.count()).where(StixObject.type == "indicator")) == 120
         assert db.session().scalar(select(func.count()).select_from(Incident)) == 0

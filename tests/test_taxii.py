@@ -55,9 +55,10 @@ def national(live_server) -> str:
     return f"{live_server.url}/taxii2/ucsc/collections/{collection_ids()['national']}/"
 
 
-def test_taxii2_client_discovers_lists_pages_2500_objects_filters_and_adds_over_gunicorn(
+def test_taxii2_client_discovers_pages_2500_objects_filters_adds_and_errors_follow_the_spec_over_gunicorn(
     live_server, client, operator, national
 ):
+    _errors_use_the_spec_s_bodies_and_media_type(live_server, operator, national)
     # One incident with 500 observables projects to 2,500+ objects (SCO, indicator, two relationships, sighting).
     observables = [{"type": "ipv4-addr", "value": f"10.0.{i // 256}.{i % 256}"} for i in range(500)]
     filed = client.post("/api/v1/incidents", json=incident_payload(observables=observables), headers=operator).json
@@ -216,7 +217,7 @@ def test_a_replay_of_opencti_s_polling_loop_misses_nothing_while_objects_are_add
     assert set(seen) == expected, f"missed {len(expected - set(seen))}"
 
 
-def test_taxii_errors_use_the_spec_s_bodies_and_media_type(live_server, operator, national):
+def _errors_use_the_spec_s_bodies_and_media_type(live_server, operator, national) -> None:
     auth = ("soc", _token(operator))
     cases = [
         (requests.get(national + "objects/", headers={"Accept": TAXII}, timeout=10), 401),
