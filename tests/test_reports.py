@@ -132,7 +132,7 @@ def test_form03_pdf_reads_back_with_values_and_an_embedded_font_that_covers_it(c
 
 
 def test_long_fields_missing_optional_data_and_vietnamese_text_never_break_rendering(client, operator):
-    long_text = ("Mã độc mã hóa dữ liệu ở nhiều máy chủ; kẻ tấn công đòi tiền chuộc bằng tiền ảo. " * 150).strip()
+    long_text = ("Mã độc mã hóa dữ liệu ở nhiều máy chủ; kẻ tấn công đòi tiền chuộc bằng tiền ảo. " * 80).strip()
     unbroken = "https://example.vn/" + "a" * 3000
     bare = {
         "title": "Ặ Ẵ Ẳ ự ữ ỹ Đđ " + "Tiêu đề rất dài " * 15,
