@@ -173,20 +173,23 @@ def _start(session: Session, incident: Incident, rule: Rule, at: datetime, rules
     )
     session.add(clock)
     session.flush()
+    # A clock that is already late (an incident filed days after its detection) checks now, in filing order:
+    # queued at its long-past due time it would jump ahead of every delivery due meanwhile and starve them.
+    now = utcnow()
     jobs.enqueue_many(
         session,
         [
             jobs.job_values(
                 CHECK,
                 {"clock_id": clock.id},
-                run_at=clock.warn_at,
+                run_at=max(clock.warn_at, now),
                 key=f"{CHECK}:{clock.id}:warn",
                 incident_id=incident.id,
             ),
             jobs.job_values(
                 CHECK,
                 {"clock_id": clock.id},
-                run_at=clock.due_at,
+                run_at=max(clock.due_at, now),
                 key=f"{CHECK}:{clock.id}:due",
                 incident_id=incident.id,
             ),

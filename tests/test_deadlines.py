@@ -59,6 +59,17 @@ def app_config(request):
     return {"DEADLINE_PROFILES": "circular20,press"}
 
 
+def test_a_clock_still_ahead_is_checked_at_its_warning_and_due_times(client, operator, session, working_days):
+    detected = datetime.now(UTC).replace(microsecond=0)
+    incident = file(client, operator, detected_at=detected.isoformat())
+    clock = clocks(client, operator, incident["id"])["notification"]
+    session.rollback()
+    queued = session.scalars(select(Job.run_at).where(Job.kind == deadlines.CHECK, Job.payload["clock_id"].as_integer()
+                                                      == clock["id"]).order_by(Job.id)).all()  # fmt: skip
+    assert queued == [at(clock["warn_at"]), at(clock["due_at"])]
+    assert at(clock["warn_at"]) > detected
+
+
 def test_five_working_days_skip_the_weekend_and_tet_then_warn_page_and_breach(client, operator, session, working_days):
     # Thursday 12 Feb 2026, 10:00 local: Fri 13 is day 1; the weekend and Tết (16-20 Feb) do not count;
     # Mon 23, Tue 24, Wed 25 and Thu 26 are days 2-5.
@@ -69,9 +80,13 @@ def test_five_working_days_skip_the_weekend_and_tet_then_warn_page_and_breach(cl
     assert clock["state"] == "running" and clock["counting"] == "working"
     cid = clock["id"]
     session.rollback()
-    queued = session.scalars(select(Job.run_at).where(Job.kind == deadlines.CHECK, Job.payload["clock_id"].as_integer()
-                                                      == cid).order_by(Job.run_at)).all()  # fmt: skip
-    assert queued == [at("2026-02-25T10:00:00+07:00"), at("2026-02-26T10:00:00+07:00")]
+    queued = session.execute(select(Job.run_at, Job.created_at).where(
+        Job.kind == deadlines.CHECK, Job.payload["clock_id"].as_integer() == cid).order_by(Job.id)).all()  # fmt: skip
+    # Both times are already past (filed months after detection): a late clock is checked at once, in filing
+    # order, not queued at its past time ahead of every delivery due meanwhile.
+    expected = [at("2026-02-25T10:00:00+07:00"), at("2026-02-26T10:00:00+07:00")]
+    assert len(queued) == 2
+    assert all(when <= run <= created for when, (run, created) in zip(expected, queued, strict=True)), queued
 
     assert deadlines.check(session=session, clock_id=cid, now=at("2026-02-25T09:59:59+07:00")) is None
     assert "deadline.warning" not in kinds(session, incident["id"])

@@ -173,7 +173,7 @@ def test_two_workers_deliver_500_receipts_exactly_once(
     assert r.status_code == 201, r.json
     ids = [item["id"] for item in r.json["items"]]
 
-    receiver.wait_for(500, timeout=30)
+    receiver.wait_for(500, timeout=60)  # beside the receipts the workers also run each filing's playbook jobs
     rows = eventually(lambda: all(j.state == jobs.DONE for j in rows) and rows if (rows := _jobs(session)) else None)
     time.sleep(0.3)  # a repeat, were there one, would arrive now
     keys = Counter(receiver.keys())
@@ -183,8 +183,9 @@ def test_two_workers_deliver_500_receipts_exactly_once(
     assert len(rows) == 500 and all(j.attempts == 1 for j in rows)
     beats = _heartbeats(session)
     assert len(beats) == 2
-    assert all(b.jobs_run > 0 for b in beats), "both workers took a share"
-    assert sum(b.jobs_run for b in beats) == 500
+    shares = Counter(j.leased_by for j in rows)
+    assert set(shares) == {b.name for b in beats}, "both workers took a share of the receipts"
+    assert sum(shares.values()) == 500
 
 
 def test_sigterm_releases_a_job_still_running_after_the_grace_and_exits_0(
@@ -236,7 +237,8 @@ def test_sigterm_lets_a_job_finish_within_the_grace(
     [job] = _jobs(session)
     assert (job.state, job.attempts) == (jobs.DONE, 1)
     [beat] = _heartbeats(session)
-    assert beat.stopped_at is not None and beat.jobs_run == 1
+    # The filing's other jobs (its playbook, its deadline clocks) may have run too; the receipt was this worker's.
+    assert beat.stopped_at is not None and beat.jobs_run >= 1 and job.leased_by == beat.name
 
 
 def test_healthz_reports_the_heartbeat_age_and_job_lag(
