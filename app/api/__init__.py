@@ -83,6 +83,15 @@ def _impossible_path_values(_endpoint: str | None, values: dict[str, Any] | None
             raise NotFound(f"nothing at {request.path!r}")
 
 
-from app.api import audit, incidents, meta, registry  # noqa: E402,F401  (routes register on import)
-from app.api import directory, playbooks  # noqa: E402,F401  (routes register on import)
-from app.api import evidence, reports, stix  # noqa: E402,F401
+# Routes register on import.
+from app.api import (  # noqa: E402,F401
+    audit,
+    directory,
+    evidence,
+    incidents,
+    meta,
+    playbooks,
+    registry,
+    reports,
+    stix,
+)
