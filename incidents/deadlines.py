@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from incidents import jobs, service
@@ -251,11 +251,55 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
     if not mine:
         return
     rules = active()
+    created = [e for e in mine if e["kind"] == "incident.created"]
+    if created:
+        _start_created(session, [e["incident_id"] for e in created], rules)
     for event in mine:
+        if event["kind"] == "incident.created":
+            continue
         incident = session.get(Incident, event["incident_id"])
         if incident is None:
             continue
         _apply(session, incident, event, rules)
+
+
+def _start_created(session: Session, incident_ids: list[int], rules: Rules) -> None:
+    """Clocks of newly filed incidents, in one INSERT and one batch of jobs (a bulk filing brings 500)."""
+    rows = session.execute(
+        select(
+            Incident.id, Incident.created_at, Incident.detected_at, Incident.beyond_capacity,
+            Incident.incident_class, Incident.class_proposed_at, Incident.notified_parties,
+        ).where(Incident.id.in_(incident_ids))
+    ).all()  # fmt: skip
+    values = []
+    for row in rows:
+        escalated = bool(row.beyond_capacity or row.incident_class == IncidentClass.SERIOUS or row.class_proposed_at)
+        for rule in rules.rules:
+            start = {"created": row.created_at, "detected": row.detected_at,
+                     "escalated": row.created_at if escalated else None}.get(rule.start)  # fmt: skip
+            if start is None:
+                continue
+            due = rules.due(rule, start)
+            met = "notified" in rule.met_by and bool(row.notified_parties)
+            values.append({
+                "incident_id": row.id, "rule": rule.code, "started_at": start, "warn_at": rules.warn(rule, start, due),
+                "due_at": due, "state": "met" if met else "running", "met_at": row.created_at if met else None,
+            })  # fmt: skip
+    if not values:
+        return
+    returning = insert(DeadlineClock).returning(
+        DeadlineClock.id, DeadlineClock.incident_id, sort_by_parameter_order=True
+    )
+    inserted = session.execute(returning, values).all()
+    jobs.enqueue_many(
+        session,
+        [
+            jobs.job_values(CHECK, {"clock_id": r.id}, run_at=v[when], key=f"{CHECK}:{r.id}:{name}",
+                            incident_id=r.incident_id)
+            for r, v in zip(inserted, values, strict=True) if v["state"] == "running"
+            for name, when in (("warn", "warn_at"), ("due", "due_at"))
+        ],
+    )  # fmt: skip
 
 
 def _relevant(event: dict[str, Any]) -> bool:
@@ -272,17 +316,7 @@ def _relevant(event: dict[str, Any]) -> bool:
 
 def _apply(session: Session, incident: Incident, event: dict[str, Any], rules: Rules) -> None:
     kind, at, data = event["kind"], event["at"], event.get("data") or {}
-    if kind == "incident.created":
-        for rule in rules.rules:
-            if rule.start == "created":
-                _start(session, incident, rule, incident.created_at, rules)
-            elif rule.start == "detected":
-                _start(session, incident, rule, incident.detected_at, rules)
-        if _escalated(incident):
-            _start_escalated(session, incident, at, rules)
-        if incident.notified_parties:
-            _meet(session, incident, "notified", at, rules)
-    elif kind == "incident.status_changed":
+    if kind == "incident.status_changed":
         to, origin = data.get("to"), data.get("from")
         if origin == Status.NEW and to != Status.NEW:
             _meet(session, incident, "triage", at, rules)
