@@ -485,6 +485,7 @@ class StixObject(Base):
         Index("ix_stix_objects_stix_id", "stix_id"),
         Index("ix_stix_objects_incident_id_key", "incident_id", "key"),
         Index("ix_stix_objects_type", "type"),
+        Index("ix_stix_objects_imported_by_id", "imported_by_id"),
     )
 
 

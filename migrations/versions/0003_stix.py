@@ -49,6 +49,7 @@ def upgrade() -> None:
     op.create_index("ix_stix_objects_stix_id", "stix_objects", ["stix_id"])
     op.create_index("ix_stix_objects_incident_id_key", "stix_objects", ["incident_id", "key"])
     op.create_index("ix_stix_objects_type", "stix_objects", ["type"])
+    op.create_index("ix_stix_objects_imported_by_id", "stix_objects", ["imported_by_id"])
     op.create_table(
         "stix_links",
         sa.Column("object_id", BIG_ID, nullable=False),
@@ -156,6 +157,7 @@ def downgrade() -> None:
     op.drop_table("stix_cursors")
     op.drop_index("ix_stix_links_incident_id", table_name="stix_links")
     op.drop_table("stix_links")
+    op.drop_index("ix_stix_objects_imported_by_id", table_name="stix_objects")
     op.drop_index("ix_stix_objects_type", table_name="stix_objects")
     op.drop_index("ix_stix_objects_incident_id_key", table_name="stix_objects")
     op.drop_index("ix_stix_objects_stix_id", table_name="stix_objects")
