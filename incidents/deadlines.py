@@ -291,10 +291,12 @@ def _start_created(session: Session, incident_ids: list[int], rules: Rules) -> N
         DeadlineClock.id, DeadlineClock.incident_id, sort_by_parameter_order=True
     )
     inserted = session.execute(returning, values).all()
+    # As in `_start`: a clock already late at filing checks now, in filing order, not ahead of every delivery.
+    now = utcnow()
     jobs.enqueue_many(
         session,
         [
-            jobs.job_values(CHECK, {"clock_id": r.id}, run_at=v[when], key=f"{CHECK}:{r.id}:{name}",
+            jobs.job_values(CHECK, {"clock_id": r.id}, run_at=max(v[when], now), key=f"{CHECK}:{r.id}:{name}",
                             incident_id=r.incident_id)
             for r, v in zip(inserted, values, strict=True) if v["state"] == "running"
             for name, when in (("warn", "warn_at"), ("due", "due_at"))
