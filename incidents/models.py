@@ -520,6 +520,8 @@ class StixExport(Base):
     incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True)
     tlp: Mapped[str] = mapped_column(String(16))
     objects: Mapped[str] = mapped_column(Text)
+    # SHA-256 of `objects`, taken when written: the bundle id derives from it without hashing 25 MB per export.
+    digest: Mapped[str] = mapped_column(String(64), default="")
     tlps: Mapped[list[Any]] = mapped_column(default=list)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

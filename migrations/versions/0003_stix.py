@@ -76,6 +76,7 @@ def upgrade() -> None:
         sa.Column("incident_id", BIG_ID, nullable=False),
         sa.Column("tlp", sa.String(16), nullable=False),
         sa.Column("objects", sa.Text(), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
         sa.Column("tlps", JSON, nullable=False),
         sa.Column("updated_at", TIME, nullable=False),
         sa.ForeignKeyConstraint(
