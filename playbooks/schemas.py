@@ -4,7 +4,11 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field
 
+from incidents.base import MAX_ID
 from incidents.schemas import Strict
+
+# A row id: positive and within BIGINT, so an impossible one is a field error, never a database overflow.
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 Text300 = Annotated[str, Field(max_length=300)]
 Note = Annotated[str, Field(max_length=2000)]
@@ -32,7 +36,7 @@ class GroupBody(Strict):
     name_vi: Annotated[str, Field(min_length=1, max_length=300)]
     name_en: Text300 | None = None
     organisation: Annotated[str, Field(max_length=64)] | None = None
-    members: Annotated[list[int], Field(max_length=500, default_factory=list)]
+    members: Annotated[list[RowId], Field(max_length=500, default_factory=list)]
 
 
 class ScheduleBody(Strict):
@@ -42,11 +46,11 @@ class ScheduleBody(Strict):
     group: Annotated[str, Field(max_length=64)] | None = None
     starts_at: AwareDatetime
     shift_hours: int = Field(default=168, ge=1, le=24 * 366)
-    members: Annotated[list[int], Field(min_length=1, max_length=500)]
+    members: Annotated[list[RowId], Field(min_length=1, max_length=500)]
 
 
 class OverrideBody(Strict):
-    contact_id: int = Field(ge=1)
+    contact_id: int = Field(ge=1, le=MAX_ID)
     starts_at: AwareDatetime
     ends_at: AwareDatetime
     reason: Note | None = None
@@ -54,7 +58,7 @@ class OverrideBody(Strict):
 
 class AckBody(Strict):
     note: Note | None = None
-    on_behalf_of: int | None = Field(default=None, ge=1)
+    on_behalf_of: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class SupportBody(Strict):
@@ -66,7 +70,7 @@ class TaskDoneBody(Strict):
 
 
 class PageBody(Strict):
-    contact: int | None = Field(default=None, ge=1)
+    contact: int | None = Field(default=None, ge=1, le=MAX_ID)
     group: Annotated[str, Field(max_length=64)] | None = None
     organisation: Annotated[str, Field(max_length=64)] | None = None
     role: Annotated[str, Field(max_length=64)] | None = None
@@ -86,7 +90,7 @@ class DirectiveBody(Strict):
 
 class RunBody(Strict):
     playbook: Annotated[str, Field(min_length=1, max_length=100)]
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class PlaybookEnable(Strict):

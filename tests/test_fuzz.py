@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from tests import paging
 from tests.conftest import incident_payload
 
 # Per operation: requests that fit the schema (some aimed at rows that exist) and requests that break it.
@@ -80,6 +81,28 @@ def _seed(url: str, headers: dict[str, str]) -> dict[str, list]:
             "code": ["cong-dvc", "qlvb"], "kind": ["initial", "end"], "evidence_id": ["1"]}  # fmt: skip
 
 
+def _seed_paging(app: Any, real: dict[str, list]) -> None:
+    """The directory's and the engine's rows the seed filings made (their playbooks ran as they were filed)."""
+    from sqlalchemy import select
+
+    from app import db
+    from playbooks.models import Contact, DirectionRequest, Page, PlaybookRun, PlaybookVersion, Schedule, Task
+
+    with app.app_context():
+        session = db.session()
+        found = {
+            "contact_id": session.scalars(select(Contact.id).order_by(Contact.id).limit(3)).all(),
+            "page_id": session.scalars(select(Page.id).order_by(Page.id).limit(3)).all(),
+            "run_id": session.scalars(select(PlaybookRun.id).order_by(PlaybookRun.id).limit(3)).all(),
+            "task_id": session.scalars(select(Task.id).order_by(Task.id).limit(3)).all(),
+            "request_id": session.scalars(select(DirectionRequest.id).order_by(DirectionRequest.id).limit(3)).all(),
+            "name": session.scalars(select(PlaybookVersion.name).distinct().order_by(PlaybookVersion.name)).all(),
+        }
+        real["code"] += session.scalars(select(Schedule.code).order_by(Schedule.code).limit(2)).all()
+    for name, values in found.items():
+        real[name] = [str(v) for v in values] or ["1"]  # a row the fuzz may at least look for
+
+
 def _hostile_cases(operation: schemathesis.APIOperation, real: dict[str, list]) -> list[schemathesis.Case]:
     params = [p.name for p in operation.path_parameters]
     real_path = {name: str(real[name][0]) for name in params}
@@ -107,10 +130,12 @@ def _generate(operation: schemathesis.APIOperation, mode: GenerationMode, real: 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("fuzz")
-def test_generated_requests_to_every_operation_get_no_5xx_and_log_no_traceback(live_server, make_token):
+def test_generated_requests_to_every_operation_get_no_5xx_and_log_no_traceback(app, live_server, make_token):
     # An admin reaches every operation (operators cannot decide a class, intake clients only file).
     headers = make_token("admin", username="fuzz-admin")
+    paging.load_shipped(app, demo=True)  # contacts, schedules and playbooks, so paging routes reach their handlers
     real = _seed(live_server.url, headers)
+    _seed_paging(app, real)
     schema = schemathesis.openapi.from_url(f"{live_server.url}/api/v1/openapi.json", timeout=10)
     operations = [result.ok() for result in schema.get_all_operations()]
     local = threading.local()

@@ -173,7 +173,7 @@ def test_two_workers_deliver_500_receipts_exactly_once(
     assert r.status_code == 201, r.json
     ids = [item["id"] for item in r.json["items"]]
 
-    receiver.wait_for(500, timeout=60)  # beside the receipts the workers also run each filing's playbook jobs
+    receiver.wait_for(500, timeout=120)  # beside the receipts the workers also run each filing's playbook jobs
     rows = eventually(lambda: all(j.state == jobs.DONE for j in rows) and rows if (rows := _jobs(session)) else None)
     time.sleep(0.3)  # a repeat, were there one, would arrive now
     keys = Counter(receiver.keys())
