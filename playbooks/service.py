@@ -387,21 +387,7 @@ def list_tasks(
     after: int = 0,
     limit: int = 50,
 ) -> list[Task]:
-    from incidents.access import visible_incidents
-
-    stmt = (
-        select(Task)
-        .join(Incident, Incident.id == Task.incident_id)
-        .where(visible_incidents(actor), Task.id > after)
-        .options(selectinload(Task.organisation))
-        .order_by(Task.id)
-        .limit(limit)
-    )
-    if incident_id is not None:
-        stmt = stmt.where(Task.incident_id == incident_id)
-    if state:
-        stmt = stmt.where(Task.state == state)
-    return list(session.scalars(stmt))
+    return _visible_rows(session, actor, Task, Task.organisation, incident_id, state, after, limit)
 
 
 def list_direction_requests(
@@ -413,20 +399,35 @@ def list_direction_requests(
     after: int = 0,
     limit: int = 50,
 ) -> list[DirectionRequest]:
+    load = DirectionRequest.directives
+    return _visible_rows(session, actor, DirectionRequest, load, incident_id, state, after, limit)
+
+
+def _visible_rows(
+    session: Session,
+    actor: Actor,
+    model: Any,
+    load: Any,
+    incident_id: int | None,
+    state: str | None,
+    after: int,
+    limit: int,
+) -> list[Any]:
+    """Rows of `model` (tasks, requests for direction) on incidents `actor` may see, in id order from `after`."""
     from incidents.access import visible_incidents
 
     stmt = (
-        select(DirectionRequest)
-        .join(Incident, Incident.id == DirectionRequest.incident_id)
-        .where(visible_incidents(actor), DirectionRequest.id > after)
-        .options(selectinload(DirectionRequest.directives))
-        .order_by(DirectionRequest.id)
+        select(model)
+        .join(Incident, Incident.id == model.incident_id)
+        .where(visible_incidents(actor), model.id > after)
+        .options(selectinload(load))
+        .order_by(model.id)
         .limit(limit)
     )
     if incident_id is not None:
-        stmt = stmt.where(DirectionRequest.incident_id == incident_id)
+        stmt = stmt.where(model.incident_id == incident_id)
     if state:
-        stmt = stmt.where(DirectionRequest.state == state)
+        stmt = stmt.where(model.state == state)
     return list(session.scalars(stmt))
 
 
