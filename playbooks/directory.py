@@ -392,6 +392,13 @@ def save_group(
         group.name_vi, group.name_en = name_vi, name_en
         group.organisation_id = _organisation(session, organisation).id if organisation else None
         _check_contacts(session, members, "members")
+        repeated = [FieldError(f"members[{n}]", f"contact {c} is already in the group")
+                    for n, c in enumerate(members) if c in members[:n]]  # fmt: skip
+        if repeated:
+            raise ValidationFailed("a contact listed twice", errors=repeated)
+        # Old rows go first: a member kept across the change would otherwise collide with itself (unique pair).
+        group.members = []
+        session.flush()
         group.members = [GroupMember(contact_id=c, position=n) for n, c in enumerate(members)]
         session.flush()
         service.record_event(

@@ -184,3 +184,21 @@ def test_the_hourly_check_asks_an_unconfirmed_person_still_your_number_and_only_
     _hourly_check(app, 2, send=True)
     time.sleep(0.2)
     assert len(smtp.mails) == 1  # confirmed: not asked again
+
+
+def test_saving_a_group_again_keeps_members_it_already_had_and_refuses_a_contact_listed_twice(
+    app: Flask, client: FlaskClient, make_token: TokenFactory
+) -> None:
+    admin = make_token("admin")
+    first = paging.add_contact(app, organisation="vnpt", name="Trực ca 1", email="c1@vnpt.example.vn")
+    second = paging.add_contact(app, organisation="vnpt", name="Trực ca 2", email="c2@vnpt.example.vn")
+    for members in ([first], [first, second], [second, first]):
+        r = client.post("/api/v1/groups", json={"code": "vnpt-noc", "name_vi": "Trực VNPT", "members": members},
+                        headers=admin)  # fmt: skip
+        assert r.status_code == 201, r.json
+        assert r.json["members"] == members
+    r = client.post("/api/v1/groups", json={"code": "vnpt-noc", "name_vi": "Trực VNPT", "members": [first, first]},
+                    headers=admin)  # fmt: skip
+    assert r.status_code == 422
+    assert r.json["errors"][0]["field"] == "members[1]"
+    assert client.get("/api/v1/groups", headers=admin).json["items"][0]["members"] == [second, first]
