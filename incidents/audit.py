@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,8 @@ ZERO_HASH = "0" * 64
 RESTRICTED_TLP = (TLP.AMBER_STRICT.value, TLP.RED.value)
 _TLP_ORDER = [t.value for t in (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)]
 _YIELD_PER = 1000
+# Rows appended in a transaction wait here until its commit (`_link_pending`).
+PENDING = "ucsc.pending_audit"
 
 
 class Action(StrEnum):
@@ -42,6 +45,8 @@ class Action(StrEnum):
     PLAYBOOK_EDITED = "playbook.edited"
     AUDIT_EXPORTED = "audit.exported"
     EVIDENCE_DOWNLOADED = "evidence.downloaded"
+    TELEGRAM_LINK_CREATED = "telegram.link_created"  # a one-time code that links a Telegram account to a contact
+    TELEGRAM_UNLINKED = "telegram.unlinked"
 
 
 ACTIONS = frozenset(Action)
@@ -124,11 +129,7 @@ def append(
     source_ip: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> AuditEntry:
-    """Add a row to the chain inside the caller's write transaction (the caller commits)."""
-    # PostgreSQL: the feed lock serialises every writer, so the last hash read here is still the last at commit.
-    # SQLite: the caller's BEGIN IMMEDIATE (service.in_transaction) does the same.
-    service._take_feed_lock(session)
-    prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or ZERO_HASH
+    """Add a row to the chain inside the caller's write transaction; it is linked and written at commit."""
     if isinstance(actor, Actor):
         actor_id, label = actor.user_id, actor.label
     else:
@@ -141,12 +142,34 @@ def append(
         target=_text(target, 300),
         source_ip=_text(source_ip, 64),
         data=_jsonable(data or {}),
-        prev_hash=prev_hash,
     )
-    entry.hash = _hash_of(entry)
-    session.add(entry)
-    session.flush()
+    session.info.setdefault(PENDING, []).append(entry)
     return entry
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _link_pending(session: Session) -> None:
+    """Chain the transaction's rows to the last one at commit. PostgreSQL: under the feed lock, which serialises
+    every writer from here to its commit, so the last hash read here is still the last at commit; SQLite: the
+    caller's BEGIN IMMEDIATE does the same. Row changes are flushed first: no row lock after the feed lock."""
+    if session.in_nested_transaction():
+        return  # a savepoint being released: the rows wait for the real commit
+    entries = session.info.pop(PENDING, None)
+    if not entries:
+        return
+    session.flush()
+    service._take_feed_lock(session)
+    prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or ZERO_HASH
+    for entry in entries:
+        entry.prev_hash = prev_hash
+        entry.hash = prev_hash = _hash_of(entry)
+    session.add_all(entries)
+    session.flush()
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _forget_pending(session: Session) -> None:
+    session.info.pop(PENDING, None)
 
 
 def verify(session: Session) -> VerifyResult:

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, bindparam, delete, func, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from incidents import lifecycle, receipts
@@ -76,6 +77,9 @@ EVENTS_CHANNEL = "ucsc_events"  # PostgreSQL NOTIFY channel: wakes the other pro
 # Any 64-bit constant will do; every writer of `events` takes it so commits follow id order.
 FEED_LOCK_KEY = 0x55435343  # "UCSC"
 _RETRIES = 5
+_RETRY_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+# Events recorded in a transaction wait here until its commit (`_write_pending`).
+PENDING_EVENTS = "ucsc.pending_events"
 # Packages that react to changes (playbooks) subscribe here, so that incidents never imports them. Each listener
 # gets the rows of `events` being written and runs inside the writing transaction: the jobs it enqueues commit,
 # or are lost, together with the change.
@@ -126,12 +130,14 @@ def in_transaction(session: Session, work: Callable[[], T]) -> T:
             with session.begin():
                 # SQLite: make this a BEGIN IMMEDIATE write transaction (app/db.py reads the option).
                 session.connection(execution_options={"ucsc_write": True})
-                # PostgreSQL: every write records an event, so take the feed lock first, before any row lock
-                # (a reference counter, an incident FOR UPDATE): taken last it would deadlock against them.
-                _take_feed_lock(session)
+                # PostgreSQL: the feed lock is taken at commit, when the events are written (_write_pending).
                 return work()
         except IntegrityError:
             if attempt == _RETRIES - 1:
+                raise
+        except DBAPIError as exc:
+            # A deadlock or serialisation failure (PostgreSQL) rolled the whole transaction back: run it again.
+            if getattr(exc.orig, "sqlstate", None) not in _RETRY_SQLSTATES or attempt == _RETRIES - 1:
                 raise
     raise AssertionError("unreachable")
 
@@ -146,8 +152,7 @@ def record_event(
     data: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> Event:
-    """Append to the timeline and change feed, taking the feed lock first so commits follow id order."""
-    _take_feed_lock(session)
+    """Append to the timeline and change feed; the row is written when the transaction commits (`_write_pending`)."""
     values = _event_values(
         kind=kind,
         actor=actor,
@@ -157,21 +162,52 @@ def record_event(
         data=data,
         at=at,
     )
-    event = Event(**values)
-    session.add(event)
-    _wrote_events(session)
+    _defer(session, [values])
     for listener in EVENT_LISTENERS:
         listener(session, [values])
-    return event
+    return Event(**values)  # transient: its row, and its id, are written at commit
 
 
 def record_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
-    """Append many events (rows from `_event_values`) with one INSERT, under the same feed lock."""
-    _take_feed_lock(session)
-    session.execute(_insert_rows(Event.__table__), list(events))
-    _wrote_events(session)
+    """Append many events (rows from `_event_values`); they are written with one INSERT at commit."""
+    _defer(session, events)
     for listener in EVENT_LISTENERS:
         listener(session, events)
+
+
+def _defer(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    session.info.setdefault(PENDING_EVENTS, []).extend(rows)
+
+
+def pending_mark(session: Session) -> int:
+    """How many events wait for this transaction's commit: a savepoint notes it, and drops back to it when it
+    rolls back (`drop_pending`)."""
+    return len(session.info.get(PENDING_EVENTS, ()))
+
+
+def drop_pending(session: Session, mark: int) -> None:
+    del session.info.get(PENDING_EVENTS, [])[mark:]
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    """Write the transaction's events last, so the feed lock (PostgreSQL) is held only from their INSERT to the
+    commit, not for the whole transaction: writers then overlap, and ids still become visible in id order.
+    Row changes are flushed first, so no row lock is taken after the feed lock."""
+    if session.in_nested_transaction():
+        return  # a savepoint being released: the rows wait for the real commit
+    rows = session.info.pop(PENDING_EVENTS, None)
+    if not rows:
+        return
+    session.flush()
+    _take_feed_lock(session)
+    session.execute(_insert_rows(Event.__table__), rows)
+    _wrote_events(session)
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _forget_pending(session: Session) -> None:
+    session.info.pop(PENDING_EVENTS, None)
 
 
 def _wrote_events(session: Session) -> None:
@@ -732,7 +768,7 @@ def get_incident(session: Session, actor: Actor, ref_or_id: int | str, *, for_up
         stmt = stmt.where(Incident.ref == ref_or_id)
     if for_update:
         # PostgreSQL: serialise writers of one incident; the fresh row replaces what the session held.
-        stmt = stmt.with_for_update(of=Incident).execution_options(populate_existing=True)
+        stmt = stmt.with_for_update(of=Incident, key_share=True).execution_options(populate_existing=True)
     incident = session.scalar(stmt)
     if incident is None:
         raise NotFound(f"no incident {ref_or_id}")

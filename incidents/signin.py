@@ -60,7 +60,7 @@ def check_password(
 
     def work() -> PasswordCheck:
         user = session.scalar(
-            select(User).where(User.username == username, User.is_service.is_(False)).with_for_update()
+            select(User).where(User.username == username, User.is_service.is_(False)).with_for_update(key_share=True)
         )
         now = utcnow()
         if user is None or not user.active or not user.password_hash:
@@ -127,7 +127,7 @@ def check_totp(*, session: Session, user_id: int, code: str, source_ip: str | No
     """The second step of signing in; failures count towards the same lockout as wrong passwords."""
 
     def work() -> bool:
-        user = session.scalar(select(User).where(User.id == user_id).with_for_update())
+        user = session.scalar(select(User).where(User.id == user_id).with_for_update(key_share=True))
         if user is None or not user.active or not user.totp_secret:
             return False
         if user.locked_until is not None and user.locked_until > utcnow():
@@ -160,7 +160,7 @@ def enrol_totp(*, session: Session, user_id: int, secret: str, code: str, source
     """Store a new TOTP secret once the user proves their authenticator shows its codes."""
 
     def work() -> None:
-        user = session.scalar(select(User).where(User.id == user_id).with_for_update())
+        user = session.scalar(select(User).where(User.id == user_id).with_for_update(key_share=True))
         if user is None:
             raise NotFound("no such user")
         user.totp_last_step = None
@@ -299,7 +299,7 @@ def change_password(
     """Set a new password after checking the current one; every other session of the user ends."""
 
     def work() -> None:
-        user = session.scalar(select(User).where(User.id == user_id).with_for_update())
+        user = session.scalar(select(User).where(User.id == user_id).with_for_update(key_share=True))
         if user is None:
             raise NotFound("no such user")
         errors = []
@@ -391,7 +391,9 @@ def admin_update_user(
         raise ValidationFailed("bad role", errors=[FieldError("role", "admin, operator, responder or committee")])
 
     def work() -> User:
-        user = session.scalar(select(User).where(User.id == user_id, User.is_service.is_(False)).with_for_update())
+        user = session.scalar(
+            select(User).where(User.id == user_id, User.is_service.is_(False)).with_for_update(key_share=True)
+        )
         if user is None:
             raise NotFound("no such user")
         if user.id == actor.user_id and (role != Role.ADMIN or not active):

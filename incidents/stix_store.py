@@ -9,7 +9,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, insert, literal, not_, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    LargeBinary,
+    and_,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    literal_column,
+    not_,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, selectinload
 
 from incidents import jobs, service, stix
@@ -63,7 +77,10 @@ def visible_objects(actor: Actor) -> ColumnElement[bool]:
 
 
 def _next_dates(session: Session, count: int) -> list[datetime]:
-    """`count` date_added values after every stored one, in order (the caller holds the write lock)."""
+    """`count` date_added values after every stored one, in order (the caller holds the write lock).
+
+    PostgreSQL: under the feed lock, held from here to the commit, so date_added follows commit order."""
+    service._take_feed_lock(session)
     last = session.scalar(select(func.max(StixObject.date_added)))
     start = utcnow()
     if last is not None and start <= last:
@@ -155,7 +172,11 @@ def _stored(session: Session, incident_id: int, shared_keys: Sequence[str]) -> t
 
 def ensure_markings(session: Session) -> int:
     """Store the five TLP 2.0 marking definitions if any is missing (migration 0003 seeds them); rows added."""
-    have = set(session.scalars(select(StixObject.key).where(StixObject.key.like("marking:%"))))
+    keys = [f"marking:{level}" for level in stix.TLP_ORDER]
+    # On the (incident_id, key) index: this runs in every projecting transaction, under the write lock.
+    have = set(
+        session.scalars(select(StixObject.key).where(StixObject.incident_id.is_(None), StixObject.key.in_(keys)))
+    )
     missing = [level for level in stix.TLP_ORDER if f"marking:{level}" not in have]
     _insert(session, [(stix.tlp_marking(level), f"marking:{level}", None, TLP.CLEAR.value) for level in missing], {})
     return len(missing)
@@ -163,7 +184,7 @@ def ensure_markings(session: Session) -> int:
 
 def _board(session: Session, settings: StixSettings) -> str:
     ensure_markings(session)
-    stix_id = session.scalar(select(StixObject.stix_id).where(StixObject.key == BOARD_KEY).limit(1))
+    stix_id = _board_id_read(session)
     if stix_id is not None:
         return stix_id
     now = utcnow()
@@ -275,40 +296,73 @@ def _end(session: Session) -> None:
         session.commit()
 
 
-def project_incident(session: Session, incident_id: int, settings: StixSettings) -> int:
-    """Bring an incident's stored graph up to date; a new version only where the STIX body changed. Rows written.
+@dataclass
+class _Prepared:
+    """An incident's projection worked out in a read transaction, to be written under the write lock."""
 
-    The stix2 work happens before the write lock is taken; under it, only comparisons and inserts.
-    """
+    incident_id: int
+    last_event: int
+    board_id: str | None
+    digest: str
+    tlp: str
+    planned: list | None  # None: nothing STIX-visible changed, only the incident's own cursor is behind
+
+    @property
+    def rows(self) -> int:
+        return len(self.planned or ()) + 1
+
+
+def _prepare(session: Session, incident_id: int, settings: StixSettings) -> _Prepared | None:
+    """The stix2 work for one incident, in a read transaction (no write lock); None when there is nothing to do."""
     _end(session)
     with session.begin():
         last_event = session.scalar(select(func.max(Event.id)).where(Event.incident_id == incident_id)) or 0
         board_id = _board_id_read(session)
         view = _load_view(session, incident_id, settings)
         if view is None:
-            return 0
+            return None
         digest = _digest(view, board_id)
         cursor = session.get(StixCursor, f"incident:{incident_id}")
-        unchanged = cursor is not None and cursor.digest == digest
-        if not unchanged:
-            planned, _own, _shared = _plan(session, view, board_id or PLACEHOLDER_BOARD)
-    if unchanged:
-        if cursor.position < last_event:
-            service.in_transaction(session, lambda: _mark(session, incident_id, digest, last_event))
+        if cursor is not None and cursor.digest == digest:
+            if cursor.position >= last_event:
+                return None
+            return _Prepared(incident_id, last_event, board_id, digest, view.tlp, None)
+        planned, _own, _shared = _plan(session, view, board_id or PLACEHOLDER_BOARD)
+    return _Prepared(incident_id, last_event, board_id, digest, view.tlp, planned)
+
+
+def _apply(session: Session, prep: _Prepared, settings: StixSettings) -> int:
+    """Write a prepared projection (the caller holds the write lock): comparisons and inserts only. Rows written."""
+    if prep.planned is None:
+        _mark(session, prep.incident_id, prep.digest, prep.last_event)
+        return 0
+    planned, digest, tlp = prep.planned, prep.digest, prep.tlp
+    board = _board(session, settings)
+    own, shared = _stored(session, prep.incident_id, [p.key for p in planned if p.shared])
+    if board != prep.board_id or _ids_moved(planned, own, shared):
+        # Someone minted ids between our read and our lock (an export racing the projector): plan again.
+        fresh = _load_view(session, prep.incident_id, settings)
+        if fresh is None:
+            return 0
+        planned, own, shared = _plan(session, fresh, board)
+        digest, tlp = _digest(fresh, board), fresh.tlp
+    written = _write(session, prep.incident_id, tlp, planned, own, shared)
+    _refresh_export(session, prep.incident_id, tlp)
+    _mark(session, prep.incident_id, digest, prep.last_event)
+    return written
+
+
+def project_incident(session: Session, incident_id: int, settings: StixSettings) -> int:
+    """Bring an incident's stored graph up to date; a new version only where the STIX body changed. Rows written.
+
+    The stix2 work happens before the write lock is taken; under it, only comparisons and inserts.
+    """
+    prep = _prepare(session, incident_id, settings)
+    if prep is None:
         return 0
 
     def work() -> int:
-        nonlocal planned, digest
-        board = _board(session, settings)
-        own, shared = _stored(session, incident_id, [p.key for p in planned if p.shared])
-        if board != board_id or _ids_moved(planned, own, shared):
-            # Someone minted ids between our read and our lock (an export racing the projector): plan again.
-            fresh = _load_view(session, incident_id, settings)
-            planned, own, shared = _plan(session, fresh, board)
-            digest = _digest(fresh, board)
-        written = _write(session, incident_id, view.tlp, planned, own, shared)
-        _refresh_export(session, incident_id, view.tlp)
-        _mark(session, incident_id, digest, last_event)
+        written = _apply(session, prep, settings)
         if written and settings.push:
             enqueue_push(session)
         return written
@@ -324,7 +378,9 @@ def _mark(session: Session, incident_id: int, digest: str, last_event: int) -> N
 
 
 def _board_id_read(session: Session) -> str | None:
-    return session.scalar(select(StixObject.stix_id).where(StixObject.key == BOARD_KEY).limit(1))
+    return session.scalar(
+        select(StixObject.stix_id).where(StixObject.incident_id.is_(None), StixObject.key == BOARD_KEY).limit(1)
+    )
 
 
 def _ids_moved(planned: list, own: dict, shared: dict) -> bool:
@@ -392,8 +448,18 @@ def _after(now: datetime, previous: datetime) -> datetime:
     return max(now, floor)
 
 
+# Planned objects per write transaction of the projector: a few incidents at a time, so that intake, which
+# waits for the same SQLite write lock, gets it between them (one transaction per incident, each ending in
+# an fsync, left it waiting far more often; one transaction per batch held it too long).
+WRITE_ROWS = 200
+
+
 def project_pending(session: Session, settings: StixSettings, *, batch: int = 200) -> int:
-    """Project the incidents of committed events after the cursor, in commit order; events consumed."""
+    """Project the incidents of committed events after the cursor, in commit order; events consumed.
+
+    Each incident is planned in a read transaction; the writes go out a few incidents per short write
+    transaction, and the last one moves the cursor.
+    """
     _end(session)
     with session.begin():
         position = session.scalar(select(StixCursor.position).where(StixCursor.name == PROJECTOR)) or 0
@@ -403,21 +469,34 @@ def project_pending(session: Session, settings: StixSettings, *, batch: int = 20
     if not events:
         return 0
     incident_ids = list(dict.fromkeys(e.incident_id for e in events if e.incident_id is not None))
-    for incident_id in incident_ids:
-        project_incident(session, incident_id, settings)
     last = events[-1].id
 
-    def advance() -> None:
-        cursor = _cursor(session, PROJECTOR)
-        cursor.position = max(cursor.position, last)
-        cursor.updated_at = utcnow()
+    def write(group: list[_Prepared], final: bool) -> None:
+        def work() -> None:
+            written = sum(_apply(session, prep, settings) for prep in group)
+            if final:
+                cursor = _cursor(session, PROJECTOR)
+                cursor.position = max(cursor.position, last)
+                cursor.updated_at = utcnow()
+            if written and settings.push:
+                enqueue_push(session)
 
-    service.in_transaction(session, advance)
+        service.in_transaction(session, work)
+
+    group: list[_Prepared] = []
+    for incident_id in incident_ids:
+        prep = _prepare(session, incident_id, settings)
+        if prep is not None:
+            group.append(prep)
+        if sum(p.rows for p in group) >= WRITE_ROWS:
+            write(group, final=False)
+            group = []
+    write(group, final=True)
     return len(events)
 
 
-def ensure_projected(session: Session, incident_id: int, settings: StixSettings) -> None:
-    """Read your own writes: project this incident now if any event of it is past what was projected."""
+def ensure_projected(session: Session, incident_id: int, settings: StixSettings) -> bool:
+    """Read your own writes: project this incident now if any event of it is past what was projected (True)."""
     _end(session)
     with session.begin():
         done = session.scalar(select(StixCursor.position).where(StixCursor.name == PROJECTOR)) or 0
@@ -425,6 +504,8 @@ def ensure_projected(session: Session, incident_id: int, settings: StixSettings)
         last = session.scalar(select(func.max(Event.id)).where(Event.incident_id == incident_id)) or 0
     if mine is None or last > max(done, mine):
         project_incident(session, incident_id, settings)
+        return True
+    return False
 
 
 def enqueue_push(session: Session) -> None:
@@ -509,43 +590,68 @@ def _refresh_export(session: Session, incident_id: int, tlp: str) -> None:
         row.objects, row.digest, row.tlp, row.updated_at = objects, digest, tlp, utcnow()
 
 
+def _utf8(session: Session, column: Any) -> Any:
+    """A text column as its UTF-8 bytes: a stored 25 MB join is sent as stored, never decoded and encoded again."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.convert_to(column, literal_column("'UTF8'"), type_=LargeBinary)
+    return cast(column, LargeBinary)  # SQLite: CAST(text AS BLOB) hands over the stored bytes
+
+
+def _bundle_bytes(bundle_id: str, parts: list[bytes]) -> bytes:
+    """The bundle envelope around serialised objects, joined once."""
+    chunks = [b'{"type": "bundle", "id": "' + bundle_id.encode() + b'", "objects": [']
+    for i, part in enumerate(parts):
+        if i:
+            chunks.append(b", ")
+        chunks.append(part)
+    chunks.append(b"]}")
+    return b"".join(chunks)
+
+
+def _board_body(session: Session) -> str | None:
+    # (incident_id, key) is indexed: the board row is found without scanning every stored object.
+    return session.scalar(
+        select(StixObject.body)
+        .where(StixObject.incident_id.is_(None), StixObject.key == BOARD_KEY, StixObject.current)
+        .limit(1)
+    )
+
+
 def export_incident(
     session: Session, actor: Actor, incident_ref: int | str, settings: StixSettings, *, profile: str | None = None
-) -> tuple[Any, str]:
-    """The incident's current STIX graph as a bundle, for a reader who may see the incident."""
+) -> tuple[Any, bytes]:
+    """The incident's current STIX graph as a bundle (UTF-8 bytes), for a reader who may see the incident."""
     incident = _visible_incident(session, actor, incident_ref)
-    ensure_projected(session, incident.id, settings)
-    incident = _visible_incident(session, actor, incident.id)
-    stored_row = session.execute(
-        select(StixExport.objects, StixExport.digest).where(
-            StixExport.incident_id == incident.id, StixExport.tlp == incident.tlp
-        )
-    ).first()
-    stored = stored_row.objects if stored_row else None
+    if ensure_projected(session, incident.id, settings):
+        incident = _visible_incident(session, actor, incident.id)
+    stored_row = None
+    if profile != "opencti":
+        stored_row = session.execute(
+            select(_utf8(session, StixExport.objects).label("objects"), StixExport.digest).where(
+                StixExport.incident_id == incident.id, StixExport.tlp == incident.tlp
+            )
+        ).first()
     imported = _projected_rows(session, incident.id, incident.tlp, imported=actor)
     tlps = {str(incident.tlp), *(r.tlp for r in imported)}
-    own: list[str] = []
-    if profile == "opencti" or stored is None:
-        seen: dict[str, str] = {}
-        for row in _projected_rows(session, incident.id, incident.tlp):
-            body = row.body
-            if profile == "opencti" and row.type == "incident" and row.stix_id not in seen:
-                body = stix.opencti_profile(
-                    json.loads(body), incident.priority, incident.category, stix._stamp(incident.detected_at)
-                )
-            seen[row.stix_id] = body
-        own = list(seen.values())
-    else:
-        own = [stored] if stored else []
-    board = session.scalar(select(StixObject.body).where(StixObject.key == BOARD_KEY, StixObject.current).limit(1))
+    board = _board_body(session)
     extra = list({r.stix_id: r.body for r in imported}.values())
     head = [*_markings(session, tlps | {TLP.CLEAR.value}), *([board] if board else [])]
-    if stored_row is not None and profile != "opencti":
-        # The stored join's digest stands for its 25 MB: the id still changes whenever any object does.
+    if stored_row is not None:
+        # The stored join is sent as stored; its digest stands for its 25 MB in the bundle id, which still
+        # changes whenever any object does.
+        stored: bytes = stored_row.objects
         key = "\n".join([*head, stored_row.digest, *extra])
-        objects = ", ".join([*head, *([stored] if stored else []), *extra])
-        return incident, '{"type": "bundle", "id": "' + stix.bundle_id_of(key) + '", "objects": [' + objects + "]}"
-    return incident, _bundle([*head, *own, *extra])
+        parts = [*(h.encode() for h in head), *([stored] if stored else []), *(e.encode() for e in extra)]
+        return incident, _bundle_bytes(stix.bundle_id_of(key), parts)
+    seen: dict[str, str] = {}
+    for row in _projected_rows(session, incident.id, incident.tlp):
+        body = row.body
+        if profile == "opencti" and row.type == "incident" and row.stix_id not in seen:
+            body = stix.opencti_profile(
+                json.loads(body), incident.priority, incident.category, stix._stamp(incident.detected_at)
+            )
+        seen[row.stix_id] = body
+    return incident, _bundle([*head, *seen.values(), *extra]).encode()
 
 
 def export_since(session: Session, actor: Actor, since: datetime | None, *, limit: int) -> tuple[str, list[str]]:

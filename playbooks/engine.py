@@ -192,10 +192,12 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
 def _start_inline(session: Session, incident_id: int, settings: "Settings") -> bool:
     """Start a new incident's playbooks in its filing transaction, in a savepoint: if anything in a playbook
     fails, the filing still succeeds and the worker starts them instead (False)."""
+    mark = service.pending_mark(session)
     try:
         with session.begin_nested():
             _evaluate(session, incident_id, settings)
     except Exception:  # a playbook must never cost a filing
+        service.drop_pending(session, mark)  # the savepoint's events are gone with its rows
         log.exception("starting the playbooks of incident %s in its filing failed; the worker will", incident_id)
         return False
     return True
@@ -288,7 +290,7 @@ def _locked_incident(session: Session, incident_id: int) -> Incident | None:
         select(Incident)
         .where(Incident.id == incident_id)
         .options(selectinload(Incident.affected_system))
-        .with_for_update(of=Incident)
+        .with_for_update(of=Incident, key_share=True)
         .execution_options(populate_existing=True)
     )
     return session.scalar(stmt)

@@ -102,36 +102,73 @@ def polling(readers: list[IdReader]) -> Iterator[None]:
 
 @pg_only
 def test_second_writer_waits_for_the_first_so_no_cursor_reader_skips(app: Flask) -> None:
+    """Events are written at commit, under the feed lock: a writer whose events are inserted but not yet
+    committed holds the lock, and the next writer's commit waits for it, so ids become visible in id order."""
     engine: Engine = app.extensions["ucsc.engine"]
     sessions = sessionmaker(engine, expire_on_commit=False)
-    readers = [IdReader(engine), TimeReader(engine)]
-    second: list[Event] = []
+    reader = IdReader(engine)
+    done: list[bool] = []
 
     def write_second() -> None:
         with sessions() as s:
-            second.append(service.in_transaction(s, lambda: service.record_event(s, kind="test.second", actor=None)))
+            service.in_transaction(s, lambda: service.record_event(s, kind="test.second", actor=None))
+            done.append(True)
 
     writer = threading.Thread(target=write_second, daemon=True)
-    with polling(readers), sessions() as first_writer:  # closing it rolls back: a failure leaves no lock behind
+    with polling([reader]), sessions() as first_writer:  # closing it rolls back: a failure leaves no lock behind
         first_writer.begin()
-        first = service.record_event(first_writer, kind="test.first", actor=None)
-        first_writer.flush()  # the row has its id and time now; its commit comes later
+        service.record_event(first_writer, kind="test.first", actor=None)
+        with engine.connect() as conn:
+            before = conn.scalar(select(func.count()).where(Event.kind == "test.first"))
+        assert before == 0, "an event is written at commit, not when it is recorded"
+        service._write_pending(first_writer)  # what the commit does first: lock, INSERT (the row has its id now)
         writer.start()
         _until(lambda: _waiting_for_advisory_lock(engine) == 1 or not writer.is_alive())
         writer.join(0.5)
-        assert writer.is_alive(), "the second writer must wait for the feed lock while the first is open"
-        assert [r.seen for r in readers] == [[], []]
+        assert writer.is_alive(), "the second writer's commit must wait for the feed lock while the first commits"
+        assert reader.seen == []
         first_writer.commit()
         writer.join(5)
-        assert not writer.is_alive()
-        _until(lambda: all(len(r.seen) >= 2 for r in readers))
+        assert done == [True]
+        _until(lambda: len(reader.seen) >= 2)
 
     with engine.connect() as conn:
         committed = list(conn.scalars(select(Event.id).where(Event.kind.like("test.%")).order_by(Event.id)))
-    assert committed == [first.id, second[0].id]
-    assert first.at < second[0].at, "the second event's time is taken after the lock, so after the first commit"
-    for reader in readers:
-        assert reader.seen == committed, type(reader).__name__
+        kinds = list(conn.scalars(select(Event.kind).where(Event.kind.like("test.%")).order_by(Event.id)))
+    assert kinds == ["test.first", "test.second"]
+    assert reader.seen == committed
+
+
+@pg_only
+def test_a_long_transaction_does_not_hold_the_feed_lock_until_it_commits(app: Flask) -> None:
+    """The lock is taken at commit: an open writer that has recorded events does not stop another from committing."""
+    engine: Engine = app.extensions["ucsc.engine"]
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions() as long_writer, sessions() as other:
+        long_writer.begin()
+        service.record_event(long_writer, kind="test.long", actor=None)
+        long_writer.flush()
+        service.in_transaction(other, lambda: service.record_event(other, kind="test.quick", actor=None))
+        long_writer.commit()
+    with engine.connect() as conn:
+        kinds = list(conn.scalars(select(Event.kind).where(Event.kind.like("test.%")).order_by(Event.id)))
+    assert kinds == ["test.quick", "test.long"]
+
+
+def test_a_rolled_back_transaction_writes_none_of_its_events(app: Flask) -> None:
+    engine: Engine = app.extensions["ucsc.engine"]
+    with sessionmaker(engine)() as s:
+
+        def fail() -> None:
+            service.record_event(s, kind="test.rolled_back", actor=None)
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            service.in_transaction(s, fail)
+        service.in_transaction(s, lambda: service.record_event(s, kind="test.kept", actor=None))
+    with engine.connect() as conn:
+        kinds = list(conn.scalars(select(Event.kind).where(Event.kind.like("test.%"))))
+    assert kinds == ["test.kept"]
 
 
 @pg_only
