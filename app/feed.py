@@ -115,6 +115,12 @@ class Feed:
         emitted = 0
         with self._lock:
             self.last_tick = time.monotonic()
+            if not self._has_clients():
+                # Nobody to send to (another instance's clients, or none yet): keep only the cursor. A client
+                # that joins later gets `ready` at it, or its replay from the rows, under this same lock.
+                with self.sessions() as session:
+                    self.cursor = max(self.cursor, session.scalar(select(func.max(Event.id))) or 0)
+                return 0
             while True:
                 with self.sessions() as session:
                     rows = list(
@@ -133,6 +139,11 @@ class Feed:
                 if len(rows) < BATCH:
                     break
         return emitted
+
+    def _has_clients(self) -> bool:
+        """Whether any client is connected to /live on this process (python-socketio keeps sids in room None)."""
+        manager = getattr(self.socketio.server, "manager", None)
+        return manager is None or bool(manager.rooms.get(NAMESPACE, {}).get(None))
 
     def _listen(self) -> None:
         """PostgreSQL: LISTEN for other processes' commits; each notification wakes the tail."""

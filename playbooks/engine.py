@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, load_only, selectinload
 
 from incidents import jobs, service
 from incidents.access import Actor
@@ -285,6 +285,31 @@ def latest_versions(session: Session) -> list[PlaybookVersion]:
     return list(session.scalars(stmt.order_by(PlaybookVersion.name)))
 
 
+# Versions are never edited, so a definition is the same wherever its digest is: a filing reads the newest
+# versions' few columns and takes their parsed definitions from here, not the YAML and JSON of every playbook.
+_DEFINITIONS: dict[str, dict[str, Any]] = {}
+
+
+def _newest_for_starting(session: Session) -> list[tuple[PlaybookVersion, dict[str, Any]]]:
+    """The newest version of each enabled playbook with its definition."""
+    newest = select(PlaybookVersion.name, func.max(PlaybookVersion.version).label("v")).group_by(PlaybookVersion.name)
+    sub = newest.subquery()
+    stmt = (
+        select(PlaybookVersion)
+        .options(load_only(PlaybookVersion.name, PlaybookVersion.version, PlaybookVersion.title_vi,
+                           PlaybookVersion.enabled, PlaybookVersion.digest))
+        .join(sub, (PlaybookVersion.name == sub.c.name) & (PlaybookVersion.version == sub.c.v))
+        .where(PlaybookVersion.enabled.is_(True))
+    )  # fmt: skip
+    versions = list(session.scalars(stmt.order_by(PlaybookVersion.name)))
+    missing = [v.id for v in versions if v.digest not in _DEFINITIONS]
+    if missing:
+        stmt = select(PlaybookVersion.digest, PlaybookVersion.definition).where(PlaybookVersion.id.in_(missing))
+        for digest, definition in session.execute(stmt):
+            _DEFINITIONS[digest] = definition
+    return [(v, _DEFINITIONS[v.digest]) for v in versions]
+
+
 def _locked_incident(session: Session, incident_id: int) -> Incident | None:
     stmt = (
         select(Incident)
@@ -314,14 +339,13 @@ def _evaluate(session: Session, incident_id: int, settings: Settings) -> list[Pl
             _stop(session, run, incident, None, f"incident {incident.status}")
         return []
     started = []
-    for version in latest_versions(session):
-        spec = version.definition
-        if not version.enabled or spec.get("trigger", "auto") != "auto" or not matches(spec.get("when"), incident):
+    for version, spec in _newest_for_starting(session):
+        if spec.get("trigger", "auto") != "auto" or not matches(spec.get("when"), incident):
             continue
         key = f"{incident.id}:{version.name}:auto"
         if session.scalar(select(PlaybookRun.id).where(PlaybookRun.key == key)) is not None:
             continue  # running ones continue; a playbook starts once per incident on its own
-        started.append(_start(session, incident, version, key, "auto", None, settings))
+        started.append(_start(session, incident, version, key, "auto", None, settings, spec))
     return started
 
 
@@ -405,6 +429,7 @@ def _start(
     trigger: str,
     actor: Actor | None,
     settings: Settings,
+    definition: dict[str, Any] | None = None,
 ) -> PlaybookRun:
     run = PlaybookRun(
         incident_id=incident.id,
@@ -428,7 +453,7 @@ def _start(
         version=version.version,
         title=version.title_vi,
     )
-    advance(session, run, incident, version.definition, "0", settings)
+    advance(session, run, incident, definition or version.definition, "0", settings, fresh=True)
     return run
 
 
@@ -442,12 +467,15 @@ def advance(
     definition: dict[str, Any],
     path: str | None,
     settings: Settings,
+    *,
+    fresh: bool = False,
 ) -> None:
-    """Carry out steps from `path` until a wait or the end, inside the caller's transaction."""
+    """Carry out steps from `path` until a wait or the end, inside the caller's transaction (`fresh`: a run
+    started in it, which has no steps yet)."""
     while path is not None:
         if run.state not in (RUN_RUNNING, RUN_WAITING):
             return
-        if session.scalar(select(RunStep.id).where(RunStep.run_id == run.id, RunStep.path == path)) is not None:
+        if not fresh and session.scalar(select(RunStep.id).where(RunStep.run_id == run.id, RunStep.path == path)):
             return  # carried out already: a repeated job does nothing
         step = step_at(definition, path)
         if step is None:
@@ -622,7 +650,10 @@ def create_page(
             recipient.digest_key = _schedule_digest(session, contact.id, page.id, now, settings)
             held.append(contact.name)
         session.add(recipient)
-        if recipient.state == RECIPIENT_PAGED and _queue_delivery(session, page, contact, 0, settings) is None:
+        if (
+            recipient.state == RECIPIENT_PAGED
+            and _queue_delivery(session, page, contact, 0, settings, new=True) is None
+        ):
             unreachable.append(contact)
     session.flush()
     _event(
@@ -712,20 +743,29 @@ def usable_channels(contact: Contact, settings: Settings) -> list[str]:
 
 
 def _queue_delivery(
-    session: Session, page: Page, contact: Contact, wave: int, settings: Settings, after: str | None = None
+    session: Session,
+    page: Page,
+    contact: Contact,
+    wave: int,
+    settings: Settings,
+    after: str | None = None,
+    *,
+    new: bool = False,
 ) -> Delivery | None:
+    """Queue the delivery of `page` to `contact` on their first usable channel (after `after`) that this wave
+    has not used yet (`new`: a page created in this transaction, which has none)."""
     channels = usable_channels(contact, settings)
     if after is not None:
         channels = channels[channels.index(after) + 1 :] if after in channels else []
     for channel in channels:
-        exists = session.scalar(
+        exists = None if new else session.scalar(
             select(Delivery.id).where(
                 Delivery.page_id == page.id,
                 Delivery.contact_id == contact.id,
                 Delivery.channel == channel,
                 Delivery.wave == wave,
             )
-        )
+        )  # fmt: skip
         if exists is not None:
             continue
         delivery = Delivery(
