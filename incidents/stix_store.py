@@ -558,14 +558,16 @@ def _projected_rows(session: Session, incident_id: int, tlp: str, *, imported: A
     if imported is not None:
         # From the (few) imported rows to the incident's links, not through all of the incident's links.
         linked = exists().where(StixLink.object_id == StixObject.id, StixLink.incident_id == incident_id)
-        stmt = select(*columns).where(
-            StixObject.imported_by_id.is_not(None),
+        # `> 0` (user ids start at 1) and no ORDER BY: SQLite then walks the imported_by_id index; with
+        # `IS NOT NULL` or ORDER BY id it scanned every stored object (13 ms at 40,000 rows). Sorted here.
+        stmt = select(StixObject.id, *columns).where(
+            StixObject.imported_by_id > 0,
             StixObject.key.is_(None),
             StixObject.current,
             linked,
             tlp_clause(imported, StixObject.tlp, literal(incident_id)),
         )
-        return list(session.connection().execute(stmt.order_by(StixObject.id)).all())
+        return sorted(session.connection().execute(stmt).all(), key=lambda r: r.id)
     # Core rows, not ORM ones: 50,000 bodies pass through here and ORM row handling was a third of the time.
     stmt = (
         select(*columns)
