@@ -108,7 +108,10 @@ class Feed:
         while True:
             self._wake.wait(self.poll)
             self._wake.clear()
-            self.drain()
+            if self._has_clients():
+                self.drain()
+            # else nobody here to send to (another instance's clients, or none yet): not even a query; a client
+            # that joins moves the cursor first (`join`)
 
     def drain(self) -> int:
         """Emit every committed event past the cursor, in id order; return how many."""
@@ -116,10 +119,7 @@ class Feed:
         with self._lock:
             self.last_tick = time.monotonic()
             if not self._has_clients():
-                # Nobody to send to (another instance's clients, or none yet): keep only the cursor. A client
-                # that joins later gets `ready` at it, or its replay from the rows, under this same lock.
-                with self.sessions() as session:
-                    self.cursor = max(self.cursor, session.scalar(select(func.max(Event.id))) or 0)
+                self._catch_up()
                 return 0
             while True:
                 with self.sessions() as session:
@@ -140,10 +140,18 @@ class Feed:
                     break
         return emitted
 
-    def _has_clients(self) -> bool:
-        """Whether any client is connected to /live on this process (python-socketio keeps sids in room None)."""
+    def _catch_up(self) -> None:
+        """Move the cursor to the newest committed event, emitting nothing (the caller holds the lock)."""
+        with self.sessions() as session:
+            self.cursor = max(self.cursor, session.scalar(select(func.max(Event.id))) or 0)
+
+    def _has_clients(self, besides: str | None = None) -> bool:
+        """Whether a client (other than `besides`) is connected to /live on this process (python-socketio keeps
+        the namespace's sids in room None)."""
         manager = getattr(self.socketio.server, "manager", None)
-        return manager is None or bool(manager.rooms.get(NAMESPACE, {}).get(None))
+        if manager is None:
+            return True
+        return any(sid != besides for sid in manager.rooms.get(NAMESPACE, {}).get(None, {}))
 
     def _listen(self) -> None:
         """PostgreSQL: LISTEN for other processes' commits; each notification wakes the tail."""
@@ -167,6 +175,8 @@ class Feed:
         """Put a client in its rooms and send what it missed since `last_event_id`, then `ready`."""
         self.start()
         with self._lock:
+            if not self._has_clients(besides=sid):
+                self._catch_up()  # the tail rests while nobody is connected: its cursor may be behind
             for room in rooms_of(actor):
                 self.socketio.server.enter_room(sid, room, namespace=NAMESPACE)
             if last_event_id is not None and last_event_id < self.cursor:
