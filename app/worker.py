@@ -164,9 +164,13 @@ class Worker:
         except Exception as exc:  # any failure of a job is recorded on the job, never lost
             self._record_failure(job, exc)
         else:
-            with self.sessions() as session:
-                if not jobs.complete(session, job, self.name):
-                    log.warning("job %s finished after its lease passed to another worker", job.id)
+            if job.finished:  # the handler ended it in its own transaction (jobs.finish)
+                done = job.finished[0]
+            else:
+                with self.sessions() as session:
+                    done = jobs.complete(session, job, self.name)
+            if not done:
+                log.warning("job %s finished after its lease passed to another worker", job.id)
             log.debug("job %s %s done in %.3fs", job.id, job.kind, time.perf_counter() - started)
 
     def _record_failure(self, job: jobs.ClaimedJob, exc: Exception, *, permanent: bool = False) -> None:

@@ -59,6 +59,9 @@ class ClaimedJob:
     incident_id: int | None
     run_at: datetime
     started_at: datetime
+    worker: str = ""
+    # Set by `finish`: the handler marked the job done in its own transaction (True), or found its lease gone.
+    finished: list[bool] = field(default_factory=list, compare=False, repr=False)
 
 
 KINDS: dict[str, JobKind] = {}
@@ -175,7 +178,7 @@ def claim(session: Session, worker: str, limit: int, kinds: Sequence[str] | None
             claimed.append(
                 ClaimedJob(
                     job.id, job.kind, dict(job.payload), job.attempts, job.max_attempts, job.idempotency_key,
-                    job.incident_id, job.run_at, now,
+                    job.incident_id, job.run_at, now, worker,
                 )
             )  # fmt: skip
     return sorted(claimed, key=lambda j: (j.run_at, j.id))
@@ -190,15 +193,27 @@ def complete(session: Session, job: ClaimedJob, worker: str) -> bool:
     """Record success; False when the lease had already passed to another worker."""
     with session.begin():
         session.connection(execution_options={"ucsc_write": True})
-        done = session.execute(
-            update(Job)
-            .where(_mine(job, worker))
-            .values(state=DONE, lease_until=None, finished_at=utcnow(), last_error=None)
-        )
-        if done.rowcount != 1:
-            return False
-        _count_run(session, worker)
-        return True
+        return _done(session, job, worker)
+
+
+def finish(session: Session, job: ClaimedJob) -> bool:
+    """Mark `job` done inside the handler's own last write transaction, so its outcome and the job's end commit
+    together (one write transaction instead of two); the worker then does not complete it again."""
+    ok = _done(session, job, job.worker)
+    job.finished[:] = [ok]  # a retried transaction runs this again: the last attempt's answer stands
+    return ok
+
+
+def _done(session: Session, job: ClaimedJob, worker: str) -> bool:
+    done = session.execute(
+        update(Job)
+        .where(_mine(job, worker))
+        .values(state=DONE, lease_until=None, finished_at=utcnow(), last_error=None)
+    )
+    if done.rowcount != 1:
+        return False
+    _count_run(session, worker)
+    return True
 
 
 def fail(session: Session, job: ClaimedJob, worker: str, error: str, *, permanent: bool = False) -> str | None:

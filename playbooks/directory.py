@@ -509,9 +509,9 @@ def on_call(schedule: Schedule, at: datetime) -> Contact | None:
 
 
 def _schedules(session: Session, *, organisation_id: int | None = None, group_id: int | None = None) -> list[Schedule]:
-    stmt = select(Schedule).options(
-        selectinload(Schedule.members).selectinload(ScheduleMember.contact),
-        selectinload(Schedule.overrides).selectinload(ScheduleOverride.contact),
+    stmt = select(Schedule).options(  # three queries: schedules, members with their contacts, overrides with theirs
+        selectinload(Schedule.members).joinedload(ScheduleMember.contact, innerjoin=True),
+        selectinload(Schedule.overrides).joinedload(ScheduleOverride.contact, innerjoin=True),
     )
     if organisation_id is not None:
         stmt = stmt.where(Schedule.organisation_id == organisation_id, Schedule.group_id.is_(None))

@@ -1056,17 +1056,20 @@ def deliver(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     except DeliveryFailed as exc:
         _failed(ctx, delivery_id, str(exc), permanent=exc.permanent, settings=settings)
         return
-    _delivered(ctx, delivery_id, receipt)
+    _delivered(ctx, delivery_id, receipt, job)
 
 
 def _locked_delivery(session: Session, delivery_id: int) -> Delivery:
     return session.get(Delivery, delivery_id, with_for_update=True, populate_existing=True)
 
 
-def _delivered(ctx: jobs.JobContext, delivery_id: int, receipt: str) -> None:
+def _delivered(ctx: jobs.JobContext, delivery_id: int, receipt: str, job: jobs.ClaimedJob | None = None) -> None:
+    """Record a delivery's success and, given its job, end the job in the same transaction."""
     with ctx.sessions() as session:
 
         def work() -> None:
+            if job is not None:
+                jobs.finish(session, job)
             delivery = _locked_delivery(session, delivery_id)
             if delivery.state == DELIVERY_DELIVERED:
                 return  # a repeat after a crash: the first success was recorded, its event written once
