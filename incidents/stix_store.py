@@ -193,13 +193,22 @@ def _board(session: Session, settings: StixSettings) -> str:
     return obj.id
 
 
-def _insert(session: Session, items: list[tuple[Any, str | None, int | None, str]], links: dict[int, int]) -> list[int]:
-    """Store objects (stix2 object, key, owning incident, tlp) with fresh date_added values; their row ids."""
+def _insert(
+    session: Session,
+    items: list[tuple[Any, str | None, int | None, str]],
+    links: dict[int, int],
+    bodies: Sequence[str | None] = (),
+) -> list[int]:
+    """Store objects (stix2 object, key, owning incident, tlp) with fresh date_added values; their row ids.
+
+    `bodies` may give an object's serialisation already made outside the write lock (None: serialise it here).
+    """
     if not items:
         return []
     dates = _next_dates(session, len(items))
+    bodies = list(bodies) or [None] * len(items)
     values = []
-    for (obj, key, incident_id, tlp), added in zip(items, dates, strict=True):
+    for (obj, key, incident_id, tlp), added, body in zip(items, dates, bodies, strict=True):
         created = obj.get("created")
         modified = obj.get("modified") or created
         values.append(
@@ -214,7 +223,7 @@ def _insert(session: Session, items: list[tuple[Any, str | None, int | None, str
                 "key": key,
                 "incident_id": incident_id,
                 "imported_by_id": None,
-                "body": stix.serialise(obj),
+                "body": body if body is not None else stix.serialise(obj),
                 "current": True,
             }
         )
@@ -331,13 +340,13 @@ def _prepare(session: Session, incident_id: int, settings: StixSettings) -> _Pre
     return _Prepared(incident_id, last_event, board_id, digest, view.tlp, planned)
 
 
-def _apply(session: Session, prep: _Prepared, settings: StixSettings) -> int:
-    """Write a prepared projection (the caller holds the write lock): comparisons and inserts only. Rows written."""
+def _apply(session: Session, prep: _Prepared, settings: StixSettings, board: str) -> int:
+    """Write a prepared projection (the caller holds the write lock and has the board's id from `_board`):
+    comparisons and inserts only, no stix2 work unless ids moved. Rows written."""
     if prep.planned is None:
         _mark(session, prep.incident_id, prep.digest, prep.last_event)
         return 0
     planned, digest, tlp = prep.planned, prep.digest, prep.tlp
-    board = _board(session, settings)
     own, shared = _stored(session, prep.incident_id, [p.key for p in planned if p.shared])
     if board != prep.board_id or _ids_moved(planned, own, shared):
         # Someone minted ids between our read and our lock (an export racing the projector): plan again.
@@ -362,7 +371,7 @@ def project_incident(session: Session, incident_id: int, settings: StixSettings)
         return 0
 
     def work() -> int:
-        written = _apply(session, prep, settings)
+        written = _apply(session, prep, settings, _board(session, settings))
         if written and settings.push:
             enqueue_push(session)
         return written
@@ -405,6 +414,7 @@ def _tlp_of(obj: Any) -> str:
 def _write(session: Session, incident_id: int, tlp: str, planned: list, own: dict, shared: dict) -> int:
     now = utcnow()
     items: list[tuple[Any, str | None, int | None, str]] = []
+    bodies: list[str | None] = []  # the planned serialisation of a first version (None: a new version)
     links: dict[int, int] = {}
     link_existing: list[int] = []
     linked = set(session.scalars(select(StixLink.object_id).where(StixLink.incident_id == incident_id)))
@@ -421,11 +431,12 @@ def _write(session: Session, incident_id: int, tlp: str, planned: list, own: dic
                     if stored.row_id not in linked:
                         link_existing.append(stored.row_id)
                     continue
-                obj = stix.new_version(p.obj, _after(now, stored.modified))
+                obj, body = stix.new_version(p.obj, _after(now, stored.modified)), None
             else:
-                obj = p.obj
+                obj, body = p.obj, p.body
             links[len(items)] = incident_id
             items.append((obj, p.key, None, tlp))
+            bodies.append(body)
             continue
         stored = own.get(p.key)
         if stored is not None and stored.body == p.body:
@@ -433,7 +444,8 @@ def _write(session: Session, incident_id: int, tlp: str, planned: list, own: dic
         obj = p.obj if stored is None else stix.new_version(p.obj, _after(now, stored.modified))
         links[len(items)] = incident_id
         items.append((obj, p.key, incident_id, tlp))
-    _insert(session, items, links)
+        bodies.append(p.body if stored is None else None)
+    _insert(session, items, links, bodies)
     if link_existing:
         session.execute(
             insert(StixLink.__table__), [{"object_id": r, "incident_id": incident_id} for r in set(link_existing)]
@@ -448,10 +460,12 @@ def _after(now: datetime, previous: datetime) -> datetime:
     return max(now, floor)
 
 
-# Planned objects per write transaction of the projector: a few incidents at a time, so that intake, which
-# waits for the same SQLite write lock, gets it between them (one transaction per incident, each ending in
-# an fsync, left it waiting far more often; one transaction per batch held it too long).
-WRITE_ROWS = 200
+# Planned objects per write transaction of the projector (about three incidents of three observables): intake
+# waits for the same SQLite write lock, and a gevent web worker waiting in SQLite's busy handler serves nobody.
+# One transaction per incident paid BEGIN IMMEDIATE, the board lookup and a WAL fsync each time (lock held
+# 47-54% of the projection's time); a whole batch in one transaction would hold it for seconds. With three
+# incidents per transaction it was held 39-43% of the time, 50-59 ms at a time (p50), at load average 5-9.
+WRITE_ROWS = 60
 
 
 def project_pending(session: Session, settings: StixSettings, *, batch: int = 200) -> int:
@@ -470,10 +484,15 @@ def project_pending(session: Session, settings: StixSettings, *, batch: int = 20
         return 0
     incident_ids = list(dict.fromkeys(e.incident_id for e in events if e.incident_id is not None))
     last = events[-1].id
+    if incident_ids and _board_id_read(session) is None:
+        # Once per database: with no board identity yet, every incident planned before it exists would be
+        # planned again under the write lock.
+        service.in_transaction(session, lambda: _board(session, settings))
 
     def write(group: list[_Prepared], final: bool) -> None:
         def work() -> None:
-            written = sum(_apply(session, prep, settings) for prep in group)
+            board = _board(session, settings)
+            written = sum(_apply(session, prep, settings, board) for prep in group)
             if final:
                 cursor = _cursor(session, PROJECTOR)
                 cursor.position = max(cursor.position, last)
