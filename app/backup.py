@@ -12,10 +12,12 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from app import db
 from incidents import audit, service
 
+AUDIT_ATTEMPTS = 5
 PAGES_PER_STEP = 256  # SQLite copies this many pages, then lets writers in, until the copy is whole
 
 
@@ -49,7 +51,17 @@ def _audit(target: str, data: dict) -> None:
     def work() -> None:
         audit.append(session, action=audit.Action.EXPORT, actor=f"cli:{getpass.getuser()}", target=target, data=data)
 
-    service.in_transaction(session, work)
+    # A busy SQLite server may hold its write lock past the busy timeout a web request waits; a backup that is
+    # written must still be recorded, so the command waits its turn a few times rather than fail.
+    for attempt in range(AUDIT_ATTEMPTS):
+        try:
+            service.in_transaction(session, work)
+            return
+        except OperationalError:
+            session.rollback()
+            if attempt == AUDIT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 @click.command("backup")
