@@ -172,14 +172,29 @@ def _code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def create_link_code(*, session: Session, contact_id: int, actor: Actor | str, ttl: timedelta) -> str:
-    """A one-time code for `/start <code>`; earlier unused codes of the contact stop working."""
+def _require_desk(actor: Actor | str) -> None:
+    """Only admins and operators hand out or revoke links (a string actor is the system or the CLI)."""
+    from incidents.errors import Forbidden as NotAllowed
+
+    if isinstance(actor, Actor) and actor.role not in (Role.ADMIN, Role.OPERATOR):
+        raise NotAllowed("only admins and operators link or unlink Telegram accounts")
+
+
+def _directory_contact(session: Session, contact_id: int) -> Any:
+    contact = session.get(_contact_model(), contact_id)
+    if contact is None or contact.erased_at is not None:
+        raise NotFound(f"no contact {contact_id}")
+    return contact
+
+
+def create_link_code(*, session: Session, contact_id: int, actor: Actor | str, ttl: timedelta,
+                     source_ip: str | None = None) -> str:  # fmt: skip
+    """A one-time code for `/start <code>`; earlier unused codes of the contact stop working. Audited."""
+    _require_desk(actor)
     code = secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]: what a deep link's start parameter takes
 
     def work() -> str:
-        contact = session.get(_contact_model(), contact_id)
-        if contact is None:
-            raise NotFound(f"no contact {contact_id}")
+        _directory_contact(session, contact_id)
         now = utcnow()
         session.execute(
             update(TelegramLinkCode)
@@ -192,6 +207,8 @@ def create_link_code(*, session: Session, contact_id: int, actor: Actor | str, t
                                      created_at=now, expires_at=now + ttl))  # fmt: skip
         service.record_event(session, kind="contact.telegram_link_created", actor=_actor(actor),
                              data={"contact_id": contact_id, "expires_at": (now + ttl).isoformat()})  # fmt: skip
+        audit.append(session, action=audit.Action.TELEGRAM_LINK_CREATED, actor=actor, target=f"contact:{contact_id}",
+                     source_ip=source_ip, data={"expires_at": (now + ttl).isoformat()})  # fmt: skip
         return code
 
     return service.in_transaction(session, work)
@@ -201,13 +218,38 @@ def deep_link(username: str | None, code: str) -> str:
     return f"https://t.me/{username}?start={code}" if username else f"/start {code}"
 
 
-def revoke_link(*, session: Session, contact_id: int, actor: Actor | str) -> None:
+def new_link(*, session: Session, config: Any, contact_id: int, actor: Actor, source_ip: str | None = None
+             ) -> dict[str, Any]:  # fmt: skip
+    """What the API and the directory page hand out: the code, `/start <code>`, the t.me deep link, its expiry.
+
+    Conflict when Telegram is off here. The deep link needs `UCSC_TELEGRAM_BOT_USERNAME`; without it `url` is null
+    and the person sends `/start <code>` to the bot themselves.
+    """
+    from incidents.errors import Conflict
+
+    settings = Settings.from_config(config)
+    if settings is None:
+        raise Conflict("Telegram is off: set UCSC_TELEGRAM_TOKEN (and UCSC_TELEGRAM_MODE other than off)")
+    code = create_link_code(session=session, contact_id=contact_id, actor=actor, ttl=settings.link_ttl,
+                            source_ip=source_ip)  # fmt: skip
+    expires = link_expiry(session, code)
+    session.rollback()
+    username = (settings.bot_username or "").lstrip("@") or None
+    return {"contact_id": contact_id, "code": code, "start": f"/start {code}",
+            "url": deep_link(username, code) if username else None,
+            "expires_at": expires.isoformat() if expires else None}  # fmt: skip
+
+
+def link_expiry(session: Session, code: str) -> datetime | None:
+    return session.scalar(select(TelegramLinkCode.expires_at).where(TelegramLinkCode.code_hash == _code_hash(code)))
+
+
+def revoke_link(*, session: Session, contact_id: int, actor: Actor | str, source_ip: str | None = None) -> None:
     """Unlink a contact's Telegram account and void its unused codes; presses from that chat are refused after."""
+    _require_desk(actor)
 
     def work() -> None:
-        contact = session.get(_contact_model(), contact_id)
-        if contact is None:
-            raise NotFound(f"no contact {contact_id}")
+        contact = _directory_contact(session, contact_id)
         now = utcnow()
         old = contact.telegram_chat_id
         contact.telegram_chat_id = None
@@ -220,6 +262,8 @@ def revoke_link(*, session: Session, contact_id: int, actor: Actor | str) -> Non
         )  # fmt: skip
         service.record_event(session, kind="contact.telegram_unlinked", actor=_actor(actor),
                              data={"contact_id": contact_id, "chat_id": old})  # fmt: skip
+        audit.append(session, action=audit.Action.TELEGRAM_UNLINKED, actor=actor, target=f"contact:{contact_id}",
+                     source_ip=source_ip, data={"chat_id": old})  # fmt: skip
 
     service.in_transaction(session, work)
 
@@ -388,6 +432,10 @@ class Core:
                 payloads = [self._payload(chat_id, text, {}, f"tg:{message.key}", "reply", None, contact_id,
                                           message.data.get("incident_id"), None, tg.DEFAULT_LANGUAGE)]  # fmt: skip
             else:
+                own = f"tg:page.{page.id}.{contact_id}.{wave}"
+                if session.scalar(select(Job.id).where(Job.idempotency_key == own)) is not None:
+                    session.rollback()  # a sibling's send queued this one with its own (below)
+                    return f"queued for Telegram as tg:{message.key}"
                 siblings = session.execute(
                     select(Delivery.id, Delivery.contact_id, Delivery.address).where(
                         Delivery.page_id == page.id, Delivery.channel == tg.CHANNEL, Delivery.wave == wave,
@@ -395,6 +443,12 @@ class Core:
                 ).all()  # fmt: skip
                 targets = {c: (d, addr) for d, c, addr in siblings}
                 targets.setdefault(contact_id, (None, str(chat_id)))
+                # Only what no sibling's send queued yet: else each of a page's n sends would render and insert
+                # all n again (n² work in the worker, beside the leader's sends, in a 120-contact burst).
+                keys = {c: f"tg:page.{page.id}.{c}.{wave}" for c in targets}
+                queued = set(session.scalars(select(Job.idempotency_key).where(
+                    Job.idempotency_key.in_(list(keys.values())))))  # fmt: skip
+                targets = {c: t for c, t in targets.items() if keys[c] not in queued}
                 contacts = {c.id: c for c in session.scalars(select(Contact).where(Contact.id.in_(list(targets))))}
                 addresses = [int(a) for _, a in targets.values() if str(a).lstrip("-").isdigit()]
                 blocked = set(session.scalars(select(TelegramChat.chat_id).where(
@@ -416,9 +470,13 @@ class Core:
                     payloads.append(self._payload(to, text, buttons, f"tg:page.{page.id}.{cid}.{wave}", "page",
                                                   page.id, cid, page.incident_id, delivery_id, language))  # fmt: skip
 
+            siblings_queued = [p["delivery_id"] for p in payloads if p["delivery_id"] and p["contact_id"] != contact_id]
+
             def work() -> None:
                 jobs.enqueue_many(session, [jobs.job_values(SEND, p, key=p["key"], incident_id=p["incident_id"])
                                             for p in payloads])  # fmt: skip
+                if siblings_queued:
+                    _handed_over(session, page.id, siblings_queued)
 
             service.in_transaction(session, work)
         self.queued()
@@ -490,6 +548,14 @@ class Core:
             def work() -> None:
                 keys = [job.payload["key"] for job, *_ in batch]
                 known = set(session.scalars(select(TelegramMessage.key).where(TelegramMessage.key.in_(keys))))
+                # Their chats and deliveries in two reads, not two each (the gets below find them loaded).
+                chats = {int(job.payload["chat_id"]) for job, *_ in batch}
+                list(session.scalars(select(TelegramChat).where(TelegramChat.chat_id.in_(chats))))
+                deliveries = [job.payload["delivery_id"] for job, *_ in batch if job.payload.get("delivery_id")]
+                if deliveries:
+                    from playbooks.models import Delivery
+
+                    list(session.scalars(select(Delivery).where(Delivery.id.in_(deliveries))))
                 for job, message_id, at, spacing in batch:
                     p = job.payload
                     if p["key"] not in known:
@@ -782,14 +848,25 @@ class Core:
         except _Refused as exc:
             return Outcome(r.gettext(REFUSALS[exc.reason]), language=r.language)
         now = utcnow()
-        edits = []
-        for sent in session.scalars(
-            select(TelegramMessage).where(TelegramMessage.page_id == page_id, TelegramMessage.contact_id == contact.id)
-        ):
-            edits.append((sent.chat_id, sent.message_id, r.outcome(sent.text, tg.ACK, contact.name, now)))
+        chat_id = contact_chat(contact)
+        sent = session.execute(
+            select(TelegramMessage.id, TelegramMessage.chat_id, TelegramMessage.message_id, TelegramMessage.text)
+            .where(TelegramMessage.page_id == page_id, TelegramMessage.contact_id == contact.id)
+        ).all()  # fmt: skip
+        edits = [(row_id, chat, message_id, r.outcome(text, tg.ACK, contact.name, now))
+                 for row_id, chat, message_id, text in sent]  # fmt: skip
+        session.rollback()
+
+        def record() -> set[str]:
+            for row_id, _chat, _message_id, text in edits:  # as a press does: the next edit adds to this text
+                session.get(TelegramMessage, row_id).text = text
+            return set(session.scalars(select(TelegramPress.action).where(
+                TelegramPress.page_id == page_id, TelegramPress.chat_id == chat_id)))  # fmt: skip
+
+        used = service.in_transaction(session, record)
         out = Outcome(r.gettext(ACCEPTED[tg.ACK]), accepted=True, language=r.language)
-        out.page_messages = edits
-        out.edit_buttons = self.buttons(page_id, contact_chat(contact), (tg.SUPPORT, tg.DONE))
+        out.page_messages = [(chat, message_id, text) for _row, chat, message_id, text in edits]
+        out.edit_buttons = self.buttons(page_id, chat_id, tuple(a for a in (tg.SUPPORT, tg.DONE) if a not in used))
         return out
 
     def directive(self, *, chat_id: int, user_id: int, reply_to: int, text: str) -> Outcome | None:
@@ -925,6 +1002,44 @@ def _open_tasks(session: Session, contact: Any) -> list[tuple[str, str]]:
     return [(ref, title) for ref, title in rows]
 
 
+def _handed_over(session: Session, page_id: int, delivery_ids: list[int]) -> None:
+    """Deliveries queued for the leader with a sibling's send are delivered to the channel, as their own send records
+    it (`playbooks.engine._delivered`: one `page.delivered` each), and their own jobs still queued are done.
+
+    Else each of a burst's 119 other delivery jobs is claimed, renders its page and writes its own transactions in
+    the worker, beside the leader's sends: their CPU (the GIL) and, on SQLite, their write locks slowed the
+    leader's event loop, and each window of 30 sends waited that much longer for its completions.
+    """
+    from playbooks import engine
+    from playbooks.models import DELIVERY_DELIVERED, DELIVERY_QUEUED, Contact, Delivery, Page
+
+    rows = list(session.scalars(select(Delivery).where(Delivery.id.in_(delivery_ids),
+                                                       Delivery.state == DELIVERY_QUEUED)
+                                .order_by(Delivery.id).with_for_update()))  # fmt: skip
+    if not rows:
+        return
+    now = utcnow()
+    page = session.get(Page, page_id, with_for_update=True, populate_existing=True)
+    if page.first_delivered_at is None:
+        page.first_delivered_at = now
+    incident = session.get(Incident, page.incident_id)
+    names = dict(session.execute(select(Contact.id, Contact.name).where(
+        Contact.id.in_([d.contact_id for d in rows]))).tuples().all())  # fmt: skip
+    # The delivery's pending job, as playbooks.engine keys it (`page.deliver:<delivery>:<attempts so far>`); one
+    # that a worker claimed already finds the delivery delivered, or its send queued, and records nothing twice.
+    session.execute(update(Job).where(
+        Job.idempotency_key.in_([f"{engine.DELIVER}:{d.id}:{d.attempts}" for d in rows]), Job.state == jobs.QUEUED,
+    ).values(state=jobs.DONE, finished_at=now))  # fmt: skip
+    for delivery in rows:
+        delivery.state, delivery.delivered_at = DELIVERY_DELIVERED, now
+        delivery.attempts += 1
+        receipt = f"queued for Telegram as tg:page.{page_id}.{delivery.contact_id}.{delivery.wave}"
+        delivery.message_id, delivery.last_error = receipt[:300], None
+        engine._event(session, "page.delivered", incident, None, page_id=page.id, delivery_id=delivery.id,
+                      channel=delivery.channel, contact=names.get(delivery.contact_id), contact_id=delivery.contact_id,
+                      wave=delivery.wave, attempts=delivery.attempts, message_id=delivery.message_id)  # fmt: skip
+
+
 def _delivery_done(session: Session, delivery_id: int, chat_id: int, message_id: int) -> None:
     """The delivery was recorded when queued; it now names the Telegram message (for people and for edits)."""
     from playbooks.models import Delivery
@@ -959,32 +1074,67 @@ def _delivery_failed(session: Session, delivery_id: int, error: str, config: dic
 
 
 class SlidingLimiter:
-    """At most `rate` calls in any `period`, counted from each call's completion (its receipt lies before it)."""
+    """At most `rate` calls received in any `period`, in the order they asked (first come, first served).
+
+    The receiver stamps a call somewhere between its start and its completion, so a call may start once the call
+    `rate` places before it completed at least `period` ago: its receipt lay before its completion. That is the
+    tightest bound known without the receiver's clock, and it costs one round trip per window, nothing more: a
+    waiting call is woken by a timer at the exact moment its slot opens (or by a completion), never by polling.
+    """
 
     def __init__(self, rate: int, period: float) -> None:
         self.rate, self.period = rate, period
-        self.done: deque[float] = deque()
+        self.done: deque[float] = deque()  # completion times (loop clock) of the last `rate` calls at most
         self.inflight = 0
-        self._changed = asyncio.Condition()
+        self.waiters: deque[asyncio.Future] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _take(self, now: float) -> bool:
+        while self.done and self.done[0] + self.period <= now:
+            self.done.popleft()
+        if len(self.done) + self.inflight < self.rate:
+            self.inflight += 1
+            return True
+        return False
+
+    def _dispatch(self) -> None:
+        """Grant the slots open now, first waiter first; arm one timer for the next slot to open."""
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self.waiters:
+            head = self.waiters[0]
+            if head.done():  # its caller was cancelled while it waited
+                self.waiters.popleft()
+                continue
+            if not self._take(loop.time()):
+                break
+            self.waiters.popleft()
+            head.set_result(None)
+        if self.waiters and self.done and len(self.done) + self.inflight >= self.rate:
+            self._timer = loop.call_at(self.done[0] + self.period, self._dispatch)
 
     async def acquire(self) -> None:
-        async with self._changed:
-            while True:
-                now = time.monotonic()
-                while self.done and self.done[0] <= now - self.period:
-                    self.done.popleft()
-                if len(self.done) + self.inflight < self.rate:
-                    self.inflight += 1
-                    return
-                wait = self.done[0] + self.period - now if self.done else 0.01
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), max(wait, 0.001))
+        loop = asyncio.get_running_loop()
+        if not self.waiters and self._take(loop.time()):
+            return
+        waiter = loop.create_future()
+        self.waiters.append(waiter)
+        self._dispatch()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # granted, but its caller is gone: the slot goes back
+                self.inflight -= 1
+                self._dispatch()
+            raise
 
     async def release(self) -> None:
-        async with self._changed:
-            self.inflight -= 1
-            self.done.append(time.monotonic())
-            self._changed.notify_all()
+        """The call completed (whatever its outcome): its slot counts from now."""
+        self.inflight -= 1
+        self.done.append(asyncio.get_running_loop().time())
+        self._dispatch()
 
 
 class Runtime:
@@ -1209,16 +1359,10 @@ class Runtime:
             if wait > 0:
                 await asyncio.sleep(min(wait, 1.0))
                 continue
-            claimed = await self._db(self._claim)
+            claimed, keys, slots = await self._db(self._claim, frozenset(self.chat_next))
             if claimed:
-                keys = await self._db(self.core.already_sent, [j.payload["key"] for j in claimed])
-                unknown = [
-                    int(j.payload["chat_id"]) for j in claimed if int(j.payload["chat_id"]) not in self.chat_next
-                ]
-                if unknown:
-                    slots = await self._db(self.core.chat_slots, unknown)
-                    for chat_id, at in slots.items():
-                        self.chat_next[chat_id] = time.monotonic() + (at - utcnow()).total_seconds()
+                for chat_id, at in slots.items():
+                    self.chat_next.setdefault(chat_id, time.monotonic() + (at - utcnow()).total_seconds())
                 for job in claimed:
                     self.sending.add((job.id, job.attempts))
                     task = asyncio.create_task(self._deliver(job, job.payload["key"] in keys))
@@ -1229,16 +1373,25 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.05)
 
-    def _claim(self) -> list[jobs.ClaimedJob]:
+    def _claim(self, known: frozenset[int]) -> tuple[list[jobs.ClaimedJob], set[str], dict[int, datetime]]:
+        """Due sends leased to us, the keys of those sent before, and the next slots of chats not in `known`.
+
+        One trip to the thread pool for all three: each trip is a wait on a loaded machine, before every page.
+        """
         with self.worker.sessions() as session:
             due = session.scalar(
                 select(func.min(Job.run_at)).where(Job.state == jobs.QUEUED, Job.kind.in_(LEADER_KINDS))
             )
             session.rollback()
             if due is None or due > utcnow():
-                return []
+                return [], set(), {}
             claimed = jobs.claim(session, self.name, 100, kinds=sorted(LEADER_KINDS))
-        return [j for j in claimed if (j.id, j.attempts) not in self.sending]
+        claimed = [j for j in claimed if (j.id, j.attempts) not in self.sending]
+        if not claimed:
+            return [], set(), {}
+        keys = self.core.already_sent([j.payload["key"] for j in claimed])
+        unknown = sorted({int(j.payload["chat_id"]) for j in claimed} - known)
+        return claimed, keys, self.core.chat_slots(unknown) if unknown else {}
 
     async def _deliver(self, job: jobs.ClaimedJob, sent_before: bool) -> None:
         try:

@@ -260,6 +260,9 @@ def run_backend(name: str, database_url: str, workdir: Path) -> dict[str, Any]:
         turn_violations = api.limit_violations()
         stages = breakdown(database_url, filed, sent)
         bare = sorted(bare_loop(api, incidents))
+        # The baseline's sends share the token's 30-a-second budget at the stand-in, which the system cannot know
+        # of: the burst starts once the last of them is more than a second old.
+        time.sleep(1.1)
 
         before = len(api.calls_of("sendMessage"))
         _, filed_at = file(server.port, token, payload(10_000, "malware"))
@@ -272,11 +275,19 @@ def run_backend(name: str, database_url: str, workdir: Path) -> dict[str, Any]:
             time.sleep(0.05)
         span = max(c.mono for c in got) - min(c.mono for c in got) if got else float("nan")
         least = (burst - 1) // 30
+        # Where the span above the least goes: the first 30 arriving over a spread (the span can be no less than
+        # the least plus it), and each later window of 31 taking longer than a second (the round trip a send
+        # waits for, since a slot opens a second after a completion).
+        at = sorted(c.mono for c in got)
+        excess = sorted((at[i] - at[i - 30] - 1.0) * 1000 for i in range(30, len(at)))
         burst_figures = {
             "contacts": burst, "received": len(got), "span_s": span, "least_span_s": least,
             "ratio": span / least if least else float("nan"),
             "filed_to_last_s": max(c.at for c in got) - filed_at if got else float("nan"),
             "filed_to_first_ms": (min(c.at for c in got) - filed_at) * 1000 if got else float("nan"),
+            "first_30_spread_ms": (at[min(29, len(at) - 1)] - at[0]) * 1000 if at else float("nan"),
+            "window_excess_ms": {"p50": percentile(excess, 50), "max": excess[-1]} if excess else None,
+            "received_ms": [round((t - at[0]) * 1000, 1) for t in at],
         }  # fmt: skip
         violations = api.limit_violations()
         if missing:
@@ -383,6 +394,10 @@ def _show(name: str, f: dict[str, Any]) -> None:
     print(f"[{name}] {burst['contacts']} contacts at once: first to last sendMessage {burst['span_s']:.2f} s against "
           f"the least {burst['least_span_s']} s Telegram's limits allow (ratio {burst['ratio']:.3f}); filed to "
           f"first {burst['filed_to_first_ms']:.0f} ms, to last {burst['filed_to_last_s']:.2f} s")  # fmt: skip
+    if burst.get("window_excess_ms"):
+        print(f"[{name}] burst: the first 30 arrived over {burst['first_30_spread_ms']:.0f} ms; each window of 31 "
+              f"took 1 s + {burst['window_excess_ms']['p50']:.0f} ms (p50), + {burst['window_excess_ms']['max']:.0f} "
+              f"ms (max)")  # fmt: skip
     stages = ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}" for k, v in f["stages"].items())
     print(f"[{name}] stages p50/p99 ms (from the filing; the last from the send's queueing): {stages}")
     for key, t in f["targets"].items():

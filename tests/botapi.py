@@ -135,6 +135,13 @@ class _State:
     polling: int = 0
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # api.telegram.org takes many connections at once. socketserver's default backlog of 5 drops the SYNs of a
+    # burst (a client opening 30 connections for 30 sends), which the client's TCP resends one second later.
+    request_queue_size = 128
+
+
 class BotAPI:
     """The stand-in server; `url` is what `UCSC_TELEGRAM_API_URL` takes (`http://127.0.0.1:PORT/bot`)."""
 
@@ -162,8 +169,7 @@ class BotAPI:
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> "BotAPI":
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler_class())
-        server.daemon_threads = True
+        server = _Server(("127.0.0.1", self.port), self._handler_class())
         self._server = server
         self._closing = False
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import db
 from app.telegram_bot import create_link_code, revoke_link
 from playbooks.models import PAGE_ACKED, Contact, Page
+from playbooks.telegram_models import TelegramMessage
 from tests.botapi import BotAPI
 from tests.conftest import incident_payload
 from tests.paging import add_contact
@@ -98,6 +100,11 @@ def test_start_code_links_an_account_once_and_commands_answer_in_the_contacts_la
     assert (acked.data["contact_id"], acked.data["via"]) == (dung, "telegram")
     edit = bot_api.wait_for(lambda a: a.calls_of("editMessageText"), what="the page message edited")[0]
     assert int(edit.params["message_id"]) == message_ids(bot_api, 4001)[1]
+    # As a press does, /ack keeps the edited text: a later press adds its line to it.
+    session.rollback()
+    stored = session.scalar(select(TelegramMessage.text).where(
+        TelegramMessage.chat_id == 4001, TelegramMessage.message_id == message_ids(bot_api, 4001)[1]))  # fmt: skip
+    assert stored == edit.params["text"] and "Đỗ Dũng" in stored
 
     # Revoked: the account's presses are refused from now on.
     with app.app_context():
