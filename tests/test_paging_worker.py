@@ -279,14 +279,12 @@ def test_sigkills_mid_delivery_lose_nothing_and_repeat_at_most_the_send_concurre
     # spare that is still importing when its predecessor is killed only delays the test).
     warm_workers.reserve(4, idle=False)
     paging.load_shipped(app, demo=False)
-    for n in range(50):
-        paging.add_contact(
-            app, organisation="dost", name=f"Email {n}", email=f"e{n}@dost.example.vn", channels=["email"]
-        )
+    contacts = [{"name": f"Email {n}", "email": f"e{n}@dost.example.vn", "channels": ["email"]} for n in range(50)]
     for n in range(HTTP_EACH):
-        paging.add_contact(app, organisation="dost", name=f"Hook {n}", webhook_url=f"{hooks.url}?n={n}",
-                           webhook_secret="s", channels=["webhook"])  # fmt: skip
-        paging.add_contact(app, organisation="dost", name=f"Sms {n}", phone=f"09120000{n:02d}", channels=["sms"])
+        contacts.append({"name": f"Hook {n}", "webhook_url": f"{hooks.url}?n={n}", "webhook_secret": "s",
+                         "channels": ["webhook"]})  # fmt: skip
+        contacts.append({"name": f"Sms {n}", "phone": f"09120000{n:02d}", "channels": ["sms"]})
+    paging.add_contacts(app, [{"organisation": "dost", **c} for c in contacts])
     env = _env(smtp, UCSC_SMS_GATEWAY_URL=sms.url)
     worker = start_worker(env=env)
     incident = client.post(URL, json=incident_payload(category="other", reporter=NO_MAIL), headers=operator).json
@@ -331,10 +329,11 @@ def test_an_smtp_server_down_for_longer_than_three_retry_intervals_gets_everythi
 ) -> None:
     smtp = down_smtp
     paging.load_shipped(app, demo=False)
-    for n in range(5):
-        paging.add_contact(
-            app, organisation="dost", name=f"Email {n}", email=f"e{n}@dost.example.vn", channels=["email"]
-        )
+    paging.add_contacts(
+        app,
+        [{"organisation": "dost", "name": f"Email {n}", "email": f"e{n}@dost.example.vn", "channels": ["email"]}
+         for n in range(5)],
+    )  # fmt: skip
     retry, cap = 0.2, 0.4  # UCSC_PAGING_RETRY_SECONDS and its cap: short, so the outage need not be long
     start_worker(env=_env(smtp, UCSC_PAGING_RETRY_SECONDS=str(retry), UCSC_PAGING_RETRY_CAP_SECONDS=str(cap)))
     incident_id = client.post(URL, json=incident_payload(category="other", reporter=NO_MAIL), headers=operator).json[
