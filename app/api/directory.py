@@ -2,12 +2,13 @@
 
 from typing import Any
 
-from flask import Response, jsonify, request
+from flask import Response, current_app, jsonify, request
 
 from app import db
 from app.api import body, operation
 from app.auth import current_actor
 from app.errors import ApiError
+from app.telegram_bot import new_link, revoke_link
 from incidents.errors import FieldError
 from playbooks import directory
 from playbooks.models import Group, Schedule
@@ -250,3 +251,32 @@ def on_call_now() -> Response:
         session=db.session(), organisation=request.args.get("organisation"), group=request.args.get("group")
     )
     return jsonify({"items": [directory.contact_dict(c) for c in people], "next_cursor": None})
+
+
+@operation(
+    "POST",
+    "/contacts/<int:contact_id>/telegram-link",
+    "A one-time Telegram link for the contact: `/start <code>` and the t.me deep link (admins, operators; audited)",
+    tag=TAG,
+    status=201,
+    errors=(401, 403, 404, 409),
+)
+def post_telegram_link(contact_id: int) -> tuple[Response, int]:
+    link = new_link(session=db.session(), config=current_app.config, contact_id=contact_id, actor=current_actor(),
+                    source_ip=request.remote_addr)  # fmt: skip
+    response = jsonify(link)
+    response.headers["Cache-Control"] = "no-store"  # the code links an account: a credential
+    return response, 201
+
+
+@operation(
+    "DELETE",
+    "/contacts/<int:contact_id>/telegram-link",
+    "Unlink the contact's Telegram account and void its unused link codes (admins, operators; audited)",
+    tag=TAG,
+    errors=(401, 403, 404),
+)
+def delete_telegram_link(contact_id: int) -> Response:
+    session = db.session()
+    revoke_link(session=session, contact_id=contact_id, actor=current_actor(), source_ip=request.remote_addr)
+    return jsonify(directory.contact_dict(directory.get_contact(session, contact_id)))

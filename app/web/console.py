@@ -280,3 +280,42 @@ def directory() -> Any:
     organisations = service.list_organisations(session)
     return render("directory.html", organisations=organisations, systems=service.list_systems(session),
                   **directory_context(current_actor(), organisations))  # fmt: skip
+
+
+@bp.route("/directory/contacts/<int:contact_id>/telegram-link", methods=["POST"])
+@roles(Role.ADMIN, Role.OPERATOR)
+def telegram_link(contact_id: int) -> Any:
+    """A one-time Telegram link for a contact, shown once on this answer (never stored, never flashed)."""
+    from app.telegram_bot import new_link
+    from app.web.response import directory_context
+
+    session = db.session()
+    try:
+        link = new_link(session=session, config=current_app.config, contact_id=contact_id, actor=current_actor(),
+                        source_ip=request.remote_addr)  # fmt: skip
+    except (Forbidden, NotFound, Conflict) as exc:
+        flash(_("Refused: %(details)s", details=str(exc)), "error")
+        return redirect(url_for("web.directory") + "#contacts-heading")
+    from datetime import datetime
+
+    from playbooks import directory as contacts
+
+    link["name"] = contacts.get_contact(session, contact_id).name
+    link["expires"] = datetime.fromisoformat(link["expires_at"]) if link["expires_at"] else None
+    organisations = service.list_organisations(session)
+    body, status = render("directory.html", organisations=organisations, systems=service.list_systems(session),
+                          telegram_link=link, **directory_context(current_actor(), organisations))  # fmt: skip
+    return body, status, {"Cache-Control": "no-store"}
+
+
+@bp.route("/directory/contacts/<int:contact_id>/telegram-unlink", methods=["POST"])
+@roles(Role.ADMIN, Role.OPERATOR)
+def telegram_unlink(contact_id: int) -> Any:
+    from app.telegram_bot import revoke_link
+
+    try:
+        revoke_link(session=db.session(), contact_id=contact_id, actor=current_actor(), source_ip=request.remote_addr)
+        flash(_("The Telegram account is unlinked; its pages' buttons no longer work for it."), "ok")
+    except (Forbidden, NotFound) as exc:
+        flash(_("Refused: %(details)s", details=str(exc)), "error")
+    return redirect(url_for("web.directory") + "#contacts-heading")
