@@ -324,6 +324,10 @@ class _Prepared:
 def _prepare(session: Session, incident_id: int, settings: StixSettings) -> _Prepared | None:
     """The stix2 work for one incident, in a read transaction (no write lock); None when there is nothing to do."""
     _end(session)
+    if _board_id_read(session) is None:
+        # Once per database: a plan made before the board identity exists would be made again under the lock.
+        service.in_transaction(session, lambda: _board(session, settings))
+    _end(session)
     with session.begin():
         last_event = session.scalar(select(func.max(Event.id)).where(Event.incident_id == incident_id)) or 0
         board_id = _board_id_read(session)
@@ -484,10 +488,6 @@ def project_pending(session: Session, settings: StixSettings, *, batch: int = 20
         return 0
     incident_ids = list(dict.fromkeys(e.incident_id for e in events if e.incident_id is not None))
     last = events[-1].id
-    if incident_ids and _board_id_read(session) is None:
-        # Once per database: with no board identity yet, every incident planned before it exists would be
-        # planned again under the write lock.
-        service.in_transaction(session, lambda: _board(session, settings))
 
     def write(group: list[_Prepared], final: bool) -> None:
         def work() -> None:
