@@ -1,6 +1,7 @@
 """The STIX 2.1 mapping of an incident, built with the stix2 library (objects, patterns, markings, extension)."""
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,6 +10,7 @@ from typing import Any
 import stix2
 from stix2 import (
     URL,
+    AttackPattern,
     CustomExtension,
     DomainName,
     EmailAddress,
@@ -176,6 +178,16 @@ class IncidentView:
     affected_organisation: str | None
     observables: tuple[ObservableView, ...]
     url: str
+    techniques: tuple[str, ...] = ()  # MITRE ATT&CK technique ids, in the order they were added
+
+
+# A MITRE ATT&CK (sub-)technique id: T1566, T1566.001.
+ATTACK_TECHNIQUE = re.compile(r"T\d{4}(\.\d{3})?")
+
+
+def attack_url(technique: str) -> str:
+    """The technique's page on attack.mitre.org (sub-techniques: T1566/001)."""
+    return "https://attack.mitre.org/techniques/" + technique.replace(".", "/") + "/"
 
 
 def sco(obs: ObservableView, marking: str) -> Any:
@@ -307,6 +319,23 @@ def plan(view: IncidentView, ids: Ids, board_id: str, created: datetime) -> list
             relationship_type="targets",
             source_ref=incident.id,
             target_ref=affected.id,
+        )
+    for technique in view.techniques:
+        # The id is the name: the ATT&CK catalogue is not shipped; consumers (MISP, OpenCTI) match on external_id.
+        attack = sdo(
+            f"attack-pattern:{technique}",
+            AttackPattern,
+            name=technique,
+            external_references=[
+                ExternalReference(source_name="mitre-attack", external_id=technique, url=attack_url(technique))
+            ],
+        )
+        sdo(
+            f"rel:uses:{technique}",
+            Relationship,
+            relationship_type="uses",
+            source_ref=incident.id,
+            target_ref=attack.id,
         )
     sighted_by = (reporter or affected).id if (reporter or affected) else board_id
     first_seen = _stamp(view.detected_at)

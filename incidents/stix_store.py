@@ -27,10 +27,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, selectinload
 
 from incidents import jobs, service, stix
-from incidents.access import Actor, tlp_clause, visible_incidents
+from incidents.access import Actor, may_edit, tlp_clause, visible_incidents
 from incidents.base import utcnow
 from incidents.enums import TLP, Role
-from incidents.errors import FieldError, ValidationFailed
+from incidents.errors import FieldError, Forbidden, ValidationFailed
 from incidents.models import Event, Incident, StixCursor, StixExport, StixLink, StixObject, System
 
 log = logging.getLogger("ucsc.stix")
@@ -97,7 +97,7 @@ def _cursor(session: Session, name: str) -> StixCursor:
     return row
 
 
-def _view(incident: Incident, settings: StixSettings) -> stix.IncidentView:
+def _view(incident: Incident, settings: StixSettings, techniques: tuple[str, ...] = ()) -> stix.IncidentView:
     system = incident.affected_system
     owner = system.owner if system else None
     return stix.IncidentView(
@@ -116,6 +116,7 @@ def _view(incident: Incident, settings: StixSettings) -> stix.IncidentView:
         affected_organisation=(owner.name_en or owner.name_vi) if owner else None,
         observables=tuple(stix.ObservableView(o.type, o.value, o.hashes) for o in incident.observables),
         url=f"{settings.base_url.rstrip('/')}/api/v1/incidents/{incident.ref}",
+        techniques=techniques,
     )
 
 
@@ -272,7 +273,53 @@ def _load_view(session: Session, incident_id: int, settings: StixSettings) -> st
         .where(Incident.id == incident_id)
         .options(selectinload(Incident.observables), selectinload(Incident.affected_system).selectinload(System.owner))
     )
-    return None if incident is None else _view(incident, settings)
+    return None if incident is None else _view(incident, settings, attack_techniques(session, incident_id))
+
+
+# ---------------------------------------------------------------------------------------------- ATT&CK techniques
+
+TECHNIQUES_ADDED = "incident.attack_techniques_added"
+MAX_TECHNIQUES = 100
+
+
+def attack_techniques(session: Session, incident_id: int) -> tuple[str, ...]:
+    """The MITRE ATT&CK technique ids given to an incident, first added first: its timeline is their record."""
+    rows = session.scalars(
+        select(Event.data).where(Event.incident_id == incident_id, Event.kind == TECHNIQUES_ADDED).order_by(Event.id)
+    )
+    return tuple(dict.fromkeys(t for data in rows for t in (data or {}).get("techniques", [])))
+
+
+def add_attack_techniques(
+    session: Session, actor: Actor, incident_ref: int | str, techniques: Sequence[str]
+) -> tuple[Incident, tuple[str, ...]]:
+    """Give an incident ATT&CK technique ids (an event on its timeline; the projector maps them to
+    attack-pattern objects and `incident uses attack-pattern`). Ids it has already are ignored."""
+    if not may_edit(actor):
+        raise Forbidden(f"the role {actor.role} may not change incidents")
+    bad = [f"techniques[{i}]" for i, t in enumerate(techniques) if not stix.ATTACK_TECHNIQUE.fullmatch(t)]
+    if bad:
+        raise ValidationFailed(
+            "not ATT&CK technique ids", errors=[FieldError(f, "like T1566 or T1566.001") for f in bad]
+        )
+
+    def work() -> tuple[Incident, tuple[str, ...]]:
+        incident = service.get_incident(session, actor, incident_ref, for_update=True)
+        have = attack_techniques(session, incident.id)
+        added = [t for t in dict.fromkeys(techniques) if t not in have]
+        if len(have) + len(added) > MAX_TECHNIQUES:
+            raise ValidationFailed(
+                "too many techniques", errors=[FieldError("techniques", f"at most {MAX_TECHNIQUES} per incident")]
+            )
+        if added:
+            incident.updated_at = utcnow()
+            service.record_event(
+                session, kind=TECHNIQUES_ADDED, actor=actor, incident=incident,
+                data={"ref": incident.ref, "status": str(incident.status), "techniques": added},
+            )  # fmt: skip
+        return incident, (*have, *added)
+
+    return service.in_transaction(session, work)
 
 
 def _plan(session: Session, view: stix.IncidentView, board_id: str) -> tuple[list, dict, dict]:

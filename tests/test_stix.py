@@ -23,6 +23,7 @@ from tests.conftest import incident_payload
 # 202: `indicates incident` and `based-on <observable>` are what OpenCTI's relationship map uses;
 # 302: the incident's external reference links back to UCSC by URL, with no hash to give.
 ACCEPTED_WARNINGS = {"202", "302"}
+TLP_AMBER = "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421"
 
 OBSERVABLES = [
     {"type": "ipv4-addr", "value": "203.0.113.7"},
@@ -146,6 +147,43 @@ def test_re_export_of_an_unchanged_incident_is_identical_and_only_stix_visible_c
     with app.app_context():
         versions = db.session().scalar(select(func.count()).where(StixObject.stix_id == before["id"]))
     assert versions == 2
+
+
+def test_attack_techniques_given_to_an_incident_export_as_attack_patterns_the_incident_uses(
+    client, operator, make_token
+):
+    filed = _file(client, operator)
+    url = f"/api/v1/incidents/{filed['id']}/attack-techniques"
+    bad = client.post(url, json={"techniques": ["T1566.001", "phishing"]}, headers=operator)
+    assert bad.status_code == 422 and bad.mimetype == "application/problem+json"
+    assert "techniques[1]" in json.dumps(bad.json), bad.json
+    assert client.post(url, json={"techniques": ["T1190"]}, headers=make_token("committee")).status_code == 403
+    added = client.post(url, json={"techniques": ["T1566.001", "T1190"]}, headers=operator)
+    assert added.status_code == 200 and added.json == {"techniques": ["T1566.001", "T1190"]}
+    text = _export(client, operator, filed["id"])
+    warnings = _validate(text)
+    assert warnings <= ACCEPTED_WARNINGS, f"new validator warning(s): {warnings - ACCEPTED_WARNINGS}"
+    stix2.parse(text)
+    patterns = _of_type(text, "attack-pattern")
+    refs = {p["external_references"][0]["external_id"]: p["external_references"][0] for p in patterns}
+    assert set(refs) == {"T1566.001", "T1190"}
+    assert refs["T1566.001"] == {
+        "source_name": "mitre-attack",
+        "external_id": "T1566.001",
+        "url": "https://attack.mitre.org/techniques/T1566/001/",
+    }
+    assert all(p["object_marking_refs"] == [TLP_AMBER] for p in patterns)
+    incident = _of_type(text, "incident")[0]
+    uses = {
+        (r["source_ref"], r["target_ref"]) for r in _of_type(text, "relationship") if r["relationship_type"] == "uses"
+    }
+    assert uses == {(incident["id"], p["id"]) for p in patterns}
+    assert {p["id"] for p in patterns} <= set(_of_type(text, "report")[0]["object_refs"])
+    # An id the incident has already changes nothing: no event, the same bundle.
+    again = client.post(url, json={"techniques": ["T1190"]}, headers=operator)
+    assert again.json == {"techniques": ["T1566.001", "T1190"]}
+    assert _export(client, operator, filed["id"]) == text
+    assert client.get(url, headers=operator).json == {"techniques": ["T1566.001", "T1190"]}
 
 
 def test_misp_stix_turns_an_export_into_a_misp_event_with_every_observable_and_the_tlp_tag(client, operator):

@@ -2,18 +2,19 @@
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from flask import Response, current_app, request
+from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
 from app import db
-from app.api import operation
+from app.api import body, operation
 from app.api.incidents import _settings
 from app.auth import current_actor
 from app.errors import ApiError
-from incidents import audit, stix_import, stix_store
+from incidents import audit, service, stix_import, stix_store
 from incidents.errors import FieldError, ValidationFailed
+from incidents.schemas import Strict
 
 STIX_MEDIA = "application/stix+json;version=2.1"
 
@@ -41,6 +42,18 @@ class StixImportRead(BaseModel):
     duplicates: int
     incidents_created: list[str]
     incidents_enriched: list[str]
+
+
+class AttackTechniquesIn(Strict):
+    """MITRE ATT&CK technique ids to add to an incident (exported as attack-pattern objects)."""
+
+    techniques: list[Annotated[str, Field(pattern=r"^T\d{4}(\.\d{3})?$", examples=["T1566.001"])]] = Field(
+        min_length=1, max_length=stix_store.MAX_TECHNIQUES
+    )
+
+
+class AttackTechniquesRead(BaseModel):
+    techniques: list[str]
 
 
 def stix_settings() -> stix_store.StixSettings:
@@ -140,3 +153,33 @@ def import_bundle() -> Response:
     )
     response = Response(json.dumps(result.as_dict(), ensure_ascii=False), status=200, mimetype="application/json")
     return response
+
+
+@operation(
+    "GET",
+    "/incidents/<incident_id>/attack-techniques",
+    "The MITRE ATT&CK technique ids given to an incident",
+    response=AttackTechniquesRead,
+    errors=(401, 404),
+    tag="stix",
+)
+def list_attack_techniques(incident_id: str) -> Response:
+    session = db.session()
+    incident = service.get_incident(session, current_actor(), incident_id)
+    return jsonify({"techniques": list(stix_store.attack_techniques(session, incident.id))})
+
+
+@operation(
+    "POST",
+    "/incidents/<incident_id>/attack-techniques",
+    "Add MITRE ATT&CK technique ids to an incident: its STIX export then carries attack-pattern objects",
+    body=AttackTechniquesIn,
+    response=AttackTechniquesRead,
+    errors=(401, 403, 404, 415, 422),
+    tag="stix",
+)
+def add_attack_techniques(incident_id: str) -> Response:
+    actor = current_actor()
+    data = body(AttackTechniquesIn)
+    _incident, techniques = stix_store.add_attack_techniques(db.session(), actor, incident_id, data.techniques)
+    return jsonify({"techniques": list(techniques)})
