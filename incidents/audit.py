@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -147,18 +146,10 @@ def append(
     return entry
 
 
-@sa_event.listens_for(Session, "before_commit")
-def _link_pending(session: Session) -> None:
-    """Chain the transaction's rows to the last one at commit. PostgreSQL: under the feed lock, which serialises
-    every writer from here to its commit, so the last hash read here is still the last at commit; SQLite: the
-    caller's BEGIN IMMEDIATE does the same. Row changes are flushed first: no row lock after the feed lock."""
-    if session.in_nested_transaction():
-        return  # a savepoint being released: the rows wait for the real commit
-    entries = session.info.pop(PENDING, None)
-    if not entries:
-        return
-    session.flush()
-    service._take_feed_lock(session)
+def _link_pending(session: Session, entries: list[AuditEntry]) -> None:
+    """Chain the transaction's rows to the last one at commit (`service.at_commit`, after its events).
+    PostgreSQL: under the feed lock, which serialises every writer from there to its commit, so the last hash read
+    here is still the last at commit; SQLite: the caller's BEGIN IMMEDIATE does the same."""
     prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or ZERO_HASH
     for entry in entries:
         entry.prev_hash = prev_hash
@@ -167,9 +158,7 @@ def _link_pending(session: Session) -> None:
     session.flush()
 
 
-@sa_event.listens_for(Session, "after_rollback")
-def _forget_pending(session: Session) -> None:
-    session.info.pop(PENDING, None)
+service.at_commit(PENDING, _link_pending)
 
 
 def verify(session: Session) -> VerifyResult:

@@ -80,6 +80,8 @@ _RETRIES = 5
 _RETRY_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 # Events recorded in a transaction wait here until its commit (`_write_pending`).
 PENDING_EVENTS = "ucsc.pending_events"
+# Writers of rows kept for the commit, by session.info key, in the order they write (`at_commit`).
+AT_COMMIT: dict[str, Callable[[Session, list[Any]], None]] = {}
 # Packages that react to changes (playbooks) subscribe here, so that incidents never imports them. Each listener
 # gets the rows of `events` being written and runs inside the writing transaction: the jobs it enqueues commit,
 # or are lost, together with the change.
@@ -189,25 +191,42 @@ def drop_pending(session: Session, mark: int) -> None:
     del session.info.get(PENDING_EVENTS, [])[mark:]
 
 
+def at_commit(key: str, writer: Callable[[Session, list[Any]], None]) -> None:
+    """Register a writer of rows that wait in `session.info[key]` for the commit (events here, audit rows)."""
+    AT_COMMIT[key] = writer
+
+
 @sa_event.listens_for(Session, "before_commit")
 def _write_pending(session: Session) -> None:
-    """Write the transaction's events last, so the feed lock (PostgreSQL) is held only from their INSERT to the
-    commit, not for the whole transaction: writers then overlap, and ids still become visible in id order.
-    Row changes are flushed first, so no row lock is taken after the feed lock."""
+    """Write the transaction's events (and audit rows) last, so the feed lock (PostgreSQL) is held only from
+    their INSERT to the commit, not for the whole transaction: writers then overlap, and ids still become visible
+    in id order. Row changes are flushed first, so no row lock is taken after the feed lock."""
     if session.in_nested_transaction():
         return  # a savepoint being released: the rows wait for the real commit
-    rows = session.info.pop(PENDING_EVENTS, None)
-    if not rows:
-        return
-    session.flush()
-    _take_feed_lock(session)
-    session.execute(_insert_rows(Event.__table__), rows)
-    _wrote_events(session)
+    locked = False
+    for key, writer in AT_COMMIT.items():
+        rows = session.info.pop(key, None)
+        if not rows:
+            continue
+        if not locked:
+            session.flush()
+            _take_feed_lock(session)
+            locked = True
+        writer(session, rows)
 
 
 @sa_event.listens_for(Session, "after_rollback")
 def _forget_pending(session: Session) -> None:
-    session.info.pop(PENDING_EVENTS, None)
+    for key in AT_COMMIT:
+        session.info.pop(key, None)
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    session.execute(_insert_rows(Event.__table__), rows)
+    _wrote_events(session)
+
+
+at_commit(PENDING_EVENTS, _insert_events)
 
 
 def _wrote_events(session: Session) -> None:
