@@ -502,22 +502,55 @@ def on_call(schedule: Schedule, at: datetime) -> Contact | None:
     if covering:
         return max(covering, key=lambda o: o.id).contact
     members = [m.contact for m in schedule.members if m.contact.active and m.contact.erased_at is None]
+    return _turn(members, schedule.starts_at, schedule.shift_hours, at)
+
+
+def _turn(members: Sequence[Contact], starts_at: datetime, shift_hours: int, at: datetime) -> Contact | None:
+    """Whose shift of the rotation `at` falls in: shifts of `shift_hours` from `starts_at`, in member order."""
     if not members:
         return None
-    turn = int((at - schedule.starts_at).total_seconds() // (schedule.shift_hours * 3600))
+    turn = int((at - starts_at).total_seconds() // (shift_hours * 3600))
     return members[turn % len(members)]
 
 
-def _schedules(session: Session, *, organisation_id: int | None = None, group_id: int | None = None) -> list[Schedule]:
-    stmt = select(Schedule).options(  # three queries: schedules, members with their contacts, overrides with theirs
-        selectinload(Schedule.members).joinedload(ScheduleMember.contact, innerjoin=True),
-        selectinload(Schedule.overrides).joinedload(ScheduleOverride.contact, innerjoin=True),
-    )
+def _on_call_now(
+    session: Session, *, at: datetime, organisation_id: int | None = None, group_id: int | None = None
+) -> list[Contact | None] | None:
+    """`on_call` for each schedule of an organisation (or a group) at `at`; None when it has no schedule.
+
+    Paging runs this in every filing, so it reads only the rows that matter now: the schedules' rotations and the
+    overrides covering `at`, not every override ever entered."""
+    stmt = select(Schedule.id, Schedule.starts_at, Schedule.shift_hours)
     if organisation_id is not None:
         stmt = stmt.where(Schedule.organisation_id == organisation_id, Schedule.group_id.is_(None))
     if group_id is not None:
         stmt = stmt.where(Schedule.group_id == group_id)
-    return list(session.scalars(stmt.order_by(Schedule.id)))
+    schedules = session.execute(stmt.order_by(Schedule.id)).all()
+    if not schedules:
+        return None
+    ids = [row.id for row in schedules]
+    covering: dict[int, Contact] = {}
+    overrides = (
+        select(ScheduleOverride.schedule_id, Contact)
+        .join(Contact, Contact.id == ScheduleOverride.contact_id)
+        .where(ScheduleOverride.schedule_id.in_(ids), ScheduleOverride.starts_at <= at, ScheduleOverride.ends_at > at)
+        .where(Contact.active.is_(True))
+        .order_by(ScheduleOverride.id)
+    )
+    for schedule_id, contact in session.execute(overrides):
+        covering[schedule_id] = contact  # the latest added wins
+    members: dict[int, list[Contact]] = {}
+    rotation = (
+        select(ScheduleMember.schedule_id, Contact)
+        .join(Contact, Contact.id == ScheduleMember.contact_id)
+        .where(ScheduleMember.schedule_id.in_(ids), Contact.active.is_(True), Contact.erased_at.is_(None))
+        .order_by(ScheduleMember.schedule_id, ScheduleMember.position, ScheduleMember.id)
+    )
+    for schedule_id, contact in session.execute(rotation):
+        members.setdefault(schedule_id, []).append(contact)
+    return [
+        covering.get(row.id) or _turn(members.get(row.id, []), row.starts_at, row.shift_hours, at) for row in schedules
+    ]
 
 
 def who_is_on_call(
@@ -548,9 +581,9 @@ def _unique(contacts: Sequence[Contact | None]) -> list[Contact]:
 
 def organisation_contacts(session: Session, organisation_id: int, *, pick: str, at: datetime) -> list[Contact]:
     if pick != "all":
-        schedules = _schedules(session, organisation_id=organisation_id)
-        if schedules:
-            return _unique([on_call(s, at) for s in schedules])
+        on_duty = _on_call_now(session, at=at, organisation_id=organisation_id)
+        if on_duty is not None:
+            return _unique(on_duty)
     stmt = select(Contact).where(
         Contact.organisation_id == organisation_id, Contact.active.is_(True), Contact.erased_at.is_(None)
     )
@@ -566,9 +599,9 @@ def group_contacts(session: Session, group: Group, *, pick: str, at: datetime) -
         group.next_turn = (group.next_turn + 1) % len(members)
         return [chosen]
     if pick != "all":
-        schedules = _schedules(session, group_id=group.id)
-        if schedules:
-            return _unique([on_call(s, at) for s in schedules])
+        on_duty = _on_call_now(session, at=at, group_id=group.id)
+        if on_duty is not None:
+            return _unique(on_duty)
     return _unique(members)
 
 

@@ -15,7 +15,7 @@ from incidents import jobs
 from incidents.base import utcnow
 from incidents.models import AuditEntry, Job
 from playbooks import engine
-from playbooks.directory import on_call
+from playbooks.directory import on_call, organisation_contacts
 from playbooks.models import Contact, Schedule
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
@@ -63,6 +63,12 @@ def test_a_weekly_rotation_hands_over_each_monday_and_an_override_covers_leave(
     schedule = dbs.scalar(select(Schedule))
     assert on_call(schedule, MONDAY + timedelta(days=9)).id == c
     assert on_call(schedule, MONDAY + timedelta(days=10, minutes=1)).id == b
+    # Paging reads the same rule from the rows that matter now (directory._on_call_now): the same person at every
+    # hand-over, inside and outside the leave.
+    for hours in range(-2, 16 * 24, 7):
+        at = MONDAY + timedelta(hours=hours)
+        paged = organisation_contacts(dbs, schedule.organisation_id, pick="default", at=at)
+        assert [p.id for p in paged] == [on_call(schedule, at).id], at
     now = client.get("/api/v1/on-call?organisation=vnpt", headers=admin).json["items"]
     assert [p["id"] for p in now] == [on_call(schedule, utcnow()).id]
     # An organisation without a schedule is paged through all its active contacts.
