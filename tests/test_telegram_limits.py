@@ -98,7 +98,7 @@ def test_refused_connections_lose_nothing_and_send_nothing_twice_and_a_blocked_c
                               webhook_url=receiver.url, channels=["telegram", "webhook"])  # fmt: skip
         bot_api.add_chat(3009)
         bot_api.block(3009)
-        worker = start_worker(env=telegram_env(bot_api, UCSC_TELEGRAM_RETRY_SECONDS="0.3"))
+        worker = start_worker(env=telegram_env(bot_api, UCSC_TELEGRAM_RETRY_SECONDS="0.1"))
         wait_until(lambda: "telegram ready" in worker.log(), what="the worker leads and polls")
         # Refused until every send has failed three times (three retry intervals), then listening again.
         bot_api.stop()

@@ -55,7 +55,7 @@ def telegram_env(api: BotAPI, **extra: str) -> dict[str, str]:
     """The worker's environment: Telegram on, pointed at the stand-in; short long-polls so it stops quickly."""
     return {
         "UCSC_TELEGRAM_TOKEN": TOKEN, "UCSC_TELEGRAM_API_URL": api.url, "UCSC_TELEGRAM_MODE": "polling",
-        "UCSC_TELEGRAM_POLL_TIMEOUT": "1", "UCSC_TELEGRAM_RETRY_SECONDS": "0.3", "UCSC_BASE_URL": "http://ucsc.test",
+        "UCSC_TELEGRAM_POLL_TIMEOUT": "1", "UCSC_TELEGRAM_RETRY_SECONDS": "0.1", "UCSC_BASE_URL": "http://ucsc.test",
         "UCSC_WORKER_POLL_SECONDS": "0.05", "UCSC_WORKER_THREADS": "8", **extra,
     }  # fmt: skip
 
