@@ -20,7 +20,7 @@ from playbooks.models import Delivery, PlaybookRun
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 from tests.receivers import HttpReceiver, SmtpServer, _Collect, eventually
-from tests.warm import WarmWorkers
+from tests.warm import WorkerZygote
 
 URL = "/api/v1/incidents"
 BASE_URL = "https://ucsc.thanhhoa.gov.vn"
@@ -78,23 +78,21 @@ def _env(smtp: SmtpServer, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def warm_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmWorkers]:
-    """Spare workers with their imports done, so a start or a restart after a SIGKILL takes a fraction of a second
-    instead of the seconds a loaded machine spends importing the app (tests/warm.py); one is always importing or
-    ready for the next test."""
-    pool = WarmWorkers(tmp_path_factory.mktemp("spares"))
-    pool.reserve(1)
-    yield pool
-    pool.close()
+def worker_zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerZygote]:
+    """Imports the app once for this module's workers, which it forks (tests/warm.py): a start or a restart after
+    a SIGKILL takes a fraction of a second and no import's CPU time."""
+    zygote = WorkerZygote(tmp_path_factory.mktemp("zygote"))
+    yield zygote
+    zygote.close()
 
 
 @pytest.fixture
-def start_worker(warm_workers: WarmWorkers, database_url: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """conftest's `start_worker`, taking each worker from the pool of spares."""
+def start_worker(worker_zygote: WorkerZygote, database_url: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """conftest's `start_worker`, forking each worker from the zygote."""
     started: list[Any] = []
 
     def factory(env: dict[str, str] | None = None) -> Any:
-        worker = warm_workers.start(database_url, tmp_path / f"worker-{len(started)}.log", env)
+        worker = worker_zygote.start(database_url, tmp_path / f"worker-{len(started)}.log", env)
         started.append(worker)
         return worker
 
@@ -271,13 +269,9 @@ def test_sigkills_mid_delivery_lose_nothing_and_repeat_at_most_the_send_concurre
     client: FlaskClient,
     dbs: Session,
     operator: dict[str, str],
-    warm_workers: WarmWorkers,
     start_worker: Callable[..., Any],
 ) -> None:
     smtp, hooks, sms = receivers
-    # The first worker and the three that replace the killed ones, importing meanwhile (at normal priority: a
-    # spare that is still importing when its predecessor is killed only delays the test).
-    warm_workers.reserve(4, idle=False)
     paging.load_shipped(app, demo=False)
     contacts = [{"name": f"Email {n}", "email": f"e{n}@dost.example.vn", "channels": ["email"]} for n in range(50)]
     for n in range(HTTP_EACH):

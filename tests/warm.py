@@ -1,14 +1,17 @@
-"""Worker processes started ahead of need: the real `flask --app wsgi worker`, its imports already done.
+"""Worker processes forked from a zygote that imported the app once: the real worker, without the import.
 
-Importing the app takes seconds of a loaded machine's time, and a test that kills and restarts the worker
-spends them at every restart, while no job runs. A spare (`python -m tests.warm_spare`) imports what the app
-imports (and builds nothing: no app, no database connection) at idle priority, then blocks on its stdin.
-`start` hands it the test's environment and log file; it then runs exactly what `python -m flask --app wsgi
-worker` runs (`flask.cli.main`), so `create_app` reads that environment as a cold start would. Each spare is
-its own session (`start_new_session`), killed with `os.killpg` like `WorkerProcess`.
+Importing the app costs a loaded machine seconds of wall time and one to two seconds of CPU per process, and
+the paging worker tests start sixteen workers (four per kill test, one per timing and outage test, on two
+backends). `python -m tests.warm_spare` imports it once per test module and process, then forks a worker per
+`start`, as gunicorn's `preload_app` forks its workers: each is its own process and session, runs
+`flask.cli.main` with the test's environment (so `create_app` reads its configuration as a cold start would),
+and is killed with `os.killpg` like `tests.live.WorkerProcess`, whose interface it keeps.
 """
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,66 +20,79 @@ from pathlib import Path
 from tests.live import ROOT, WorkerProcess
 
 
-class WarmWorkers:
-    """A pool of spare worker processes; `start` uses one (or a cold one if none is left) and returns it."""
+class WorkerZygote:
+    """The importing parent; `start` forks a worker from it and returns that worker once it has started."""
 
-    def __init__(self, directory: Path, keep: int = 1) -> None:
-        self.directory, self.keep = directory, keep
-        self.spares: list[tuple[subprocess.Popen, Path]] = []
-        self._count = 0
+    def __init__(self, directory: Path) -> None:
+        self.log_path = directory / "zygote.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.warm_spare"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, start_new_session=True,
+            )  # fmt: skip
 
-    def reserve(self, n: int, *, idle: bool = True) -> None:
-        """Have at least `n` spares importing or ready; `idle=False` when they must be ready soon even on a busy
-        machine (their imports then compete with the test for CPU time)."""
-        while len(self.spares) < n:
-            self._count += 1
-            path = self.directory / f"spare-{self._count}.log"  # what it says before it is given a log
-            with path.open("ab") as out:
-                command = [sys.executable, "-m", "tests.warm_spare", *([] if idle else ["--not-idle"])]
-                spare = subprocess.Popen(
-                    command,
-                    cwd=ROOT,
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            self.spares.append((spare, path))
-
-    def start(self, database_url: str, log_path: Path, env: dict[str, str] | None = None) -> "WarmWorker":
-        """A worker from the oldest spare; a new spare takes its place (importing only on idle CPU time)."""
-        self.reserve(1)
-        spare = self.spares.pop(0)
-        self.reserve(self.keep)
-        return WarmWorker(database_url, log_path, env).start_from(spare)
+    def start(self, database_url: str, log_path: Path, env: dict[str, str] | None = None) -> "ForkedWorker":
+        worker = ForkedWorker(database_url, log_path, env)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        try:
+            self.process.stdin.write(json.dumps({"env": worker.env, "log": str(log_path)}).encode() + b"\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline()
+        except BrokenPipeError:
+            answer = b""
+        if not answer:
+            raise RuntimeError(f"the worker zygote exited:\n{self.log_path.read_text(errors='replace')}")
+        return worker.started(int(answer), offset)
 
     def close(self) -> None:
-        for spare, _ in self.spares:
-            assert spare.stdin is not None
-            spare.stdin.close()
-            spare.kill()
-            spare.wait(timeout=30)
-        self.spares.clear()
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
 
 
-class WarmWorker(WorkerProcess):
-    """A `WorkerProcess` that runs in a spare of `WarmWorkers` instead of a new interpreter."""
+class ForkedWorker(WorkerProcess):
+    """A `WorkerProcess` forked by `WorkerZygote`: a child of the zygote, which reaps it when it dies."""
 
-    def start_from(self, spare: tuple[subprocess.Popen, Path], timeout: float = 20.0) -> "WarmWorker":
-        process, spare_log = spare
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        assert process.stdin is not None
-        try:
-            process.stdin.write(json.dumps({"env": self.env, "log": str(self.log_path)}).encode() + b"\n")
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # it died importing: reported below
-        self.process = process
+    _pid: int | None = None
+
+    def started(self, pid: int, offset: int, timeout: float = 20.0) -> "ForkedWorker":
+        self._pid = pid
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited with {process.returncode}:\n{spare_log.read_text()}{self.log()}")
             if " started (" in self.log()[offset:]:
                 return self
+            if not self._alive():
+                raise RuntimeError(f"worker {pid} exited:\n{self.log()}")
             time.sleep(0.02)
         raise RuntimeError(f"worker did not start within {timeout}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self._pid is not None
+        return self._pid
+
+    def _alive(self) -> bool:
+        assert self._pid is not None
+        try:
+            os.kill(self._pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30) -> int | None:
+        """Signal the worker's session and wait until it is gone (reaped by the zygote); its exit code is not known."""
+        if self._pid is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._pid, sig)
+        deadline = time.monotonic() + timeout
+        while self._alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker {self._pid} still there {timeout}s after signal {sig}")
+            time.sleep(0.01)
+        self._pid = None
+        return None

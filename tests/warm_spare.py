@@ -1,19 +1,19 @@
-"""A spare worker (`python -m tests.warm_spare`, see tests/warm.py): import the app, wait, then be the worker.
+"""The zygote of tests/warm.py (`python -m tests.warm_spare`): import the app once, fork a worker per order.
 
-While it imports and waits, its main thread runs under SCHED_IDLE (unless `--not-idle`) when this machine lets
-a thread leave that policy again: it then only takes CPU time nobody else wants, so a spare importing during a
-timed test does not slow that test. The order on stdin (one JSON line: the environment and the log file)
-returns it to SCHED_OTHER before anything of the worker runs; from there it does what `python -m flask --app
-wsgi worker` does.
+It imports what `wsgi` (create_app) and the worker import, builds nothing (no app, no database connection, no
+thread), then reads orders from stdin, one JSON line each: the worker's environment and log file. For each it
+forks a child that becomes its own session, points stdout and stderr at the log, takes that environment and
+runs what `python -m flask --app wsgi worker` runs (`flask.cli.main`), so `create_app` reads the environment
+as a cold start would; the zygote answers with the child's pid and reaps it when it dies.
 """
 
 import importlib
 import json
 import os
+import signal
 import sys
 import threading
 
-# What `wsgi` (create_app) and the worker import, and the database drivers its engine loads.
 PRELOAD = (
     "flask.cli",
     "psycopg",
@@ -25,64 +25,59 @@ PRELOAD = (
 )
 
 
-def _can_leave_idle() -> bool:
-    """Probe in a thread of its own (scheduling policy is per thread): into SCHED_IDLE and out again."""
-    ok: list[bool] = []
-
-    def probe() -> None:
+def _reap(_signum: int, _frame: object) -> None:
+    while True:
         try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-            ok.append(True)
-        except (AttributeError, OSError):
-            pass
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join()
-    return bool(ok)
+
+def _become_worker(order: dict) -> None:
+    """In the child: never returns."""
+    code = 1
+    try:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        log = os.open(order["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.environ.clear()
+        os.environ.update(order["env"])
+        sys.argv = ["flask", "--app", "wsgi", "worker"]
+        importlib.import_module("flask.cli").main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def main() -> None:
-    main_thread = threading.get_native_id()
-    lock = threading.Lock()
-    idle = False
-    order: list[str] = []
-    arrived = threading.Event()
-
-    def read() -> None:
-        nonlocal idle
-        order.append(sys.stdin.readline())
-        with lock:  # back to normal at once, even while the imports below still run
-            if idle:
-                os.sched_setscheduler(main_thread, os.SCHED_OTHER, os.sched_param(0))
-                idle = False
-            arrived.set()
-
-    reader = threading.Thread(target=read, daemon=True)  # started before idling: it keeps normal priority
-    reader.start()
-    if "--not-idle" not in sys.argv and _can_leave_idle():
-        with lock:
-            if not arrived.is_set():
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-                idle = True
-
     for name in PRELOAD:
         importlib.import_module(name)
-
-    arrived.wait()
-    reader.join()
-    if not order[0]:
-        sys.exit(0)  # the pool closed without using this spare
-    request = json.loads(order[0])
-    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    os.environ.clear()
-    os.environ.update(request["env"])
-    sys.argv = ["flask", "--app", "wsgi", "worker"]
-    importlib.import_module("flask.cli").main()
+    signal.signal(signal.SIGCHLD, _reap)
+    for line in sys.stdin:
+        if threading.active_count() != 1:
+            raise RuntimeError(f"threads started while importing, forking is unsafe: {threading.enumerate()}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _become_worker(json.loads(line))
+        os.write(1, f"{pid}\n".encode())
 
 
 if __name__ == "__main__":
