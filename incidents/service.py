@@ -215,10 +215,13 @@ def _write_pending(session: Session) -> None:
         writer(session, rows)
 
 
-@sa_event.listens_for(Session, "after_rollback")
-def _forget_pending(session: Session) -> None:
-    for key in AT_COMMIT:
-        session.info.pop(key, None)
+@sa_event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction: Any) -> None:
+    """The transaction is over (its rows were written at commit, or rolled back): nothing waits any more. A
+    savepoint's end is not the transaction's: whoever rolls one back drops its rows (`drop_pending`)."""
+    if transaction.parent is None:
+        for key in AT_COMMIT:
+            session.info.pop(key, None)
 
 
 def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
