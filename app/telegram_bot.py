@@ -1132,6 +1132,11 @@ class SlidingLimiter:
                 self._dispatch()
             raise
 
+    def give_back(self) -> None:
+        """A slot taken but not used (no call was made): free again at once, with nothing to count."""
+        self.inflight -= 1
+        self._dispatch()
+
     async def release(self) -> None:
         """The call completed (whatever its outcome): its slot counts from now."""
         self.inflight -= 1
@@ -1500,6 +1505,8 @@ class Runtime:
         try:
             pause = self.paused_until - time.monotonic()
             if pause > 0:
+                self.limiter.give_back()  # nothing was sent: the slot must not hold the window after the pause
+                released = True
                 await self._db(self.core.reschedule, job, self.name, utcnow() + timedelta(seconds=pause),
                                "paused by a 429", count=False)  # fmt: skip
                 return
