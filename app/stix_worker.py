@@ -10,6 +10,10 @@ from sqlalchemy import text
 from incidents import stix_push, stix_store  # noqa: F401 - registers the push job kind
 
 log = logging.getLogger("ucsc.stix.projector")
+# Events per projector batch. A batch that is not full means the projector has caught up: it then waits one
+# poll interval, so that the incidents filed meanwhile share write transactions (stix_store.WRITE_ROWS) instead
+# of each taking SQLite's write lock, which intake waits for, on its own.
+BATCH = 200
 
 
 def _settings(config: dict[str, Any]) -> stix_store.StixSettings:
@@ -39,7 +43,7 @@ async def run(worker: Any) -> None:
                 log.exception("projection failed; retrying")
                 done = 0
                 await asyncio.sleep(1)
-            if not done:
+            if done < BATCH:
                 await asyncio.sleep(worker.poll)
     finally:
         if leader is not None:
@@ -61,4 +65,4 @@ def _lead(engine: Any) -> Any:
 
 def _batch(worker: Any, settings: stix_store.StixSettings) -> int:
     with worker.sessions() as session:
-        return stix_store.project_pending(session, settings)
+        return stix_store.project_pending(session, settings, batch=BATCH)
