@@ -53,7 +53,10 @@ class HttpReceiver:
         self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-receiver", daemon=True)
+        # Polling every 50 ms (not serve_forever's 0.5 s) lets `close` return at once.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="http-receiver", daemon=True
+        )
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
 
     def start(self) -> "HttpReceiver":
