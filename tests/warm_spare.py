@@ -67,7 +67,10 @@ def _become_worker(order: dict) -> None:
 
 def main() -> None:
     for name in PRELOAD:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a module renamed since: the worker imports what it needs itself
+            print(f"not preloaded: {exc}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGCHLD, _reap)
     for line in sys.stdin:
         if threading.active_count() != 1:
