@@ -231,6 +231,8 @@ class Worker:
                     await conn.execute(f"LISTEN {jobs.JOBS_CHANNEL}")
                     async for _ in conn.notifies():
                         self._wake.set()
+                        if self.telegram is not None:  # a send queued by another worker: the leader looks now
+                            self.telegram.wake()
             except asyncio.CancelledError:
                 raise
             except Exception:
