@@ -16,7 +16,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import sys
 import time
 import warnings
 from collections import deque
@@ -58,15 +57,6 @@ from playbooks.telegram_models import (
 
 log = logging.getLogger("ucsc.telegram")
 
-# httpcore asks `import sniffio` which async library runs, several times a request (each lock it makes). sniffio is
-# not installed here (httpx 0.28 dropped it), so each ask was a failed import that searched all of sys.path: a
-# quarter of a send's CPU in the leader's loop (1.85 -> 1.37 ms a send, 120 sends on this machine). A None entry
-# makes the import fail at once; httpcore then assumes asyncio, as it did.
-if "sniffio" not in sys.modules:
-    try:
-        import sniffio  # noqa: F401 - installed: httpcore's import finds it cached
-    except ImportError:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 SEND = "telegram.send"
 LEADER_KINDS = frozenset({SEND})  # claimed by the Telegram leader only (app/worker.py leaves them alone)
