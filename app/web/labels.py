@@ -85,6 +85,7 @@ EVENT = {
     "incident.status_changed": _l("Status changed"),
     "incident.occurrence": _l("Reported again"),
     "incident.observables_added": _l("Indicators added"),
+    "incident.attack_techniques_added": _l("ATT&CK techniques added"),
     "incident.classification_proposed": _l("Upgrade to serious proposed"),
     "incident.classification_decided": _l("Class decided"),
     "comment.created": _l("Comment"),
