@@ -12,7 +12,7 @@ from app.api import body, operation
 from app.api.incidents import _settings
 from app.auth import current_actor
 from app.errors import ApiError
-from incidents import audit, service, stix_import, stix_store
+from incidents import audit, service, stix, stix_import, stix_store
 from incidents.errors import FieldError, ValidationFailed
 from incidents.schemas import Strict
 
@@ -44,12 +44,14 @@ class StixImportRead(BaseModel):
     incidents_enriched: list[str]
 
 
+# One pattern for the API and the store (incidents.stix.ATTACK_TECHNIQUE).
+TechniqueId = Annotated[str, Field(pattern=f"^{stix.ATTACK_TECHNIQUE.pattern}$", examples=["T1566.001"])]
+
+
 class AttackTechniquesIn(Strict):
     """MITRE ATT&CK technique ids to add to an incident (exported as attack-pattern objects)."""
 
-    techniques: list[Annotated[str, Field(pattern=r"^T\d{4}(\.\d{3})?$", examples=["T1566.001"])]] = Field(
-        min_length=1, max_length=stix_store.MAX_TECHNIQUES
-    )
+    techniques: list[TechniqueId] = Field(min_length=1, max_length=stix_store.MAX_TECHNIQUES)
 
 
 class AttackTechniquesRead(BaseModel):
