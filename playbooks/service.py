@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session, selectinload
 from incidents import audit, service
 from incidents.access import Actor, can_see
 from incidents.base import utcnow
-from incidents.enums import Role
 from incidents.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident, Organisation
+from incidents.policy import Capability, allows, require
 from playbooks import engine, spec
 from playbooks.models import (
     PAGE_ACKED,
@@ -43,9 +43,10 @@ class AckRefused(Forbidden):
         Forbidden.__init__(self, detail, errors=[FieldError("page", detail)])
 
 
-def _locked_page(session: Session, page_id: int) -> Page:
+def _locked_page(session: Session, page_id: int, actor: Actor | None) -> Page:
+    """The page, locked; a page on an incident `actor` may not see is as missing as one that never was."""
     page = session.get(Page, page_id, with_for_update=True, populate_existing=True)
-    if page is None:
+    if page is None or (actor is not None and not can_see(session, actor, page.incident_id)):
         raise NotFound(f"no page {page_id}")
     return page
 
@@ -81,21 +82,19 @@ def acknowledge_page(
     note = (note or "").strip() or None
 
     def work() -> Page | str:
-        page = _locked_page(session, page_id)
+        page = _locked_page(session, page_id, actor)
         incident = session.get(Incident, page.incident_id)
-        if actor is not None and not can_see(session, actor, page.incident_id):
-            raise NotFound(f"no page {page_id}")
         contact = session.get(Contact, by_contact_id) if by_contact_id is not None else None
         if contact is None and actor is not None:
             contact = session.scalar(select(Contact).where(Contact.user_id == actor.user_id))
         on_behalf = False
         if contact is None or not may_acknowledge(session, page, contact):
-            if actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR) and note:
+            if allows(actor, Capability.ACT_ON_OTHERS_PAGES) and note:
                 on_behalf = True
             else:
                 who = contact.name if contact else (actor.label if actor else "unknown")
                 why = "not paged" if (contact or actor is None) else "no linked contact"
-                if actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR) and not note:
+                if allows(actor, Capability.ACT_ON_OTHERS_PAGES) and not note:
                     why = "acknowledging on someone's behalf needs a note"
                 audit.append(
                     session,
@@ -157,11 +156,13 @@ def request_support(
     """A paged responder asks for support: the next tier is paged (the working group leader, then the board)."""
 
     def work() -> Page:
-        page = _locked_page(session, page_id)
+        page = _locked_page(session, page_id, actor)
+        if actor is not None:
+            require(actor, Capability.REQUEST_SUPPORT)
         contact = session.get(Contact, by_contact_id) if by_contact_id else None
         if contact is None and actor is not None:
             contact = session.scalar(select(Contact).where(Contact.user_id == actor.user_id))
-        desk = actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR)
+        desk = allows(actor, Capability.ACT_ON_OTHERS_PAGES)
         if (contact is None or not may_acknowledge(session, page, contact)) and not desk:
             raise Forbidden("only someone this page went to asks for support on it")
         incident = session.get(Incident, page.incident_id)
@@ -207,8 +208,7 @@ def page_target(
     requires_ack: bool = True,
 ) -> Page:
     """An operator pages a contact, group, organisation or role by hand."""
-    if actor.role not in (Role.ADMIN, Role.OPERATOR):
-        raise Forbidden("only admins and operators page by hand")
+    require(actor, Capability.PAGE_BY_HAND, "only admins and operators page by hand")
     keys = [k for k in spec.TARGET_KEYS if k in target]
     if len(keys) != 1:
         raise ValidationFailed(
@@ -251,7 +251,7 @@ def complete_task(
         if actor is not None and not can_see(session, actor, task.incident_id):
             raise NotFound(f"no task {task_id}")
         contact = session.get(Contact, by_contact_id) if by_contact_id else None
-        desk = actor is not None and actor.role in (Role.ADMIN, Role.OPERATOR)
+        desk = allows(actor, Capability.ACT_ON_OTHERS_PAGES)
         member = (contact is not None and contact.organisation_id == task.organisation_id) or (
             actor is not None and task.organisation_id == actor.organisation_id
         )
@@ -281,8 +281,9 @@ def request_direction(
     *, session: Session, incident_id: int | str, question_vi: str, question_en: str | None, actor: Actor
 ) -> DirectionRequest:
     """The standing body asks the board for direction (xin ý kiến chỉ đạo)."""
-    if actor.role not in (Role.ADMIN, Role.OPERATOR):
-        raise Forbidden("the standing body (operators) or an admin asks the board for direction")
+    require(
+        actor, Capability.REQUEST_DIRECTION, "the standing body (operators) or an admin asks the board for direction"
+    )
     if not question_vi.strip():
         raise ValidationFailed("empty question", errors=[FieldError("question_vi", "required")])
 
@@ -301,8 +302,7 @@ def request_direction(
 
 def answer_direction_request(*, session: Session, request_id: int, text: str, actor: Actor) -> Directive:
     """A board member (committee) or an admin answers with a directive; it lands on the incident's timeline."""
-    if actor.role not in (Role.COMMITTEE, Role.ADMIN):
-        raise Forbidden("only the board (committee) or an admin gives directives")
+    require(actor, Capability.GIVE_DIRECTIVES, "only the board (committee) or an admin gives directives")
     if not text.strip():
         raise ValidationFailed("empty directive", errors=[FieldError("text", "required")])
 
@@ -485,8 +485,7 @@ def seed_definitions(session: Session, directory: Path = spec.DEFINITIONS) -> tu
 
 def upload_playbook(*, session: Session, source: str, actor: Actor, name: str | None = None) -> PlaybookVersion:
     """An admin uploads a new version (YAML); validated as the files are, the error naming version, line, field."""
-    if actor.role is not Role.ADMIN:
-        raise Forbidden("only admins edit playbooks")
+    require(actor, Capability.EDIT_PLAYBOOKS, "only admins edit playbooks")
 
     def work() -> PlaybookVersion:
         next_no = None
@@ -528,8 +527,7 @@ def upload_playbook(*, session: Session, source: str, actor: Actor, name: str | 
 
 
 def set_enabled(*, session: Session, name: str, enabled: bool, actor: Actor) -> PlaybookVersion:
-    if actor.role is not Role.ADMIN:
-        raise Forbidden("only admins edit playbooks")
+    require(actor, Capability.EDIT_PLAYBOOKS, "only admins edit playbooks")
 
     def work() -> PlaybookVersion:
         version = session.scalar(
