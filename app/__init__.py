@@ -26,6 +26,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if not app.config["SECRET_KEY"]:
         # `init-db` writes instance/secret_key on first run; without it sessions last one process.
         app.config["SECRET_KEY"] = defaults.read_secret_key(app.instance_path) or secrets.token_hex(32)
+    if not app.config["AUDIT_KEY"]:
+        app.config["AUDIT_KEY"] = defaults.read_audit_key(app.instance_path, str(app.config["SECRET_KEY"]))
+    if not app.config["AUDIT_ANCHOR_FILE"]:
+        app.config["AUDIT_ANCHOR_FILE"] = str(Path(app.instance_path) / "audit_anchor")
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 
@@ -63,6 +67,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(backup.backup_command)
     app.cli.add_command(backup.restore_command)
     app.add_url_rule("/healthz", "healthz", healthz)
+    if hops := int(app.config["TRUSTED_PROXIES"]):
+        # Outermost, so Socket.IO connects see it too. Behind nginx every peer is the proxy; only hops we run
+        # are believed, since a client can write any X-Forwarded-For it likes.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
 
 

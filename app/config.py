@@ -1,10 +1,16 @@
 """Configuration defaults; deployments override them with UCSC_* environment variables."""
 
+import hashlib
+import hmac
 from pathlib import Path
 
 DEFAULTS: dict[str, object] = {
     "DATABASE_URL": None,  # default: SQLite in the instance folder
     "SECRET_KEY": None,  # default: instance/secret_key, written by `init-db`
+    "AUDIT_KEY": None,  # signs audit rows; default: instance/audit_key, written by `init-db`
+    "AUDIT_KEYS_OLD": "",  # retired audit keys that still verify older rows, comma-separated, oldest first
+    "AUDIT_ANCHOR_FILE": None,  # the latest signed checkpoint, outside the database; default: instance/audit_anchor
+    "AUDIT_CHECKPOINT_SECONDS": 300,  # the worker's checkpoint period (0: off)
     "BASE_URL": "http://127.0.0.1:5000",
     "REF_PREFIX": "TH",
     "STANDING_BODY": "dic",
@@ -39,6 +45,8 @@ DEFAULTS: dict[str, object] = {
     "WORKER_STALE_SECONDS": 30.0,
     "WORKER_SHUTDOWN_GRACE": 10.0,
     "NOTIFY_TIMEOUT": 10.0,
+    # Internal targets (CIDRs, host names; comma-separated) that webhooks and the TAXII push may reach
+    "OUTBOUND_ALLOW": "",
     # The change feed and Socket.IO /live
     "FEED_POLL_SECONDS": 0.2,
     "FEED_REPLAY_LIMIT": 1000,
@@ -68,9 +76,15 @@ DEFAULTS: dict[str, object] = {
     "METRICS_TOKEN": None,
     # The web UI (docs/dashboard.md)
     "TOTP_REQUIRED_ROLES": "admin",
-    "LOGIN_MAX_FAILURES": 5,
+    "LOGIN_MAX_FAILURES": 5,  # wrong TOTP codes that lock the second factor for LOGIN_LOCKOUT_SECONDS
     "LOGIN_LOCKOUT_SECONDS": 900,
     "LOGIN_RATE_LIMIT": "20/minute",
+    # Wrong passwords: per address and account, then per address across accounts, before backoff starts
+    "LOGIN_FREE_FAILURES": 5,
+    "LOGIN_ADDRESS_FREE_FAILURES": 20,
+    "LOGIN_BACKOFF_CAP_SECONDS": 900,
+    "LOGIN_FORGET_SECONDS": 3600,
+    "TRUSTED_PROXIES": 0,  # proxy hops whose X-Forwarded-For/-Proto are believed (1 behind the documented nginx)
     "WEB_SESSION_SECONDS": 43200,
     "BOARD_REPORT_HOURS": 6,
     "BOARD_RESPONSE_HOURS": 33,
@@ -102,3 +116,11 @@ def sqlite_url(instance_path: str) -> str:
 def read_secret_key(instance_path: str) -> str | None:
     path = Path(instance_path) / "secret_key"
     return path.read_text().strip() if path.exists() else None
+
+
+def read_audit_key(instance_path: str, secret_key: str) -> str:
+    """instance/audit_key; without it a key derived from the secret key, so every process of one install agrees."""
+    path = Path(instance_path) / "audit_key"
+    if path.exists():
+        return path.read_text().strip()
+    return hmac.new(secret_key.encode(), b"ucsc audit key", hashlib.sha256).hexdigest()

@@ -124,12 +124,12 @@ class User(Base):
     is_service: Mapped[bool] = mapped_column(default=False)
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # Web sign-in (migration 0005): second factor, UI language, lockout after repeated failures.
+    # Web sign-in (migration 0005): second factor, UI language; wrong TOTP codes lock the second factor (0008).
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     totp_last_step: Mapped[int | None]  # the last accepted TOTP time step: a code works once
     language: Mapped[str] = mapped_column(String(8), default="vi", server_default="vi")
-    failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
-    locked_until: Mapped[datetime | None]
+    totp_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    totp_locked_until: Mapped[datetime | None]
     password_changed_at: Mapped[datetime | None]
 
     organisation: Mapped[Organisation] = relationship()
@@ -154,6 +154,21 @@ class BrowserSession(Base):
     user_agent: Mapped[str | None] = mapped_column(String(300))
 
     user: Mapped[User] = relationship()
+
+
+class SigninThrottle(Base):
+    """Password attempts from one address for one account (or, with account "", for all): the backoff's state."""
+
+    __tablename__ = "signin_throttles"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    account: Mapped[str] = mapped_column(String(150))
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_at: Mapped[datetime]
+    last_at: Mapped[datetime] = mapped_column(index=True)
+
+    __table_args__ = (UniqueConstraint("source", "account"),)
 
 
 class ApiToken(Base):
@@ -454,6 +469,9 @@ class AuditEntry(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # HMAC-SHA256 of `hash` under the audit key named by `key_id` (null only on rows older than the keys).
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class StixObject(Base):

@@ -1,16 +1,17 @@
-"""Web sign-in: passwords with lockout, TOTP second factor, revocable browser sessions, user preferences."""
+"""Web sign-in: throttled passwords, TOTP second factor, revocable browser sessions, user preferences."""
 
 import hashlib
+import math
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pyotp
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from incidents import audit
+from incidents import audit, throttle
 from incidents.access import Actor
 from incidents.accounts import create_user
 from incidents.base import utcnow
@@ -27,10 +28,11 @@ _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
 @dataclass(frozen=True)
 class Policy:
-    """Lockout and session rules an admin configures (UCSC_LOGIN_* and UCSC_TOTP_REQUIRED_ROLES)."""
+    """Sign-in and session rules an admin configures (UCSC_LOGIN_* and UCSC_TOTP_REQUIRED_ROLES)."""
 
-    max_failures: int = 5
+    max_failures: int = 5  # wrong TOTP codes in a row that lock the second factor for `lockout`
     lockout: timedelta = timedelta(minutes=15)
+    throttle_rules: throttle.Rules = field(default_factory=throttle.Rules)
     session_lifetime: timedelta = timedelta(hours=12)
     totp_required_roles: frozenset[str] = frozenset({Role.ADMIN.value})
     issuer: str = "UCSC"
@@ -41,8 +43,8 @@ class PasswordCheck:
     """The outcome of a password check: the user when it matched, else why not."""
 
     user: User | None
-    refusal: str = ""  # "" | "invalid" | "locked"
-    locked_until: datetime | None = None
+    refusal: str = ""  # "" | "invalid" | "throttled"
+    retry_after: timedelta = timedelta(0)
 
 
 def actor_of(user: User) -> Actor:
@@ -56,50 +58,40 @@ def digest(key: str) -> str:
 def check_password(
     *, session: Session, username: str, password: str, policy: Policy, source_ip: str | None
 ) -> PasswordCheck:
-    """Verify a password; count failures, lock the account after too many, and audit each outcome."""
+    """Verify a password unless this address must first wait for this account (or for any); audit each outcome.
 
-    def work() -> PasswordCheck:
-        user = session.scalar(
-            select(User).where(User.username == username, User.is_service.is_(False)).with_for_update(key_share=True)
-        )
+    No wrong password locks an account: someone who merely knows a name could lock the real person out.
+    """
+    source = throttle.source_key(source_ip)
+    rules = policy.throttle_rules
+    claim = in_transaction(
+        session, lambda: throttle.claim(session=session, source=source, account=username, rules=rules, now=utcnow())
+    )
+    if claim.wait > timedelta(0):
+        return PasswordCheck(None, "throttled", claim.wait)
+    # The hash is checked between two short write transactions: on SQLite a write transaction holds the database.
+    user = session.scalar(select(User).where(User.username == username, User.is_service.is_(False)))
+    if user is None or not user.active or not user.password_hash:
+        check_password_hash(_DUMMY_HASH, password)
+        user, reason = None, "unknown or inactive user"
+    elif check_password_hash(user.password_hash, password):
+        reason = ""
+    else:
+        reason = "wrong password"
+
+    def record() -> PasswordCheck:
         now = utcnow()
-        if user is None or not user.active or not user.password_hash:
-            check_password_hash(_DUMMY_HASH, password)
-            audit.append(
-                session,
-                action=audit.Action.LOGIN_FAILED,
-                actor="web:" + username[:100],
-                source_ip=source_ip,
-                data={"reason": "unknown or inactive user"},
-            )
-            return PasswordCheck(None, "invalid")
-        if user.locked_until is not None and user.locked_until > now:
-            audit.append(
-                session,
-                action=audit.Action.LOGIN_FAILED,
-                actor=user.username,
-                source_ip=source_ip,
-                data={"reason": "account locked"},
-            )
-            return PasswordCheck(None, "locked", user.locked_until)
-        if not check_password_hash(user.password_hash, password):
-            user.failed_logins += 1
-            data: dict[str, object] = {"reason": "wrong password", "failures": user.failed_logins}
-            if user.failed_logins >= policy.max_failures:
-                user.locked_until = now + policy.lockout
-                user.failed_logins = 0
-                data["locked_until"] = user.locked_until.isoformat()
-                audit.append(
-                    session, action=audit.Action.LOGIN_LOCKED, actor=user.username, source_ip=source_ip, data=data
-                )
-                return PasswordCheck(None, "locked", user.locked_until)
-            audit.append(session, action=audit.Action.LOGIN_FAILED, actor=user.username, source_ip=source_ip, data=data)
-            return PasswordCheck(None, "invalid")
-        user.failed_logins = 0
-        user.locked_until = None
-        return PasswordCheck(user)
+        if not reason:
+            throttle.release(session=session, source=source, account=username, rules=rules, now=now)
+            return PasswordCheck(user)
+        data: dict[str, object] = {"reason": reason}
+        if claim.next_wait > timedelta(0):
+            data["wait_seconds"] = math.ceil(claim.next_wait.total_seconds())
+        label = user.username if user is not None else "web:" + username[:100]
+        audit.append(session, action=audit.Action.LOGIN_FAILED, actor=label, source_ip=source_ip, data=data)
+        return PasswordCheck(None, "invalid")
 
-    return in_transaction(session, work)
+    return in_transaction(session, record)
 
 
 def totp_required(user: User, policy: Policy) -> bool:
@@ -123,27 +115,40 @@ def _accept_code(user: User, code: str, secret: str | None = None) -> bool:
     return False
 
 
-def check_totp(*, session: Session, user_id: int, code: str, source_ip: str | None, policy: Policy) -> bool:
-    """The second step of signing in; failures count towards the same lockout as wrong passwords."""
+def _second_factor_locked(user: User) -> bool:
+    return user.totp_locked_until is not None and user.totp_locked_until > utcnow()
 
-    def work() -> bool:
+
+def _second_factor_failed(session: Session, user: User, reason: str, source_ip: str | None, policy: Policy) -> str:
+    """Count a failed proof of the second factor; enough in a row lock it. Only an accepted code clears the count."""
+    user.totp_failures += 1
+    data: dict[str, object] = {"reason": reason, "failures": user.totp_failures}
+    if user.totp_failures < policy.max_failures:
+        audit.append(session, action=audit.Action.LOGIN_FAILED, actor=user.username, source_ip=source_ip, data=data)
+        return "invalid"
+    user.totp_locked_until = utcnow() + policy.lockout
+    user.totp_failures = 0
+    data["locked_until"] = user.totp_locked_until.isoformat()
+    audit.append(session, action=audit.Action.LOGIN_LOCKED, actor=user.username, source_ip=source_ip, data=data)
+    return "locked"
+
+
+def check_totp(*, session: Session, user_id: int, code: str, source_ip: str | None, policy: Policy) -> str:
+    """The second step of signing in: "ok", "invalid", or "locked" after too many wrong codes in a row.
+
+    The count is the second factor's own: passing the password step again does not reset it.
+    """
+
+    def work() -> str:
         user = session.scalar(select(User).where(User.id == user_id).with_for_update(key_share=True))
         if user is None or not user.active or not user.totp_secret:
-            return False
-        if user.locked_until is not None and user.locked_until > utcnow():
-            return False
+            return "invalid"
+        if _second_factor_locked(user):
+            return "locked"
         if _accept_code(user, code):
-            user.failed_logins = 0
-            return True
-        user.failed_logins += 1
-        data: dict[str, object] = {"reason": "wrong TOTP code", "failures": user.failed_logins}
-        action = audit.Action.LOGIN_FAILED
-        if user.failed_logins >= policy.max_failures:
-            user.locked_until = utcnow() + policy.lockout
-            user.failed_logins = 0
-            action = audit.Action.LOGIN_LOCKED
-        audit.append(session, action=action, actor=user.username, source_ip=source_ip, data=data)
-        return False
+            user.totp_failures = 0
+            return "ok"
+        return _second_factor_failed(session, user, "wrong TOTP code", source_ip, policy)
 
     return in_transaction(session, work)
 
@@ -156,20 +161,49 @@ def totp_uri(*, username: str, secret: str, policy: Policy) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=policy.issuer)
 
 
-def enrol_totp(*, session: Session, user_id: int, secret: str, code: str, source_ip: str | None) -> None:
-    """Store a new TOTP secret once the user proves their authenticator shows its codes."""
+def enrol_totp(
+    *,
+    session: Session,
+    user_id: int,
+    secret: str,
+    code: str,
+    source_ip: str | None,
+    policy: Policy,
+    current_password: str = "",
+    current_code: str = "",
+) -> None:
+    """Store a new TOTP secret once the user proves their authenticator shows its codes.
 
-    def work() -> None:
+    Replacing a second factor also takes the password or a code of the current one: a session alone is not enough.
+    """
+
+    def work() -> list[FieldError]:
         user = session.scalar(select(User).where(User.id == user_id).with_for_update(key_share=True))
         if user is None:
             raise NotFound("no such user")
-        user.totp_last_step = None
+        if user.totp_secret:
+            if _second_factor_locked(user):
+                return [FieldError("current_code", "second factor locked")]
+            proved = bool(current_code) and _accept_code(user, current_code)
+            if not proved and current_password and user.password_hash:
+                proved = check_password_hash(user.password_hash, current_password)
+            if not proved:
+                _second_factor_failed(session, user, "re-enrolment without the password or a current code",
+                                      source_ip, policy)  # fmt: skip
+                return [FieldError("current_password", "the password or a current code")]
+        last_step, user.totp_last_step = user.totp_last_step, None
         if not _accept_code(user, code, secret):
-            raise ValidationFailed("wrong code", errors=[FieldError("code", "the code does not match")])
+            user.totp_last_step = last_step
+            return [FieldError("code", "the code does not match")]
         user.totp_secret = secret
+        user.totp_failures = 0
         audit.append(session, action=audit.Action.TOTP_ENROLLED, actor=user.username, source_ip=source_ip)
+        return []
 
-    in_transaction(session, work)
+    # The refusal is raised after the commit, so a failed proof stays counted.
+    errors = in_transaction(session, work)
+    if errors:
+        raise ValidationFailed("second factor not changed", errors=errors)
 
 
 def start_session(
@@ -408,6 +442,8 @@ def admin_update_user(
         if reset_totp and user.totp_secret:
             user.totp_secret = None
             user.totp_last_step = None
+            user.totp_failures = 0
+            user.totp_locked_until = None
             changes["totp"] = "reset"
         if changes:
             audit.append(

@@ -9,7 +9,7 @@ from flask_login import LoginManager, UserMixin, current_user
 from flask_wtf.csrf import CSRFProtect
 
 from app import db
-from incidents import signin
+from incidents import signin, throttle
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
@@ -17,6 +17,7 @@ from incidents.enums import Role
 bp = Blueprint("web", __name__)
 login_manager = LoginManager()
 csrf = CSRFProtect()
+ANONYMOUS_FORM_BYTES = 64 * 1024
 babel = Babel()
 
 TOUCH_EVERY = timedelta(seconds=60)
@@ -59,6 +60,12 @@ def policy() -> signin.Policy:
     return signin.Policy(
         max_failures=int(c["LOGIN_MAX_FAILURES"]),
         lockout=timedelta(seconds=float(c["LOGIN_LOCKOUT_SECONDS"])),
+        throttle_rules=throttle.Rules(
+            free_per_account=int(c["LOGIN_FREE_FAILURES"]),
+            free_per_address=int(c["LOGIN_ADDRESS_FREE_FAILURES"]),
+            cap=timedelta(seconds=float(c["LOGIN_BACKOFF_CAP_SECONDS"])),
+            forget=timedelta(seconds=float(c["LOGIN_FORGET_SECONDS"])),
+        ),
         session_lifetime=timedelta(seconds=float(c["WEB_SESSION_SECONDS"])),
         totp_required_roles=frozenset(roles),
     )
@@ -74,17 +81,6 @@ def load_user(key: str) -> WebUser | None:
     if utcnow() - browser.last_seen_at > TOUCH_EVERY:
         signin.touch_session(session=db.session(), session_id=browser.id)
     return web_user
-
-
-def actor_for_browser(key: str) -> Actor | None:
-    """The actor of a Flask-Login session key, for the /live connect."""
-    found = signin.load_session(db.session(), key)
-    if found is None:
-        return None
-    user = found[1]
-    if not user.totp_secret and signin.totp_required(user, policy()):
-        return None  # owes its second factor: no page and no feed until it is set up
-    return signin.actor_of(user)
 
 
 def current_actor() -> Actor:
@@ -119,6 +115,9 @@ def _csp(response: Response) -> Response:
 def _guard() -> Response | None:
     """CSRF on every form; a user who owes a TOTP enrolment is sent to it first."""
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if not current_user.is_authenticated:
+            # Signing in is a small form: an anonymous upload is refused (413) from its Content-Length, unread.
+            request.max_content_length = ANONYMOUS_FORM_BYTES
         csrf.protect()
     if (
         current_user.is_authenticated

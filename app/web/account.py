@@ -13,6 +13,7 @@ from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from app import db
+from app.errors import retry_after
 from app.web import bp, load_user, policy
 from app.web.views import field_errors, render
 from incidents import signin
@@ -33,6 +34,15 @@ def _limited() -> bool:
         )
     strategy, items = ext["ucsc.login_limiter"]
     return not all(strategy.hit(item, "web-login", request.remote_addr or "") for item in items)
+
+
+def _too_many(template: str, error: str, seconds: float, **context: Any) -> Any:
+    body, status = render(template, 429, error=error, **context)
+    return body, status, {"Retry-After": retry_after(seconds)}
+
+
+def _locked_message() -> str:
+    return _("Two-factor sign-in is locked after repeated wrong codes. Try again later or ask an admin.")
 
 
 def _safe_next(target: str | None) -> str:
@@ -68,18 +78,18 @@ def login() -> Any:
             session["next"] = _safe_next(request.args["next"])
         return render("login.html")
     if _limited():
-        return render("login.html", 429, error=_("Too many sign-in attempts. Wait a minute and try again."))
+        return _too_many("login.html", _("Too many sign-in attempts. Wait a minute and try again."), 60)
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     result = signin.check_password(
         session=db.session(), username=username, password=password, policy=policy(), source_ip=request.remote_addr
     )
+    if result.refusal == "throttled":
+        seconds = retry_after(result.retry_after.total_seconds())
+        message = _("Too many failed sign-ins from this address. Try again in %(seconds)s s.", seconds=seconds)
+        return _too_many("login.html", message, result.retry_after.total_seconds(), username=username)
     if result.user is None:
-        if result.refusal == "locked":
-            error = _("This account is locked after repeated failed sign-ins. Try again later or ask an admin.")
-        else:
-            error = _("Wrong user name or password.")
-        return render("login.html", 401, error=error, username=username)
+        return render("login.html", 401, error=_("Wrong user name or password."), username=username)
     if result.user.totp_secret:
         session["pending_2fa"] = {"user_id": result.user.id, "at": time.time()}
         return redirect(url_for("web.login_totp"))
@@ -96,15 +106,17 @@ def login_totp() -> Any:
     if request.method == "GET":
         return render("login_totp.html")
     if _limited():
-        return render("login_totp.html", 429, error=_("Too many sign-in attempts. Wait a minute and try again."))
-    ok = signin.check_totp(
+        return _too_many("login_totp.html", _("Too many sign-in attempts. Wait a minute and try again."), 60)
+    outcome = signin.check_totp(
         session=db.session(),
         user_id=int(pending["user_id"]),
         code=request.form.get("code", ""),
         source_ip=request.remote_addr,
         policy=policy(),
     )
-    if not ok:
+    if outcome == "locked":
+        return render("login_totp.html", 401, error=_locked_message())
+    if outcome != "ok":
         return render("login_totp.html", 401, error=_("Wrong or expired code."))
     return _finish_login(int(pending["user_id"]), second_factor=True)
 
@@ -135,9 +147,16 @@ def enrol_totp() -> Any:
                 secret=secret,
                 code=request.form["code"],
                 source_ip=request.remote_addr,
+                policy=policy(),
+                current_password=request.form.get("current_password", ""),
+                current_code=request.form.get("current_code", ""),
             )
         except ValidationFailed as exc:
             errors = field_errors(exc.errors)
+            if "current_password" in errors:
+                errors["current_password"] = [_("Give your password or a code from the authenticator you use now.")]
+            if "current_code" in errors:
+                errors["current_code"] = [_locked_message()]
         else:
             session.pop("totp_enrol_secret", None)
             flash(_("Two-factor sign-in is on."), "ok")
@@ -145,7 +164,10 @@ def enrol_totp() -> Any:
     uri = signin.totp_uri(username=current_user.username, secret=secret, policy=policy())
     qr = segno.make(uri, error="m").svg_data_uri(scale=5, dark="#000", light="#fff")
     required = str(current_user.role) in policy().totp_required_roles
-    return render("enrol_totp.html", 422 if errors else 200, qr=qr, secret=secret, errors=errors, required=required)
+    return render(
+        "enrol_totp.html", 422 if errors else 200, qr=qr, secret=secret, errors=errors, required=required,
+        replacing=current_user.has_totp,
+    )  # fmt: skip
 
 
 @bp.route("/account/password", methods=["GET", "POST"])
