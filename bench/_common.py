@@ -17,6 +17,7 @@ def env(database_url: str, **extra: str) -> dict[str, str]:
         "UCSC_DATABASE_URL": database_url,
         "UCSC_SECRET_KEY": "bench",
         "UCSC_INTAKE_RATE_LIMIT": "",  # the benches measure the paths, not the limiter's refusals
+        "UCSC_OUTBOUND_ALLOW": "127.0.0.0/8,::1",  # their webhook and TAXII receivers listen on loopback
         "PYTHONDONTWRITEBYTECODE": "1",
         **extra,
     }

@@ -1,6 +1,6 @@
 """Users and API tokens: who may act, in which organisation, with which role."""
 
-from urllib.parse import urlsplit
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from incidents.enums import Role
 from incidents.errors import Conflict, FieldError, ValidationFailed
 from incidents.models import ApiToken, Organisation, User
+from notifiers import outbound
 
 
 def _organisation(session: Session, code: str) -> Organisation:
@@ -52,13 +53,18 @@ def create_token(
     user: str | None = None,
     organisation: str = "dic",
     webhook: tuple[str, str] | None = None,
+    outbound_allow: str | Sequence[str] | None = None,
 ) -> ApiToken:
     """Store a token's digest; without `user`, a service account named after the token acts for it.
 
-    `webhook` is (URL, secret): receipts of what this token files are posted there, signed with the secret.
+    `webhook` is (URL, secret): receipts of what this token files are posted there, signed with the secret;
+    the URL may name an internal target only if `outbound_allow` (UCSC_OUTBOUND_ALLOW) lists it.
     """
-    if webhook is not None and urlsplit(webhook[0]).scheme not in ("http", "https"):
-        raise ValidationFailed("invalid webhook", errors=[FieldError("webhook", "an http:// or https:// URL")])
+    if webhook is not None:
+        try:
+            outbound.check_url(webhook[0], outbound.Allowance.parse(outbound_allow))
+        except outbound.OutboundRefused as exc:
+            raise ValidationFailed("invalid webhook", errors=[FieldError("webhook", str(exc))]) from None
     if user is not None:
         owner = session.scalar(select(User).where(User.username == user))
         if owner is None:

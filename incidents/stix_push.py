@@ -3,13 +3,14 @@
 import json
 import logging
 
-import requests
+import httpx
 from sqlalchemy import and_, exists, not_, or_, select
 
 from incidents import jobs, service
 from incidents.base import utcnow
 from incidents.models import Incident, StixCursor, StixLink, StixObject
 from incidents.stix_store import PUSH, _cursor, levels_up_to
+from notifiers import outbound
 
 log = logging.getLogger("ucsc.stix.push")
 TAXII = "application/taxii+json;version=2.1"
@@ -23,6 +24,16 @@ def _eligible(max_tlp: str):
         StixLink.object_id == StixObject.id, Incident.id == StixLink.incident_id, Incident.tlp.in_(levels)
     )
     return and_(StixObject.tlp.in_(levels), or_(not_(linked), allowed))
+
+
+def _post(cfg: dict, url: str, body: bytes, auth: tuple[str, str] | None) -> httpx.Response:
+    """POST through the outbound check: a collection on an internal address is refused, not retried."""
+    allow = outbound.Allowance.parse(cfg.get("OUTBOUND_ALLOW"))
+    with outbound.client(allow, timeout=float(cfg.get("NOTIFY_TIMEOUT", 10))) as http:
+        try:
+            return http.post(url, content=body, auth=auth, headers={"Content-Type": TAXII, "Accept": TAXII})
+        except outbound.OutboundRefused as exc:
+            raise jobs.PermanentError(f"TAXII push to {url} refused: {exc}") from exc
 
 
 @jobs.job_kind("stix.push", max_attempts=50, lease_seconds=120)
@@ -51,13 +62,7 @@ def push(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
         if rows:
             # Stored bodies are sent as stored, inside the TAXII envelope.
             body = '{"objects": [' + ", ".join(r.body for r in rows) + "]}"
-            answer = requests.post(
-                url,
-                data=body.encode(),
-                auth=auth,
-                timeout=float(cfg.get("NOTIFY_TIMEOUT", 10)),
-                headers={"Content-Type": TAXII, "Accept": TAXII},
-            )
+            answer = _post(cfg, url, body.encode(), auth)
             if answer.status_code not in (200, 202):
                 raise RuntimeError(f"TAXII push refused: HTTP {answer.status_code} {answer.text[:300]}")
             status = answer.json()

@@ -3,6 +3,7 @@
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from notifiers import outbound
 from notifiers.base import Notifier
 from notifiers.email import EmailNotifier
 from notifiers.sms import SmsNotifier
@@ -40,7 +41,7 @@ def _email(config: Mapping[str, Any]) -> Notifier | None:
 
 
 def _webhook(config: Mapping[str, Any]) -> Notifier | None:
-    return WebhookNotifier(timeout=_timeout(config))
+    return WebhookNotifier(timeout=_timeout(config), allow=outbound.Allowance.parse(config.get("OUTBOUND_ALLOW")))
 
 
 def _sms(config: Mapping[str, Any]) -> Notifier | None:

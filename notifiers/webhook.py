@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from notifiers import outbound
 from notifiers.base import DeliveryFailed, Message
 
 SIGNATURE_HEADER = "X-UCSC-Signature"
@@ -21,8 +22,12 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 class WebhookNotifier:
     channel = "webhook"
 
-    def __init__(self, *, timeout: float = 10.0, user_agent: str = "UCSC") -> None:
-        self.client = httpx.Client(timeout=timeout, headers={"User-Agent": user_agent}, follow_redirects=False)
+    def __init__(
+        self, *, timeout: float = 10.0, user_agent: str = "UCSC", allow: outbound.Allowance | None = None
+    ) -> None:
+        # Each contact or token names its own URL, so each connection is checked (notifiers/outbound.py).
+        headers = {"User-Agent": user_agent}
+        self.client = outbound.client(allow or outbound.Allowance(), timeout=timeout, headers=headers)
 
     def send(self, message: Message) -> str:
         body = json.dumps(message.data, ensure_ascii=False, separators=(",", ":")).encode()
@@ -31,6 +36,8 @@ class WebhookNotifier:
             headers[SIGNATURE_HEADER] = signature(message.secret, str(int(time.time())), body)
         try:
             response = self.client.post(message.to, content=body, headers=headers)
+        except outbound.OutboundRefused as exc:
+            raise DeliveryFailed(f"POST {message.to}: refused: {exc}", permanent=True) from exc
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"POST {message.to}: {exc}") from exc
         if response.status_code >= 300:

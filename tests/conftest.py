@@ -20,6 +20,7 @@ from app.cli import migrate
 from incidents import accounts, roster
 from incidents.base import Base
 from incidents.enums import Role
+from tests.live import LOOPBACK
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -110,6 +111,9 @@ def app(database_url: str, app_config: dict, tmp_path: Path) -> Iterator[Flask]:
         "SECRET_KEY": "test",
         "INTAKE_RATE_LIMIT": "",
         "REDIS_URL": None,
+        # The receivers tests deliver to listen on loopback; tests of the outbound rule build apps without this.
+        "OUTBOUND_ALLOW": LOOPBACK,
+        "AUDIT_ANCHOR_FILE": str(tmp_path / "audit_anchor"),  # not the instance folder's, shared by every test
         **app_config,
     }
     application = create_app(config)

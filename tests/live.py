@@ -12,6 +12,8 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+# Webhook and TAXII receivers in tests and benchmarks listen on loopback, which production refuses.
+LOOPBACK = "127.0.0.0/8,::1"
 
 
 def free_port() -> int:
@@ -33,6 +35,7 @@ class LiveServer:
             "UCSC_SECRET_KEY": "test",
             "UCSC_INTAKE_RATE_LIMIT": "",
             "UCSC_BASE_URL": self.url,  # Socket.IO accepts browsers from this origin only
+            "UCSC_OUTBOUND_ALLOW": LOOPBACK,
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
@@ -82,6 +85,7 @@ class WorkerProcess:
             "UCSC_SECRET_KEY": "test",
             "UCSC_LOG_LEVEL": "INFO",
             "UCSC_WORKER_HEARTBEAT_SECONDS": "0.5",
+            "UCSC_OUTBOUND_ALLOW": LOOPBACK,
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
