@@ -11,6 +11,7 @@ class Capability(StrEnum):
 
     FILE_INCIDENT = "file_incident"
     READ_INCIDENTS = "read_incidents"
+    READ_RESPONSE = "read_response"
     COMMENT = "comment"
     EDIT_ANY_COMMENT = "edit_any_comment"
     EDIT_INCIDENT = "edit_incident"
@@ -26,6 +27,7 @@ class Capability(StrEnum):
     DELETE_TAXII_OBJECTS = "delete_taxii_objects"
     MANAGE_REGISTRY = "manage_registry"
     READ_DIRECTORY = "read_directory"
+    READ_PLAYBOOKS = "read_playbooks"
     READ_DIRECTORY_PERSONAL = "read_directory_personal"
     MANAGE_DIRECTORY = "manage_directory"
     PAGE_BY_HAND = "page_by_hand"
@@ -42,13 +44,15 @@ class Capability(StrEnum):
 
 C = Capability
 
-# Intake clients file and read back their own incidents, nothing else. Committee members read and give
-# directives; they do not change incidents. Operators and admins run the desk; admins alone govern the system.
-_PEOPLE = {C.READ_INCIDENTS, C.COMMENT, C.READ_DIRECTORY, C.REQUEST_SUPPORT, C.VIEW_BOARD}
+# Intake clients file and read back their own incidents, nothing else: the working group's discussion, people,
+# evidence, reports, pages and runs (READ_RESPONSE) are not theirs. Committee members read and give directives;
+# they do not change incidents. Operators and admins run the desk; admins alone govern the system.
+_PEOPLE = {C.READ_INCIDENTS, C.READ_RESPONSE, C.COMMENT, C.READ_DIRECTORY, C.REQUEST_SUPPORT, C.VIEW_BOARD}
 _EDITORS = {C.FILE_INCIDENT, C.EDIT_INCIDENT, C.MOVE_INCIDENT, C.PROPOSE_CLASS, C.ADD_EVIDENCE, C.MAKE_REPORTS,
             C.IMPORT_STIX}  # fmt: skip
 _DESK = {C.LOWER_TLP, C.MANAGE_PARTICIPANTS, C.READ_PERIODIC_REPORTS, C.MANAGE_REGISTRY, C.READ_DIRECTORY_PERSONAL,
-         C.MANAGE_DIRECTORY, C.PAGE_BY_HAND, C.ACT_ON_OTHERS_PAGES, C.RUN_PLAYBOOKS, C.REQUEST_DIRECTION}  # fmt: skip
+         C.MANAGE_DIRECTORY, C.PAGE_BY_HAND, C.ACT_ON_OTHERS_PAGES, C.READ_PLAYBOOKS, C.RUN_PLAYBOOKS,
+         C.REQUEST_DIRECTION}  # fmt: skip
 
 CAPABILITIES: dict[Role, frozenset[Capability]] = {
     Role.ADMIN: frozenset(Capability),
@@ -57,6 +61,11 @@ CAPABILITIES: dict[Role, frozenset[Capability]] = {
     Role.COMMITTEE: frozenset(_PEOPLE | {C.DECIDE_CLASS, C.GIVE_DIRECTIVES, C.READ_PERIODIC_REPORTS}),
     Role.INTAKE: frozenset({C.FILE_INCIDENT, C.READ_INCIDENTS}),
 }
+
+
+def roles_with(capability: Capability) -> tuple[Role, ...]:
+    """The roles holding `capability`, in the table's order (for route guards that take roles)."""
+    return tuple(role for role, held in CAPABILITIES.items() if capability in held)
 
 
 def allows(actor: object, capability: Capability) -> bool:

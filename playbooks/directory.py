@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, selectinload
 from incidents import audit, service
 from incidents.access import Actor
 from incidents.base import utcnow
-from incidents.enums import Role
 from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident, Organisation
+from incidents.policy import Capability, allows, require
+from notifiers import outbound
 from playbooks.models import Contact, Group, GroupMember, Schedule, ScheduleMember, ScheduleOverride
 
 LANGUAGES = ("vi", "en")
@@ -23,6 +24,8 @@ KNOWN_CHANNELS = ("telegram", "email", "sms", "webhook")
 DEFAULT_CHANNELS = ["telegram", "email", "sms"]
 # Fields whose change restarts the focal-point clock: the person must confirm them again within 24 h.
 REACH_FIELDS = ("phone", "email", "telegram_chat_id", "webhook_url", "channels")
+# How to reach a person privately: shown only to the directory's keepers and to the person themself.
+PERSONAL_FIELDS = ("phone", "email", "telegram_chat_id", "webhook_url")
 CSV_FIELDS = (
     "id",
     "organisation",
@@ -59,8 +62,7 @@ class ContactIn:
 
 
 def _require_desk(actor: Actor) -> None:
-    if actor.role not in (Role.ADMIN, Role.OPERATOR):
-        raise Forbidden("only admins and operators edit the directory")
+    require(actor, Capability.MANAGE_DIRECTORY, "only admins and operators edit the directory")
 
 
 def _organisation(session: Session, code: str, field: str = "organisation") -> Organisation:
@@ -70,7 +72,7 @@ def _organisation(session: Session, code: str, field: str = "organisation") -> O
     return org
 
 
-def _check(data: ContactIn, *, creating: bool) -> list[FieldError]:
+def _check(data: ContactIn, *, creating: bool, outbound_allow: str | Sequence[str] | None = None) -> list[FieldError]:
     errors = []
     if creating and not data.organisation:
         errors.append(FieldError("organisation", "required"))
@@ -85,8 +87,11 @@ def _check(data: ContactIn, *, creating: bool) -> list[FieldError]:
         errors.append(FieldError("email", "an e-mail address"))
     if data.phone and sum(ch.isdigit() for ch in data.phone) < 8:
         errors.append(FieldError("phone", "a phone number of at least 8 digits"))
-    if data.webhook_url and not data.webhook_url.startswith(("http://", "https://")):
-        errors.append(FieldError("webhook_url", "an http:// or https:// URL"))
+    if data.webhook_url:
+        try:
+            outbound.check_url(data.webhook_url, outbound.Allowance.parse(outbound_allow))
+        except outbound.OutboundRefused as exc:
+            errors.append(FieldError("webhook_url", str(exc)))
     return errors
 
 
@@ -135,11 +140,21 @@ def _apply(session: Session, contact: Contact, data: ContactIn) -> list[str]:
     return changed
 
 
-def save_contact(*, session: Session, data: ContactIn, actor: Actor | None, contact_id: int | None = None) -> Contact:
-    """Create a contact, or change one; a change of how to reach them must be confirmed again within 24 h."""
+def save_contact(
+    *,
+    session: Session,
+    data: ContactIn,
+    actor: Actor | None,
+    contact_id: int | None = None,
+    outbound_allow: str | Sequence[str] | None = None,
+) -> Contact:
+    """Create a contact, or change one; a change of how to reach them must be confirmed again within 24 h.
+
+    `outbound_allow` is UCSC_OUTBOUND_ALLOW: the internal targets a webhook URL may name.
+    """
     if actor is not None:
         _require_desk(actor)
-    errors = _check(data, creating=contact_id is None)
+    errors = _check(data, creating=contact_id is None, outbound_allow=outbound_allow)
     if errors:
         raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
 
@@ -191,7 +206,7 @@ def confirm_contact(*, session: Session, contact_id: int, actor: Actor | None = 
 
     def work() -> Contact:
         contact = get_contact(session, contact_id)
-        if actor is not None and actor.role not in (Role.ADMIN, Role.OPERATOR) and contact.user_id != actor.user_id:
+        if actor is not None and not allows(actor, Capability.MANAGE_DIRECTORY) and contact.user_id != actor.user_id:
             raise Forbidden("only the person, an operator or an admin confirms a contact's details")
         contact.confirmed_at = utcnow()
         contact.unconfirmed_alerted_at = None
@@ -306,8 +321,86 @@ def contact_dict(contact: Contact, *, secrets: bool = False) -> dict[str, Any]:
     return out
 
 
-def export_csv(session: Session) -> str:
+# --- reading the directory: one rule for the API and the web --------------------------------------------------
+
+
+def contact_view(contact: Contact, actor: Actor) -> dict[str, Any]:
+    """A contact as `actor` may read it: how to reach someone else only with the personal-data capability."""
+    require(actor, Capability.READ_DIRECTORY)
+    out = contact_dict(contact)
+    if not allows(actor, Capability.READ_DIRECTORY_PERSONAL) and contact.user_id != actor.user_id:
+        out.update(dict.fromkeys(PERSONAL_FIELDS))
+    return out
+
+
+def read_contacts(
+    session: Session, actor: Actor, *, organisation: str | None = None, after: int = 0, limit: int = 50,
+    active: bool | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    require(actor, Capability.READ_DIRECTORY)
+    found = list_contacts(session, organisation=organisation, after=after, limit=limit, active=active)
+    return [contact_view(c, actor) for c in found]
+
+
+def read_contact(session: Session, actor: Actor, contact_id: int) -> dict[str, Any]:
+    require(actor, Capability.READ_DIRECTORY)
+    return contact_view(get_contact(session, contact_id), actor)
+
+
+def read_on_call(
+    session: Session, actor: Actor, *, organisation: str | None = None, group: str | None = None
+) -> list[dict[str, Any]]:
+    """Who a page to the organisation or group reaches now, as `actor` may read them."""
+    require(actor, Capability.READ_DIRECTORY)
+    return [contact_view(c, actor) for c in who_is_on_call(session=session, organisation=organisation, group=group)]
+
+
+def group_dict(group: Group) -> dict[str, Any]:
+    return {
+        "code": group.code,
+        "name_vi": group.name_vi,
+        "name_en": group.name_en,
+        "organisation": group.organisation.code if group.organisation else None,
+        "members": [m.contact_id for m in group.members],
+    }
+
+
+def read_groups(session: Session, actor: Actor) -> list[dict[str, Any]]:
+    require(actor, Capability.READ_DIRECTORY)
+    return [group_dict(g) for g in session.scalars(select(Group).order_by(Group.code))]
+
+
+def schedule_dict(schedule: Schedule, actor: Actor) -> dict[str, Any]:
+    """A rotation; why someone is away (an override's reason) is personal data."""
+    now = on_call(schedule, utcnow())
+    personal = allows(actor, Capability.READ_DIRECTORY_PERSONAL)
+    return {
+        "code": schedule.code,
+        "name": schedule.name,
+        "starts_at": schedule.starts_at.isoformat(),
+        "shift_hours": schedule.shift_hours,
+        "members": [m.contact_id for m in schedule.members],
+        "overrides": [
+            {
+                "contact_id": o.contact_id,
+                "starts_at": o.starts_at.isoformat(),
+                "ends_at": o.ends_at.isoformat(),
+                "reason": o.reason if personal else None,
+            }
+            for o in schedule.overrides
+        ],
+        "on_call_now": now.id if now else None,
+    }
+
+
+def read_schedules(session: Session, actor: Actor) -> list[dict[str, Any]]:
+    require(actor, Capability.READ_DIRECTORY)
+    return [schedule_dict(s, actor) for s in session.scalars(select(Schedule).order_by(Schedule.code))]
+
+
+def export_csv(session: Session, actor: Actor) -> str:
     """Every contact as CSV (channels and roles joined with "|")."""
+    _require_desk(actor)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_FIELDS)

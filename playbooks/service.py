@@ -353,6 +353,7 @@ def list_pages(
 ) -> list[Page]:
     from incidents.access import visible_incidents
 
+    require(actor, Capability.READ_RESPONSE)
     stmt = (
         select(Page)
         .join(Incident, Incident.id == Page.incident_id)
@@ -372,6 +373,8 @@ def list_pages(
 
 
 def get_page(session: Session, actor: Actor | None, page_id: int) -> Page:
+    if actor is not None:
+        require(actor, Capability.READ_RESPONSE)
     page = session.get(Page, page_id)
     if page is None or (actor is not None and not can_see(session, actor, page.incident_id)):
         raise NotFound(f"no page {page_id}")
@@ -416,6 +419,7 @@ def _visible_rows(
     """Rows of `model` (tasks, requests for direction) on incidents `actor` may see, in id order from `after`."""
     from incidents.access import visible_incidents
 
+    require(actor, Capability.READ_RESPONSE)
     stmt = (
         select(model)
         .join(Incident, Incident.id == model.incident_id)
@@ -432,6 +436,7 @@ def _visible_rows(
 
 
 def list_runs(session: Session, actor: Actor, *, incident_id: int) -> list[PlaybookRun]:
+    require(actor, Capability.READ_RESPONSE)
     if not can_see(session, actor, incident_id):
         raise NotFound(f"no incident {incident_id}")
     stmt = select(PlaybookRun).where(PlaybookRun.incident_id == incident_id).options(selectinload(PlaybookRun.version))
@@ -548,7 +553,8 @@ def set_enabled(*, session: Session, name: str, enabled: bool, actor: Actor) -> 
     return service.in_transaction(session, work)
 
 
-def list_versions(session: Session, *, name: str | None = None) -> Sequence[PlaybookVersion]:
+def list_versions(session: Session, *, actor: Actor, name: str | None = None) -> Sequence[PlaybookVersion]:
+    require(actor, Capability.READ_PLAYBOOKS, "only admins and operators read playbooks")
     if name:
         stmt = select(PlaybookVersion).where(PlaybookVersion.name == name).order_by(PlaybookVersion.version)
         return list(session.scalars(stmt))

@@ -140,6 +140,13 @@ def test_finding_4_intake_files_and_reads_its_own_incidents_but_may_not_comment(
     assert r.status_code == 403 and r.mimetype == "application/problem+json", r.get_data(as_text=True)
     comments = client.get(f"{API}/incidents/{incident_id}/comments", headers=operator).json["items"]
     assert comments == []
+    # Nor does it read the response around its incident: who was paged, tasks, runs, the playbooks themselves.
+    for path in ("/pages", f"/pages?incident={incident_id}", "/tasks", "/direction-requests",
+                 f"/incidents/{incident_id}/runs", "/playbooks", "/playbooks/ddos/versions"):  # fmt: skip
+        r = client.get(API + path, headers=intake)
+        assert r.status_code == 403 and r.mimetype == "application/problem+json", (path, r.status_code)
+    assert client.get(f"{API}/pages?incident={incident_id}", headers=operator).status_code == 200
+    assert client.get(f"{API}/incidents/{incident_id}/runs", headers=operator).status_code == 200
     assert client.post(f"{API}/incidents/{incident_id}/comments", json={"body": "đã nhận"},
                        headers=operator).status_code == 201  # fmt: skip
 

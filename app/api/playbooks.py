@@ -156,16 +156,17 @@ def version_dict(version: PlaybookVersion, *, source: bool = False) -> dict[str,
     return out
 
 
-@operation("GET", "/playbooks", "The newest version of each playbook", tag=TAG, errors=(401,))
+@operation("GET", "/playbooks", "The newest version of each playbook", tag=TAG, errors=(401, 403))
 def list_playbooks() -> Response:
-    current_actor()
-    return jsonify({"items": [version_dict(v) for v in service.list_versions(db.session())], "next_cursor": None})
+    versions = service.list_versions(db.session(), actor=current_actor())
+    return jsonify({"items": [version_dict(v) for v in versions], "next_cursor": None})
 
 
-@operation("GET", "/playbooks/<name>/versions", "Every version of a playbook, with its YAML", tag=TAG, errors=(401,))
+@operation(
+    "GET", "/playbooks/<name>/versions", "Every version of a playbook, with its YAML", tag=TAG, errors=(401, 403)
+)
 def list_playbook_versions(name: str) -> Response:
-    current_actor()
-    versions = service.list_versions(db.session(), name=name)
+    versions = service.list_versions(db.session(), actor=current_actor(), name=name)
     return jsonify({"items": [version_dict(v, source=True) for v in versions], "next_cursor": None})
 
 
@@ -209,7 +210,7 @@ def patch_playbook(name: str) -> Response:
     )
 
 
-@operation("GET", "/incidents/<incident_id>/runs", "Playbook runs of an incident", tag=TAG, errors=(401, 404))
+@operation("GET", "/incidents/<incident_id>/runs", "Playbook runs of an incident", tag=TAG, errors=(401, 403, 404))
 def list_runs(incident_id: str) -> Response:
     actor = current_actor()
     incident = incidents.get_incident(db.session(), actor, incident_id)
@@ -252,7 +253,11 @@ def stop_run(run_id: int) -> Response:
 
 
 @operation(
-    "GET", "/pages", "Pages (?incident=ID, ?state=open|acknowledged|cancelled, ?mine=1)", tag=TAG, errors=(401, 422)
+    "GET",
+    "/pages",
+    "Pages (?incident=ID, ?state=open|acknowledged|cancelled, ?mine=1)",
+    tag=TAG,
+    errors=(401, 403, 422),
 )
 def list_pages() -> Response:
     actor, (limit, after) = current_actor(), _args()
@@ -268,7 +273,7 @@ def list_pages() -> Response:
     return _list(pages, limit, page_dict)
 
 
-@operation("GET", "/pages/<int:page_id>", "One page with its recipients", tag=TAG, errors=(401, 404))
+@operation("GET", "/pages/<int:page_id>", "One page with its recipients", tag=TAG, errors=(401, 403, 404))
 def get_page(page_id: int) -> Response:
     return jsonify(page_dict(service.get_page(db.session(), current_actor(), page_id)))
 
@@ -336,7 +341,7 @@ def post_support(page_id: int) -> tuple[Response, int]:
     return jsonify(page_dict(service.get_page(db.session(), actor, page.id))), 201
 
 
-@operation("GET", "/tasks", "Tasks (?incident=ID, ?state=open|done)", tag=TAG, errors=(401, 422))
+@operation("GET", "/tasks", "Tasks (?incident=ID, ?state=open|done)", tag=TAG, errors=(401, 403, 422))
 def list_tasks() -> Response:
     actor, (limit, after) = current_actor(), _args()
     tasks = service.list_tasks(
@@ -364,7 +369,7 @@ def complete_task(task_id: int) -> Response:
     "/direction-requests",
     "Requests for direction (?incident=ID, ?state=open|answered)",
     tag=TAG,
-    errors=(401, 422),
+    errors=(401, 403, 422),
 )
 def list_direction_requests() -> Response:
     actor, (limit, after) = current_actor(), _args()

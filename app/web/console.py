@@ -10,10 +10,11 @@ from app import db
 from app.api import limits
 from app.web import bp, current_actor, labels
 from app.web.views import error_page, field_errors, is_fragment, render, roles
-from incidents import service
+from incidents import audit, service
 from incidents.enums import Role, Status
 from incidents.errors import Conflict, Forbidden, NotFound, TransitionNotAllowed, ValidationFailed
 from incidents.lifecycle import allowed_targets
+from incidents.policy import Capability, roles_with
 from incidents.schemas import (
     ClassificationIn,
     CommentCreate,
@@ -186,6 +187,9 @@ def incident(ref: str) -> Any:
         context = _page_context(ref)
     except NotFound:
         return error_page(404, _("Not found, or you may not see it."))
+    shown = [*context["events"], *context["comments"], *context["evidence_items"]]
+    audit.record_read(db.session(), actor=current_actor(), incident=context["incident"], what="web:incident",
+                      source_ip=request.remote_addr, tlps=[getattr(item, "tlp", None) for item in shown])  # fmt: skip
     if is_fragment():
         return render("_incident_body.html", **context)
     return render("incident.html", **context)
@@ -272,7 +276,7 @@ def participant(ref: str) -> Any:
 
 
 @bp.route("/directory")
-@roles(*DESK)
+@roles(*roles_with(Capability.READ_DIRECTORY))
 def directory() -> Any:
     from app.web.response import directory_context
 

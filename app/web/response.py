@@ -1,5 +1,6 @@
 """Playbook progress, pages, tasks, requests for direction and STIX on the web (over playbooks.service)."""
 
+from datetime import datetime
 from typing import Any
 
 from flask import Response, flash, redirect, request, url_for
@@ -14,6 +15,7 @@ from incidents.access import Actor
 from incidents.enums import Role
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident
+from incidents.policy import Capability, allows
 from playbooks import directory
 from playbooks import service as playbooks
 
@@ -111,16 +113,18 @@ def incident_stix(ref: str) -> Any:
 
 
 def directory_context(actor: Actor, organisations: list[Any]) -> dict[str, Any]:
-    """Contacts (desk roles only: they hold personal data) and who a page to each organisation reaches now."""
+    """Contacts and who a page to each organisation reaches now, read as the API reads them for `actor`."""
     session = db.session()
-    if actor.role not in (Role.ADMIN, Role.OPERATOR):
-        return {"contacts": None, "on_call": {}}
     on_call = {}
     for org in organisations[:ON_CALL_ORGANISATIONS]:
-        people = directory.who_is_on_call(session=session, organisation=org.code)
+        people = directory.read_on_call(session, actor, organisation=org.code)
         if people:
             on_call[org.code] = people
-    return {"contacts": directory.list_contacts(session, limit=500), "on_call": on_call}
+    contacts = [
+        {**c, "confirmed_at": datetime.fromisoformat(c["confirmed_at"]) if c["confirmed_at"] else None}
+        for c in directory.read_contacts(session, actor, limit=500)
+    ]
+    return {"contacts": contacts, "on_call": on_call, "manage": allows(actor, Capability.MANAGE_DIRECTORY)}
 
 
 @bp.route("/playbooks")
@@ -128,7 +132,9 @@ def directory_context(actor: Actor, organisations: list[Any]) -> dict[str, Any]:
 def playbook_list() -> Any:
     from app.web.views import render
 
-    return render("playbooks.html", versions=playbooks.list_versions(db.session()), errors={}, source="")
+    return render(
+        "playbooks.html", versions=playbooks.list_versions(db.session(), actor=current_actor()), errors={}, source=""
+    )
 
 
 @bp.route("/playbooks/<name>")
@@ -136,7 +142,7 @@ def playbook_list() -> Any:
 def playbook(name: str) -> Any:
     from app.web.views import error_page, render
 
-    versions = list(playbooks.list_versions(db.session(), name=name))
+    versions = list(playbooks.list_versions(db.session(), actor=current_actor(), name=name))
     if not versions:
         return error_page(404, _("Not found, or you may not see it."))
     return render("playbook.html", name=name, versions=versions, source=versions[-1].source, errors=[])
@@ -150,10 +156,16 @@ def _upload(name: str | None) -> Any:
         version = playbooks.upload_playbook(session=db.session(), source=source, actor=current_actor(), name=name)
     except (ValidationFailed, Conflict) as exc:
         errors = [f"{e.field}: {e.message}" for e in exc.errors] or [exc.detail]
-        versions = list(playbooks.list_versions(db.session(), name=name)) if name else []
+        versions = list(playbooks.list_versions(db.session(), actor=current_actor(), name=name)) if name else []
         template = "playbook.html" if name else "playbooks.html"
         if not name:
-            return render(template, 422, versions=playbooks.list_versions(db.session()), errors=errors, source=source)
+            return render(
+                template,
+                422,
+                versions=playbooks.list_versions(db.session(), actor=current_actor()),
+                errors=errors,
+                source=source,
+            )
         return render(template, 422, name=name, versions=versions, source=source, errors=errors)
     flash(_("Playbook %(name)s saved as version %(version)s.", name=version.name, version=version.version), "ok")
     return redirect(url_for("web.playbook", name=version.name))
