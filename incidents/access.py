@@ -1,15 +1,19 @@
 """Who is acting, and which incidents they may see (design: roles, participants and TLP)."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true
+from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select, true
 
 from incidents.enums import TLP, Role
-from incidents.models import Comment, Incident, Occurrence, Participant, User
+from incidents.errors import FieldError, Forbidden
+from incidents.models import Comment, CommentRevision, Incident, Occurrence, Participant, User
+from incidents.policy import Capability, allows
 
 # Roles that see every incident their TLP clearance allows; responders see their organisation's.
 _DESK_ROLES = frozenset({Role.ADMIN, Role.OPERATOR, Role.COMMITTEE})
 _SHARED_TLP = (TLP.CLEAR, TLP.GREEN, TLP.AMBER)
+_TLP_ORDER = [t.value for t in (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)]
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,34 @@ def visible_comments(actor: Actor) -> ColumnElement[bool]:
     return tlp_clause(actor, Comment.tlp, Comment.incident_id)
 
 
+def visible_revisions(actor: Actor, incident_id: int) -> ColumnElement[bool]:
+    """A comment's earlier bodies keep the TLP they were written under, judged against the incident's participants."""
+    return tlp_clause(actor, CommentRevision.tlp, literal(incident_id))
+
+
+def tlp_allows(actor: Actor, tlp: str, participants: Iterable[Participant]) -> bool:
+    """`tlp_clause` for one record of an incident whose participants are loaded already."""
+    if tlp in _SHARED_TLP:
+        return True
+    people = list(participants)
+    named = any(p.user_id == actor.user_id for p in people)
+    if tlp == TLP.AMBER_STRICT:
+        return named or any(p.organisation_id == actor.organisation_id for p in people)
+    return tlp == TLP.RED and named
+
+
+def check_tlp_change(actor: Actor, old: str | None, new: str | None) -> None:
+    """Refuse a TLP lower than `old` (of an incident, a comment, or new content under its incident) to other roles."""
+    if old is None or new is None or _TLP_ORDER.index(str(new)) >= _TLP_ORDER.index(str(old)):
+        return
+    # Lowering widens who reads what was written under the old level: a declassification the standing body decides.
+    if not allows(actor, Capability.LOWER_TLP):
+        raise Forbidden(
+            f"the role {actor.role} may not lower a TLP",
+            errors=[FieldError("tlp", f"only operators and admins lower {old} to {new}")],
+        )
+
+
 def can_see(session, actor: Actor, incident_id: int) -> bool:
     stmt = select(Incident.id).where(Incident.id == incident_id, visible_incidents(actor))
     return session.scalar(stmt) is not None
@@ -77,7 +109,7 @@ def can_see(session, actor: Actor, incident_id: int) -> bool:
 
 def may_edit(actor: Actor) -> bool:
     """Roles that may change incidents (committee members give directives, not edits)."""
-    return actor.role in (Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+    return allows(actor, Capability.EDIT_INCIDENT)
 
 
 def visible_ids(session, actor: Actor, incident_ids: set[int]) -> set[int]:
@@ -150,18 +182,16 @@ def audience(session, events) -> dict[int, tuple[list[str], str | None, str | No
         if row is None:
             result[ev.id] = (list(ALARM_ROOMS) if ev.incident_id is None else [], None, None)
             continue
-        tlp = _stricter(ev.tlp, row.tlp)
+        tlp = stricter(ev.tlp, row.tlp)
         named, orgs = people[row.id]
         filed = filers[row.id] | ({row.created_by_id} if row.created_by_id else set())
         result[ev.id] = (_rooms_for(tlp, named, orgs, filed, users), row.ref, str(row.status))
     return result
 
 
-_TLP_ORDER = [t.value for t in (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)]
-
-
-def _stricter(a: str | None, b: str | None) -> str:
-    levels = [_TLP_ORDER.index(str(t)) for t in (a, b) if t is not None]
+def stricter(*tlps: str | None) -> str:
+    """The strictest of the given TLPs (red when none is known)."""
+    levels = [_TLP_ORDER.index(str(t)) for t in tlps if t is not None]
     return _TLP_ORDER[max(levels)] if levels else TLP.RED.value
 
 

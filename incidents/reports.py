@@ -4,6 +4,7 @@ A report version stores its sections exactly as reported (number, title, label â
 are both rendered from those rows, so what a download shows is what was reported on that day.
 """
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -12,11 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from incidents import service
-from incidents.access import Actor, may_edit
+from incidents.access import Actor, tlp_allows
 from incidents.base import utcnow
 from incidents.enums import Category, DetectionMethod, NotifiedParty
-from incidents.errors import Forbidden, NotFound
+from incidents.errors import NotFound
 from incidents.models import Incident, Organisation
+from incidents.policy import Capability, require
 from incidents.records import Evidence, Report
 from incidents.schemas import Strict
 
@@ -250,8 +252,7 @@ def create_report(
     *, session: Session, incident_id: int | str, kind: str, data: ReportCreate, actor: Actor, standing_body: str | None
 ) -> Report:
     """Freeze a new version of the incident's Form 03 or 04 and put it on the timeline (one transaction)."""
-    if not may_edit(actor):
-        raise Forbidden(f"the role {actor.role} may not make reports")
+    require(actor, Capability.MAKE_REPORTS, f"the role {actor.role} may not make reports")
     if kind not in KINDS:
         raise NotFound(f"no report kind {kind!r}")
 
@@ -285,6 +286,8 @@ def create_report(
                 "sections": sections,
                 "exercise": incident.exercise,
                 "ref": incident.ref,
+                # A version freezes the incident's text: it stays under the TLP it was reported at.
+                "tlp": str(incident.tlp),
                 "outcome": data.model_dump(mode="json"),
             },
         )
@@ -308,10 +311,14 @@ def create_report(
 def get_report(
     session: Session, actor: Actor, incident_id: int | str, kind: str, version: int | None = None
 ) -> tuple[Incident, Report]:
+    """The version asked for, or the latest, among those `actor` may read."""
     incident = service.get_incident(session, actor, incident_id)
     if kind not in KINDS:
         raise NotFound(f"no report kind {kind!r}")
-    report = latest(session, incident.id, kind, version)
+    stmt = select(Report).where(Report.incident_id == incident.id, Report.kind == kind)
+    if version is not None:
+        stmt = stmt.where(Report.version == version)
+    report = next(iter(_readable(actor, incident, session.scalars(stmt.order_by(Report.version.desc())))), None)
     if report is None:
         raise NotFound(f"incident {incident.ref} has no {kind} report{f' version {version}' if version else ''}")
     return incident, report
@@ -320,7 +327,12 @@ def get_report(
 def list_reports(session: Session, actor: Actor, incident_id: int | str) -> list[Report]:
     incident = service.get_incident(session, actor, incident_id)
     stmt = select(Report).where(Report.incident_id == incident.id).order_by(Report.kind, Report.version)
-    return list(session.scalars(stmt))
+    return _readable(actor, incident, session.scalars(stmt))
+
+
+def _readable(actor: Actor, incident: Incident, versions: Iterable[Report]) -> list[Report]:
+    """Versions frozen under a TLP `actor` may read (one made before versions kept theirs reads as the incident's)."""
+    return [r for r in versions if tlp_allows(actor, r.data.get("tlp") or str(incident.tlp), incident.participants)]
 
 
 def document(report: Report, board_name: str) -> dict[str, Any]:

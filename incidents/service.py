@@ -12,20 +12,28 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text
+from sqlalchemy import Table, bindparam, case, delete, func, insert, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from incidents import lifecycle, receipts
-from incidents.access import Actor, may_edit, visible_comments, visible_incidents
+from incidents.access import (
+    Actor,
+    check_tlp_change,
+    may_edit,
+    stricter,
+    tlp_clause,
+    visible_comments,
+    visible_incidents,
+    visible_revisions,
+)
 from incidents.base import MAX_ID, utcnow
 from incidents.enums import (
     TERMINAL_STATUSES,
     IncidentClass,
     ObservableType,
     ParticipantRole,
-    Role,
     SeriousCondition,
     Status,
 )
@@ -53,6 +61,7 @@ from incidents.models import (
     SystemAddress,
     User,
 )
+from incidents.policy import Capability, allows, require
 from incidents.records import Report
 from incidents.schemas import (
     ClassificationIn,
@@ -153,13 +162,17 @@ def record_event(
     note: str | None = None,
     data: dict[str, Any] | None = None,
     at: datetime | None = None,
+    tlp: str | None = None,
 ) -> Event:
-    """Append to the timeline and change feed; the row is written when the transaction commits (`_write_pending`)."""
+    """Append to the timeline and change feed; the row is written when the transaction commits (`_write_pending`).
+
+    The event carries the stricter of the incident's TLP and `tlp` (what it records was, or is, under that level).
+    """
     values = _event_values(
         kind=kind,
         actor=actor,
         incident_id=incident.id if incident is not None else None,
-        tlp=incident.tlp if incident is not None else None,
+        tlp=stricter(incident.tlp, tlp) if incident is not None else tlp,
         note=note,
         data=data,
         at=at,
@@ -460,8 +473,7 @@ def file_incidents(
     bulk: bool = False,
 ) -> FilingResult:
     """File one incident or a batch: new incidents, or occurrences of open ones with the same dedup_key."""
-    if actor.role not in (Role.ADMIN, Role.OPERATOR, Role.RESPONDER, Role.INTAKE):
-        raise Forbidden("your role may not file incidents")
+    require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
 
     def work() -> FilingResult:
         if idempotency is not None:
@@ -536,24 +548,28 @@ def _file(
 
     outcomes: list[tuple[_Filed, bool]] = []
     new_rows: list[tuple[int, IncidentCreate, System | None]] = []
+    open_keys: dict[int, str | None] = {}
     pending_keys: dict[str, int] = {}
+    held, matches = _open_dedup(session, actor, {item.dedup_key for item in items if item.dedup_key})
     for i, item in enumerate(items):
-        open_key = f"{actor.organisation_id}:{item.dedup_key}" if item.dedup_key else None
-        if open_key and open_key in pending_keys:
+        key = item.dedup_key
+        if key and key in pending_keys:
             outcomes.append((None, False))  # type: ignore[arg-type]  # filled once the first copy exists
             continue
-        existing = session.scalar(select(Incident).where(Incident.open_dedup_key == open_key)) if open_key else None
+        existing = matches.get(key) if key else None
         if existing is not None:
             _add_occurrence(session, existing, item, actor, now)
             outcomes.append((_Filed(existing.id, existing.ref, existing.status), False))
         else:
-            if open_key:
-                pending_keys[open_key] = i
+            if key:
+                pending_keys[key] = i
+                open_keys[i] = next((k for k in dedup_scopes(actor.organisation_id, actor.user_id, key)
+                                     if k not in held), None)  # fmt: skip
             new_rows.append((i, item, systems[i]))
             outcomes.append((None, True))  # type: ignore[arg-type]
 
     refs = _allocate_refs(session, settings, len(new_rows)) if new_rows else []
-    created = _insert_incidents(session, new_rows, refs, participants, actor, now) if new_rows else {}
+    created = _insert_incidents(session, new_rows, refs, participants, open_keys, actor, now) if new_rows else {}
     events = []
     for i, (filed, row) in created.items():
         outcomes[i] = (filed, True)
@@ -589,7 +605,7 @@ def _file(
     # Repeats of a key first seen earlier in this same batch become occurrences of that new incident.
     for i, (filed, _) in enumerate(outcomes):
         if filed is None:
-            first, _row = created[pending_keys[f"{actor.organisation_id}:{items[i].dedup_key}"]]
+            first, _row = created[pending_keys[items[i].dedup_key]]
             _add_occurrence(session, session.get_one(Incident, first.id), items[i], actor, now)
             outcomes[i] = (first, False)
     session.flush()
@@ -614,6 +630,7 @@ def _insert_incidents(
     new_rows: Sequence[tuple[int, IncidentCreate, System | None]],
     refs: Sequence[str],
     participants: Sequence[list[tuple[int | None, int | None, str]]],
+    open_keys: dict[int, str | None],
     actor: Actor,
     now: datetime,
 ) -> dict[int, tuple["_Filed", dict[str, Any]]]:
@@ -622,7 +639,7 @@ def _insert_incidents(
     # per-object bookkeeping was most of a filing's cost, four-fifths of it for 500 incidents (bench/intake.py).
     session.flush()  # what is pending (occurrences of older incidents) is written first, as it always was
     values = []
-    for (_, item, system), ref in zip(new_rows, refs, strict=True):
+    for (i, item, system), ref in zip(new_rows, refs, strict=True):
         row: dict[str, Any] = {
             "ref": ref, "title": item.title, "category": item.category, "priority": item.priority,
             "status": Status.NEW, "class": IncidentClass.ORDINARY, "tlp": item.tlp, "exercise": item.exercise,
@@ -630,7 +647,7 @@ def _insert_incidents(
             "beyond_capacity": bool(item.beyond_capacity),
             "notified_parties": [p.value for p in item.notified_parties or []],
             "dedup_key": item.dedup_key,
-            "open_dedup_key": f"{actor.organisation_id}:{item.dedup_key}" if item.dedup_key else None,
+            "open_dedup_key": open_keys.get(i),
             "created_by_id": actor.user_id, "created_at": now, "updated_at": now, "status_changed_at": now,
         }  # fmt: skip
         # The columns _apply_fields(incident, item, {*_FORM_FIELDS, "reporter", "contact"}) would set.
@@ -665,6 +682,34 @@ def _insert_incidents(
         i: (_Filed(incident_id, row["ref"], row["status"]), row)
         for incident_id, row, (i, _, _) in zip(ids, values, new_rows, strict=True)
     }
+
+
+def dedup_scopes(organisation_id: int, user_id: int, key: str) -> tuple[str, str]:
+    """Where an open incident's `dedup_key` is held: the filer's organisation, else the filer alone.
+
+    A filer whose organisation's holder is hidden from them files anew under their own scope, so the unique index
+    still settles races while grouping never reaches an incident its filer may not see.
+    """
+    return f"{organisation_id}:{key}", f"u{user_id}:{key}"
+
+
+def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str], dict[str, Incident]]:
+    """Which scoped keys are held by open incidents, and for each dedup key the open incident `actor` may see."""
+    if not keys:
+        return set(), {}
+    scopes = {key: dedup_scopes(actor.organisation_id, actor.user_id, key) for key in keys}
+    rows = session.execute(
+        select(Incident.id, Incident.open_dedup_key, case((visible_incidents(actor), True), else_=False)).where(
+            Incident.open_dedup_key.in_([scope for pair in scopes.values() for scope in pair])
+        )
+    ).all()
+    held = {row.open_dedup_key for row in rows}
+    visible = {row.open_dedup_key: row.id for row in rows if row[2]}
+    ids = set(visible.values())
+    loaded = {i.id: i for i in session.scalars(select(Incident).where(Incident.id.in_(ids)))} if ids else {}
+    # The organisation's incident first: grouping stays as wide as the filer's sight allows.
+    found = {key: next((visible[s] for s in pair if s in visible), None) for key, pair in scopes.items()}
+    return held, {key: loaded[incident_id] for key, incident_id in found.items() if incident_id is not None}
 
 
 class _Filed(NamedTuple):
@@ -802,21 +847,44 @@ def occurrence_count(session: Session, incident_id: int) -> int:
 
 
 def list_events(session: Session, actor: Actor, incident_id: int | str, *, after: int, limit: int) -> list[Event]:
+    """The timeline as `actor` may read it: each event under its own TLP (the strictest it recorded)."""
     incident = get_incident(session, actor, incident_id)
-    stmt = select(Event).where(Event.incident_id == incident.id, Event.id > after).order_by(Event.id).limit(limit)
+    # An event without a TLP of its own (none are written so now) reads as the incident's.
+    level = func.coalesce(Event.tlp, str(incident.tlp))
+    stmt = (
+        select(Event)
+        .where(Event.incident_id == incident.id, Event.id > after, tlp_clause(actor, level, Event.incident_id))
+        .order_by(Event.id)
+        .limit(limit)
+    )
     return list(session.scalars(stmt))
+
+
+def _readable_comments(actor: Actor, incident_id: int) -> Any:
+    """Comments `actor` may read, each with only the earlier bodies `actor` may read (under their own TLP)."""
+    return (
+        select(Comment)
+        .where(Comment.incident_id == incident_id, visible_comments(actor))
+        .options(
+            selectinload(Comment.revisions.and_(visible_revisions(actor, incident_id))), selectinload(Comment.author)
+        )
+        .execution_options(populate_existing=True)
+    )
 
 
 def list_comments(session: Session, actor: Actor, incident_id: int | str, *, after: int, limit: int) -> list[Comment]:
     incident = get_incident(session, actor, incident_id)
-    stmt = (
-        select(Comment)
-        .where(Comment.incident_id == incident.id, Comment.id > after, visible_comments(actor))
-        .options(selectinload(Comment.revisions), selectinload(Comment.author))
-        .order_by(Comment.id)
-        .limit(limit)
-    )
+    stmt = _readable_comments(actor, incident.id).where(Comment.id > after).order_by(Comment.id).limit(limit)
     return list(session.scalars(stmt))
+
+
+def get_comment(session: Session, actor: Actor, incident_id: int | str, comment_id: int) -> Comment:
+    """One comment as `actor` may read it; NotFound when it is not theirs to see."""
+    incident = get_incident(session, actor, incident_id)
+    comment = session.scalar(_readable_comments(actor, incident.id).where(Comment.id == comment_id))
+    if comment is None:
+        raise NotFound(f"no comment {comment_id}")
+    return comment
 
 
 # ---------------------------------------------------------------------------------------------- changing
@@ -838,6 +906,9 @@ def update_incident(*, session: Session, incident_id: int | str, data: IncidentU
     def work() -> Incident:
         incident = _locked_incident(session, actor, incident_id)
         fields = set(data.model_fields_set)
+        before = str(incident.tlp)
+        if "tlp" in fields:
+            check_tlp_change(actor, before, data.tlp)
         system_change = None
         if "affected_system" in fields:
             fields.discard("affected_system")
@@ -863,6 +934,7 @@ def update_incident(*, session: Session, incident_id: int | str, data: IncidentU
             incident=incident,
             at=now,
             data={"ref": incident.ref, "status": str(incident.status), "changes": changes},
+            tlp=before,  # the old values were written under the old level
         )
         return incident
 
@@ -900,8 +972,7 @@ def add_observables(
 
 def transition(*, session: Session, incident_id: int | str, data: TransitionIn, actor: Actor) -> Incident:
     """Move an incident along the procedure; 409 lists the allowed targets."""
-    if actor.role not in (Role.ADMIN, Role.OPERATOR, Role.RESPONDER):
-        raise Forbidden(f"the role {actor.role} may not move incidents")
+    require(actor, Capability.MOVE_INCIDENT, f"the role {actor.role} may not move incidents")
 
     def work() -> Incident:
         incident = _locked_incident(session, actor, incident_id)
@@ -948,9 +1019,9 @@ def transition(*, session: Session, incident_id: int | str, data: TransitionIn, 
         if data.to in TERMINAL_STATUSES:
             incident.open_dedup_key = None
         elif current is Status.CLOSED and incident.dedup_key:
-            key = f"{incident.created_by.organisation_id}:{incident.dedup_key}"
-            taken = session.scalar(select(Incident.id).where(Incident.open_dedup_key == key))
-            incident.open_dedup_key = None if taken else key
+            scopes = dedup_scopes(incident.created_by.organisation_id, incident.created_by_id, incident.dedup_key)
+            taken = set(session.scalars(select(Incident.open_dedup_key).where(Incident.open_dedup_key.in_(scopes))))
+            incident.open_dedup_key = next((k for k in scopes if k not in taken), None)
         if current is Status.CLOSED:
             incident.closed_at = None  # reopened: open again, whether or not it carries a dedup_key
         incident.status = data.to
@@ -1012,8 +1083,7 @@ def classify(*, session: Session, incident_id: int | str, data: ClassificationIn
         if data.beyond_capacity is not None:
             incident.beyond_capacity = data.beyond_capacity
         if data.action == "propose":
-            if actor.role not in (Role.ADMIN, Role.OPERATOR, Role.RESPONDER):
-                raise Forbidden(f"the role {actor.role} may not propose a class")
+            require(actor, Capability.PROPOSE_CLASS, f"the role {actor.role} may not propose a class")
             if data.incident_class is not IncidentClass.SERIOUS:
                 raise ValidationFailed(
                     "only the serious class is proposed", errors=[FieldError("class", "propose serious")]
@@ -1025,8 +1095,7 @@ def classify(*, session: Session, incident_id: int | str, data: ClassificationIn
             incident.class_proposal_note = data.note
             kind = "incident.classification_proposed"
         else:
-            if actor.role not in (Role.ADMIN, Role.COMMITTEE):
-                raise Forbidden("only the committee or an admin decides the class")
+            require(actor, Capability.DECIDE_CLASS, "only the committee or an admin decides the class")
             incident.incident_class = data.incident_class
             incident.class_decided_by_id = actor.user_id
             incident.class_decided_at = now
@@ -1054,9 +1123,11 @@ def classify(*, session: Session, incident_id: int | str, data: ClassificationIn
 
 def add_comment(*, session: Session, incident_id: int | str, data: CommentCreate, actor: Actor) -> Comment:
     """Add a comment; its TLP defaults to the incident's."""
+    require(actor, Capability.COMMENT)
 
     def work() -> Comment:
         incident = get_incident(session, actor, incident_id)
+        check_tlp_change(actor, incident.tlp, data.tlp)
         now = utcnow()
         comment = Comment(
             incident_id=incident.id, author_id=actor.user_id, body=data.body, tlp=data.tlp or incident.tlp,
@@ -1066,7 +1137,7 @@ def add_comment(*, session: Session, incident_id: int | str, data: CommentCreate
         incident.updated_at = now
         session.flush()
         record_event(
-            session, kind="comment.created", actor=actor, incident=incident, at=now,
+            session, kind="comment.created", actor=actor, incident=incident, at=now, tlp=comment.tlp,
             data={
                 "ref": incident.ref,
                 "status": str(incident.status),
@@ -1091,8 +1162,10 @@ def edit_comment(
         )
         if comment is None:
             raise NotFound(f"no comment {comment_id}")
-        if comment.author_id != actor.user_id and actor.role is not Role.ADMIN:
+        if comment.author_id != actor.user_id and not allows(actor, Capability.EDIT_ANY_COMMENT):
             raise Forbidden("only the author or an admin edits a comment")
+        before = str(comment.tlp)
+        check_tlp_change(actor, before, data.tlp)
         now = utcnow()
         session.add(
             CommentRevision(
@@ -1105,7 +1178,7 @@ def edit_comment(
             comment.tlp = data.tlp
         comment.updated_at = now
         record_event(
-            session, kind="comment.edited", actor=actor, incident=incident, at=now,
+            session, kind="comment.edited", actor=actor, incident=incident, at=now, tlp=stricter(before, comment.tlp),
             data={
                 "ref": incident.ref,
                 "status": str(incident.status),
@@ -1120,8 +1193,7 @@ def edit_comment(
 
 def add_participant(*, session: Session, incident_id: int | str, data: ParticipantIn, actor: Actor) -> Participant:
     """Name a user or an organisation as taking part; this widens who may see amber+strict and red."""
-    if actor.role not in (Role.ADMIN, Role.OPERATOR):
-        raise Forbidden("only operators and admins change participants")
+    require(actor, Capability.MANAGE_PARTICIPANTS, "only operators and admins change participants")
 
     def work() -> Participant:
         incident = _locked_incident(session, actor, incident_id)
@@ -1161,8 +1233,7 @@ def add_participant(*, session: Session, incident_id: int | str, data: Participa
 
 
 def remove_participant(*, session: Session, incident_id: int | str, participant_id: int, actor: Actor) -> None:
-    if actor.role not in (Role.ADMIN, Role.OPERATOR):
-        raise Forbidden("only operators and admins change participants")
+    require(actor, Capability.MANAGE_PARTICIPANTS, "only operators and admins change participants")
 
     def work() -> None:
         incident = _locked_incident(session, actor, incident_id)
@@ -1186,8 +1257,7 @@ def remove_participant(*, session: Session, incident_id: int | str, participant_
 
 def save_system(*, session: Session, data: SystemCreate, actor: Actor) -> System:
     """Create or replace a system in the asset registry (keyed by code)."""
-    if actor.role not in (Role.ADMIN, Role.OPERATOR):
-        raise Forbidden("only operators and admins edit the registry")
+    require(actor, Capability.MANAGE_REGISTRY, "only operators and admins edit the registry")
 
     def work() -> System:
         system = session.scalar(select(System).where(System.code == data.code)) or System(code=data.code)

@@ -111,14 +111,14 @@ def test_intake_token_reads_back_only_what_it_filed(client, make_token, operator
     assert listed_ids(client, operator) == {mine["id"], theirs["id"], by_operator["id"]}
 
 
-def test_intake_token_reads_an_incident_its_repeat_was_added_to(client, make_token):
+def test_intake_token_never_reaches_another_filers_incident_through_its_dedup_key(client, make_token):
     siem = make_token("intake", "dic", username="siem")
     scanner = make_token("intake", "dic", username="scanner")
     first = file(client, siem, dedup_key="shared-alert")
     assert client.get(f"{URL}/{first['id']}", headers=scanner).status_code == 404
     repeat = client.post(URL, json=incident_payload(dedup_key="shared-alert"), headers=scanner)
-    assert (repeat.status_code, repeat.json["id"]) == (200, first["id"])
-    assert client.get(f"{URL}/{first['id']}", headers=scanner).status_code == 200
+    assert repeat.status_code == 201 and repeat.json["id"] != first["id"]
+    assert client.get(f"{URL}/{first['id']}", headers=scanner).status_code == 404
 
 
 def test_responder_sees_only_incidents_their_organisation_takes_part_in(client, make_token, operator):

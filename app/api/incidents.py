@@ -131,7 +131,9 @@ def list_incidents() -> Response:
     session = db.session()
     items, next_cursor = service.list_incidents(session, actor, query)
     counts = service.occurrence_counts(session, [i.id for i in items])
-    return jsonify({"items": [out.incident(i, counts.get(i.id, 0)) for i in items], "next_cursor": next_cursor})
+    response = jsonify({"items": [out.incident(i, counts.get(i.id, 0)) for i in items], "next_cursor": next_cursor})
+    audit.record_read(session, actor=actor, incident=items, what="incidents", source_ip=request.remote_addr)
+    return response
 
 
 def _read(incident_id: str) -> Response:
@@ -273,11 +275,9 @@ def post_comment(incident_id: str) -> tuple[Response, int]:
 )
 def patch_comment(incident_id: str, comment_id: int) -> Response:
     data = body(CommentUpdate)
-    comment = service.edit_comment(
-        session=db.session(), incident_id=incident_id, comment_id=comment_id, data=data, actor=current_actor()
-    )
-    db.session().refresh(comment)
-    return jsonify(out.comment(comment))
+    actor = current_actor()
+    service.edit_comment(session=db.session(), incident_id=incident_id, comment_id=comment_id, data=data, actor=actor)
+    return jsonify(out.comment(service.get_comment(db.session(), actor, incident_id, comment_id)))
 
 
 @operation(
@@ -288,8 +288,11 @@ def patch_comment(incident_id: str, comment_id: int) -> Response:
     errors=(401, 404),
 )
 def list_participants(incident_id: str) -> Response:
-    incident = service.get_incident(db.session(), current_actor(), incident_id)
-    return jsonify({"items": [out.participant(p) for p in incident.participants], "next_cursor": None})
+    actor = current_actor()
+    incident = service.get_incident(db.session(), actor, incident_id)
+    response = jsonify({"items": [out.participant(p) for p in incident.participants], "next_cursor": None})
+    _audit_read(actor, str(incident.id), "participants")
+    return response
 
 
 @operation(
