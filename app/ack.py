@@ -1,6 +1,8 @@
 """The e-mail's acknowledgement link: a GET shows a confirmation form and never acknowledges (mail scanners open
 GET links); only its POST acknowledges, as the person the signed link names. Also paging's CLI and settings."""
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import click
@@ -8,6 +10,8 @@ from flask import Blueprint, Flask, current_app, render_template, request
 from flask.cli import AppGroup
 
 from app import db
+from incidents import audit
+from incidents.base import utcnow
 from incidents.errors import Conflict, Forbidden, NotFound
 from playbooks import directory, engine, service, spec
 from playbooks.models import Contact, Page
@@ -15,7 +19,20 @@ from playbooks.models import Contact, Page
 bp = Blueprint("ack", __name__)
 
 
-def _resolve(token: str) -> tuple[Page, Contact] | None:
+@dataclass(frozen=True)
+class Link:
+    """What a genuine ack link names: the page, its recipient, and until when the link works."""
+
+    page: Page
+    contact: Contact
+    until: datetime
+
+    @property
+    def expired(self) -> bool:
+        return self.until <= utcnow()
+
+
+def _resolve(token: str) -> Link | None:
     parsed = engine.read_ack_token(str(current_app.config["SECRET_KEY"]), token)
     if parsed is None:
         return None
@@ -23,44 +40,51 @@ def _resolve(token: str) -> tuple[Page, Contact] | None:
     page, contact = session.get(Page, parsed[0]), session.get(Contact, parsed[1])
     if page is None or contact is None:
         return None
-    return page, contact
+    return Link(page, contact, parsed[2])
 
 
-def _render(token: str, found: tuple[Page, Contact] | None, *, done: str | None = None, status: int = 200) -> Any:
-    if found is None:
+def _render(token: str, link: Link | None, *, done: str | None = None, status: int = 200) -> Any:
+    if link is None:
         return render_template("ack.html", invalid=True), 404
-    page, contact = found
+    until = engine.local_time(link.until)
+    if link.expired:
+        # 410: the link was genuine but its time is over; nothing on this page can acknowledge.
+        return render_template("ack.html", invalid=False, expired=True, until=until), 410
     return render_template(
-        "ack.html", page=page, contact=contact, incident=page.incident, token=token, done=done, invalid=False
-    ), status
+        "ack.html", page=link.page, contact=link.contact, incident=link.page.incident, token=token, done=done,
+        invalid=False, expired=False, until=until,
+    ), status  # fmt: skip
 
 
 @bp.get("/ack/<token>")
 def confirm_form(token: str) -> Any:
-    """Show what would be acknowledged, with a button; nothing changes."""
+    """Show what would be acknowledged, with a button and until when the link works; nothing changes."""
     return _render(token, _resolve(token))
 
 
 @bp.post("/ack/<token>")
 def confirm(token: str) -> Any:
-    """Acknowledge as the recipient the link names (the signed link is the credential, no session needed)."""
-    found = _resolve(token)
-    if found is None:
+    """Acknowledge as the recipient the link names (the signed, unexpired link is the credential, no session)."""
+    link = _resolve(token)
+    if link is None:
         return _render(token, None)
-    page, contact = found
+    if link.expired:
+        audit.record_refused_link(db.session(), page_id=link.page.id, contact_id=link.contact.id,
+                                  reason="link expired", source_ip=request.remote_addr)  # fmt: skip
+        return _render(token, link)
     try:
         page = service.acknowledge_page(
             session=db.session(),
-            page_id=page.id,
-            by_contact_id=contact.id,
+            page_id=link.page.id,
+            by_contact_id=link.contact.id,
             via="email",
             note=(request.form.get("note") or "")[:2000] or None,
             source_ip=request.remote_addr,
         )
     except (Forbidden, NotFound, Conflict) as exc:
-        return _render(token, (page, contact), done=f"refused: {exc.detail}", status=403)
+        return _render(token, link, done=f"refused: {exc.detail}", status=403)
     db.session().refresh(page)
-    return _render(token, (page, contact), done="acknowledged")
+    return _render(token, Link(page, link.contact, link.until), done="acknowledged")
 
 
 @bp.get("/directory/confirm/<token>")

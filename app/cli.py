@@ -21,7 +21,7 @@ from incidents import accounts, audit, roster, service
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import DomainError
-from incidents.models import ApiToken
+from incidents.models import ApiToken, AuditEntry
 from playbooks import seed
 
 ROLES = click.Choice([r.value for r in Role])
@@ -48,13 +48,20 @@ def init_db(no_demo: bool) -> None:
     """Create or migrate the schema and load the roster; safe to run twice."""
     instance = Path(current_app.instance_path)
     instance.mkdir(parents=True, exist_ok=True)
-    key_file = instance / "secret_key"
-    if not os.environ.get("UCSC_SECRET_KEY") and not key_file.exists():
-        key_file.write_text(secrets.token_hex(32))
-        key_file.chmod(0o600)
-        click.echo(f"secret key written to {key_file}")
+    for name, variable in (("secret_key", "UCSC_SECRET_KEY"), ("audit_key", "UCSC_AUDIT_KEY")):
+        key_file = instance / name
+        if not os.environ.get(variable) and not key_file.exists():
+            key_file.write_text(secrets.token_hex(32))
+            key_file.chmod(0o600)
+            click.echo(f"{name.replace('_', ' ')} written to {key_file}")
+            if name == "audit_key":
+                current_app.config["AUDIT_KEY"] = key_file.read_text()
+                install_audit_keys(current_app)
     migrate()
     session = db.session()
+    # Rows written before audit keys existed are pinned by a signed checkpoint after them.
+    if session.scalar(select(AuditEntry.mac).order_by(AuditEntry.id.desc()).limit(1)) is None:
+        audit.checkpoint(session, actor=_cli_actor(), anchor_file=_anchor_file(), only_if_new=True)
     with session.begin():
         counts = roster.load_roster(session, yaml.safe_load((_HERE / "incidents" / "roster.yaml").read_text()))
         systems = 0
@@ -121,6 +128,7 @@ def create_token(name: str, role: str, user: str | None, organisation: str | Non
             session=session, name=name, role=Role(role), digest=digest, user=user,
             organisation=organisation or current_app.config["STANDING_BODY"],
             webhook=(webhook, webhook_secret) if webhook else None,
+            outbound_allow=current_app.config["OUTBOUND_ALLOW"],
         )  # fmt: skip
         audit.append(session, action=audit.Action.TOKEN_CREATED, actor=_cli_actor(), target=name,
                      data={"token_id": api_token.id, "role": role, "user": user or name})  # fmt: skip
@@ -178,12 +186,32 @@ audit_cli = AppGroup("audit", help="Check and export the hash-chained audit trai
 
 @audit_cli.command("verify")
 def audit_verify() -> None:
-    """Recompute the hash chain; exit 1 naming the first broken row."""
-    result = audit.verify(db.session())
+    """Recompute the hash chain, the rows' signatures and the checkpoints; exit 1 naming the first broken row."""
+    result = audit.verify(db.session(), anchor_file=_anchor_file())
     if not result.ok:
-        click.echo(f"audit trail broken at row {result.first_bad_id}: {result.reason}")
+        where = f"at row {result.first_bad_id}" if result.first_bad_id is not None else "before its first row"
+        click.echo(f"audit trail broken {where}: {result.reason}")
         sys.exit(1)
     click.echo(f"audit trail intact: {result.checked} rows")
+
+
+@audit_cli.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Append a signed checkpoint and keep its copy in UCSC_AUDIT_ANCHOR_FILE, outside the database."""
+    anchor_file = _anchor_file()
+    anchor = audit.checkpoint(db.session(), actor=_cli_actor(), anchor_file=anchor_file)
+    assert anchor is not None  # noqa: S101 - a checkpoint asked for unconditionally is always written
+    click.echo(f"audit checkpoint at row {anchor.id} ({anchor.count} rows), anchored in {anchor_file}")
+
+
+def _anchor_file() -> Path:
+    return Path(current_app.config["AUDIT_ANCHOR_FILE"])
+
+
+def install_audit_keys(app: Flask) -> None:
+    """Sign the audit rows this app's engine writes with UCSC_AUDIT_KEY; UCSC_AUDIT_KEYS_OLD still verify."""
+    keys = audit.Keys.parse(str(app.config["AUDIT_KEY"]), app.config.get("AUDIT_KEYS_OLD") or "")
+    audit.install(app.extensions["ucsc.engine"], keys)
 
 
 @audit_cli.command("export")
@@ -204,5 +232,6 @@ def audit_export(since: datetime, until: datetime, output: Path | None) -> None:
 
 
 def init_app(app: Flask) -> None:
+    install_audit_keys(app)
     for command in (init_db, create_user, create_token, revoke_token, audit_cli):
         app.cli.add_command(command)

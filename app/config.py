@@ -70,6 +70,7 @@ DEFAULTS: dict[str, object] = {
     "PAGING_ESCALATION_GRACE_SECONDS": 0,
     "PAGING_LEASE_SECONDS": 30,
     "FOCAL_POINT_CONFIRM_HOURS": 24,
+    "ACK_LINK_TTL_HOURS": 168,  # an e-mail's acknowledgement link works this long after it was sent
     "PAGING_START_INLINE": True,
     # Observability: `json` logs one object per line with the request id; /metrics behind a token if set
     "LOG_FORMAT": "text",

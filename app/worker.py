@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import deadline_paging, stix_worker, telegram_bot
 from app.observability import log_config
-from incidents import jobs, receipts  # noqa: F401 - registers the receipt job kinds
+from incidents import audit, jobs, receipts  # noqa: F401 - registers the receipt job kinds
 from incidents.base import utcnow
 from notifiers.registry import build_notifiers
 
@@ -214,6 +214,7 @@ class Worker:
             session.connection(execution_options={"ucsc_write": True})
             jobs.schedule_sweep(session)
             deadline_paging.schedule(session, self.ctx.config)  # Form 05 reminders before 20 June and 15 December
+            audit.schedule_checkpoint(session, self.ctx.config)  # signed checkpoints of the audit trail
 
     def _after_commit(self, session: Session) -> None:
         if session.info.pop(jobs.JOBS_WRITTEN, False):

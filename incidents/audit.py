@@ -1,22 +1,27 @@
 """The audit trail: append-only, hash-chained rows of security-relevant acts, separate from the timeline."""
 
 import hashlib
+import hmac
 import json
-from collections.abc import Iterable
+import os
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from incidents import service
+from incidents import jobs, service
 from incidents.access import Actor
 from incidents.base import utcnow
-from incidents.enums import TLP, Role
+from incidents.enums import TLP
 from incidents.errors import Forbidden
 from incidents.models import AuditEntry, Incident
+from incidents.policy import Capability, allows
 
 ZERO_HASH = "0" * 64
 # Reads of these levels are audited; the order is the stricter-wins order of `access.py`.
@@ -46,9 +51,57 @@ class Action(StrEnum):
     EVIDENCE_DOWNLOADED = "evidence.downloaded"
     TELEGRAM_LINK_CREATED = "telegram.link_created"  # a one-time code that links a Telegram account to a contact
     TELEGRAM_UNLINKED = "telegram.unlinked"
+    CHECKPOINT = "audit.checkpoint"  # names the row before it and the count so far; its copy is kept outside the DB
 
 
 ACTIONS = frozenset(Action)
+CHECKPOINT_JOB = "audit.checkpoint"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The audit key that signs new rows, and retired keys (oldest first) that still verify older rows."""
+
+    current: bytes
+    old: tuple[bytes, ...] = ()
+
+    @classmethod
+    def parse(cls, current: str, old: str | Sequence[str] = ()) -> "Keys":
+        """Keys from configuration: `UCSC_AUDIT_KEY` and the comma-separated `UCSC_AUDIT_KEYS_OLD`."""
+        retired = old.split(",") if isinstance(old, str) else old
+        return cls(current.encode(), tuple(k.strip().encode() for k in retired if k.strip()))
+
+    @staticmethod
+    def key_id(key: bytes) -> str:
+        return hashlib.sha256(b"ucsc-audit-key-id:" + key).hexdigest()[:16]
+
+    def ranked(self) -> dict[str, tuple[int, bytes]]:
+        """Each key by its id, with its place in the rotation order (the current key last)."""
+        return {self.key_id(k): (rank, k) for rank, k in enumerate((*self.old, self.current))}
+
+    def sign(self, text: str) -> tuple[str, str]:
+        return self.key_id(self.current), mac(self.current, text)
+
+
+def mac(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+# Keys per engine rather than per process: the web app and the worker share an engine, tests build several apps.
+_KEYS: "weakref.WeakKeyDictionary[Engine, Keys]" = weakref.WeakKeyDictionary()
+
+
+def install(engine: Engine, keys: Keys) -> None:
+    """Sign the audit rows written through `engine` with `keys` (called where the app builds its engine)."""
+    _KEYS[engine] = keys
+
+
+def keys_of(session: Session) -> Keys:
+    bind = session.get_bind()
+    keys = _KEYS.get(getattr(bind, "engine", bind))
+    if keys is None:
+        raise RuntimeError("no audit key is installed for this database engine (audit.install)")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -147,13 +200,24 @@ def append(
 
 
 def _link_pending(session: Session, entries: list[AuditEntry]) -> None:
-    """Chain the transaction's rows to the last one at commit (`service.at_commit`, after its events).
-    PostgreSQL: under the feed lock, which serialises every writer from there to its commit, so the last hash read
+    """Chain and sign the transaction's rows after the last one at commit (`service.at_commit`, after its events).
+    PostgreSQL: under the feed lock, which serialises every writer from there to its commit, so the last row read
     here is still the last at commit; SQLite: the caller's BEGIN IMMEDIATE does the same."""
-    prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)) or ZERO_HASH
+    keys = keys_of(session)
+    last = session.execute(select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).first()
+    last_id, prev_hash = (last.id, last.hash) if last else (None, ZERO_HASH)
+    checkpoints = any(e.action == Action.CHECKPOINT for e in entries)
+    count = session.scalar(select(func.count()).select_from(AuditEntry)) if checkpoints else 0
     for entry in entries:
+        if entry.action == Action.CHECKPOINT:
+            entry.data = {"last_id": last_id, "last_hash": prev_hash, "count": count}
         entry.prev_hash = prev_hash
         entry.hash = prev_hash = _hash_of(entry)
+        entry.key_id, entry.mac = keys.sign(entry.hash)
+        if checkpoints:  # a checkpoint names the id of the row before it
+            session.add(entry)
+            session.flush()
+            last_id, count = entry.id, count + 1
     session.add_all(entries)
     session.flush()
 
@@ -161,22 +225,138 @@ def _link_pending(session: Session, entries: list[AuditEntry]) -> None:
 service.at_commit(PENDING, _link_pending)
 
 
-def verify(session: Session) -> VerifyResult:
-    """Recompute the chain in id order; name the first row whose link or contents do not match."""
+@dataclass(frozen=True)
+class Anchor:
+    """The latest checkpoint as kept outside the database: the row, its hash, the count through it, signed."""
+
+    id: int
+    hash: str
+    count: int
+    key_id: str
+    mac: str
+
+    @staticmethod
+    def text(row_id: int, row_hash: str, count: int) -> str:
+        return f"anchor:{row_id}:{row_hash}:{count}"
+
+
+def checkpoint(session: Session, *, actor: str, anchor_file: Path | None, only_if_new: bool = False) -> Anchor | None:
+    """Append a checkpoint row and keep its signed copy in `anchor_file`; None when `only_if_new` and nothing is."""
+
+    def work() -> AuditEntry | None:
+        last = session.scalar(select(AuditEntry.action).order_by(AuditEntry.id.desc()).limit(1))
+        if only_if_new and last in (None, Action.CHECKPOINT):
+            return None
+        return append(session, action=Action.CHECKPOINT, actor=actor)
+
+    entry = service.in_transaction(session, work)
+    if entry is None:
+        return None
+    count = entry.data["count"] + 1
+    key_id, signature = keys_of(session).sign(Anchor.text(entry.id, entry.hash, count))
+    anchor = Anchor(entry.id, entry.hash, count, key_id, signature)
+    if anchor_file is not None:
+        _keep(anchor_file, anchor)
+    return anchor
+
+
+def _keep(path: Path, anchor: Anchor) -> None:
+    """Replace the anchor file atomically, unless it already names a later checkpoint (another writer's)."""
+    kept = read_anchor(path)
+    if isinstance(kept, Anchor) and kept.id >= anchor.id:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(anchor.__dict__, sort_keys=True) + "\n")
+    partial.chmod(0o600)
+    partial.replace(path)
+
+
+def read_anchor(path: Path) -> Anchor | str | None:
+    """The anchor kept in `path`, None when there is none yet, or why it cannot be read."""
+    try:
+        raw = json.loads(path.read_text())
+        return Anchor(int(raw["id"]), str(raw["hash"]), int(raw["count"]), str(raw["key_id"]), str(raw["mac"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the checkpoint kept in {path} cannot be read ({exc.__class__.__name__})"
+
+
+def verify(session: Session, *, keys: Keys | None = None, anchor_file: Path | None = None) -> VerifyResult:
+    """Recompute the chain in id order, check each row's signature and the checkpoints, and the anchor kept outside
+    the database; name the first row that does not match."""
+    keys = keys or keys_of(session)
+    ranked = keys.ranked()
+    anchor = read_anchor(anchor_file) if anchor_file is not None else None
+    # A bad anchor is reported after the rows: a wrong key or an edited row is the likelier, more precise finding.
+    unusable = anchor if isinstance(anchor, str) else None
+    if isinstance(anchor, Anchor):
+        signer = ranked.get(anchor.key_id)
+        text = Anchor.text(anchor.id, anchor.hash, anchor.count)
+        if signer is None or not hmac.compare_digest(anchor.mac, mac(signer[1], text)):
+            unusable = f"the checkpoint kept in {anchor_file} (row {anchor.id}) is not signed by a known audit key"
+    if unusable:
+        anchor = None
     # Plain rows, not entities: a long trail streams through without filling the identity map.
     stmt = select(AuditEntry.__table__).order_by(AuditEntry.id)
     result = session.execute(stmt.execution_options(yield_per=_YIELD_PER))
-    expected, previous_id, checked = ZERO_HASH, None, 0
+    expected, previous_id, checked, rank, anchored = ZERO_HASH, None, 0, None, False
     try:
         for row in result:
             if row.prev_hash != expected:
                 return VerifyResult(False, checked, row.id, _broken_link(previous_id))
             if _hash_of(row) != row.hash:
                 return VerifyResult(False, checked, row.id, "its contents do not match its hash (the row was edited)")
+            problem, rank = _signature_problem(row, ranked, rank)
+            if problem is None and row.action == Action.CHECKPOINT:
+                problem = _checkpoint_problem(row, previous_id, checked)
+            if problem is None and anchor is not None and row.id == anchor.id:
+                anchored = True
+                if row.hash != anchor.hash or checked + 1 != anchor.count:
+                    problem = f"it does not match the checkpoint kept in {anchor_file} (rows before it were changed)"
+            if problem:
+                return VerifyResult(False, checked, row.id, problem)
             expected, previous_id, checked = row.hash, row.id, checked + 1
     finally:
         result.close()
+    if checked and rank is None:
+        return VerifyResult(False, checked, previous_id, "no row is signed with an audit key")
+    if unusable:
+        return VerifyResult(False, checked, None, unusable)
+    if anchor is not None and not anchored:
+        reason = (
+            f"the checkpoint kept in {anchor_file} names this row ({anchor.count} rows in all), but the trail ends "
+            f"at row {previous_id} with {checked} rows: rows were deleted from its end"
+        )
+        return VerifyResult(False, checked, anchor.id, reason)
     return VerifyResult(True, checked)
+
+
+def _signature_problem(
+    row: Any, ranked: dict[str, tuple[int, bytes]], rank: int | None
+) -> tuple[str | None, int | None]:
+    """Why the row's MAC does not hold (None if it does), and the rotation rank reached."""
+    if row.mac is None:
+        # Rows written before audit keys existed are pinned by the first signed row's link to them.
+        if rank is None:
+            return None, None
+        return "it carries no MAC though rows before it do (written without the audit key)", rank
+    signer = ranked.get(row.key_id)
+    if signer is None:
+        return f"it is signed by audit key {row.key_id}, which is neither UCSC_AUDIT_KEY nor one of the old keys", rank
+    if rank is not None and signer[0] < rank:
+        return f"it is signed by retired audit key {row.key_id} after rows signed by a newer one", rank
+    if not hmac.compare_digest(row.mac, mac(signer[1], row.hash)):
+        return "its MAC does not match its hash under the audit key (rewritten by someone without the key)", rank
+    return None, signer[0]
+
+
+def _checkpoint_problem(row: Any, previous_id: int | None, checked: int) -> str | None:
+    named = (row.data.get("last_id"), row.data.get("count"))
+    if named != (previous_id, checked) or row.data.get("last_hash") != row.prev_hash:
+        return f"the checkpoint names row {named[0]} and {named[1]} rows before it, not row {previous_id} and {checked}"
+    return None
 
 
 def _broken_link(previous_id: int | None) -> str:
@@ -186,6 +366,27 @@ def _broken_link(previous_id: int | None) -> str:
         f"its prev_hash is not the hash of row {previous_id}: a row between them was deleted, "
         f"or row {previous_id}'s hash was rewritten"
     )
+
+
+def schedule_checkpoint(session: Session, config: dict[str, Any], *, after: datetime | None = None) -> None:
+    """Queue the next periodic checkpoint (`AUDIT_CHECKPOINT_SECONDS`), one per time slot whoever asks."""
+    every = float(config.get("AUDIT_CHECKPOINT_SECONDS") or 0)
+    if every <= 0:
+        return
+    slot = int((after or utcnow()).timestamp() // every) + 1
+    at = datetime.fromtimestamp(slot * every, UTC)
+    jobs.enqueue(session, CHECKPOINT_JOB, run_at=at, key=f"{CHECKPOINT_JOB}:{every:g}:{slot}")
+
+
+def _checkpoint_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+    """The worker's periodic checkpoint (skipped when nothing was appended since the last), then the next one."""
+    anchor_file = ctx.config.get("AUDIT_ANCHOR_FILE")
+    with ctx.sessions() as session:
+        checkpoint(session, actor="worker", anchor_file=Path(anchor_file) if anchor_file else None, only_if_new=True)
+        service.in_transaction(session, lambda: schedule_checkpoint(session, ctx.config, after=utcnow()))
+
+
+jobs.job_kind(CHECKPOINT_JOB, max_attempts=3, lease_seconds=60)(_checkpoint_job)
 
 
 def as_dict(entry: Any) -> dict[str, Any]:
@@ -228,7 +429,7 @@ def export_range(
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """An admin's (or the server's shell's) export of a range, itself recorded as `audit.exported`."""
-    if isinstance(actor, Actor) and actor.role is not Role.ADMIN:
+    if isinstance(actor, Actor) and not allows(actor, Capability.READ_AUDIT):
         raise Forbidden("only an admin may export the audit trail")
 
     def work() -> list[dict[str, Any]]:
@@ -252,21 +453,41 @@ def record_read(
     session: Session,
     *,
     actor: Actor,
-    incident: Incident | int | str,
+    incident: Incident | int | str | Sequence[Incident],
     what: str,
     source_ip: str | None = None,
     tlps: Iterable[str | None] = (),
 ) -> AuditEntry | None:
-    """After a read that `actor` was allowed: audit it, in a write transaction of its own, if it was restricted."""
-    ref, tlp = _ref_and_tlp(session, incident)
-    level = stricter([tlp, *tlps])
+    """After a read that `actor` was allowed: audit it, in a write transaction of its own, if it was restricted;
+    a list of incidents read in one request is one row naming those that were."""
+    if isinstance(incident, Sequence) and not isinstance(incident, str):
+        read = [i for i in incident if str(i.tlp) in RESTRICTED_TLP]
+        level = stricter([*(i.tlp for i in read), *tlps]) if read else None
+        target = ", ".join(i.ref for i in read)
+        data = {"what": what, "tlp": level, "incidents": [i.id for i in read], "refs": [i.ref for i in read]}
+    else:
+        target, tlp = _ref_and_tlp(session, incident)
+        level = stricter([tlp, *tlps])
+        data = {"what": what, "tlp": level}
     if level not in RESTRICTED_TLP:
         return None
-    data = {"what": what, "tlp": level}
     return service.in_transaction(
         session,
-        lambda: append(session, action=Action.READ_RESTRICTED, actor=actor, target=ref, source_ip=source_ip, data=data),
-    )
+        lambda: append(session, action=Action.READ_RESTRICTED, actor=actor, target=target, source_ip=source_ip,
+                       data=data),
+    )  # fmt: skip
+
+
+def record_refused_link(
+    session: Session, *, page_id: int, contact_id: int, reason: str, source_ip: str | None = None
+) -> AuditEntry:
+    """An acknowledgement through a signed link that was refused (e.g. expired), in a transaction of its own."""
+    data = {"reason": reason, "page_id": page_id, "contact_id": contact_id, "via": "email"}
+    return service.in_transaction(
+        session,
+        lambda: append(session, action=Action.ACK_REFUSED, actor=f"contact:{contact_id}", target=f"page:{page_id}",
+                       source_ip=source_ip, data=data),
+    )  # fmt: skip
 
 
 def _ref_and_tlp(session: Session, incident: Incident | int | str) -> tuple[str, str]:

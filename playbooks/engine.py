@@ -9,10 +9,11 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -23,6 +24,7 @@ from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import TERMINAL_STATUSES
 from incidents.models import Incident, Organisation, System
+from incidents.policy import Capability, require
 from notifiers import registry
 from notifiers.base import DeliveryFailed, Message
 from playbooks import directory
@@ -90,6 +92,7 @@ class Settings:
     max_attempts: int = 20
     escalation_grace: float = 0.0
     focal_hours: float = 24.0
+    ack_link_ttl: float = 168 * 3600.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Settings":
@@ -119,6 +122,7 @@ class Settings:
             max_attempts=int(config.get("PAGING_MAX_ATTEMPTS", 20)),
             escalation_grace=float(config.get("PAGING_ESCALATION_GRACE_SECONDS", 0)),
             focal_hours=float(config.get("FOCAL_POINT_CONFIRM_HOURS", 24)),
+            ack_link_ttl=float(config.get("ACK_LINK_TTL_HOURS", 168)) * 3600,
         )
         _SETTINGS[key] = (config, settings)
         return settings
@@ -135,24 +139,35 @@ def _mac(secret: str, *parts: object) -> str:
     return base64.urlsafe_b64encode(digest[:18]).decode()
 
 
-def ack_token(secret: str, page_id: int, contact_id: int) -> str:
-    """A token naming one recipient of one page, signed with the secret key: the e-mail's link carries it."""
-    return f"{page_id}-{contact_id}-{_mac(secret, 'ack', page_id, contact_id)}"
+def ack_token(secret: str, page_id: int, contact_id: int, expires: int) -> str:
+    """A token naming one recipient of one page until `expires` (Unix seconds), signed: the e-mail's link carries it."""
+    return f"{page_id}-{contact_id}-{expires}-{_mac(secret, 'ack', page_id, contact_id, expires)}"
 
 
-def read_ack_token(secret: str, token: str) -> tuple[int, int] | None:
-    """(page id, contact id) of a genuine token, None for a forged or malformed one."""
-    parts = token.split("-", 2)
-    if len(parts) != 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+def read_ack_token(secret: str, token: str) -> tuple[int, int, datetime] | None:
+    """(page id, contact id, expiry) of a genuine token, expired or not; None for a forged or malformed one."""
+    parts = token.split("-", 3)
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() and len(p) < 19 for p in parts[:3]):
         return None
-    page_id, contact_id = int(parts[0]), int(parts[1])
-    if not hmac.compare_digest(parts[2], _mac(secret, "ack", page_id, contact_id)):
+    page_id, contact_id, expires = int(parts[0]), int(parts[1]), int(parts[2])
+    if not hmac.compare_digest(parts[3], _mac(secret, "ack", page_id, contact_id, expires)):
         return None
-    return page_id, contact_id
+    return page_id, contact_id, datetime.fromtimestamp(min(expires, 32503680000), UTC)
 
 
-def ack_url(settings: Settings, page_id: int, contact_id: int) -> str:
-    return f"{settings.base_url}/ack/{ack_token(settings.secret_key, page_id, contact_id)}"
+def ack_link_until(settings: Settings) -> datetime:
+    """When an ack link composed now stops working (`ACK_LINK_TTL_HOURS`), to the second."""
+    return datetime.fromtimestamp(math.ceil(time.time() + settings.ack_link_ttl), UTC)
+
+
+def ack_url(settings: Settings, page_id: int, contact_id: int, until: datetime) -> str:
+    token = ack_token(settings.secret_key, page_id, contact_id, int(until.timestamp()))
+    return f"{settings.base_url}/ack/{token}"
+
+
+def local_time(at: datetime) -> str:
+    """A time as the e-mail and the ack page state it: Vietnam time, `HH:MM dd/mm/yyyy`."""
+    return at.astimezone(service.LOCAL_TZ).strftime("%H:%M %d/%m/%Y")
 
 
 # --- reacting to incident changes (called inside the incident's own transaction) -----------------------------
@@ -353,7 +368,7 @@ def start_run(
     *, session: Session, incident_id: int, name: str, actor: Actor, settings: Settings, version: int | None = None
 ) -> PlaybookRun:
     """A person starts a playbook on an incident by hand (any trigger), pinned to its newest or a named version."""
-    from incidents.errors import Conflict, FieldError, Forbidden, ValidationFailed
+    from incidents.errors import Conflict, FieldError, ValidationFailed
 
     def work() -> PlaybookRun:
         incident = service.get_incident(session, actor, incident_id, for_update=True)
@@ -377,17 +392,15 @@ def start_run(
         key = f"{incident.id}:{name}:manual:{count + 1}"
         return _start(session, incident, chosen, key, "manual", actor, settings)
 
-    if actor.role.value not in ("admin", "operator"):
-        raise Forbidden("only admins and operators start playbooks")
+    require(actor, Capability.RUN_PLAYBOOKS, "only admins and operators start playbooks")
     return service.in_transaction(session, work)
 
 
 def stop_run(*, session: Session, run_id: int, actor: Actor) -> PlaybookRun:
     """A person stops a run: no further step is carried out; its open pages are cancelled."""
-    from incidents.errors import Forbidden, NotFound
+    from incidents.errors import NotFound
 
-    if actor.role.value not in ("admin", "operator"):
-        raise Forbidden("only admins and operators stop playbooks")
+    require(actor, Capability.RUN_PLAYBOOKS, "only admins and operators stop playbooks")
 
     def work() -> PlaybookRun:
         run = session.get(PlaybookRun, run_id, with_for_update=True, populate_existing=True)
@@ -931,7 +944,8 @@ def _above(tlp: str, maximum: str) -> bool:
 
 def compose(page: Page, incident: Incident, contact: Contact, channel: str, wave: int, settings: Settings) -> Message:
     """The page in the contact's language; above the channel's TLP only the reference and the link."""
-    link = ack_url(settings, page.id, contact.id)
+    until = ack_link_until(settings)
+    link = ack_url(settings, page.id, contact.id, until)
     en = contact.language == "en"
     drill = (DRILL_EN if en else f"{DRILL_VI} {DRILL_EN}") if incident.exercise else ""
     restricted = _above(incident.tlp, settings.max_tlp.get(channel, "green"))
@@ -955,6 +969,7 @@ def compose(page: Page, incident: Incident, contact: Contact, channel: str, wave
             *([f"Asked of you: {reason}"] if reason and not restricted else []),
             f"Occurrences so far: {page.occurrences}" if page.occurrences > 1 else "",
             f"Acknowledge (confirm on the page that opens): {link}",
+            f"The link works until {local_time(until)} (Vietnam time).",
         ]
     else:
         subject = f"{drill} [{incident.ref}] Gọi trực: {title or 'TLP:' + str(incident.tlp).upper()}{again}".strip()
@@ -972,8 +987,10 @@ def compose(page: Page, incident: Incident, contact: Contact, channel: str, wave
             *([f"Đề nghị: {reason}"] if reason and not restricted else []),
             f"Số lần ghi nhận: {page.occurrences}" if page.occurrences > 1 else "",
             f"Nhận xử lý (xác nhận trên trang mở ra): {link}",
+            f"Đường dẫn có hiệu lực đến {local_time(until)} (giờ Việt Nam).",
             "",
             f"{DRILL_EN + ' ' if incident.exercise else ''}Page for incident {incident.ref}. Acknowledge: {link}",
+            f"The link works until {local_time(until)} (Vietnam time).",
         ]
     text = "\n".join(line for line in lines if line is not None)
     if channel == "sms":
@@ -1175,16 +1192,15 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
         ).all()
         if not held or contact is None:
             return
-        items, incidents = [], {}
+        items, incidents, until = [], {}, ack_link_until(settings)
         for r in held:
             page = session.get(Page, r.page_id)
             incident = session.get(Incident, page.incident_id)
             incidents[incident.id] = incident.ref
             shown = incident.title if not _above(incident.tlp, settings.max_tlp.get("email", "amber")) else "TLP"
             drill = f"{DRILL_VI} " if incident.exercise else ""
-            items.append(
-                f"- {drill}{incident.ref} ({incident.priority}) {shown}: {ack_url(settings, page.id, contact_id)}"
-            )
+            link = ack_url(settings, page.id, contact_id, until)
+            items.append(f"- {drill}{incident.ref} ({incident.priority}) {shown}: {link}")
         channels = usable_channels(contact, settings)
         held_ids = [r.id for r in held]
     if not channels:
@@ -1192,7 +1208,8 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     channel = channels[0]
     text = (
         f"Tổng hợp {len(items)} lần gọi trực bị gộp (vượt {settings.rate_limit} lần trong "
-        f"{int(settings.rate_window // 60)} phút) / Digest of {len(items)} held pages:\n" + "\n".join(items)
+        f"{int(settings.rate_window // 60)} phút) / Digest of {len(items)} held pages:\n"
+        + "\n".join([*items, f"Đường dẫn có hiệu lực đến / Links work until {local_time(until)} (giờ Việt Nam)."])
     )
     subject = f"[{len(items)}] Tổng hợp gọi trực / Page digest: {', '.join(sorted(set(incidents.values())))[:150]}"
     message = Message(

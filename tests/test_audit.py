@@ -113,7 +113,7 @@ def test_verify_fails_naming_the_row_whose_field_was_edited_in_the_database(app,
     )
 
 
-def test_an_edit_that_recomputes_its_own_hash_breaks_the_next_row_s_link(app, runner):
+def test_an_edit_that_recomputes_its_own_hash_fails_its_mac_under_the_audit_key(app, runner):
     trail = a_trail(app, runner)
     victim, after = trail[1], trail[2]
     forged = {"role": "admin", "token_id": victim.data["token_id"], "user": victim.data["user"]}
@@ -122,9 +122,12 @@ def test_an_edit_that_recomputes_its_own_hash_breaks_the_next_row_s_link(app, ru
         app,
         update(AUDIT).where(AUDIT.c.id == victim.id).values(data=forged, hash=audit.entry_hash(**fields, data=forged)),
     )
-    assert verify(runner, 1).startswith(
-        f"audit trail broken at row {after.id}: its prev_hash is not the hash of row {victim.id}"
+    # The row's MAC (keyed, outside the database) no longer matches; the next row's link is broken too.
+    assert verify(runner, 1) == (
+        f"audit trail broken at row {victim.id}: its MAC does not match its hash under the audit key "
+        "(rewritten by someone without the key)"
     )
+    assert rows(app)[2].prev_hash == after.prev_hash != rows(app)[1].hash
 
 
 def test_a_row_deleted_from_the_middle_is_detected_and_the_row_after_it_named(app, runner):

@@ -11,7 +11,7 @@ from app import db
 from app.api import body, operation
 from app.auth import current_actor
 from app.errors import ApiError
-from incidents import evidence
+from incidents import audit, evidence
 from incidents.errors import FieldError
 from incidents.schemas import Strict
 
@@ -75,8 +75,12 @@ def post_evidence(incident_id: str) -> tuple[Response, int]:
     tag="evidence",
 )
 def list_evidence(incident_id: str) -> Response:
-    items = evidence.list_evidence(db.session(), current_actor(), incident_id)
-    return jsonify({"items": [evidence.as_dict(i) for i in items], "next_cursor": None})
+    actor = current_actor()
+    items = evidence.list_evidence(db.session(), actor, incident_id)
+    response = jsonify({"items": [evidence.as_dict(i) for i in items], "next_cursor": None})
+    audit.record_read(db.session(), actor=actor, incident=incident_id, what="evidence", source_ip=request.remote_addr,
+                      tlps=[i.tlp for i in items])  # fmt: skip
+    return response
 
 
 @operation(

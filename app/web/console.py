@@ -11,7 +11,7 @@ from app.api import limits
 from app.web import bp, current_actor, labels
 from app.web.views import error_page, field_errors, is_fragment, render, roles
 from incidents import audit, service
-from incidents.enums import Role, Status
+from incidents.enums import Status
 from incidents.errors import Conflict, Forbidden, NotFound, TransitionNotAllowed, ValidationFailed
 from incidents.lifecycle import allowed_targets
 from incidents.policy import Capability, roles_with
@@ -26,8 +26,8 @@ from incidents.schemas import (
     parse_query,
 )
 
-DESK = (Role.ADMIN, Role.OPERATOR, Role.RESPONDER, Role.COMMITTEE)
-EDITORS = (Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+DESK = roles_with(Capability.READ_RESPONSE)
+EDITORS = roles_with(Capability.EDIT_INCIDENT)
 OBSERVABLE_ROWS = 5
 _LIST_FIELDS = ("status", "category", "priority", "tlp")
 _LOCAL_INPUT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
@@ -287,7 +287,7 @@ def directory() -> Any:
 
 
 @bp.route("/directory/contacts/<int:contact_id>/telegram-link", methods=["POST"])
-@roles(Role.ADMIN, Role.OPERATOR)
+@roles(*roles_with(Capability.MANAGE_DIRECTORY))
 def telegram_link(contact_id: int) -> Any:
     """A one-time Telegram link for a contact, shown once on this answer (never stored, never flashed)."""
     from app.telegram_bot import new_link
@@ -313,7 +313,7 @@ def telegram_link(contact_id: int) -> Any:
 
 
 @bp.route("/directory/contacts/<int:contact_id>/telegram-unlink", methods=["POST"])
-@roles(Role.ADMIN, Role.OPERATOR)
+@roles(*roles_with(Capability.MANAGE_DIRECTORY))
 def telegram_unlink(contact_id: int) -> Any:
     from app.telegram_bot import revoke_link
 

@@ -62,11 +62,35 @@ def _downgrade_stix() -> None:
 
 
 def _upgrade_tlp_history() -> None:
-    pass
+    return
+    """A change recorded before this release under the TLP it lowered to takes the TLP it lowered from.
+
+    From now on the service decides an event's TLP at insert; only these earlier rows are raised, once, with the
+    append-only trigger lifted for this one statement (an event's TLP only ever goes up here).
+    """
+    bind = op.get_bind()
+    rank = "CASE {} WHEN 'clear' THEN 0 WHEN 'green' THEN 1 WHEN 'amber' THEN 2 WHEN 'amber+strict' THEN 3 ELSE 4 END"
+    if bind.dialect.name == "sqlite":
+        old = "json_extract(data, '$.changes.tlp[0]')"
+        op.execute("DROP TRIGGER IF EXISTS events_no_update")
+    else:
+        old = "(data -> 'changes' -> 'tlp' ->> 0)"
+        op.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+    op.execute(
+        f"UPDATE events SET tlp = {old} WHERE kind = 'incident.updated' "
+        f"AND {old} IN ('clear', 'green', 'amber', 'amber+strict', 'red') AND {rank.format(old)} > {rank.format('tlp')}"
+    )
+    if bind.dialect.name == "sqlite":
+        op.execute(
+            "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
+            "BEGIN SELECT RAISE(ABORT, 'events are append-only'); END"
+        )
+    else:
+        op.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
 
 
 def _downgrade_tlp_history() -> None:
-    pass
+    pass  # the raised TLPs stay: lowering them again would reopen what they hid
 
 
 def _upgrade_signin() -> None:
