@@ -44,6 +44,7 @@ from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import NotFound
 from incidents.models import Event, Incident, Job, User
+from incidents.policy import Capability, allows
 from notifiers import telegram as tg
 from notifiers.base import DeliveryFailed, Message
 from playbooks.telegram_models import (
@@ -179,7 +180,7 @@ def _require_desk(actor: Actor | str) -> None:
     """Only admins and operators hand out or revoke links (a string actor is the system or the CLI)."""
     from incidents.errors import Forbidden as NotAllowed
 
-    if isinstance(actor, Actor) and actor.role not in (Role.ADMIN, Role.OPERATOR):
+    if isinstance(actor, Actor) and not allows(actor, Capability.MANAGE_DIRECTORY):
         raise NotAllowed("only admins and operators link or unlink Telegram accounts")
 
 
@@ -885,7 +886,7 @@ class Core:
             contact = contact_for_chat(session, user_id)  # the member's own private chat links them
             actor = actor_of(session, contact)
             r = self.renderer(getattr(contact, "language", None))
-            if actor is None or actor.role not in (Role.COMMITTEE, Role.ADMIN):
+            if not allows(actor, Capability.GIVE_DIRECTIVES):
                 service.in_transaction(session, lambda: audit.append(
                     session, action=audit.Action.ACK_REFUSED, actor=f"telegram:{user_id}",
                     target=f"direction_request:{post.direction_request_id}",

@@ -20,10 +20,11 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, selectinload
 
 from incidents import audit, service
-from incidents.access import Actor, may_edit, tlp_clause
+from incidents.access import Actor, tlp_clause
 from incidents.base import utcnow
 from incidents.enums import TLP
-from incidents.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.errors import Conflict, FieldError, NotFound, ValidationFailed
+from incidents.policy import Capability, require
 from incidents.records import EVIDENCE_KINDS, CustodyRecord, Evidence
 
 ARCHIVE_PASSWORD = b"infected"
@@ -123,8 +124,7 @@ def add_evidence(
     source_ip: str | None = None,
 ) -> Evidence:
     """Store an attachment and record who collected it (one transaction after the file is safely on disk)."""
-    if not may_edit(actor):
-        raise Forbidden(f"the role {actor.role} may not add evidence")
+    require(actor, Capability.ADD_EVIDENCE, f"the role {actor.role} may not add evidence")
     errors = []
     if kind not in EVIDENCE_KINDS:
         errors.append(FieldError("kind", f"one of {', '.join(EVIDENCE_KINDS)}"))
@@ -262,8 +262,7 @@ def add_custody(
     holder: str | None, note: str | None, store: Store, source_ip: str | None = None,
 ) -> CustodyRecord:  # fmt: skip
     """Record a hand-over, a check of the digest or a note in the item's chain."""
-    if not may_edit(actor):
-        raise Forbidden(f"the role {actor.role} may not change custody")
+    require(actor, Capability.ADD_EVIDENCE, f"the role {actor.role} may not change custody")
     if action not in CUSTODY_ACTIONS:
         raise ValidationFailed("invalid action", errors=[FieldError("action", f"one of {', '.join(CUSTODY_ACTIONS)}")])
     if action == "transferred" and not holder:

@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from incidents import jobs, service
 from incidents.access import Actor
 from incidents.base import utcnow
-from incidents.enums import Category, Role, Status
-from incidents.errors import Forbidden
+from incidents.enums import Category, Status
 from incidents.models import Incident, Organisation
+from incidents.policy import Capability, require
 from incidents.records import Report
 from incidents.reports import CATEGORY_VI
 
@@ -63,8 +63,7 @@ def _bounds(start: date, end: date) -> tuple[datetime, datetime]:
 
 def summarise(*, session: Session, actor: Actor, start: date, end: date) -> Summary:
     """Form 05's table for incidents detected from `start` to `end` inclusive (local dates)."""
-    if actor.role not in (Role.ADMIN, Role.OPERATOR, Role.COMMITTEE):
-        raise Forbidden(f"the role {actor.role} may not read periodic reports")
+    require(actor, Capability.READ_PERIODIC_REPORTS, f"the role {actor.role} may not read periodic reports")
     lo, hi = _bounds(start, end)
     incidents = session.execute(
         select(Incident.id, Incident.category, Incident.tlp).where(

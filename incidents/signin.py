@@ -18,6 +18,7 @@ from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.models import BrowserSession, Organisation, User
+from incidents.policy import Capability, allows, require
 from incidents.service import in_transaction
 
 LANGUAGES = ("vi", "en")
@@ -284,7 +285,7 @@ def revoke_session(*, session: Session, actor: Actor, session_id: int, source_ip
 
     def work() -> None:
         row = session.get(BrowserSession, session_id)
-        if row is None or (row.user_id != actor.user_id and actor.role is not Role.ADMIN):
+        if row is None or (row.user_id != actor.user_id and not allows(actor, Capability.MANAGE_USERS)):
             raise NotFound("no such session")
         if row.revoked_at is None:
             row.revoked_at = utcnow()
@@ -368,8 +369,7 @@ def set_language(*, session: Session, user_id: int, language: str) -> None:
 
 
 def _require_admin(actor: Actor) -> None:
-    if actor.role is not Role.ADMIN:
-        raise Forbidden("only an admin manages users and organisations")
+    require(actor, Capability.MANAGE_USERS, "only an admin manages users and organisations")
 
 
 def admin_create_user(

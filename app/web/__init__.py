@@ -13,6 +13,7 @@ from incidents import signin, throttle
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
+from incidents.policy import Capability, allows
 
 bp = Blueprint("web", __name__)
 login_manager = LoginManager()
@@ -49,7 +50,7 @@ class WebUser(UserMixin):
 
     @property
     def may_edit(self) -> bool:
-        return self.role in (Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+        return allows(self, Capability.EDIT_INCIDENT)
 
 
 def policy() -> signin.Policy:

@@ -11,6 +11,7 @@ from app.web.views import field_errors, render, roles
 from incidents import service, signin
 from incidents.enums import Role
 from incidents.errors import Conflict, NotFound, ValidationFailed
+from incidents.policy import Capability, roles_with
 
 
 def _page(status: int = 200, **context: Any) -> Any:
@@ -29,13 +30,13 @@ def _page(status: int = 200, **context: Any) -> Any:
 
 
 @bp.route("/admin")
-@roles(Role.ADMIN)
+@roles(*roles_with(Capability.MANAGE_USERS))
 def admin() -> Any:
     return _page()
 
 
 @bp.route("/admin/users", methods=["POST"])
-@roles(Role.ADMIN)
+@roles(*roles_with(Capability.MANAGE_USERS))
 def admin_create_user() -> Any:
     f = request.form
     try:
@@ -56,7 +57,7 @@ def admin_create_user() -> Any:
 
 
 @bp.route("/admin/users/<int:user_id>", methods=["POST"])
-@roles(Role.ADMIN)
+@roles(*roles_with(Capability.MANAGE_USERS))
 def admin_update_user(user_id: int) -> Any:
     f = request.form
     try:
@@ -77,7 +78,7 @@ def admin_update_user(user_id: int) -> Any:
 
 
 @bp.route("/admin/organisations", methods=["POST"])
-@roles(Role.ADMIN)
+@roles(*roles_with(Capability.MANAGE_USERS))
 def admin_create_organisation() -> Any:
     f = request.form
     try:

@@ -14,7 +14,7 @@ from app.web.response import board_context
 from app.web.views import is_fragment, render, roles
 from incidents import dashboard, jobs
 from incidents.base import utcnow
-from incidents.enums import Role
+from incidents.policy import Capability, roles_with
 
 
 def _worker_stale() -> bool:
@@ -24,7 +24,7 @@ def _worker_stale() -> bool:
 
 
 @bp.route("/board")
-@roles(Role.COMMITTEE, Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+@roles(*roles_with(Capability.VIEW_BOARD))
 def board() -> Any:
     session = db.session()
     actor = current_actor()

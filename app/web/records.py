@@ -14,13 +14,13 @@ from app.web import bp, current_actor
 from app.web.views import roles
 from incidents import deadlines, evidence, metrics, render, reports
 from incidents.access import Actor
-from incidents.enums import Role
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident
+from incidents.policy import Capability, roles_with
 from incidents.schemas import parse
 
-DESK = (Role.ADMIN, Role.OPERATOR, Role.RESPONDER, Role.COMMITTEE)
-EDITORS = (Role.ADMIN, Role.OPERATOR, Role.RESPONDER)
+DESK = roles_with(Capability.READ_RESPONSE)
+EDITORS = roles_with(Capability.EDIT_INCIDENT)
 MEDIA = {"docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "pdf": "application/pdf"}
 
 

@@ -12,14 +12,13 @@ from app.web import bp, current_actor
 from app.web.views import roles
 from incidents import audit, dashboard, service, stix_store
 from incidents.access import Actor
-from incidents.enums import Role
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident
-from incidents.policy import Capability, allows
+from incidents.policy import Capability, allows, roles_with
 from playbooks import directory
 from playbooks import service as playbooks
 
-DESK = (Role.ADMIN, Role.OPERATOR, Role.RESPONDER, Role.COMMITTEE)
+DESK = roles_with(Capability.READ_RESPONSE)
 ON_CALL_ORGANISATIONS = 60  # the board and directory look up at most this many organisations' on-call
 
 
@@ -66,7 +65,7 @@ def complete_task(ref: str, task_id: int) -> Any:
 
 
 @bp.route("/incidents/<ref>/direction-requests", methods=["POST"])
-@roles(Role.ADMIN, Role.OPERATOR)
+@roles(*roles_with(Capability.REQUEST_DIRECTION))
 def request_direction(ref: str) -> Any:
     try:
         playbooks.request_direction(
@@ -81,7 +80,7 @@ def request_direction(ref: str) -> Any:
 
 
 @bp.route("/direction-requests/<int:request_id>/directives", methods=["POST"])
-@roles(Role.ADMIN, Role.COMMITTEE)
+@roles(*roles_with(Capability.GIVE_DIRECTIVES))
 def give_directive(request_id: int) -> Any:
     """A board member answers a request for direction; the directive lands on the incident's timeline."""
     try:
@@ -128,7 +127,7 @@ def directory_context(actor: Actor, organisations: list[Any]) -> dict[str, Any]:
 
 
 @bp.route("/playbooks")
-@roles(Role.ADMIN, Role.OPERATOR)
+@roles(*roles_with(Capability.READ_PLAYBOOKS))
 def playbook_list() -> Any:
     from app.web.views import render
 
@@ -138,7 +137,7 @@ def playbook_list() -> Any:
 
 
 @bp.route("/playbooks/<name>")
-@roles(Role.ADMIN, Role.OPERATOR)
+@roles(*roles_with(Capability.READ_PLAYBOOKS))
 def playbook(name: str) -> Any:
     from app.web.views import error_page, render
 
@@ -172,19 +171,19 @@ def _upload(name: str | None) -> Any:
 
 
 @bp.route("/playbooks", methods=["POST"])
-@roles(Role.ADMIN)
+@roles(*roles_with(Capability.EDIT_PLAYBOOKS))
 def playbook_create() -> Any:
     return _upload(None)
 
 
 @bp.route("/playbooks/<name>", methods=["POST"])
-@roles(Role.ADMIN)
+@roles(*roles_with(Capability.EDIT_PLAYBOOKS))
 def playbook_update(name: str) -> Any:
     return _upload(name)
 
 
 @bp.route("/playbooks/<name>/enabled", methods=["POST"])
-@roles(Role.ADMIN)
+@roles(*roles_with(Capability.EDIT_PLAYBOOKS))
 def playbook_enabled(name: str) -> Any:
     try:
         playbooks.set_enabled(session=db.session(), name=name, enabled=request.form.get("enabled") == "1",
