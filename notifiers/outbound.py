@@ -22,7 +22,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: inside someone's network, not the internet
-# IPv6 prefixes that carry an IPv4 address a gateway forwards to: that IPv4 address is the real target.
+# A NAT64 gateway forwards this prefix to the IPv4 address in its last 32 bits: that is the real target.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -172,10 +172,11 @@ class _CheckedTransport(httpx.HTTPTransport):
 
     def __init__(self, allow: Allowance) -> None:
         super().__init__(trust_env=False)
-        # httpx takes no network backend, so its pool is replaced by the same pool with ours; the
-        # environment's proxies are left out because the check must see the address actually connected to.
+        # httpx takes no network backend, so its pool is replaced by the same pool with ours. Proxies from
+        # the environment are left out (the check must see the address actually connected to); the CA
+        # bundle from SSL_CERT_FILE/SSL_CERT_DIR still applies.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=httpx.create_ssl_context(),
             max_connections=100,  # httpx's default limits
             max_keepalive_connections=20,
             keepalive_expiry=5.0,
