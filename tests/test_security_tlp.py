@@ -1,15 +1,21 @@
 """TLP history and dedup visibility: what was red stays red after a lowering, and dedup never crosses visibility."""
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
+from incidents.models import Event
 from tests.conftest import TokenFactory, incident_payload
 from tests.live import LiveServer
 from tests.sockets import LiveClient
+from tests.test_migrations import _alembic, empty_engine  # noqa: F401  (the fixture: a database with no tables)
 from tests.web import make_user, sign_in, text_of
 
 URL = "/api/v1/incidents"
@@ -172,6 +178,24 @@ def test_finding_2_live_feed_never_sends_red_era_changes_to_amber_readers(
         assert [f.data["kind"] for f in replayed] == ["incident.status_changed"], replayed
     finally:
         again.disconnect()
+
+
+def test_finding_2_migration_raises_changes_recorded_under_the_tlp_they_lowered_to(empty_engine: Engine) -> None:  # noqa: F811
+    _alembic(empty_engine, ("upgrade", "0007"))
+    rows = [
+        ({"changes": {"description": [RED_TEXT, "sanitised"], "tlp": ["red", "amber"]}}, "amber"),
+        ({"changes": {"tlp": ["green", "amber+strict"]}}, "amber+strict"),
+        ({"changes": {"priority": ["P2", "P1"]}}, "green"),
+    ]
+    with empty_engine.begin() as conn:
+        for data, tlp in rows:
+            values = {"kind": "incident.updated", "actor": "filer", "at": datetime.now(UTC), "data": data, "tlp": tlp}
+            conn.execute(insert(Event).values(**values))
+    _alembic(empty_engine, ("upgrade", "0008"))
+    with empty_engine.connect() as conn:
+        assert list(conn.scalars(select(Event.tlp).order_by(Event.id))) == ["red", "amber+strict", "green"]
+    with pytest.raises(DBAPIError, match="append-only"), empty_engine.begin() as conn:
+        conn.execute(update(Event).values(tlp="clear"))
 
 
 def test_finding_3_dedup_key_never_groups_into_an_invisible_incident(

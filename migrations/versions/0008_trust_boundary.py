@@ -62,7 +62,6 @@ def _downgrade_stix() -> None:
 
 
 def _upgrade_tlp_history() -> None:
-    return
     """A change recorded before this release under the TLP it lowered to takes the TLP it lowered from.
 
     From now on the service decides an event's TLP at insert; only these earlier rows are raised, once, with the
