@@ -8,7 +8,9 @@ system resolver.
 """
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -59,6 +61,31 @@ def receiver() -> Iterator[HttpReceiver]:
     hook = HttpReceiver().start()
     yield hook
     hook.close()
+
+
+@pytest.fixture
+def redirector(receiver: HttpReceiver) -> Iterator[tuple[int, list[bytes]]]:
+    """A server on loopback that answers every POST with 307 to `receiver`: its port and the bodies it got."""
+    hits: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hits.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(307)
+            self.send_header("Location", receiver.url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server.server_address[1], hits
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -200,6 +227,30 @@ def test_finding_9_the_send_connects_only_to_the_address_it_checked(
     [tried] = dbs.scalars(select(Delivery).where(Delivery.channel == "webhook"))
     assert tried.attempts == 1 and tried.state != "delivered" and PUBLIC in (tried.last_error or ""), tried.last_error
     assert receiver.deliveries == []
+
+
+def test_finding_9_a_webhook_reaches_an_allowed_name_but_never_follows_its_redirect_to_an_internal_target(
+    database_url: str,
+    app_config: dict,
+    request: pytest.FixtureRequest,
+    receiver: HttpReceiver,
+    redirector: tuple[int, list[bytes]],
+    resolver: Callable[[str, list[str]], None],
+) -> None:
+    port, hits = redirector
+    app_config["OUTBOUND_ALLOW"] = "relay.internal"  # a name, trusted whatever it resolves to
+    resolver("relay.internal", ["127.0.0.1"])
+    app: Flask = request.getfixturevalue("app")
+    paging.load_shipped(app, demo=False)
+    paging.add_contact(
+        app, organisation="dic", name="Relay", webhook_url=f"http://relay.internal:{port}/hook", channels=["webhook"]
+    )
+    _page_dic(app, request.getfixturevalue("client"), request.getfixturevalue("operator"))
+    assert len(hits) == 1  # the allowed name was reached
+    dbs: Session = request.getfixturevalue("dbs")
+    [tried] = dbs.scalars(select(Delivery).where(Delivery.channel == "webhook"))
+    assert tried.state != "delivered" and "HTTP 307" in (tried.last_error or ""), tried.last_error
+    assert receiver.deliveries == []  # the redirect to 127.0.0.1 was not followed
 
 
 def test_finding_9_receipts_to_a_token_webhook_are_refused_when_it_now_resolves_internal(
