@@ -331,8 +331,19 @@ def list_reports(session: Session, actor: Actor, incident_id: int | str) -> list
 
 
 def _readable(actor: Actor, incident: Incident, versions: Iterable[Report]) -> list[Report]:
-    """Versions frozen under a TLP `actor` may read (one made before versions kept theirs reads as the incident's)."""
-    return [r for r in versions if tlp_allows(actor, r.data.get("tlp") or str(incident.tlp), incident.participants)]
+    """Versions frozen under a TLP `actor` may read."""
+    return [r for r in versions if tlp_allows(actor, frozen_tlp(r) or str(incident.tlp), incident.participants)]
+
+
+_TLP_BY_LABEL = {label: level for level, label in TLP_VI.items()}
+
+
+def frozen_tlp(report: Report) -> str | None:
+    """The TLP a version was made under: stored since versions keep it, else what an initial report printed."""
+    if report.data.get("tlp"):
+        return report.data["tlp"]
+    rows = [row for section in report.data.get("sections") or [] for row in section.get("rows") or []]
+    return next((_TLP_BY_LABEL[row[1]] for row in rows if row[0] == "Mức độ chia sẻ" and row[1] in _TLP_BY_LABEL), None)
 
 
 def document(report: Report, board_name: str) -> dict[str, Any]:

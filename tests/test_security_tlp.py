@@ -10,8 +10,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from incidents.models import Event
+from incidents.records import Report
 from tests.conftest import TokenFactory, incident_payload
 from tests.live import LiveServer
 from tests.sockets import LiveClient
@@ -127,23 +129,30 @@ def test_finding_2_only_operators_and_admins_lower_a_tlp(client: FlaskClient, ma
     assert client.patch(url, json={"tlp": "green"}, headers=admin).json["tlp"] == "green"
 
 
-def test_finding_2_reports_frozen_while_red_stay_red(client: FlaskClient, make_token: TokenFactory) -> None:
+def test_finding_2_reports_frozen_while_red_stay_red(
+    client: FlaskClient, make_token: TokenFactory, dbs: Session
+) -> None:
     filer = make_token("operator", "dic", username="filer")
     colleague = make_token("operator", "dic", username="colleague")
     incident = file(client, filer, tlp="red", description=RED_TEXT)
     reports = f"{URL}/{incident['id']}/reports"
     assert client.post(f"{reports}/initial", json={}, headers=filer).status_code == 201
+    assert client.post(f"{reports}/initial", json={}, headers=filer).status_code == 201
+    # A version made before versions stored their TLP is judged by the level its Form 03 printed.
+    with dbs.begin():
+        legacy = dbs.scalar(select(Report).where(Report.version == 1))
+        legacy.data = {k: v for k, v in legacy.data.items() if k != "tlp"}
     r = client.patch(f"{URL}/{incident['id']}", json={"description": "sanitised", "tlp": "amber"}, headers=filer)
     assert r.status_code == 200
 
     assert client.get(reports, headers=colleague).json["items"] == []
     assert client.get(f"{reports}/initial", headers=colleague).status_code == 404
     assert client.get(f"{reports}/initial", query_string={"version": 1}, headers=colleague).status_code == 404
-    assert [i["version"] for i in client.get(reports, headers=filer).json["items"]] == [1]
+    assert [i["version"] for i in client.get(reports, headers=filer).json["items"]] == [1, 2]
     assert client.get(f"{reports}/initial", headers=filer).status_code == 200
 
     assert client.post(f"{reports}/initial", json={}, headers=filer).status_code == 201
-    assert [i["version"] for i in client.get(reports, headers=colleague).json["items"]] == [2]
+    assert [i["version"] for i in client.get(reports, headers=colleague).json["items"]] == [3]
     assert client.get(f"{reports}/initial", headers=colleague).status_code == 200
 
 
