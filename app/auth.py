@@ -1,24 +1,26 @@
-"""Bearer-token authentication with a short cache of verified digests, and per-token intake rate limits."""
+"""Bearer tokens (with a short cache of verified digests), /live credentials, and per-token intake rate limits."""
 
 import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flask import Flask, current_app, g, has_request_context, request
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from app import db
 from app.errors import ApiError, retry_after
-from incidents import audit, service
+from incidents import audit, service, signin
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
-from incidents.models import ApiToken, User
+from incidents.models import ApiToken, BrowserSession, User
 
 TOKEN_PREFIX = "ucsc_"  # noqa: S105 - a label that tokens start with, not a secret
 FAILURE_AUDIT_SECONDS = 10.0  # at most one login.failed row per source address in this window
@@ -103,9 +105,9 @@ class FailureGuard:
             return held_back
 
 
-def check_token(token: str) -> tuple[Actor | None, str]:
+def check_token(token: str, *, cached: bool = True) -> tuple[Actor | None, str]:
     """The actor a bearer token stands for, or None and why not (unknown, revoked, expired)."""
-    actor, refusal = _lookup(token)
+    actor, refusal = _lookup(token, cached)
     if actor is None:
         _audit_failure(token, refusal)
     return actor, refusal
@@ -130,10 +132,10 @@ def _audit_failure(token: str, refusal: str) -> None:
         )  # fmt: skip
 
 
-def _lookup(token: str) -> tuple[Actor | None, str]:
+def _lookup(token: str, cached: bool) -> tuple[Actor | None, str]:
     key = digest(token)
     cache: TokenCache = current_app.extensions["ucsc.token_cache"]
-    actor = cache.get(key)
+    actor = cache.get(key) if cached else None
     if actor is not None:
         return actor, ""
     row = db.session().execute(select(ApiToken, User).join(User).where(ApiToken.digest == key)).first()
@@ -154,16 +156,66 @@ def _lookup(token: str) -> tuple[Actor | None, str]:
     return actor, ""
 
 
-def actor_for_token(token: str) -> Actor | None:
-    return check_token(token)[0]
+@dataclass(frozen=True)
+class Credential:
+    """What a live connection was opened with, by row id: an API token or a browser session."""
+
+    kind: str  # "token" | "browser"
+    id: int
 
 
-def actor_for_user(user_id: int) -> Actor | None:
-    """A logged-in browser's user, acting with their own role."""
-    user = db.session().get(User, user_id)
-    if user is None or not user.active:
+def token_credential(token: str) -> tuple[Actor, Credential] | None:
+    # Read afresh: a socket lives for hours, so the request cache's few seconds of grace do not apply to it.
+    actor = check_token(token, cached=False)[0]
+    if actor is None or actor.token_id is None:
         return None
-    return Actor(user_id=user.id, username=user.username, role=Role(user.role), organisation_id=user.organisation_id)
+    return actor, Credential("token", actor.token_id)
+
+
+def browser_credential(key: str) -> tuple[Actor, Credential] | None:
+    """A Flask-Login session key's actor; only a live `browser_sessions` row counts, never a bare user id."""
+    found = signin.load_session(db.session(), key)
+    if found is None:
+        return None
+    browser, user = found
+    if _owes_second_factor(str(user.role), bool(user.totp_secret)):
+        return None  # no page and no feed until the second factor is set up
+    return signin.actor_of(user), Credential("browser", browser.id)
+
+
+def _owes_second_factor(role: str, has_totp: bool) -> bool:
+    from app.web import policy
+
+    return not has_totp and role in policy().totp_required_roles
+
+
+def valid_actors(session: Session, credentials: Iterable[Credential]) -> dict[Credential, Actor]:
+    """Who each credential stands for now, read from the database (never the cache); revoked, expired,
+    deactivated or second-factor-owing ones are absent."""
+    now = utcnow()
+    tokens = {c.id for c in credentials if c.kind == "token"}
+    browsers = {c.id for c in credentials if c.kind == "browser"}
+    found: dict[Credential, Actor] = {}
+    if tokens:
+        rows = session.execute(
+            select(ApiToken.id, ApiToken.role, User.id, User.username, User.organisation_id)
+            .join(User)
+            .where(ApiToken.id.in_(tokens), ApiToken.revoked_at.is_(None), User.active)
+            .where(or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now))
+        )
+        for token_id, role, user_id, username, org in rows:
+            found[Credential("token", token_id)] = Actor(user_id, username, Role(role), org, token_id)
+    if browsers:
+        rows = session.execute(
+            select(BrowserSession.id, User.id, User.username, User.role, User.organisation_id, User.totp_secret)
+            .join(User)
+            .where(BrowserSession.id.in_(browsers), BrowserSession.revoked_at.is_(None), User.active)
+            .where(BrowserSession.expires_at > now)
+        )
+        for session_id, user_id, username, role, org, totp_secret in rows:
+            if not _owes_second_factor(str(role), bool(totp_secret)):
+                found[Credential("browser", session_id)] = Actor(user_id, username, Role(role), org)
+    return found
 
 
 class RateLimiter:

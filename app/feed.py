@@ -2,13 +2,16 @@
 
 Woken at once by its own commits; other processes' events arrive by PostgreSQL LISTEN/NOTIFY (a hint, the
 cursor is the truth) or by polling SQLite. Started from gunicorn's post_worker_init hook or the first
-/live connect, never from create_app. Supervised: a failing tail is logged and restarted.
+/live connect, never from create_app. Supervised: a failing tail is logged and restarted. The credentials of
+connected clients are re-read from the database twice a second, so a revocation made by any process closes
+their sockets, and a role or organisation change regroups their rooms, within a second.
 """
 
 import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
@@ -17,6 +20,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth import Credential, valid_actors
 from incidents.access import Actor, audience, rooms_of, visible_ids
 from incidents.base import utcnow
 from incidents.models import Event
@@ -25,6 +29,11 @@ from incidents.service import EVENTS_CHANNEL, EVENTS_WRITTEN
 log = logging.getLogger("ucsc.feed")
 NAMESPACE = "/live"
 BATCH = 500
+# Half the one-second bound on how long a revoked credential may keep its socket, leaving room for the query.
+RECHECK_SECONDS = 0.5
+# A client's catch_up budget: a reconnecting page needs one; a burst beyond this is a flood, answered without work.
+CATCH_UP_BURST = 3
+CATCH_UP_EVERY = 2.0  # seconds per catch_up regained
 
 
 def event_name(kind: str) -> str:
@@ -48,6 +57,26 @@ def payload(ev: Event, ref: str | None, status: str | None) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Member:
+    """A connected /live client: who it acts as, the credential that must stay valid, and its catch_up budget."""
+
+    actor: Actor
+    credential: Credential
+    allowance: float = CATCH_UP_BURST
+    refilled_at: float = field(default_factory=time.monotonic)
+
+    def spend(self) -> float:
+        """Take one catch_up from the token bucket: 0 when allowed, else the seconds until one is."""
+        now = time.monotonic()
+        self.allowance = min(CATCH_UP_BURST, self.allowance + (now - self.refilled_at) / CATCH_UP_EVERY)
+        self.refilled_at = now
+        if self.allowance >= 1:
+            self.allowance -= 1
+            return 0.0
+        return (1 - self.allowance) * CATCH_UP_EVERY
+
+
 class Feed:
     """One per web process: the tailer, its cursor, and replay for reconnecting clients."""
 
@@ -60,6 +89,7 @@ class Feed:
         self.replay_limit = int(app.config["FEED_REPLAY_LIMIT"])
         self.heartbeat_every = float(app.config["FEED_HEARTBEAT_SECONDS"])
         self.cursor = 0
+        self.members: dict[str, Member] = {}  # this process's connected clients, by Socket.IO sid
         self.lag_seconds: float | None = None  # commit-to-emit of the last event emitted
         self.last_tick = 0.0  # monotonic time of the tailer's last pass: a stuck tailer shows here
         self._lock = threading.Lock()  # the tail and a replay never interleave (gevent makes it a greenlet lock)
@@ -79,6 +109,7 @@ class Feed:
             self._started = True
         self.socketio.start_background_task(self._supervise, self._tail, "tail")
         self.socketio.start_background_task(self._supervise, self._heartbeat, "heartbeat")
+        self.socketio.start_background_task(self._supervise, self._recheck, "recheck")
         if self.engine.dialect.name == "postgresql":
             self.socketio.start_background_task(self._supervise, self._listen, "listen")
         log.info("feed started at event %d", self.cursor)
@@ -171,32 +202,90 @@ class Feed:
 
     # --- connecting clients --------------------------------------------------------------------------------
 
-    def join(self, sid: str, actor: Actor, last_event_id: int | None) -> None:
-        """Put a client in its rooms and send what it missed since `last_event_id`, then `ready`."""
+    def admit(self, sid: str, actor: Actor, credential: Credential) -> None:
+        self.members[sid] = Member(actor, credential)
+
+    def forget(self, sid: str) -> None:
+        self.members.pop(sid, None)
+
+    def join(self, sid: str, last_event_id: int | None) -> None:
+        """Put an admitted client in its rooms and send what it missed since `last_event_id`, then `ready`.
+
+        The bulk of a replay runs outside the lock the tail needs, with the client out of its rooms; under the
+        lock it gets only what the tail emitted meanwhile, then its rooms: nothing is missed, doubled or reordered.
+        """
         self.start()
         with self._lock:
             if not self._has_clients(besides=sid):
                 self._catch_up()  # the tail rests while nobody is connected: its cursor may be behind
-            for room in rooms_of(actor):
-                self.socketio.server.enter_room(sid, room, namespace=NAMESPACE)
-            if last_event_id is not None and last_event_id < self.cursor:
-                self._replay(sid, actor, last_event_id)
+            self._set_rooms(sid, [])
+            upto = self.cursor
+        done = last_event_id
+        if done is not None and done < upto:
+            member = self.members.get(sid)
+            done = upto if member is not None and self._replay(sid, member.actor, done, upto) else None
+        with self._lock:
+            member = self.members.get(sid)
+            if member is None:
+                return  # disconnected or revoked meanwhile
+            if done is not None and done < self.cursor:
+                self._replay(sid, member.actor, done, self.cursor)  # only what the tail emitted meanwhile
+            self._set_rooms(sid, rooms_of(member.actor))
             cursor = self.cursor
         self.socketio.emit("ready", {"event_id": cursor}, to=sid, namespace=NAMESPACE)
 
-    def _replay(self, sid: str, actor: Actor, after: int) -> None:
+    def _set_rooms(self, sid: str, rooms: list[str]) -> None:
+        """Make `rooms` exactly the feed rooms `sid` is in (the caller holds the lock)."""
+        server = self.socketio.server
+        current = {r for r in server.rooms(sid, namespace=NAMESPACE) if r is not None and r != sid}
+        for room in current - set(rooms):
+            server.leave_room(sid, room, namespace=NAMESPACE)
+        for room in set(rooms) - current:
+            server.enter_room(sid, room, namespace=NAMESPACE)
+
+    def _replay(self, sid: str, actor: Actor, after: int, upto: int) -> bool:
+        """Send `sid` the events in (after, upto] it may see; False when there are too many (it gets `resync`)."""
         with self.sessions() as session:
-            stmt = select(Event).where(Event.id > after, Event.id <= self.cursor).order_by(Event.id)
+            stmt = select(Event).where(Event.id > after, Event.id <= upto).order_by(Event.id)
             rows = list(session.scalars(stmt.limit(self.replay_limit + 1)))
             if len(rows) > self.replay_limit:
-                self.socketio.emit("resync", {"event_id": self.cursor}, to=sid, namespace=NAMESPACE)
-                return
+                self.socketio.emit("resync", {"event_id": upto}, to=sid, namespace=NAMESPACE)
+                return False
             targets = audience(session, rows)
             mine = set(rooms_of(actor))
             allowed = visible_ids(session, actor, {ev.incident_id for ev in rows if ev.incident_id is not None})
         for ev in _allowed(rows, targets, mine, allowed):
             _, ref, status = targets[ev.id]
             self.socketio.emit(event_name(ev.kind), payload(ev, ref, status), to=sid, namespace=NAMESPACE)
+        return True
+
+    # --- credentials that change while connected -----------------------------------------------------------
+
+    def _recheck(self) -> None:
+        while True:
+            self.socketio.sleep(RECHECK_SECONDS)
+            if self.members:
+                self.recheck()
+
+    def recheck(self) -> None:
+        """Close the sockets whose credential no longer holds; regroup those whose role or organisation changed."""
+        members = dict(self.members)
+        with self.app.app_context(), self.sessions() as session:
+            now = valid_actors(session, {m.credential for m in members.values()})
+        for sid, member in members.items():
+            actor = now.get(member.credential)
+            if actor is None:
+                log.info("closing /live socket of %s: its %s %d no longer holds", member.actor.username,
+                         member.credential.kind, member.credential.id)  # fmt: skip
+                self.forget(sid)
+                self.socketio.emit("signed_out", {}, to=sid, namespace=NAMESPACE)
+                self.socketio.server.disconnect(sid, namespace=NAMESPACE)
+            elif actor != member.actor:
+                with self._lock:
+                    member.actor = actor
+                    self._set_rooms(sid, rooms_of(actor))
+                log.info("/live socket of %s regrouped for role %s in organisation %d", actor.username, actor.role,
+                         actor.organisation_id)  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         return {

@@ -1,13 +1,15 @@
 """Socket.IO namespace /live: authenticated connects, rooms by who may see what, replay from a last event id."""
 
 import logging
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request, session
-from flask_socketio import SocketIO, disconnect
+from flask_socketio import SocketIO, disconnect, emit
 
 from app import db
+from app.auth import Credential, browser_credential, token_credential
 from app.feed import NAMESPACE, Feed
 from incidents.access import Actor
 from incidents.base import MAX_ID
@@ -39,51 +41,45 @@ def init_app(app: Flask) -> SocketIO:
 
     @socketio.on("connect", namespace=NAMESPACE)
     def connect(auth: Any = None) -> bool:
-        actor = _authenticate(auth)
-        if actor is None:
+        """A client opens /live with a token or its browser session; it joins its rooms and gets what it missed."""
+        found = _authenticate(auth)
+        if found is None:
             log.info("refused /live connect from %s", request.remote_addr)
             return False
-        feed.join(request.sid, actor, _last_event_id(auth))
+        feed.admit(request.sid, *found)
+        feed.join(request.sid, _last_event_id(auth))
         return True
 
     @socketio.on("disconnect", namespace=NAMESPACE)
     def gone(*_reason: Any) -> None:
-        forget(request.sid)
+        feed.forget(request.sid)
 
     @socketio.on("catch_up", namespace=NAMESPACE)
     def catch_up(data: Any = None) -> None:
-        """A client may also ask for what it missed after connecting: {"last_event_id": N}."""
-        actor = _authenticate(None, sid_only=True)
-        if actor is None:
+        """A client may also ask for what it missed after connecting: {"last_event_id": N}; rate-limited per client."""
+        member = feed.members.get(request.sid)
+        if member is None:
             disconnect()
             return
-        feed.join(request.sid, actor, _last_event_id(data))
+        wait = member.spend()
+        if wait:
+            retry = math.ceil(wait * 10) / 10
+            emit("error", {"code": "rate_limited", "message": "too many catch_up requests", "retry_after": retry})
+            return
+        feed.join(request.sid, _last_event_id(data))
 
     return socketio
 
 
-def _authenticate(auth: Any, *, sid_only: bool = False) -> Actor | None:
-    """An API client sends auth={"token": TOKEN}; a browser has its login session."""
-    from app.auth import actor_for_token, actor_for_user
-
-    if sid_only:
-        return _connected.get(request.sid)
-    actor = None
+def _authenticate(auth: Any) -> tuple[Actor, Credential] | None:
+    """An API client sends auth={"token": TOKEN}; a browser has its Flask-Login session, backed by a live row."""
+    found = None
     if isinstance(auth, dict) and isinstance(auth.get("token"), str):
-        actor = actor_for_token(auth["token"])
+        found = token_credential(auth["token"])
     elif isinstance(session.get("_user_id"), str):
-        from app.web import actor_for_browser
-
-        actor = actor_for_browser(session["_user_id"])  # a Flask-Login session: its browser session row must be live
-    elif session.get("user_id") is not None:
-        actor = actor_for_user(session["user_id"])
+        found = browser_credential(session["_user_id"])
     db.session().close()  # a long-lived socket must not hold a pooled connection
-    if actor is not None:
-        _connected[request.sid] = actor
-    return actor
-
-
-_connected: dict[str, Actor] = {}
+    return found
 
 
 def _last_event_id(data: Any) -> int | None:
@@ -91,10 +87,6 @@ def _last_event_id(data: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
         return None
     return value
-
-
-def forget(sid: str) -> None:
-    _connected.pop(sid, None)
 
 
 def current_feed() -> Feed:

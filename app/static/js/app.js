@@ -118,6 +118,8 @@
         return;
       }
       if (name === "resync") { window.location.reload(); return; }
+      // The server closes the socket when this sign-in ends (logout, revocation): the reload goes to the login page.
+      if (name === "signed_out") { window.location.reload(); return; }
       schedule();
     });
     socket.on("connect", function () { lastBeat = Date.now(); });
