@@ -4,7 +4,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from flask import Flask, current_app, g, has_request_context, request
@@ -189,7 +189,7 @@ def _owes_second_factor(role: str, has_totp: bool) -> bool:
     return not has_totp and role in policy().totp_required_roles
 
 
-def valid_actors(session: Session, credentials: Iterable[Credential]) -> dict[Credential, Actor]:
+def valid_actors(session: Session, credentials: Collection[Credential]) -> dict[Credential, Actor]:
     """Who each credential stands for now, read from the database (never the cache); revoked, expired,
     deactivated or second-factor-owing ones are absent."""
     now = utcnow()
