@@ -20,7 +20,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, selectinload
 
 from incidents import audit, service
-from incidents.access import Actor, tlp_clause
+from incidents.access import Actor, check_tlp_change, tlp_clause
 from incidents.base import utcnow
 from incidents.enums import TLP
 from incidents.errors import Conflict, FieldError, NotFound, ValidationFailed
@@ -138,6 +138,7 @@ def add_evidence(
     if errors:
         raise ValidationFailed("invalid evidence", errors=errors)
     incident = service.get_incident(session, actor, incident_id)  # 404 before reading a byte
+    check_tlp_change(actor, incident.tlp, level)
     session.rollback()  # end the read transaction: the copy below may take a while
     name = _safe_name(filename)
     spooled, sha256, size = _spool(stream, store)
@@ -183,7 +184,7 @@ def add_evidence(
                           sha256_checked=sha256, source_ip=source_ip, note=description)
         )  # fmt: skip
         service.record_event(
-            session, kind="evidence.added", actor=actor, incident=locked, at=now, note=name,
+            session, kind="evidence.added", actor=actor, incident=locked, at=now, note=name, tlp=item.tlp,
             data={"ref": locked.ref, "status": str(locked.status), "evidence_id": item.id, "kind": kind,
                   "sha256": sha256, "size": size, "tlp": item.tlp},
         )  # fmt: skip
@@ -194,6 +195,7 @@ def add_evidence(
 
 def list_evidence(session: Session, actor: Actor, incident_id: int | str) -> list[Evidence]:
     """Items of an incident whose own TLP the actor's clearance reaches."""
+    require(actor, Capability.READ_RESPONSE)
     incident = service.get_incident(session, actor, incident_id)
     stmt = (
         select(Evidence)
@@ -206,6 +208,7 @@ def list_evidence(session: Session, actor: Actor, incident_id: int | str) -> lis
 
 def get_evidence(session: Session, actor: Actor, incident_id: int | str, evidence_id: int) -> Evidence:
     """The item, or NotFound when it does not exist or the actor's clearance does not reach it."""
+    require(actor, Capability.READ_RESPONSE)
     incident = service.get_incident(session, actor, incident_id)
     item = session.scalar(
         select(Evidence)

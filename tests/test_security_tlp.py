@@ -1,7 +1,9 @@
 """TLP history and dedup visibility: what was red stays red after a lowering, and dedup never crosses visibility."""
 
+import io
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +27,11 @@ TIMEOUT = 10.0
 RED_TEXT = "Khóa VPN lộ: vpn-admin/Mk2026"
 RED_NOTE = "Nguồn tin từ đơn vị A05"
 Headers = dict[str, str]
+
+
+@pytest.fixture
+def app_config(tmp_path: Path) -> dict[str, Any]:
+    return {"EVIDENCE_DIR": str(tmp_path / "evidence")}
 
 
 def file(client: FlaskClient, headers: Headers, **overrides: object) -> dict[str, Any]:
@@ -99,6 +106,26 @@ def test_finding_2_comment_edits_keep_the_tlp_they_were_written_under(
     assert [(e["body"], e["tlp"]) for e in mine[0]["edits"]] == [(RED_TEXT, "red")]
     kinds = [e["kind"] for e in client.get(f"{URL}/{incident['id']}/events", headers=colleague).json["items"]]
     assert kinds == ["incident.created"], "writing a red comment and lowering it are red events"
+
+
+def test_finding_2_evidence_under_a_stricter_tlp_keeps_its_timeline_entry_there(
+    client: FlaskClient, make_token: TokenFactory
+) -> None:
+    filer = make_token("operator", "dic", username="filer")
+    colleague = make_token("operator", "dic", username="colleague")
+    responder = make_token("responder", "dic", username="responder")
+    incident = file(client, filer, tlp="amber", participants=[{"user": "responder"}])
+    url = f"{URL}/{incident['id']}"
+
+    def upload(headers: Headers, name: str, tlp: str) -> Any:
+        body = {"file": (io.BytesIO(b"log line"), name), "kind": "log", "tlp": tlp}
+        return client.post(f"{url}/evidence", data=body, headers=headers, content_type="multipart/form-data")
+
+    assert upload(filer, "nguon-tin-A05.log", "red").status_code == 201
+    assert "nguon-tin-A05" not in client.get(f"{url}/events", headers=colleague).text
+    assert "nguon-tin-A05" in client.get(f"{url}/events", headers=filer).text
+    r = upload(responder, "cong-khai.log", "clear")
+    assert (r.status_code, [e["field"] for e in r.json["errors"]]) == (403, ["tlp"]), "below the incident's TLP"
 
 
 def test_finding_2_only_operators_and_admins_lower_a_tlp(client: FlaskClient, make_token: TokenFactory) -> None:
