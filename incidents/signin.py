@@ -23,6 +23,7 @@ from incidents.service import in_transaction
 
 LANGUAGES = ("vi", "en")
 MIN_PASSWORD = 10
+MAX_USERNAME = 150
 # An unknown user name costs the same hash check as a known one, so timing does not reveal which exist.
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(16))
 
@@ -65,13 +66,17 @@ def check_password(
     """
     source = throttle.source_key(source_ip)
     rules = policy.throttle_rules
+    # No account has such a name (and PostgreSQL text holds no NUL): counted against the address alone.
+    account = username if 0 < len(username) <= MAX_USERNAME and username.isprintable() else ""
     claim = in_transaction(
-        session, lambda: throttle.claim(session=session, source=source, account=username, rules=rules, now=utcnow())
+        session, lambda: throttle.claim(session=session, source=source, account=account, rules=rules, now=utcnow())
     )
     if claim.wait > timedelta(0):
         return PasswordCheck(None, "throttled", claim.wait)
     # The hash is checked between two short write transactions: on SQLite a write transaction holds the database.
-    user = session.scalar(select(User).where(User.username == username, User.is_service.is_(False)))
+    user = None
+    if account:
+        user = session.scalar(select(User).where(User.username == account, User.is_service.is_(False)))
     if user is None or not user.active or not user.password_hash:
         check_password_hash(_DUMMY_HASH, password)
         user, reason = None, "unknown or inactive user"
@@ -83,7 +88,7 @@ def check_password(
     def record() -> PasswordCheck:
         now = utcnow()
         if not reason:
-            throttle.release(session=session, source=source, account=username, rules=rules, now=now)
+            throttle.release(session=session, source=source, account=account, rules=rules, now=now)
             return PasswordCheck(user)
         data: dict[str, object] = {"reason": reason}
         if claim.next_wait > timedelta(0):
@@ -386,7 +391,7 @@ def admin_create_user(
     """An admin adds a person who signs in on the web."""
     _require_admin(actor)
     errors = []
-    if not username or len(username) > 150 or not username.isprintable() or " " in username:
+    if not username or len(username) > MAX_USERNAME or not username.isprintable() or " " in username:
         errors.append(FieldError("username", "1–150 characters without spaces"))
     if role not in {r.value for r in Role} or role == Role.INTAKE:
         errors.append(FieldError("role", "admin, operator, responder or committee"))

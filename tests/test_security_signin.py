@@ -185,3 +185,13 @@ def test_finding_7d_totp_re_enrolment_asks_for_the_password_or_a_current_code(ap
     done, newest = enrol(current_code=pyotp.TOTP(new_secret).at(time.time() + 30))
     assert done.status_code == 302 and user_row(app, "boss").totp_secret == newest
     assert [row.action for row in audit_rows(app, "totp.enrolled")] == ["totp.enrolled"] * 2
+
+
+@pytest.mark.parametrize("app_config", [{"LOGIN_RATE_LIMIT": ""}])
+def test_finding_7c_a_user_name_no_account_can_have_is_a_wrong_sign_in_counted_for_the_address(app: Flask) -> None:
+    make_user(app, "op")
+    odd = client_at(app, ATTACKER)
+    for name in ("op\x00", "\x00", "o" * 151, "op\n"):
+        response = sign_in(odd, name, "x\x00y")
+        assert response.status_code == 401 and "Sai tên đăng nhập hoặc mật khẩu." in response.text
+    assert [row.source_ip for row in audit_rows(app, "login.failed")] == [ATTACKER] * 4
