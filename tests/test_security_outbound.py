@@ -208,24 +208,28 @@ def test_finding_9_dns_rebinding_after_save_is_refused_at_send_time(
 
 
 def test_finding_9_the_send_connects_only_to_the_address_it_checked(
-    app: Flask,
-    client: FlaskClient,
-    dbs: Session,
-    operator: dict[str, str],
+    database_url: str,
+    app_config: dict,
+    request: pytest.FixtureRequest,
     receiver: HttpReceiver,
     resolver: Callable[[str, list[str]], None],
 ) -> None:
-    # A resolver that answers public once and loopback ever after: checking one answer and connecting by
-    # a second lookup would reach the loopback receiver.
+    # The resolver answers 127.0.0.2 (allowed here, and nothing listens there) once, then 127.0.0.1 (where the
+    # receiver listens, not allowed) ever after: checking one answer and connecting by a second lookup would
+    # reach the receiver. No packet leaves the machine.
+    app_config["OUTBOUND_ALLOW"] = "127.0.0.2/32"
+    app: Flask = request.getfixturevalue("app")
     port = receiver.url.split(":")[2].split("/")[0]
     paging.load_shipped(app, demo=False)
     paging.add_contact(
         app, organisation="dic", name="Flip", webhook_url=f"http://flip.rebind.test:{port}/hook", channels=["webhook"]
     )
-    resolver("flip.rebind.test", [PUBLIC, "127.0.0.1"])
-    _page_dic(app, client, operator)
+    resolver("flip.rebind.test", ["127.0.0.2", "127.0.0.1"])
+    _page_dic(app, request.getfixturevalue("client"), request.getfixturevalue("operator"))
+    dbs: Session = request.getfixturevalue("dbs")
     [tried] = dbs.scalars(select(Delivery).where(Delivery.channel == "webhook"))
-    assert tried.attempts == 1 and tried.state != "delivered" and PUBLIC in (tried.last_error or ""), tried.last_error
+    assert tried.attempts == 1 and tried.state != "delivered", tried.last_error
+    assert "127.0.0.2" in (tried.last_error or "") and "refused" in tried.last_error.lower(), tried.last_error
     assert receiver.deliveries == []
 
 
