@@ -40,6 +40,16 @@ class Policy:
     issuer: str = "UCSC"
 
 
+class Throttled(ValidationFailed):
+    """A password try refused unchecked: this address must first wait `retry_after` for this account."""
+
+    def __init__(self, retry_after: timedelta) -> None:
+        super().__init__(
+            "too many wrong passwords", errors=[FieldError("current_password", "too many wrong passwords")]
+        )
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class PasswordCheck:
     """The outcome of a password check: the user when it matched, else why not."""
@@ -335,19 +345,35 @@ def change_password(
     repeat: str,
     keep_session_id: int | None,
     source_ip: str | None,
+    policy: Policy,
 ) -> None:
-    """Set a new password after checking the current one; every other session of the user ends."""
+    """Set a new password after checking the current one; every other session of the user ends.
 
-    def work() -> None:
+    Guesses of the current password are throttled like sign-ins: a session alone must not be a way to find it.
+    """
+    username = session.scalar(select(User.username).where(User.id == user_id))
+    if username is None:
+        raise NotFound("no such user")
+    source, rules = throttle.source_key(source_ip), policy.throttle_rules
+    claim = in_transaction(
+        session, lambda: throttle.claim(session=session, source=source, account=username, rules=rules, now=utcnow())
+    )
+    if claim.wait > timedelta(0):
+        raise Throttled(claim.wait)
+
+    def work() -> list[FieldError]:
         user = session.scalar(select(User).where(User.id == user_id).with_for_update(key_share=True))
         if user is None:
             raise NotFound("no such user")
-        errors = []
-        if not user.password_hash or not check_password_hash(user.password_hash, current):
-            errors.append(FieldError("current_password", "wrong password"))
-        errors += _password_errors(new, repeat)
+        errors = _password_errors(new, repeat)
+        if user.password_hash and check_password_hash(user.password_hash, current):
+            throttle.release(session=session, source=source, account=username, rules=rules, now=utcnow())
+        else:
+            errors.insert(0, FieldError("current_password", "wrong password"))
+            audit.append(session, action=audit.Action.LOGIN_FAILED, actor=user.username, source_ip=source_ip,
+                         data={"reason": "wrong current password", "via": "password change"})  # fmt: skip
         if errors:
-            raise ValidationFailed("password not changed", errors=errors)
+            return errors
         now = utcnow()
         user.password_hash = generate_password_hash(new)
         user.password_changed_at = now
@@ -357,8 +383,12 @@ def change_password(
             if row.id != keep_session_id:
                 row.revoked_at = now
         audit.append(session, action=audit.Action.PASSWORD_CHANGED, actor=user.username, source_ip=source_ip)
+        return []
 
-    in_transaction(session, work)
+    # Raised after the commit, so a wrong guess stays counted and audited.
+    errors = in_transaction(session, work)
+    if errors:
+        raise ValidationFailed("password not changed", errors=errors)
 
 
 def set_language(*, session: Session, user_id: int, language: str) -> None:

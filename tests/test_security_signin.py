@@ -195,3 +195,25 @@ def test_finding_7c_a_user_name_no_account_can_have_is_a_wrong_sign_in_counted_f
         response = sign_in(odd, name, "x\x00y")
         assert response.status_code == 401 and "Sai tên đăng nhập hoặc mật khẩu." in response.text
     assert [row.source_ip for row in audit_rows(app, "login.failed")] == [ATTACKER] * 4
+
+
+@pytest.mark.parametrize("app_config", [{"LOGIN_RATE_LIMIT": ""}])
+def test_finding_7c_a_session_cannot_guess_the_password_on_the_password_change_form(app: Flask) -> None:
+    make_user(app, "op")
+    browser = client_at(app, ATTACKER)
+    assert sign_in(browser, "op").status_code == 302
+
+    def change(current: str):
+        page = browser.get("/account/password")
+        new = "a new long password"
+        data = {"current_password": current, "new_password": new, "repeat_password": new, "csrf_token": csrf(page.text)}
+        return browser.post("/account/password", data=data)
+
+    for _ in range(5):
+        assert change("wrong password!").status_code == 422
+    waited = change(PASSWORD)
+    assert waited.status_code == 429 and waited.headers["Retry-After"] == "1"
+    assert "Quá nhiều lần đăng nhập sai" in waited.text
+    assert sign_in(client_at(app, REAL_USER), "op").status_code == 302  # the password is unchanged
+    time.sleep(1.1)
+    assert change(PASSWORD).status_code == 302

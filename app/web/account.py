@@ -41,6 +41,10 @@ def _too_many(template: str, error: str, seconds: float, **context: Any) -> Any:
     return body, status, {"Retry-After": retry_after(seconds)}
 
 
+def _throttled_message(seconds: float) -> str:
+    return _("Too many failed sign-ins from this address. Try again in %(seconds)s s.", seconds=retry_after(seconds))
+
+
 def _locked_message() -> str:
     return _("Two-factor sign-in is locked after repeated wrong codes. Try again later or ask an admin.")
 
@@ -85,9 +89,8 @@ def login() -> Any:
         session=db.session(), username=username, password=password, policy=policy(), source_ip=request.remote_addr
     )
     if result.refusal == "throttled":
-        seconds = retry_after(result.retry_after.total_seconds())
-        message = _("Too many failed sign-ins from this address. Try again in %(seconds)s s.", seconds=seconds)
-        return _too_many("login.html", message, result.retry_after.total_seconds(), username=username)
+        seconds = result.retry_after.total_seconds()
+        return _too_many("login.html", _throttled_message(seconds), seconds, username=username)
     if result.user is None:
         return render("login.html", 401, error=_("Wrong user name or password."), username=username)
     if result.user.totp_secret:
@@ -184,7 +187,11 @@ def change_password() -> Any:
                 repeat=request.form.get("repeat_password", ""),
                 keep_session_id=current_user.session_id,
                 source_ip=request.remote_addr,
+                policy=policy(),
             )
+        except signin.Throttled as exc:
+            errors = {"current_password": [_throttled_message(exc.retry_after.total_seconds())]}
+            return _too_many("password.html", "", exc.retry_after.total_seconds(), errors=errors)
         except ValidationFailed as exc:
             errors = field_errors(exc.errors)
         else:
