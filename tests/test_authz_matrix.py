@@ -492,12 +492,22 @@ def _http_mismatches(app: Flask, w: World) -> list[str]:
     return mismatches
 
 
-def _socket_mismatches(live_url: str, w: World) -> list[str]:
+def _socket_mismatches(live_url: str, w: World, cookie_name: str) -> list[str]:
+    """Each role connects with its API token, and each signed-in role again with its browser session."""
     mismatches: list[str] = []
-    for role in M.ROLES:
+    callers = [(role, role, {"auth": w.api.get(role)}) for role in M.ROLES]
+    for role in M.SIGNED_IN:
+        cookie = w.web[role].get_cookie(cookie_name)
+        callers.append((role, f"{role} (browser)", {"cookie": f"{cookie_name}={cookie.value}" if cookie else ""}))
+    for role, label, credential in callers:
         client = LiveClient(live_url)
         try:
-            client.connect(w.api.get(role), last_event_id=0, timeout=5)
+            if "cookie" in credential:
+                client.sio.connect(live_url, headers={"Cookie": credential["cookie"]}, auth={"last_event_id": 0},
+                                   transports=["websocket"],
+                                   namespaces=["/live"], wait_timeout=5)  # fmt: skip
+            else:
+                client.connect(credential["auth"], last_event_id=0, timeout=5)
         except socketio.exceptions.ConnectionError:
             got = {key: dict.fromkeys(M.OBJECTS, M.UNAUTHENTICATED) for key in ("connect", "catch_up")}
         else:
@@ -511,7 +521,7 @@ def _socket_mismatches(live_url: str, w: World) -> list[str]:
             for obj in M.OBJECTS:
                 want = M.expected(key, role, obj)
                 if outcomes[obj] != want:
-                    mismatches.append(f"{key} | {role} | {obj} | expected {want} | got {outcomes[obj]}")
+                    mismatches.append(f"{key} | {label} | {obj} | expected {want} | got {outcomes[obj]}")
     return mismatches
 
 
@@ -520,15 +530,18 @@ def _seen(client: LiveClient, w: World) -> dict[str, str]:
     own = w.objects["own"]
     with contextlib.suppress(AssertionError):
         client.wait_for(lambda f: f.mentions(own.ref), timeout=5)
-    time.sleep(0.5)
+    time.sleep(0.3)
     frames = list(client.frames)
     return {name: M.ALLOWED if any(f.mentions(o.ref) for f in frames) else M.HIDDEN for name, o in w.objects.items()}
 
 
 def test_every_route_role_and_incident_answers_as_the_matrix_says(app: Flask, live_server: Any) -> None:
+    started = time.monotonic()
     world = _build(app)
+    built = time.monotonic()
     mismatches = _http_mismatches(app, world)
-    mismatches += _socket_mismatches(live_server.url, world)
+    called = time.monotonic()
+    mismatches += _socket_mismatches(live_server.url, world, app.config.get("SESSION_COOKIE_NAME", "session"))
     for role in M.SIGNED_IN:
         # Signing out answers with the login page; what shows it worked is that the session is gone after it.
         client = world.web[role]
@@ -536,6 +549,7 @@ def test_every_route_role_and_incident_answers_as_the_matrix_says(app: Flask, li
         after = _classify(client.get("/account/password"), True)
         if not after.startswith(M.UNAUTHENTICATED):
             mismatches.append(f"POST /logout | {role} | - | expected signed out | got {after} on /account/password")
+    print(f"world {built - started:.1f} s, routes {called - built:.1f} s, /live {time.monotonic() - called:.1f} s")
     if mismatches:
         print("\n".join(["route | role | object | expected | got", *mismatches]), file=sys.stderr)
     assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches)
