@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from app import db
 from app.auth import check_token
 from app.errors import ApiError
-from incidents import stix, stix_import, stix_store
+from incidents import stix, stix_import, stix_store, strict_json
 from incidents.access import Actor
 from incidents.enums import TLP, Role
 from incidents.errors import DomainError, Forbidden, NotFound, ValidationFailed
@@ -249,8 +249,9 @@ def _envelope(page: stix_store.Page) -> str:
     head: dict[str, Any] = {"more": page.more}
     if page.next:
         head["next"] = page.next
-    # Stored bodies are served as stored: no parse and re-serialise per object.
-    return json.dumps(head)[:-1] + ', "objects": [' + ", ".join(r.body for r in page.rows) + "]}"
+    # Stored bodies are served as stored: parsed and re-serialised only if one could not be JSON.
+    bodies = (strict_json.servable(r.body, r.stix_id) for r in page.rows)
+    return json.dumps(head)[:-1] + ', "objects": [' + ", ".join(bodies) + "]}"
 
 
 @bp.get("/", strict_slashes=False)
@@ -337,9 +338,9 @@ def add_objects(api_root: str, collection_id: str) -> Response:
     if media.strip() != "application/taxii+json" or version != "2.1":
         raise TaxiiError(415, "Unsupported Media Type", f"send Content-Type: {TAXII}")
     try:
-        envelope = json.loads(request.get_data())
-    except ValueError as exc:
-        raise TaxiiError(400, "Bad Request", f"the body is not JSON: {exc}") from None
+        envelope = strict_json.loads(request.get_data())
+    except ValidationFailed as exc:
+        raise TaxiiError(400, "Bad Request", exc.errors[0].message) from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("objects"), list):
         raise TaxiiError(422, "Unprocessable Content", 'send an envelope: {"objects": [...]}')
     from app.api.stix import import_settings

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from incidents import strict_json
 from incidents.base import MAX_ID
 from incidents.enums import (
     TLP,
@@ -586,6 +587,7 @@ def parse(schema: type[M], raw: bytes | str | dict[str, Any], limits: Limits = D
     try:
         if isinstance(raw, dict):
             return schema.model_validate(raw, context={"limits": limits})
+        strict_json.check(raw)
         return schema.model_validate_json(raw, context={"limits": limits})
     except ValidationError as exc:
         raise validation_failed(exc) from None

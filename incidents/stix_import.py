@@ -13,13 +13,21 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from incidents import service, stix
-from incidents.access import Actor, may_edit
+from incidents.access import Actor, can_see
 from incidents.base import utcnow
 from incidents.enums import TLP, Category, ObservableType, Priority
-from incidents.errors import FieldError, Forbidden, ValidationFailed
+from incidents.errors import FieldError, ValidationFailed
 from incidents.models import Incident, Observable, StixLink, StixObject, TaxiiStatus
+from incidents.policy import Capability, require
 from incidents.schemas import IncidentCreate, ObservableIn
-from incidents.stix_store import _SCO_TYPES, _insert_values, _next_dates, enqueue_push, levels_up_to
+from incidents.stix_store import (
+    _SCO_TYPES,
+    _insert_values,
+    _next_dates,
+    enqueue_push,
+    levels_up_to,
+    visible_objects,
+)
 
 _MAX_MESSAGES = 50
 
@@ -100,6 +108,7 @@ def validate(objects: Sequence[Any], *, limit: int, known_ids: Iterable[str] = (
             errors.append(FieldError(f"{where} ({obj['id']})", str(exc)))
             continue
         clean.append(obj)
+    errors.extend(_repeated_versions(clean))
     if errors:
         raise ValidationFailed(f"{len(errors)} invalid object(s)", errors=errors[:_MAX_MESSAGES])
     if clean:
@@ -117,7 +126,28 @@ def validate(objects: Sequence[Any], *, limit: int, known_ids: Iterable[str] = (
     return clean
 
 
-def _dangling(session: Session, objects: Sequence[dict[str, Any]], extra_ids: Iterable[str]) -> list[FieldError]:
+def _repeated_versions(objects: Sequence[dict[str, Any]]) -> list[FieldError]:
+    """One version of an object is one row: a bundle naming the same id and version twice is refused."""
+    seen: set[tuple[str, Any]] = set()
+    errors = []
+    for obj in objects:
+        version = _version(obj)
+        if version is None:
+            continue
+        try:
+            key: Any = (obj["id"], _parse_time(version))
+        except ValueError:
+            key = (obj["id"], version)
+        if key in seen:
+            errors.append(FieldError(f"objects ({obj['id']})", f"sent more than once with the version {version}"))
+        seen.add(key)
+    return errors
+
+
+def _dangling(
+    session: Session, objects: Sequence[dict[str, Any]], extra_ids: Iterable[str], actor: Actor
+) -> list[FieldError]:
+    """References to nothing the importer may read: an object hidden from them is answered as one never stored."""
     present = {o["id"] for o in objects} | set(extra_ids) | set(stix.TLP_OF_MARKING)
     wanted: dict[str, str] = {}
     for obj in objects:
@@ -127,7 +157,11 @@ def _dangling(session: Session, objects: Sequence[dict[str, Any]], extra_ids: It
     refs = list(wanted)
     stored: set[str] = set()
     for i in range(0, len(refs), 500):
-        stored |= set(session.scalars(select(StixObject.stix_id).where(StixObject.stix_id.in_(refs[i : i + 500]))))
+        stored |= set(
+            session.scalars(
+                select(StixObject.stix_id).where(StixObject.stix_id.in_(refs[i : i + 500]), visible_objects(actor))
+            )
+        )
     return [
         FieldError(f"objects ({source})", f"refers to {ref}, which is neither in the bundle nor stored")
         for ref, source in wanted.items()
@@ -233,8 +267,7 @@ def import_objects(
     push: bool = False,
 ) -> ImportResult:
     """Import objects all or nothing: incidents they describe are created or enriched, the rest stored as sent."""
-    if not may_edit(actor):
-        raise Forbidden(f"the role {actor.role} may not import STIX")
+    require(actor, Capability.IMPORT_STIX, f"the role {actor.role} may not import STIX")
     clean = validate(objects, limit=limit)
     too_secret = [
         o["id"] for o in clean if stix.TLP_ORDER.index(TLP(_tlp(o, default_tlp))) > stix.TLP_ORDER.index(TLP(max_tlp))
@@ -247,7 +280,7 @@ def import_objects(
     links = _incident_links(clean)
 
     def work() -> ImportResult:
-        dangling = _dangling(session, clean, known_ids)
+        dangling = _dangling(session, clean, known_ids, actor)
         if dangling:
             raise ValidationFailed(f"{len(dangling)} dangling reference(s)", errors=dangling)
         return _store(session, clean, links, actor, settings, default_tlp, status, push)
@@ -268,13 +301,17 @@ def _store(
     result = ImportResult()
     ids = [o["id"] for o in objects]
     have: set[tuple[str, datetime]] = set()
+    projected: dict[str, set[str | None]] = {}
     for i in range(0, len(ids), 500):
-        have |= {
-            (r.stix_id, r.modified)
-            for r in session.execute(
-                select(StixObject.stix_id, StixObject.modified).where(StixObject.stix_id.in_(ids[i : i + 500]))
+        for r in session.execute(
+            select(StixObject.stix_id, StixObject.modified, StixObject.imported_by_id, StixObject.key).where(
+                StixObject.stix_id.in_(ids[i : i + 500])
             )
-        }
+        ):
+            have.add((r.stix_id, r.modified))
+            if r.imported_by_id is None:
+                projected.setdefault(r.stix_id, set()).add(r.key)
+    _refuse_projected(objects, projected, have)
     sco_keys = {k for k in (_sco_key(o) for o in objects) if k}
     by_value: dict[tuple[str, str], str] = {}
     keys = list(sco_keys)
@@ -296,6 +333,8 @@ def _store(
             .limit(1)
         )
         observed = _observables(o for o in objects if o["id"] in linked_ids)
+        if ours is not None and not can_see(session, actor, ours):
+            ours = None  # an incident hidden from the importer is neither enriched nor named: as if it were not ours
         if ours is None and obj is None:
             continue  # refers to an incident stored only as STIX (checked as a reference): nothing to create
         if ours is not None:
@@ -313,11 +352,21 @@ def _store(
             continue
         for oid in {*linked_ids, inc_id}:
             member_of.setdefault(oid, set()).add(incident_of[inc_id])
+    incident_tlp = {
+        r.id: str(r.tlp)
+        for r in session.execute(select(Incident.id, Incident.tlp).where(Incident.id.in_(set(incident_of.values()))))
+    }
     rewrite: dict[str, str] = {}
     values: list[dict[str, Any]] = []
     row_links: dict[int, set[int]] = {}
     for obj in objects:
         tlp = _tlp(obj, default_tlp)
+        floor = [incident_tlp[i] for i in member_of.get(obj["id"], ())]
+        if any(stix.stricter(tlp, level) != tlp for level in floor):
+            # Never below the incident it describes: the stricter level, in the row and in the object's markings.
+            for level in floor:
+                tlp = stix.stricter(tlp, level)
+            obj = _marked(obj, tlp)
         key = _sco_key(obj)
         version = _version(obj)
         modified = _parse_time(version) if version else None
@@ -388,6 +437,34 @@ def _store(
     if push and rows:
         enqueue_push(session)
     return result
+
+
+PROJECTED = "this id is an object UCSC publishes from an incident; an import may not change it (use a new id)"
+
+
+def _refuse_projected(
+    objects: Sequence[dict[str, Any]], projected: dict[str, set[str | None]], have: set[tuple[str, datetime]]
+) -> None:
+    """An import never writes a version of a projected object; the version it already holds is a duplicate."""
+    errors = []
+    for obj in objects:
+        if obj["id"] not in projected:
+            continue
+        version = _version(obj)
+        if version is not None and (obj["id"], _parse_time(version)) in have:
+            continue
+        if version is None and _sco_key(obj) in projected[obj["id"]]:
+            continue  # the same observable: an SCO's id is derived from its value
+        errors.append(FieldError(f"objects ({obj['id']})", PROJECTED))
+    if errors:
+        raise ValidationFailed(
+            f"{len(errors)} object(s) would change what incidents publish", errors=errors[:_MAX_MESSAGES]
+        )
+
+
+def _marked(obj: dict[str, Any], level: str) -> dict[str, Any]:
+    others = [m for m in obj.get("object_marking_refs") or [] if m not in stix.TLP_OF_MARKING]
+    return {**obj, "object_marking_refs": [*others, stix.TLP_MARKING_IDS[TLP(level)]]}
 
 
 def _fix_current(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -26,12 +26,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, selectinload
 
-from incidents import jobs, service, stix
+from incidents import jobs, service, stix, strict_json
 from incidents.access import Actor, may_edit, tlp_clause, visible_incidents
 from incidents.base import utcnow
 from incidents.enums import TLP, Role
 from incidents.errors import FieldError, Forbidden, ValidationFailed
 from incidents.models import Event, Incident, StixCursor, StixExport, StixLink, StixObject, System
+from incidents.policy import Capability, require
 
 log = logging.getLogger("ucsc.stix")
 
@@ -702,7 +703,7 @@ def export_incident(
     imported = _projected_rows(session, incident.id, incident.tlp, imported=actor)
     tlps = {str(incident.tlp), *(r.tlp for r in imported)}
     board = _board_body(session)
-    extra = list({r.stix_id: r.body for r in imported}.values())
+    extra = list({r.stix_id: strict_json.servable(r.body, r.stix_id) for r in imported}.values())
     head = [*_markings(session, tlps | {TLP.CLEAR.value}), *([board] if board else [])]
     if stored_row is not None:
         # The stored join is sent as stored; its digest stands for its 25 MB in the bundle id, which still
@@ -724,11 +725,11 @@ def export_incident(
 
 def export_since(session: Session, actor: Actor, since: datetime | None, *, limit: int) -> tuple[str, list[str]]:
     """Every current object `actor` may see, added after `since`; the bundle and the TLP levels it holds."""
-    stmt = select(StixObject.body, StixObject.tlp).where(StixObject.current, visible_objects(actor))
+    stmt = select(StixObject.stix_id, StixObject.body, StixObject.tlp).where(StixObject.current, visible_objects(actor))
     if since is not None:
         stmt = stmt.where(StixObject.date_added > since)
     rows = session.execute(stmt.order_by(StixObject.date_added).limit(limit)).all()
-    return _bundle([r.body for r in rows]), sorted({r.tlp for r in rows})
+    return _bundle([strict_json.servable(r.body, r.stix_id) for r in rows]), sorted({r.tlp for r in rows})
 
 
 # ---------------------------------------------------------------------------------------------- TAXII queries
@@ -868,8 +869,7 @@ def delete_object(session: Session, actor: Actor, max_tlp: str, object_id: str, 
     """Delete imported versions of an object (projected ones belong to incidents and are refused)."""
     from incidents.errors import Forbidden, NotFound
 
-    if actor.role is not Role.ADMIN:
-        raise Forbidden("only an admin deletes TAXII objects")
+    require(actor, Capability.DELETE_TAXII_OBJECTS, "only an admin deletes TAXII objects")
 
     def work() -> int:
         rows = object_rows(session, actor, max_tlp, object_id, filters)

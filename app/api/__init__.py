@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel
 
+from app.auth import current_actor
 from app.errors import ApiError
 from incidents.base import MAX_ID
 from incidents.errors import FieldError, NotFound
@@ -73,6 +74,13 @@ def raw_json_body() -> bytes:
 
 def body(schema: type[M]) -> M:
     return parse(schema, raw_json_body(), limits())
+
+
+@bp.before_request
+def _caller_before_body() -> None:
+    """Every write names a valid token before anything reads its body: an anonymous upload is never received."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        current_actor()
 
 
 @bp.url_value_preprocessor

@@ -12,7 +12,7 @@ from app.api import body, operation
 from app.api.incidents import _settings
 from app.auth import current_actor
 from app.errors import ApiError
-from incidents import audit, service, stix, stix_import, stix_store
+from incidents import audit, service, stix, stix_import, stix_store, strict_json
 from incidents.errors import FieldError, ValidationFailed
 from incidents.schemas import Strict
 
@@ -142,10 +142,7 @@ def import_bundle() -> Response:
             "send Content-Type: application/stix+json or application/json",
             errors=[FieldError("Content-Type", "must be application/stix+json or application/json")],
         )
-    try:
-        bundle = json.loads(request.get_data())
-    except ValueError as exc:
-        raise ValidationFailed("the body is not JSON", errors=[FieldError("body", str(exc))]) from None
+    bundle = strict_json.loads(request.get_data())
     if not isinstance(bundle, dict) or bundle.get("type") != "bundle" or not isinstance(bundle.get("objects"), list):
         raise ValidationFailed(
             "not a STIX bundle", errors=[FieldError("body", 'a bundle: {"type": "bundle", "objects": [...]}')]
