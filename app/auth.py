@@ -164,15 +164,24 @@ class Credential:
     id: int
 
 
-def token_credential(token: str) -> tuple[Actor, Credential] | None:
+@dataclass(frozen=True)
+class Identity:
+    """Who a credential stands for now; `as_self` unless it is a token acting with another role than its user's."""
+
+    actor: Actor
+    as_self: bool = True
+
+
+def token_credential(token: str) -> tuple[Identity, Credential] | None:
     # Read afresh: a socket lives for hours, so the request cache's few seconds of grace do not apply to it.
     actor = check_token(token, cached=False)[0]
     if actor is None or actor.token_id is None:
         return None
-    return actor, Credential("token", actor.token_id)
+    own_role = db.session().scalar(select(User.role).where(User.id == actor.user_id))
+    return Identity(actor, str(own_role) == actor.role), Credential("token", actor.token_id)
 
 
-def browser_credential(key: str) -> tuple[Actor, Credential] | None:
+def browser_credential(key: str) -> tuple[Identity, Credential] | None:
     """A Flask-Login session key's actor; only a live `browser_sessions` row counts, never a bare user id."""
     found = signin.load_session(db.session(), key)
     if found is None:
@@ -180,7 +189,7 @@ def browser_credential(key: str) -> tuple[Actor, Credential] | None:
     browser, user = found
     if _owes_second_factor(str(user.role), bool(user.totp_secret)):
         return None  # no page and no feed until the second factor is set up
-    return signin.actor_of(user), Credential("browser", browser.id)
+    return Identity(signin.actor_of(user)), Credential("browser", browser.id)
 
 
 def _owes_second_factor(role: str, has_totp: bool) -> bool:
@@ -189,22 +198,23 @@ def _owes_second_factor(role: str, has_totp: bool) -> bool:
     return not has_totp and role in policy().totp_required_roles
 
 
-def valid_actors(session: Session, credentials: Collection[Credential]) -> dict[Credential, Actor]:
+def valid_identities(session: Session, credentials: Collection[Credential]) -> dict[Credential, Identity]:
     """Who each credential stands for now, read from the database (never the cache); revoked, expired,
     deactivated or second-factor-owing ones are absent."""
     now = utcnow()
     tokens = {c.id for c in credentials if c.kind == "token"}
     browsers = {c.id for c in credentials if c.kind == "browser"}
-    found: dict[Credential, Actor] = {}
+    found: dict[Credential, Identity] = {}
     if tokens:
         rows = session.execute(
-            select(ApiToken.id, ApiToken.role, User.id, User.username, User.organisation_id)
+            select(ApiToken.id, ApiToken.role, User.id, User.username, User.organisation_id, User.role)
             .join(User)
             .where(ApiToken.id.in_(tokens), ApiToken.revoked_at.is_(None), User.active)
             .where(or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now))
         )
-        for token_id, role, user_id, username, org in rows:
-            found[Credential("token", token_id)] = Actor(user_id, username, Role(role), org, token_id)
+        for token_id, role, user_id, username, org, own_role in rows:
+            actor = Actor(user_id, username, Role(role), org, token_id)
+            found[Credential("token", token_id)] = Identity(actor, str(own_role) == str(role))
     if browsers:
         rows = session.execute(
             select(BrowserSession.id, User.id, User.username, User.role, User.organisation_id, User.totp_secret)
@@ -214,7 +224,7 @@ def valid_actors(session: Session, credentials: Collection[Credential]) -> dict[
         )
         for session_id, user_id, username, role, org, totp_secret in rows:
             if not _owes_second_factor(str(role), bool(totp_secret)):
-                found[Credential("browser", session_id)] = Actor(user_id, username, Role(role), org)
+                found[Credential("browser", session_id)] = Identity(Actor(user_id, username, Role(role), org))
     return found
 
 

@@ -10,7 +10,6 @@ their sockets, and a role or organisation change regroups their rooms, within a 
 import logging
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +19,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.auth import Credential, valid_actors
+from app.auth import Credential, Identity, valid_identities
 from incidents.access import Actor, audience, rooms_of, visible_ids
 from incidents.base import utcnow
 from incidents.models import Event
@@ -61,7 +60,7 @@ def payload(ev: Event, ref: str | None, status: str | None) -> dict[str, Any]:
 class Member:
     """A connected /live client: who it acts as, the credential that must stay valid, and its catch_up budget."""
 
-    actor: Actor
+    identity: Identity
     credential: Credential
     allowance: float = CATCH_UP_BURST
     refilled_at: float = field(default_factory=time.monotonic)
@@ -75,6 +74,15 @@ class Member:
             self.allowance -= 1
             return 0.0
         return (1 - self.allowance) * CATCH_UP_EVERY
+
+    @property
+    def actor(self) -> Actor:
+        return self.identity.actor
+
+    def rooms(self) -> list[str]:
+        """Its rooms; none for a token acting with another role than its user's, which the tail serves one by one
+        (the personal room is judged by the user's own role)."""
+        return rooms_of(self.actor) if self.identity.as_self else []
 
 
 class Feed:
@@ -160,16 +168,27 @@ class Feed:
                     if not rows:
                         break
                     targets = audience(session, rows)
+                    apart = self._apart(session, rows)
                 for ev in rows:
                     rooms, ref, status = targets[ev.id]
-                    if rooms:
-                        self.socketio.emit(event_name(ev.kind), payload(ev, ref, status), to=rooms, namespace=NAMESPACE)
+                    to = rooms + [sid for sid, (mine, allowed) in apart.items() if _may_have(ev, rooms, mine, allowed)]
+                    if to:
+                        self.socketio.emit(event_name(ev.kind), payload(ev, ref, status), to=to, namespace=NAMESPACE)
                     self.cursor = ev.id
                     emitted += 1
                 self.lag_seconds = max(0.0, (utcnow() - rows[-1].at).total_seconds())
                 if len(rows) < BATCH:
                     break
         return emitted
+
+    def _apart(self, session: Session, rows: list[Event]) -> dict[str, tuple[set[str], set[int]]]:
+        """The rooms and visible incidents of each client in no rooms (`Member.rooms`), to judge it alone."""
+        ids = {ev.incident_id for ev in rows if ev.incident_id is not None}
+        return {
+            sid: (set(rooms_of(m.actor)), visible_ids(session, m.actor, ids))
+            for sid, m in list(self.members.items())
+            if not m.identity.as_self
+        }
 
     def _catch_up(self) -> None:
         """Move the cursor to the newest committed event, emitting nothing (the caller holds the lock)."""
@@ -202,8 +221,8 @@ class Feed:
 
     # --- connecting clients --------------------------------------------------------------------------------
 
-    def admit(self, sid: str, actor: Actor, credential: Credential) -> None:
-        self.members[sid] = Member(actor, credential)
+    def admit(self, sid: str, identity: Identity, credential: Credential) -> None:
+        self.members[sid] = Member(identity, credential)
 
     def forget(self, sid: str) -> None:
         self.members.pop(sid, None)
@@ -230,7 +249,7 @@ class Feed:
                 return  # disconnected or revoked meanwhile
             if done is not None and done < self.cursor:
                 self._replay(sid, member.actor, done, self.cursor)  # only what the tail emitted meanwhile
-            self._set_rooms(sid, rooms_of(member.actor))
+            self._set_rooms(sid, member.rooms())
             cursor = self.cursor
         self.socketio.emit("ready", {"event_id": cursor}, to=sid, namespace=NAMESPACE)
 
@@ -254,9 +273,10 @@ class Feed:
             targets = audience(session, rows)
             mine = set(rooms_of(actor))
             allowed = visible_ids(session, actor, {ev.incident_id for ev in rows if ev.incident_id is not None})
-        for ev in _allowed(rows, targets, mine, allowed):
-            _, ref, status = targets[ev.id]
-            self.socketio.emit(event_name(ev.kind), payload(ev, ref, status), to=sid, namespace=NAMESPACE)
+        for ev in rows:
+            rooms, ref, status = targets[ev.id]
+            if _may_have(ev, rooms, mine, allowed):
+                self.socketio.emit(event_name(ev.kind), payload(ev, ref, status), to=sid, namespace=NAMESPACE)
         return True
 
     # --- credentials that change while connected -----------------------------------------------------------
@@ -271,21 +291,21 @@ class Feed:
         """Close the sockets whose credential no longer holds; regroup those whose role or organisation changed."""
         members = dict(self.members)
         with self.app.app_context(), self.sessions() as session:
-            now = valid_actors(session, {m.credential for m in members.values()})
+            now = valid_identities(session, {m.credential for m in members.values()})
         for sid, member in members.items():
-            actor = now.get(member.credential)
-            if actor is None:
+            identity = now.get(member.credential)
+            if identity is None:
                 log.info("closing /live socket of %s: its %s %d no longer holds", member.actor.username,
                          member.credential.kind, member.credential.id)  # fmt: skip
                 self.forget(sid)
                 self.socketio.emit("signed_out", {}, to=sid, namespace=NAMESPACE)
                 self.socketio.server.disconnect(sid, namespace=NAMESPACE)
-            elif actor != member.actor:
+            elif identity != member.identity:
                 with self._lock:
-                    member.actor = actor
-                    self._set_rooms(sid, rooms_of(actor))
-                log.info("/live socket of %s regrouped for role %s in organisation %d", actor.username, actor.role,
-                         actor.organisation_id)  # fmt: skip
+                    member.identity = identity
+                    self._set_rooms(sid, member.rooms())
+                log.info("/live socket of %s regrouped for role %s in organisation %d", member.actor.username,
+                         member.actor.role, member.actor.organisation_id)  # fmt: skip
 
     def health(self) -> dict[str, Any]:
         return {
@@ -296,9 +316,6 @@ class Feed:
         }
 
 
-def _allowed(rows: Iterable[Event], targets: dict, mine: set[str], allowed: set[int]) -> Iterable[Event]:
-    """Events a replaying client may have: its rooms are in the audience, and it may see the incident now."""
-    for ev in rows:
-        rooms = targets[ev.id][0]
-        if mine.intersection(rooms) and (ev.incident_id is None or ev.incident_id in allowed):
-            yield ev
+def _may_have(ev: Event, rooms: list[str], mine: set[str], allowed: set[int]) -> bool:
+    """Whether a client judged alone may have an event: its rooms are in the audience, and it may see the incident."""
+    return bool(mine.intersection(rooms)) and (ev.incident_id is None or ev.incident_id in allowed)

@@ -9,9 +9,8 @@ from flask import Flask, current_app, request, session
 from flask_socketio import SocketIO, disconnect, emit
 
 from app import db
-from app.auth import Credential, browser_credential, token_credential
+from app.auth import Credential, Identity, browser_credential, token_credential
 from app.feed import NAMESPACE, Feed
-from incidents.access import Actor
 from incidents.base import MAX_ID
 
 log = logging.getLogger("ucsc.live")
@@ -71,7 +70,7 @@ def init_app(app: Flask) -> SocketIO:
     return socketio
 
 
-def _authenticate(auth: Any) -> tuple[Actor, Credential] | None:
+def _authenticate(auth: Any) -> tuple[Identity, Credential] | None:
     """An API client sends auth={"token": TOKEN}; a browser has its Flask-Login session, backed by a live row."""
     found = None
     if isinstance(auth, dict) and isinstance(auth.get("token"), str):

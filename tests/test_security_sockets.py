@@ -326,3 +326,31 @@ def test_finding_6_a_signed_cookie_with_only_a_user_id_authenticates_neither_a_p
             watched(live_server).with_cookie(cookie)
     real = watched(live_server).with_cookie(browser_cookie(app, "op"))  # the same check passes a real session
     assert isinstance(real.wait_for("ready", TIMEOUT), Frame)
+
+
+def test_finding_6_a_token_acting_with_another_role_than_its_user_gets_only_what_that_role_may_see(
+    app: Flask, live_server: LiveServer, watched: Any, make_token: TokenFactory
+) -> None:
+    operator = make_token("operator", "dic", username="op")
+    make_user(app, "chief", role="admin")
+    with app.app_context():
+        s = db.session()
+        with s.begin():
+            from app.auth import new_token
+            from incidents import accounts
+
+            token, digest = new_token()
+            accounts.create_token(session=s, name="siem-as-chief", role=Role.INTAKE, digest=digest, user="chief")
+    intake = {"Authorization": f"Bearer {token}"}
+    siem = watched(live_server).connect(intake)
+    desk = watched(live_server).connect(operator)
+    for c in (siem, desk):
+        c.wait_for("ready", TIMEOUT)
+
+    red = file(live_server, operator, tlp="red", participants=[{"user": "chief"}], title="Chỉ người được nêu tên")
+    read = requests.get(f"{live_server.url}/api/v1/incidents/{red['id']}", headers=intake, timeout=10)
+    assert read.status_code == 404, "the API does not let the token read it"
+    own = file(live_server, intake, tlp="amber")
+    siem.wait_for(about(own), TIMEOUT)  # its own filing reaches it, as the API lets it read it
+    desk.wait_for(about(own), TIMEOUT)
+    assert not [f for f in siem.frames if f.mentions(red["id"], red["ref"])], "an intake token saw what its user may"
