@@ -48,9 +48,11 @@ def init_db(no_demo: bool) -> None:
     """Create or migrate the schema and load the roster; safe to run twice."""
     instance = Path(current_app.instance_path)
     instance.mkdir(parents=True, exist_ok=True)
+    # Keys from the environment mean a deployment: then no key file, and the audit key without its own variable
+    # is derived from the secret key (app/config.py).
     for name, variable in (("secret_key", "UCSC_SECRET_KEY"), ("audit_key", "UCSC_AUDIT_KEY")):
         key_file = instance / name
-        if not os.environ.get(variable) and not key_file.exists():
+        if not (os.environ.get(variable) or os.environ.get("UCSC_SECRET_KEY")) and not key_file.exists():
             key_file.write_text(secrets.token_hex(32))
             key_file.chmod(0o600)
             click.echo(f"{name.replace('_', ' ')} written to {key_file}")
@@ -59,9 +61,10 @@ def init_db(no_demo: bool) -> None:
                 install_audit_keys(current_app)
     migrate()
     session = db.session()
-    # Rows written before audit keys existed are pinned by a signed checkpoint after them.
+    # Rows written before audit keys existed are pinned by a signed checkpoint after them (its copy outside the
+    # database is the worker's and `audit checkpoint`'s to keep).
     if session.scalar(select(AuditEntry.mac).order_by(AuditEntry.id.desc()).limit(1)) is None:
-        audit.checkpoint(session, actor=_cli_actor(), anchor_file=_anchor_file(), only_if_new=True)
+        audit.checkpoint(session, actor=_cli_actor(), anchor_file=None, only_if_new=True)
     with session.begin():
         counts = roster.load_roster(session, yaml.safe_load((_HERE / "incidents" / "roster.yaml").read_text()))
         systems = 0

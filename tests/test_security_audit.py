@@ -63,8 +63,8 @@ def as_superuser(app: Flask, work) -> None:
     """Change audit_log as someone holding the database's superuser could: append-only triggers off."""
     with app.app_context(), db.engine().begin() as conn:
         if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("DROP TRIGGER audit_log_no_update")
-            conn.exec_driver_sql("DROP TRIGGER audit_log_no_delete")
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_update")
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS audit_log_no_delete")
         else:
             conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
         work(conn)
@@ -157,6 +157,18 @@ def test_finding_10_a_rotated_key_verifies_old_rows_with_the_listed_old_key_and_
         for other in (rotated, forgetful):
             with other.app_context():
                 db.engine().dispose()
+
+
+def test_finding_10_unsigned_rows_pass_only_as_the_prefix_written_before_audit_keys(app, runner):
+    trail = a_trail(app, runner, 3)
+    as_superuser(app, lambda conn: conn.execute(update(AUDIT).where(AUDIT.c.id == trail[1].id).values(mac=None)))
+    assert cli(runner, "audit", "verify", code=1).startswith(f"audit trail broken at row {trail[1].id}: ")
+    # A trail from before the keys (no MAC anywhere) is refused until a signed row (init-db's checkpoint) pins it.
+    as_superuser(app, lambda conn: conn.execute(update(AUDIT).values(mac=None, key_id=None)))
+    out = cli(runner, "audit", "verify", code=1)
+    assert out == f"audit trail broken at row {trail[-1].id}: no row is signed with an audit key"
+    cli(runner, "audit", "checkpoint")
+    assert cli(runner, "audit", "verify") == "audit trail intact: 4 rows"
 
 
 def test_finding_10_the_worker_writes_signed_checkpoints_that_detect_a_deleted_tail(app, runner, start_worker):
