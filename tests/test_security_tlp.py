@@ -19,6 +19,7 @@ from incidents.records import Report
 from tests.conftest import TokenFactory, incident_payload
 from tests.live import LiveServer
 from tests.sockets import LiveClient
+from tests.test_intake import parallel
 from tests.test_migrations import _alembic, empty_engine  # noqa: F401  (the fixture: a database with no tables)
 from tests.web import make_user, sign_in, text_of
 
@@ -285,3 +286,25 @@ def test_finding_3_bulk_filing_never_groups_into_an_invisible_incident(
     assert got[0]["id"] == got[2]["id"] and got[2]["occurrence_count"] == 2
     assert client.get(f"{URL}/{theirs['id']}", headers=siem).json["occurrence_count"] == 1
     assert client.get(f"{URL}/{theirs['id']}", headers=scanner).status_code == 404
+
+
+def test_finding_3_parallel_filings_beside_an_invisible_incident_make_one_incident_of_their_own(
+    live_server: LiveServer, make_token: TokenFactory
+) -> None:
+    siem = make_token("intake", "dic", username="siem")
+    scanner = make_token("intake", "dic", username="scanner")
+    api = f"{live_server.url}{URL}"
+    theirs = requests.post(api, json=incident_payload(tlp="red", dedup_key="rule-7"), headers=siem, timeout=10)
+    assert theirs.status_code == 201
+
+    def post(i: int) -> requests.Response:
+        body = incident_payload(dedup_key="rule-7", detected_at=f"2026-11-20T08:{i:02d}:00+07:00")
+        return requests.post(api, json=body, headers=scanner, timeout=30)
+
+    answers = parallel(20, post)
+    assert sorted(r.status_code for r in answers) == [200] * 19 + [201], [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert answers[0].json()["id"] != theirs.json()["id"]
+    assert max(r.json()["occurrence_count"] for r in answers) == 20
+    r = requests.get(f"{api}/{theirs.json()['id']}", headers=siem, timeout=10)
+    assert r.json()["occurrence_count"] == 1
