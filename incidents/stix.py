@@ -94,6 +94,12 @@ def stricter(a: str, b: str) -> str:
     return TLP_ORDER[max(TLP_ORDER.index(TLP(a)), TLP_ORDER.index(TLP(b)))]
 
 
+def marked(obj: dict[str, Any], level: str) -> dict[str, Any]:
+    """A JSON object with its TLP markings replaced by `level` (other markings kept)."""
+    others = [m for m in obj.get("object_marking_refs") or [] if m not in TLP_OF_MARKING]
+    return {**obj, "object_marking_refs": [*others, TLP_MARKING_IDS[TLP(level)]]}
+
+
 # Appendix B of the Incident Core Extension: criticality 0–100; our priorities sit in its bands.
 CRITICALITY = {Priority.P1: 90, Priority.P2: 70, Priority.P3: 50, Priority.P4: 25}
 OPENCTI_SEVERITY = {Priority.P1: "critical", Priority.P2: "high", Priority.P3: "medium", Priority.P4: "low"}

@@ -366,7 +366,7 @@ def _store(
             # Never below the incident it describes: the stricter level, in the row and in the object's markings.
             for level in floor:
                 tlp = stix.stricter(tlp, level)
-            obj = _marked(obj, tlp)
+            obj = stix.marked(obj, tlp)
         key = _sco_key(obj)
         version = _version(obj)
         modified = _parse_time(version) if version else None
@@ -460,11 +460,6 @@ def _refuse_projected(
         raise ValidationFailed(
             f"{len(errors)} object(s) would change what incidents publish", errors=errors[:_MAX_MESSAGES]
         )
-
-
-def _marked(obj: dict[str, Any], level: str) -> dict[str, Any]:
-    others = [m for m in obj.get("object_marking_refs") or [] if m not in stix.TLP_OF_MARKING]
-    return {**obj, "object_marking_refs": [*others, stix.TLP_MARKING_IDS[TLP(level)]]}
 
 
 def _fix_current(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -408,9 +408,25 @@ def _apply(session: Session, prep: _Prepared, settings: StixSettings, board: str
         planned, own, shared = _plan(session, fresh, board)
         digest, tlp = _digest(fresh, board), fresh.tlp
     written = _write(session, prep.incident_id, tlp, planned, own, shared)
+    _raise_imported(session, prep.incident_id, tlp)
     _refresh_export(session, prep.incident_id, tlp)
     _mark(session, prep.incident_id, digest, prep.last_event)
     return written
+
+
+def _raise_imported(session: Session, incident_id: int, tlp: str) -> None:
+    """Imported objects of an incident whose TLP was raised follow it: row and markings, never below it."""
+    lower = levels_up_to(tlp)[:-1]
+    if not lower:
+        return
+    rows = session.execute(
+        select(StixObject.id, StixObject.body)
+        .join(StixLink, StixLink.object_id == StixObject.id)
+        .where(StixLink.incident_id == incident_id, StixObject.imported_by_id > 0, StixObject.tlp.in_(lower))
+    ).all()
+    for row in rows:
+        body = json.dumps(stix.marked(json.loads(row.body), tlp), ensure_ascii=False)
+        session.execute(update(StixObject).where(StixObject.id == row.id).values(tlp=tlp, body=body))
 
 
 def project_incident(session: Session, incident_id: int, settings: StixSettings) -> int:
@@ -776,8 +792,21 @@ def _decode_next(filters: Filters, token: str) -> datetime:
     return at.astimezone(UTC)
 
 
+def in_collection(max_tlp: str) -> ColumnElement[bool]:
+    """Rows a collection up to `max_tlp` holds: at most that level, and an incident of theirs still is too."""
+    levels = levels_up_to(max_tlp)
+    if TLP(max_tlp) is TLP.RED:
+        return StixObject.tlp.in_(levels)
+    linked = exists().where(StixLink.object_id == StixObject.id)
+    # A raised TLP takes the incident's earlier copies (shared observables, imported objects) with it.
+    allowed = exists().where(
+        StixLink.object_id == StixObject.id, Incident.id == StixLink.incident_id, Incident.tlp.in_(levels)
+    )
+    return and_(StixObject.tlp.in_(levels), or_(not_(linked), allowed))
+
+
 def _filtered(actor: Actor, max_tlp: str, filters: Filters, columns: Sequence[Any]) -> Any:
-    stmt = select(*columns).where(StixObject.tlp.in_(levels_up_to(max_tlp)), visible_objects(actor))
+    stmt = select(*columns).where(in_collection(max_tlp), visible_objects(actor))
     if filters.added_after is not None:
         stmt = stmt.where(StixObject.date_added > filters.added_after)
     if filters.ids:

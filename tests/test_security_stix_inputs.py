@@ -131,6 +131,24 @@ def test_finding_1_an_imported_object_is_never_marked_below_its_incident(client,
     assert not ids & {o["id"] for o in json.loads(text)["objects"]}
 
 
+def test_finding_1_an_imported_object_follows_its_incident_when_the_tlp_is_raised(client, operator, app):
+    filed = _file(client, operator, title="Amber, later red", tlp="amber")
+    amber = _export(client, operator, filed["id"])
+    incident_id = next(o for o in amber if o["type"] == "incident")["id"]
+    observables = {o["id"] for o in amber if o["type"] in ("ipv4-addr", "domain-name", "url")}
+    objects = _indicator_for(incident_id, "198.51.100.10", marking=GREEN)
+    assert _import(client, operator, objects).status_code == 200
+    ids = {o["id"] for o in objects}
+    assert ids <= {o["id"] for o in _collection(client, operator, "national")}
+    assert client.patch(f"{URL}/{filed['id']}", json={"tlp": "red"}, headers=operator).status_code == 200
+    _export(client, operator, filed["id"])  # an export projects the change first
+    national = {o["id"] for o in _collection(client, operator, "national")}
+    assert not ids & national, "imported objects follow the incident to red"
+    assert not observables & national, "the amber copies of its observables left with it, as the push does"
+    served = [o for o in _collection(client, operator, "working-group") if o["id"] in ids]
+    assert len(served) == 2 and all(o["object_marking_refs"] == [RED] for o in served)
+
+
 NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999999"]
 
 
