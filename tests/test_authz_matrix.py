@@ -450,15 +450,28 @@ def _is_web(rule: str) -> bool:
     return not rule.startswith(("/api/", "/taxii2"))
 
 
-def _call(w: World, app: Flask, key: str, role: str, obj: str | None) -> str:
+# The audit trail names every incident read or exported, for its reader (admins) to judge.
+_MAY_NAME_HIDDEN = ("GET /api/v1/audit",)
+
+
+def _call(w: World, app: Flask, key: str, role: str, obj: str | None) -> tuple[str, list[str]]:
+    """The outcome class and status, and the incidents hidden from `role` that the answer names anyway."""
     rule = key.partition(" ")[2]
     web = _is_web(rule)
     client = (w.web.get(role) if web else None) or app.test_client()
     response = _web_request(w, key, role, obj, client) if web else _api_request(w, key, role, obj, client)
     try:
-        return _classify(response, web, client)
+        outcome = _classify(response, web, client)
+        text = response.get_data().decode("utf-8", "replace") if key not in _MAY_NAME_HIDDEN else ""
     finally:
         response.close()
+    # The incident the caller asked about may be echoed back (a 404 naming it, a redirect to it): it sent that.
+    hidden = [n for n, o in w.objects.items() if n != obj and n not in M.SEES.get(role, ()) and _names(text, o)]
+    return outcome, hidden
+
+
+def _names(text: str, o: Obj) -> bool:
+    return o.ref in text or o.stix_id in text
 
 
 # Called last: they end or change the caller's own session.
@@ -477,11 +490,16 @@ def _http_mismatches(app: Flask, w: World) -> list[str]:
         elif scope == "collection":
             objects = M.COLLECTIONS
         for role in roles:
-            missing = _call(w, app, key, role, None).split()[0] if scope == "incident" and role != "anonymous" else None
+            missing = (
+                _call(w, app, key, role, None)[0].split()[0] if scope == "incident" and role != "anonymous" else None
+            )
             for obj in objects:
                 want = M.expected(key, role, obj)
-                got_code = _call(w, app, key, role, obj)
+                got_code, named = _call(w, app, key, role, obj)
                 got = got_code.split()[0]
+                if named:
+                    mismatches.append(f"{key} | {role} | {obj or '-'} | names no incident hidden from the caller "
+                                      f"| names {', '.join(named)} ({got_code})")  # fmt: skip
                 if scope == "incident" and want == M.FORBIDDEN and obj not in M.SEES[role]:
                     # Refused either way; what matters is that it answers as for an incident that does not exist.
                     if got in (M.FORBIDDEN, M.HIDDEN) and got == missing:
