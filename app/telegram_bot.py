@@ -231,6 +231,7 @@ def new_link(*, session: Session, config: Any, contact_id: int, actor: Actor, so
     """
     from incidents.errors import Conflict
 
+    _require_desk(actor)  # a refusal first: whether Telegram is on here is the desk's business
     settings = Settings.from_config(config)
     if settings is None:
         raise Conflict("Telegram is off: set UCSC_TELEGRAM_TOKEN (and UCSC_TELEGRAM_MODE other than off)")

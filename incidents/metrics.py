@@ -17,6 +17,7 @@ from incidents import service
 from incidents.access import Actor, visible_incidents
 from incidents.base import UTCDateTime
 from incidents.models import Incident, Organisation, System
+from incidents.policy import Capability, require
 from incidents.records import DeadlineClock
 
 LOCAL_TZ = service.LOCAL_TZ
@@ -48,6 +49,7 @@ def _month(at: datetime) -> str:
 
 def compute(*, session: Session, actor: Actor, start: date, end: date) -> dict[str, Any]:
     """Metrics of the incidents received from `start` to `end` inclusive (local dates) that `actor` may see."""
+    require(actor, Capability.READ_RESPONSE)
     lo = datetime.combine(start, time(0), LOCAL_TZ)
     hi = datetime.combine(end + timedelta(days=1), time(0), LOCAL_TZ)
     first_ack = (

@@ -312,6 +312,7 @@ def get_report(
     session: Session, actor: Actor, incident_id: int | str, kind: str, version: int | None = None
 ) -> tuple[Incident, Report]:
     """The version asked for, or the latest, among those `actor` may read."""
+    require(actor, Capability.READ_RESPONSE)
     incident = service.get_incident(session, actor, incident_id)
     if kind not in KINDS:
         raise NotFound(f"no report kind {kind!r}")
@@ -325,6 +326,7 @@ def get_report(
 
 
 def list_reports(session: Session, actor: Actor, incident_id: int | str) -> list[Report]:
+    require(actor, Capability.READ_RESPONSE)
     incident = service.get_incident(session, actor, incident_id)
     stmt = select(Report).where(Report.incident_id == incident.id).order_by(Report.kind, Report.version)
     return _readable(actor, incident, session.scalars(stmt))

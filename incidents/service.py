@@ -873,6 +873,7 @@ def _readable_comments(actor: Actor, incident_id: int) -> Any:
 
 
 def list_comments(session: Session, actor: Actor, incident_id: int | str, *, after: int, limit: int) -> list[Comment]:
+    require(actor, Capability.READ_RESPONSE)
     incident = get_incident(session, actor, incident_id)
     stmt = _readable_comments(actor, incident.id).where(Comment.id > after).order_by(Comment.id).limit(limit)
     return list(session.scalars(stmt))

@@ -92,6 +92,8 @@ def test_finding_4_directory_reads_follow_one_role_table_on_the_api(
         assert PHONE not in body and EMAIL not in body and CHAT not in body and "nghỉ ốm" not in body
         for path in ("/contacts.csv", f"/contacts/{ids['hoa']}/personal-data"):
             assert client.get(API + path, headers=headers).status_code == 403, (role, path)
+        # Refused for the role before anything about this server's Telegram set-up is said.
+        assert client.post(f"{API}/contacts/{ids['hoa']}/telegram-link", headers=headers).status_code == 403
     # ... except their own entry, so they can check and confirm it.
     own = client.get(f"{API}/contacts/{ids['own']}", headers=readers["responder"]).json
     assert (own["phone"], own["email"]) == ("0988 000 111", "me@dic.example.vn")
@@ -140,9 +142,13 @@ def test_finding_4_intake_files_and_reads_its_own_incidents_but_may_not_comment(
     assert r.status_code == 403 and r.mimetype == "application/problem+json", r.get_data(as_text=True)
     comments = client.get(f"{API}/incidents/{incident_id}/comments", headers=operator).json["items"]
     assert comments == []
-    # Nor does it read the response around its incident: who was paged, tasks, runs, the playbooks themselves.
-    for path in ("/pages", f"/pages?incident={incident_id}", "/tasks", "/direction-requests",
-                 f"/incidents/{incident_id}/runs", "/playbooks", "/playbooks/ddos/versions"):  # fmt: skip
+    # Nor does it read the response around its incident: the discussion, who takes part, evidence, reports, who was
+    # paged, tasks, runs, metrics, the playbooks, nor the registry of organisations and systems.
+    for path in (f"/incidents/{incident_id}/comments", f"/incidents/{incident_id}/participants",
+                 f"/incidents/{incident_id}/evidence", f"/incidents/{incident_id}/reports", "/metrics",
+                 "/pages", f"/pages?incident={incident_id}", "/tasks", "/direction-requests",
+                 f"/incidents/{incident_id}/runs", "/playbooks", "/playbooks/ddos/versions", "/organisations",
+                 "/systems", "/systems/cong-dvc"):  # fmt: skip
         r = client.get(API + path, headers=intake)
         assert r.status_code == 403 and r.mimetype == "application/problem+json", (path, r.status_code)
     assert client.get(f"{API}/pages?incident={incident_id}", headers=operator).status_code == 200

@@ -13,6 +13,7 @@ from app.errors import ApiError
 from incidents import audit, service
 from incidents.access import Actor
 from incidents.errors import FieldError
+from incidents.policy import Capability, require
 from incidents.schemas import (
     ClassificationIn,
     ClassificationRead,
@@ -289,6 +290,7 @@ def patch_comment(incident_id: str, comment_id: int) -> Response:
 )
 def list_participants(incident_id: str) -> Response:
     actor = current_actor()
+    require(actor, Capability.READ_RESPONSE)
     incident = service.get_incident(db.session(), actor, incident_id)
     response = jsonify({"items": [out.participant(p) for p in incident.participants], "next_cursor": None})
     _audit_read(actor, str(incident.id), "participants")

@@ -11,12 +11,13 @@ from app.auth import current_actor
 from app.errors import ApiError
 from incidents import service
 from incidents.errors import FieldError
+from incidents.policy import Capability, require
 from incidents.schemas import SystemCreate, SystemRead
 
 
 @operation("GET", "/systems", "The information systems in the registry", tag="registry", response=None, errors=(401,))
 def list_systems() -> Response:
-    current_actor()
+    require(current_actor(), Capability.READ_DIRECTORY)
     return jsonify({"items": [out.system(s) for s in service.list_systems(db.session())], "next_cursor": None})
 
 
@@ -38,7 +39,7 @@ def post_system() -> tuple[Response, int]:
 
 @operation("GET", "/systems/<code>", "One system", tag="registry", response=SystemRead, errors=(401, 404))
 def get_system(code: str) -> Response:
-    current_actor()
+    require(current_actor(), Capability.READ_DIRECTORY)
     return jsonify(out.system(service.get_system(db.session(), code)))
 
 
@@ -51,7 +52,7 @@ def get_system(code: str) -> Response:
     errors=(401, 422),
 )
 def list_organisations() -> Response:
-    current_actor()
+    require(current_actor(), Capability.READ_DIRECTORY)
     on = request.args.get("on")
     try:
         day = date.fromisoformat(on) if on else None
