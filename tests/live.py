@@ -86,6 +86,8 @@ class WorkerProcess:
             "UCSC_LOG_LEVEL": "INFO",
             "UCSC_WORKER_HEARTBEAT_SECONDS": "0.5",
             "UCSC_OUTBOUND_ALLOW": LOOPBACK,
+            # Beside the test's own files (the `app` fixture's anchor too), never the repository's instance folder.
+            "UCSC_AUDIT_ANCHOR_FILE": str(log_path.parent / "audit_anchor"),
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
