@@ -7,7 +7,7 @@ from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select,
 
 from incidents.enums import TLP, Role
 from incidents.errors import FieldError, Forbidden
-from incidents.models import Comment, CommentRevision, Incident, Occurrence, Participant, User
+from incidents.models import Comment, CommentRevision, Incident, Participant, User
 from incidents.policy import Capability, allows
 
 # Roles that see every incident their TLP clearance allows; responders see their organisation's.
@@ -45,11 +45,9 @@ def _role_allows(actor: Actor) -> ColumnElement[bool]:
     if actor.role is Role.RESPONDER:
         return or_(_org_participates(actor, Incident.id), _named(actor, Incident.id))
     if actor.role is Role.INTAKE:
-        # An intake client reads back what it filed, first filing or a repeat that became an occurrence.
-        return or_(
-            Incident.created_by_id == actor.user_id,
-            exists().where(Occurrence.incident_id == Incident.id, Occurrence.created_by_id == actor.user_id),
-        )
+        # An intake client reads back what it filed. Its repeats group only into incidents it may see, so an
+        # occurrence of its own grants nothing more (one on another filer's incident predates that rule).
+        return Incident.created_by_id == actor.user_id
     return false()
 
 
@@ -162,15 +160,7 @@ def audience(session, events) -> dict[int, tuple[list[str], str | None, str | No
             users.add(user_id)
         if org_id is not None:
             orgs.add(org_id)
-    filers: dict[int, set[int]] = {i: set() for i in incident_ids}
-    for incident_id, user_id in session.execute(
-        select(Occurrence.incident_id, Occurrence.created_by_id)
-        .where(Occurrence.incident_id.in_(incident_ids))
-        .distinct()
-    ):
-        if user_id is not None:
-            filers[incident_id].add(user_id)
-    users_needed = set().union(*(p[0] for p in people.values()), *filers.values()) if incident_ids else set()
+    users_needed = set().union(*(p[0] for p in people.values())) if incident_ids else set()
     users_needed |= {row.created_by_id for row in incidents.values() if row.created_by_id is not None}
     users = {
         u.id: (Role(u.role), u.organisation_id)
@@ -184,7 +174,7 @@ def audience(session, events) -> dict[int, tuple[list[str], str | None, str | No
             continue
         tlp = stricter(ev.tlp, row.tlp)
         named, orgs = people[row.id]
-        filed = filers[row.id] | ({row.created_by_id} if row.created_by_id else set())
+        filed = {row.created_by_id} if row.created_by_id else set()
         result[ev.id] = (_rooms_for(tlp, named, orgs, filed, users), row.ref, str(row.status))
     return result
 

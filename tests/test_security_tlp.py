@@ -14,7 +14,7 @@ from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from incidents.models import Event
+from incidents.models import Event, Occurrence, User
 from incidents.records import Report
 from tests.conftest import TokenFactory, incident_payload
 from tests.live import LiveServer
@@ -268,6 +268,20 @@ def test_finding_3_dedup_key_never_groups_into_an_invisible_incident(
     r = client.post(URL, json=incident_payload(dedup_key=red_key), headers=colleague)
     assert (r.status_code, r.json["created"]) == (201, True), "an operator not named on the red one files anew"
     assert client.get(f"{URL}/{r.json['id']}", headers=colleague).status_code == 200
+
+
+def test_finding_3_a_repeat_grouped_before_the_fix_opens_no_door(
+    client: FlaskClient, make_token: TokenFactory, dbs: Session
+) -> None:
+    siem = make_token("intake", "dic", username="siem")
+    scanner = make_token("intake", "dic", username="scanner")
+    theirs = file(client, siem, tlp="amber", dedup_key="shared-alert")
+    # What an earlier release wrote when the scanner repeated the siem's key: an occurrence by the scanner.
+    with dbs.begin():
+        scanner_id = dbs.scalar(select(User.id).where(User.username == "scanner"))
+        dbs.add(Occurrence(incident_id=theirs["id"], created_by_id=scanner_id, received_at=datetime.now(UTC)))
+    assert client.get(f"{URL}/{theirs['id']}", headers=scanner).status_code == 404
+    assert theirs["id"] not in {i["id"] for i in client.get(URL, headers=scanner).json["items"]}
 
 
 def test_finding_3_bulk_filing_never_groups_into_an_invisible_incident(
