@@ -11,6 +11,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -321,6 +322,9 @@ class Occurrence(Base):
     detected_at: Mapped[datetime | None]
     created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The alert source it came from (incidents/sources), and whether a maintenance window held its pages back.
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id"), index=True)
+    suppressed: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class Participant(Base):
@@ -558,3 +562,7 @@ class TaxiiStatus(Base):
     failures: Mapped[list[Any]] = mapped_column(default=list)
     pendings: Mapped[list[Any]] = mapped_column(default=list)
     created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+
+
+# Alert sources live in their own package; their tables are on the metadata wherever these models are.
+import incidents.sources.models  # noqa: E402,F401

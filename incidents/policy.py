@@ -40,6 +40,7 @@ class Capability(StrEnum):
     VIEW_BOARD = "view_board"
     READ_AUDIT = "read_audit"
     MANAGE_USERS = "manage_users"
+    MANAGE_SOURCES = "manage_sources"
 
 
 C = Capability
@@ -52,7 +53,7 @@ _EDITORS = {C.FILE_INCIDENT, C.EDIT_INCIDENT, C.MOVE_INCIDENT, C.PROPOSE_CLASS, 
             C.IMPORT_STIX}  # fmt: skip
 _DESK = {C.LOWER_TLP, C.MANAGE_PARTICIPANTS, C.READ_PERIODIC_REPORTS, C.MANAGE_REGISTRY, C.READ_DIRECTORY_PERSONAL,
          C.MANAGE_DIRECTORY, C.PAGE_BY_HAND, C.ACT_ON_OTHERS_PAGES, C.READ_PLAYBOOKS, C.RUN_PLAYBOOKS,
-         C.REQUEST_DIRECTION}  # fmt: skip
+         C.REQUEST_DIRECTION, C.MANAGE_SOURCES}  # fmt: skip
 
 CAPABILITIES: dict[Role, frozenset[Capability]] = {
     Role.ADMIN: frozenset(Capability),
