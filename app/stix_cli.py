@@ -1,6 +1,5 @@
 """`flask --app wsgi stix import FILE…`: import large STIX bundles from files, in batches, with a progress bar."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from sqlalchemy import select
 
 from app import db
 from app.api.stix import import_settings
-from incidents import stix_import
+from incidents import stix_import, strict_json
 from incidents.access import Actor
 from incidents.enums import Role
 from incidents.errors import ValidationFailed
@@ -43,7 +42,10 @@ def import_command(files: tuple[Path, ...], batch: int) -> None:
     options = import_settings()
     options["limit"] = max(batch, 1)
     for path in files:
-        bundle = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            bundle = strict_json.loads(path.read_bytes())
+        except ValidationFailed as exc:
+            raise click.ClickException(f"{path}: {exc.errors[0].message}") from None
         objects = bundle.get("objects") if isinstance(bundle, dict) else None
         if not isinstance(objects, list):
             raise click.ClickException(f"{path}: not a STIX bundle")

@@ -35,6 +35,11 @@ def _bundle(objects: list) -> dict:
     return {"type": "bundle", "id": "bundle--6f3c1d9e-5b7a-4c2e-9d8f-1a2b3c4d5e6f", "objects": objects}
 
 
+def _raw_bundle(objects: str) -> str:
+    """A bundle around objects given as JSON text (text the json module would not write)."""
+    return json.dumps(_bundle([]))[:-2] + objects + "]}"
+
+
 def _import(client, headers, objects: list):
     return client.post("/api/v1/stix/bundles", json=_bundle(objects), headers=headers)
 
@@ -161,7 +166,7 @@ def _stix_with(number: str) -> str:
 @pytest.mark.parametrize("number", NON_FINITE)
 def test_finding_8_non_finite_numbers_are_refused_at_parse_on_every_json_route(client, operator, app, number):
     obj = _stix_with(number)
-    bundle = '{"type": "bundle", "id": "bundle--6f3c1d9e-5b7a-4c2e-9d8f-1a2b3c4d5e6f", "objects": [' + obj + "]}"
+    bundle = _raw_bundle(obj)
     json_headers = {**operator, "Content-Type": "application/json"}
     response = client.post("/api/v1/stix/bundles", data=bundle, headers=json_headers)
     assert response.status_code == 422 and response.content_type == "application/problem+json", response.data
@@ -204,7 +209,7 @@ def test_finding_8_deep_json_and_lone_surrogates_get_4xx_problem_json_on_every_j
     bad = case != "surrogate_escaped_backslash_is_fine"
     # In a STIX object the value would reach the store: nothing in the schema refuses it first.
     obj = _stix_with("1")[:-1] + ', "x_note": ' + inner + "}"
-    stix_bundle = '{"type": "bundle", "id": "bundle--6f3c1d9e-5b7a-4c2e-9d8f-1a2b3c4d5e6f", "objects": [' + obj + "]}"
+    stix_bundle = _raw_bundle(obj)
     routes = [
         ("post", URL, inner),
         ("post", f"{URL}/bulk", '{"incidents": [' + inner + "]}"),
@@ -347,3 +352,14 @@ def row_user(session) -> int:
     from incidents.models import User
 
     return session.scalar(select(User.id).where(User.username == "op1"))
+
+
+def test_finding_8_the_stix_import_command_refuses_a_file_that_is_not_json(app, make_token, tmp_path):
+    make_token("admin", username="root")
+    obj = _stix_with("NaN")
+    path = tmp_path / "bundle.json"
+    path.write_text(_raw_bundle(obj))
+    result = app.test_cli_runner().invoke(args=["stix", "import", str(path)])
+    assert result.exit_code != 0 and "not RFC 8259 JSON" in result.output, result.output
+    with app.app_context():
+        assert not db.session().scalars(select(StixObject.id).where(StixObject.body.contains("x_score"))).all()
