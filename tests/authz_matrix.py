@@ -1,6 +1,7 @@
 """Who may call what: the expected outcome of every route and /live event, per role and object (design "Roles").
 
-One entry per route and method of `app.url_map`, plus the Socket.IO events of `/live`:
+One entry per route and method of `app.url_map`, plus the Socket.IO events of `/live`, and a few uses of a
+route that need their own rule (`… #lower-tlp`: a PATCH that lowers the TLP is the desk's):
 `"METHOD /rule": (scope, roles allowed)`. A signed-in role not listed is refused with 403 (`forbidden`); an
 anonymous caller gets 401 or the web login redirect (`unauthenticated`). The scope says which objects the
 route acts on:
@@ -61,6 +62,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "GET /api/v1/incidents": ("global", ALL),
     "GET /api/v1/incidents/<incident_id>": ("incident", ALL),
     "PATCH /api/v1/incidents/<incident_id>": ("incident", EDITORS),
+    "PATCH /api/v1/incidents/<incident_id> #lower-tlp": ("incident", DESK),  # a PATCH to a lower TLP
     "GET /api/v1/incidents/<incident_id>/events": ("incident", ALL),
     "GET /api/v1/incidents/<incident_id>/classification": ("incident", ALL),
     "POST /api/v1/incidents/<incident_id>/classification": ("incident", PEOPLE),  # committee decides, others propose
@@ -201,6 +203,11 @@ ROUTES: dict[str, tuple[str, str]] = {
     "SOCKET /live catch_up": ("incident", ALL),
     "SOCKET /live disconnect": ("public", ""),
 }
+
+
+def route_of(key: str) -> str:
+    """`METHOD /rule` of an entry; an entry may name a variant of a route's use after ` #`."""
+    return key.split(" #", 1)[0]
 
 
 def allowed_roles(key: str, collection: str | None = None) -> frozenset[str]:
