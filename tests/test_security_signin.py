@@ -2,7 +2,9 @@
 proxies, per-address throttling instead of account lockout, and re-enrolment of the second factor."""
 
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pyotp
 import pytest
@@ -217,3 +219,21 @@ def test_finding_7c_a_session_cannot_guess_the_password_on_the_password_change_f
     assert sign_in(client_at(app, REAL_USER), "op").status_code == 302  # the password is unchanged
     time.sleep(1.1)
     assert change(PASSWORD).status_code == 302
+
+
+@pytest.mark.parametrize("app_config", [{"LOGIN_RATE_LIMIT": ""}])
+def test_finding_7c_parallel_tries_from_one_address_cannot_outrun_the_count(app: Flask) -> None:
+    make_user(app, "chair", role="committee")
+    browsers = [client_at(app, ATTACKER) for _ in range(12)]
+    tokens = [csrf(b.get("/login").text) for b in browsers]
+    barrier = threading.Barrier(len(browsers))
+
+    def attempt(n: int) -> int:
+        barrier.wait()
+        data = {"username": "chair", "password": "wrong password!", "csrf_token": tokens[n]}
+        return browsers[n].post("/login", data=data).status_code
+
+    with ThreadPoolExecutor(len(browsers)) as pool:
+        statuses = sorted(pool.map(attempt, range(len(browsers))))
+    # Each try is counted before its password is checked: five are checked, the rest wait.
+    assert statuses == [401] * 5 + [429] * 7
