@@ -62,6 +62,7 @@ class Member:
 
     identity: Identity
     credential: Credential
+    joined: bool = False  # in its rooms (or served by the tail), not in the middle of a replay
     allowance: float = CATCH_UP_BURST
     refilled_at: float = field(default_factory=time.monotonic)
 
@@ -187,7 +188,7 @@ class Feed:
         return {
             sid: (set(rooms_of(m.actor)), visible_ids(session, m.actor, ids))
             for sid, m in list(self.members.items())
-            if not m.identity.as_self
+            if m.joined and not m.identity.as_self
         }
 
     def _catch_up(self) -> None:
@@ -238,6 +239,8 @@ class Feed:
             if not self._has_clients(besides=sid):
                 self._catch_up()  # the tail rests while nobody is connected: its cursor may be behind
             self._set_rooms(sid, [])
+            if sid in self.members:
+                self.members[sid].joined = False
             upto = self.cursor
         done = last_event_id
         if done is not None and done < upto:
@@ -250,6 +253,7 @@ class Feed:
             if done is not None and done < self.cursor:
                 self._replay(sid, member.actor, done, self.cursor)  # only what the tail emitted meanwhile
             self._set_rooms(sid, member.rooms())
+            member.joined = True
             cursor = self.cursor
         self.socketio.emit("ready", {"event_id": cursor}, to=sid, namespace=NAMESPACE)
 
@@ -303,7 +307,8 @@ class Feed:
             elif identity != member.identity:
                 with self._lock:
                     member.identity = identity
-                    self._set_rooms(sid, member.rooms())
+                    if member.joined:  # else the join in progress puts it in the new rooms when it ends
+                        self._set_rooms(sid, member.rooms())
                 log.info("/live socket of %s regrouped for role %s in organisation %d", member.actor.username,
                          member.actor.role, member.actor.organisation_id)  # fmt: skip
 
