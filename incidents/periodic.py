@@ -15,13 +15,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from incidents import jobs, service
-from incidents.access import Actor
+from incidents.access import Actor, stricter
 from incidents.base import utcnow
 from incidents.enums import Category, Status
 from incidents.models import Incident, Organisation
 from incidents.policy import Capability, require
 from incidents.records import Report
-from incidents.reports import CATEGORY_VI
+from incidents.reports import CATEGORY_VI, frozen_tlp
 
 LOCAL_TZ = service.LOCAL_TZ
 COLUMNS = ("count", "self", "domestic", "foreign", "national_support", "damage")
@@ -80,8 +80,8 @@ def summarise(*, session: Session, actor: Actor, start: date, end: date) -> Summ
         .group_by(Report.incident_id)
         .subquery()
     )
-    outcomes = {
-        r.incident_id: (r.data or {}).get("outcome") or {}
+    reports = {
+        r.incident_id: r
         for r in session.scalars(
             select(Report)
             .join(
@@ -91,6 +91,7 @@ def summarise(*, session: Session, actor: Actor, start: date, end: date) -> Summ
             .where(Report.kind == "end")
         )
     }
+    outcomes = {incident_id: (r.data or {}).get("outcome") or {} for incident_id, r in reports.items()}
     rows = {c.value: dict.fromkeys(COLUMNS, 0) for c in Category}
     domestic: list[str] = []
     foreign: list[str] = []
@@ -109,8 +110,10 @@ def summarise(*, session: Session, actor: Actor, start: date, end: date) -> Summ
             names = foreign if helper.get("foreign") else domestic
             if helper["name"] not in names:
                 names.append(helper["name"])
-        # Recommendations are quoted only from incidents every reader of the report may see.
-        if outcome.get("recommendations") and str(incident.tlp) in ("clear", "green", "amber"):
+        # Recommendations are quoted only from incidents every reader of the report may see, and only when they
+        # were written under such a level too.
+        level = stricter(incident.tlp, frozen_tlp(reports[incident.id]))
+        if outcome.get("recommendations") and level in ("clear", "green", "amber"):
             recommendations.append(outcome["recommendations"])
     return Summary(start, end, rows, domestic, foreign, recommendations)
 

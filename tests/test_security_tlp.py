@@ -184,6 +184,20 @@ def test_finding_2_reports_frozen_while_red_stay_red(
     assert client.get(f"{reports}/initial", headers=colleague).status_code == 200
 
 
+def test_finding_2_periodic_report_quotes_no_recommendation_written_while_red(
+    client: FlaskClient, make_token: TokenFactory
+) -> None:
+    filer = make_token("operator", "dic", username="filer")
+    incident = file(client, filer, tlp="red", detected_at="2026-03-02T08:00:00+07:00")
+    end = client.post(f"{URL}/{incident['id']}/reports/end", json={"recommendations": RED_NOTE}, headers=filer)
+    assert end.status_code == 201
+    r = client.patch(f"{URL}/{incident['id']}", json={"tlp": "amber"}, headers=filer)
+    assert r.status_code == 200
+    r = client.get("/api/v1/reports/periodic?from=2026-01-01&to=2026-06-30&format=json", headers=filer)
+    assert r.status_code == 200
+    assert RED_NOTE not in r.text
+
+
 def test_finding_2_live_feed_never_sends_red_era_changes_to_amber_readers(
     live_server: LiveServer, make_token: TokenFactory
 ) -> None:
