@@ -390,7 +390,7 @@ jobs.job_kind(CHECKPOINT_JOB, max_attempts=3, lease_seconds=60)(_checkpoint_job)
 
 
 def as_dict(entry: Any) -> dict[str, Any]:
-    """One row as exported: every field, the timestamp as the hash covers it, and both hashes."""
+    """One row as exported: every field, the timestamp as the hash covers it, both hashes and the signature."""
     return {
         "id": entry.id,
         "at": rfc3339(entry.at),
@@ -402,6 +402,8 @@ def as_dict(entry: Any) -> dict[str, Any]:
         "data": entry.data,
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
+        "key_id": entry.key_id,
+        "mac": entry.mac,
     }
 
 
