@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 
 from app import config as defaults
+from notifiers.outbound import Allowance
 
 VERSION = "0.1.0"
 
@@ -67,6 +68,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(backup.backup_command)
     app.cli.add_command(backup.restore_command)
     app.add_url_rule("/healthz", "healthz", healthz)
+    # A mistyped allowance fails here, at start, not at the first contact saved or webhook sent.
+    Allowance.parse(app.config["OUTBOUND_ALLOW"])
     if hops := int(app.config["TRUSTED_PROXIES"]):
         # Outermost, so Socket.IO connects see it too. Behind nginx every peer is the proxy; only hops we run
         # are believed, since a client can write any X-Forwarded-For it likes.

@@ -100,7 +100,7 @@ def sqlite_initialised(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def postgresql_initialised(tree: Path) -> Iterator[Initialised]:
     """init-db run twice on an empty PostgreSQL database of its own, with the row counts after each run."""
-    name = f"ucsc_cli_{_worker()}"
+    name = f"ucsc_cli_{_worker()}_{os.getpid()}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')

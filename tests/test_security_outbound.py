@@ -293,3 +293,13 @@ def test_finding_9_taxii_push_to_an_internal_collection_is_refused(
         with pytest.raises(jobs.PermanentError, match="loopback"):
             jobs.KINDS["stix.push"].handler(ctx, job)
     assert receiver.deliveries == []
+
+
+def test_a_malformed_outbound_allowance_stops_the_app_at_start(tmp_path):
+    """A typo in UCSC_OUTBOUND_ALLOW is refused when the app is built, not at the first webhook."""
+    from app import create_app
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    with pytest.raises(ValueError, match=r"10\.0\.0\.0/33"):
+        create_app({"DATABASE_URL": url, "OUTBOUND_ALLOW": "127.0.0.0/8,10.0.0.0/33"})
+    assert create_app({"DATABASE_URL": url, "OUTBOUND_ALLOW": "127.0.0.0/8, relay.internal"})
