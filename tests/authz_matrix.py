@@ -59,6 +59,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     # --- REST API: incidents ---
     "POST /api/v1/incidents": ("global", "admin operator responder intake"),
     "POST /api/v1/incidents/bulk": ("global", "admin operator responder intake"),
+    "POST /api/v1/sources/<kind>": ("global", "admin operator responder intake"),  # a filing in a sender's format
+    "POST /api/v1/sources/thehive/api/v1/alert": ("global", "admin operator responder intake"),
     "GET /api/v1/incidents": ("global", ALL),
     "GET /api/v1/incidents/<incident_id>": ("incident", ALL),
     "PATCH /api/v1/incidents/<incident_id>": ("incident", EDITORS),

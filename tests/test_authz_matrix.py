@@ -272,7 +272,7 @@ def _params(w: World, key: str, obj: str | None, role: str, client: FlaskClient)
     values: dict[str, Any] = {
         "incident_id": o.id if o else MISSING,
         "ref": o.ref if o else MISSING_REF,
-        "kind": "initial",
+        "kind": "wazuh" if "/sources/" in key else "initial",
         "version": 1,
         "fmt": "docx",
         "api_root": "ucsc",
@@ -554,7 +554,7 @@ def _seen(client: LiveClient, w: World) -> dict[str, str]:
     """Which incidents' events the replay carried: each incident the role sees has a dozen, so wait for `own`."""
     own = w.objects["own"]
     with contextlib.suppress(AssertionError):
-        client.wait_for(lambda f: f.mentions(own.ref), timeout=5)
+        client.wait_for(lambda f: f.mentions(own.ref), timeout=10)
     time.sleep(0.3)
     frames = list(client.frames)
     return {name: M.ALLOWED if any(f.mentions(o.ref) for f in frames) else M.HIDDEN for name, o in w.objects.items()}
