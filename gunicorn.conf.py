@@ -14,6 +14,7 @@ loglevel = os.environ.get("UCSC_LOG_LEVEL", "info")
 # UCSC_LOG_FORMAT=json: one JSON object per line; the app then writes each request's line with its request id.
 logconfig_dict = log_config(os.environ.get("UCSC_LOG_FORMAT", "text"), loglevel)
 accesslog = "-"
+logger_class = "app.access_log.RedactingLogger"  # an intake key sent as ?key= never reaches the log
 errorlog = "-"
 # No control socket: several instances run side by side on one host (production, tests).
 control_socket_disable = True

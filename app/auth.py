@@ -16,13 +16,16 @@ from sqlalchemy.orm import Session
 
 from app import db
 from app.errors import ApiError, retry_after
-from incidents import audit, service, signin
+from incidents import accounts, audit, service, signin
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.models import ApiToken, BrowserSession, User
 
 TOKEN_PREFIX = "ucsc_"  # noqa: S105 - a label that tokens start with, not a secret
+# Routes for senders that cannot set a header (Wazuh's integratord, Splunk) take the token as `?key=`; the access
+# logs redact it (app/observability.py).
+QUERY_KEY_ENDPOINTS = frozenset({"api.post_source_alert"})
 FAILURE_AUDIT_SECONDS = 10.0  # at most one login.failed row per source address in this window
 
 
@@ -73,6 +76,8 @@ def current_actor() -> Actor:
     if "actor" in g:
         return g.actor
     header = request.headers.get("Authorization", "")
+    if not header and request.endpoint in QUERY_KEY_ENDPOINTS and request.args.get("key"):
+        header = "Bearer " + request.args["key"]
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorised("send Authorization: Bearer TOKEN")
@@ -145,6 +150,8 @@ def _lookup(token: str, cached: bool) -> tuple[Actor | None, str]:
     now = utcnow()
     if api_token.revoked_at is not None or (api_token.expires_at and api_token.expires_at <= now) or not user.active:
         return None, "token revoked or expired"
+    if not accounts.token_role_allowed(api_token.role, user.role):
+        return None, "the token's role is more than its user's role now"
     actor = Actor(
         user_id=user.id,
         username=user.username,

@@ -95,6 +95,9 @@ AT_COMMIT: dict[str, Callable[[Session, list[Any]], None]] = {}
 # gets the rows of `events` being written and runs inside the writing transaction: the jobs it enqueues commit,
 # or are lost, together with the change.
 EVENT_LISTENERS: list[Callable[[Session, Sequence[dict[str, Any]]], None]] = []
+# Set in session.info by a filing that must page nobody (an alert inside a maintenance window): the listeners
+# that start paging leave the incidents it creates alone.
+QUIET_FILING = "ucsc.quiet_filing"
 
 T = TypeVar("T")
 
@@ -471,8 +474,13 @@ def file_incidents(
     settings: Settings,
     idempotency: IdempotencyClaim | None = None,
     bulk: bool = False,
+    then: Callable[[FilingResult], None] | None = None,
 ) -> FilingResult:
-    """File one incident or a batch: new incidents, or occurrences of open ones with the same dedup_key."""
+    """File one incident or a batch: new incidents, or occurrences of open ones with the same dedup_key.
+
+    `then` runs in the same transaction once the filing is written (not on a replay): a caller's own rows commit
+    with it or not at all.
+    """
     require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
 
     def work() -> FilingResult:
@@ -481,6 +489,8 @@ def file_incidents(
             if replay is not None:
                 return replay
         result = _file(session, items, actor, settings, bulk)
+        if then is not None:
+            then(result)
         if idempotency is not None:
             now = utcnow()
             session.add(
@@ -738,6 +748,8 @@ def _occurrence_values(incident_id: int, item: IncidentCreate, actor: Actor, now
         "detected_at": item.detected_at,
         "created_by_id": actor.user_id,
         "payload": item.model_dump(mode="json", exclude_defaults=True),
+        # An alert source's filing (incidents/sources/ingest.py) names its source and whether a window held it.
+        **getattr(item, "occurrence_fields", {}),
     }
 
 

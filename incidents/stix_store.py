@@ -306,21 +306,28 @@ def add_attack_techniques(
 
     def work() -> tuple[Incident, tuple[str, ...]]:
         incident = service.get_incident(session, actor, incident_ref, for_update=True)
-        have = attack_techniques(session, incident.id)
-        added = [t for t in dict.fromkeys(techniques) if t not in have]
-        if len(have) + len(added) > MAX_TECHNIQUES:
-            raise ValidationFailed(
-                "too many techniques", errors=[FieldError("techniques", f"at most {MAX_TECHNIQUES} per incident")]
-            )
-        if added:
-            incident.updated_at = utcnow()
-            service.record_event(
-                session, kind=TECHNIQUES_ADDED, actor=actor, incident=incident,
-                data={"ref": incident.ref, "status": str(incident.status), "techniques": added},
-            )  # fmt: skip
-        return incident, (*have, *added)
+        return incident, record_attack_techniques(session, actor, incident, techniques)
 
     return service.in_transaction(session, work)
+
+
+def record_attack_techniques(
+    session: Session, actor: Actor | None, incident: Incident, techniques: Sequence[str]
+) -> tuple[str, ...]:
+    """Add valid technique ids to `incident` inside the caller's transaction (its caller decided who may)."""
+    have = attack_techniques(session, incident.id)
+    added = [t for t in dict.fromkeys(techniques) if t not in have]
+    if len(have) + len(added) > MAX_TECHNIQUES:
+        raise ValidationFailed(
+            "too many techniques", errors=[FieldError("techniques", f"at most {MAX_TECHNIQUES} per incident")]
+        )
+    if added:
+        incident.updated_at = utcnow()
+        service.record_event(
+            session, kind=TECHNIQUES_ADDED, actor=actor, incident=incident,
+            data={"ref": incident.ref, "status": str(incident.status), "techniques": added},
+        )  # fmt: skip
+    return (*have, *added)
 
 
 def _plan(session: Session, view: stix.IncidentView, board_id: str) -> tuple[list, dict, dict]:
@@ -741,6 +748,9 @@ def export_incident(
 
 def export_since(session: Session, actor: Actor, since: datetime | None, *, limit: int) -> tuple[str, list[str]]:
     """Every current object `actor` may see, added after `since`; the bundle and the TLP levels it holds."""
+    if actor.role not in _SHARED_READERS:
+        # The feed is TAXII's audience in one bundle: an intake client reads back its own incidents only.
+        raise Forbidden(f"the role {actor.role} may not read the STIX feed")
     stmt = select(StixObject.stix_id, StixObject.body, StixObject.tlp).where(StixObject.current, visible_objects(actor))
     if since is not None:
         stmt = stmt.where(StixObject.date_added > since)

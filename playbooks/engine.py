@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, load_only, selectinload
 
 from incidents import jobs, service
-from incidents.access import Actor
+from incidents.access import Actor, can_see
 from incidents.base import utcnow
 from incidents.enums import TERMINAL_STATUSES
 from incidents.models import Incident, Organisation, System
@@ -184,6 +184,8 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
             continue
         data = ev.get("data") or {}
         if kind == "incident.created":
+            if session.info.get(service.QUIET_FILING):
+                continue  # held by a maintenance window: stored and shown, but no playbook starts, so nobody is paged
             if inline is not None and created <= INLINE_MAX and _start_inline(session, incident_id, inline):
                 continue
             key = f"{EVALUATE}:{incident_id}:created"
@@ -404,7 +406,7 @@ def stop_run(*, session: Session, run_id: int, actor: Actor) -> PlaybookRun:
 
     def work() -> PlaybookRun:
         run = session.get(PlaybookRun, run_id, with_for_update=True, populate_existing=True)
-        if run is None:
+        if run is None or not can_see(session, actor, run.incident_id):
             raise NotFound(f"no run {run_id}")
         incident = service.get_incident(session, actor, run.incident_id)
         if run.state in (RUN_RUNNING, RUN_WAITING):

@@ -101,5 +101,6 @@ from app.api import (  # noqa: E402,F401
     playbooks,
     registry,
     reports,
+    sources,
     stix,
 )

@@ -1,0 +1,218 @@
+"""The intake use case of alert sources: parse a sender's payload, file it through the incident service, and apply
+the notices (resolved) it carries to the incidents they concern."""
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import PrivateAttr
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from incidents import service, stix_store
+from incidents.access import Actor, visible_incidents
+from incidents.base import utcnow
+from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.models import ApiToken, Incident
+from incidents.policy import Capability, require
+from incidents.schemas import DEFAULT_LIMITS, IncidentCreate, Limits, parse
+from incidents.sources import formats, windows
+from incidents.sources.formats import RESOLVED, Alert
+from incidents.sources.models import Source, SourceKind
+
+# The kinds that post over HTTP; the mailbox is polled by the worker.
+HTTP_KINDS = frozenset(k.value for k in SourceKind if k is not SourceKind.MAILBOX)
+# last_seen_at moves at most this often: a busy SIEM's every alert need not lock its source's row.
+TOUCH_EVERY = timedelta(seconds=1)
+RESOLVED_EVENT, RETURNED_EVENT, SUPPRESSED_EVENT = "source.resolved", "source.returned", "source.suppressed"
+
+
+class SourcedIncident(IncidentCreate):
+    """An incident filed for an alert source: its occurrence row records the source and any window holding it."""
+
+    _occurrence: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def occurrence_fields(self) -> dict[str, Any]:
+        return self._occurrence
+
+
+@dataclass
+class IngestResult:
+    """What the intake answers: 201 new incident, 200 grouped, 202 a notice applied, with a body per alert."""
+
+    status_code: int
+    body: dict[str, Any]
+    location: str | None = None
+    replayed: bool = False
+    incident_ids: list[int] = field(default_factory=list)
+
+
+def ingest(
+    *,
+    session: Session,
+    kind: str,
+    payload: Any,
+    actor: Actor,
+    settings: service.Settings,
+    limits: Limits = DEFAULT_LIMITS,
+) -> IngestResult:
+    """File the alerts of one payload from the source that `actor`'s token posts for (registered on first use)."""
+    require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
+    if kind not in HTTP_KINDS:
+        raise NotFound(f"no source kind {kind!r}; use one of {', '.join(sorted(HTTP_KINDS))}")
+    source = source_for(session, kind=kind, actor=actor)
+    alerts = formats.parse(kind, payload, formats.mapping_for(kind, source.mapping))
+    results = [_one(session, source, alert, actor, settings, limits) for alert in alerts]
+    if len(results) == 1:
+        return results[0]
+    codes = {r.status_code for r in results}
+    status = 201 if 201 in codes else 200 if 200 in codes else 202
+    ids = [i for r in results for i in r.incident_ids]
+    return IngestResult(status, {"items": [r.body for r in results]}, incident_ids=ids)
+
+
+def source_for(session: Session, *, kind: str, actor: Actor) -> Source:
+    """The source of `kind` that `actor`'s token posts for; the first alert registers it, named after the token."""
+    if actor.token_id is None:
+        raise Forbidden("alert sources post with an API token")
+    found = _find(session, kind, actor.token_id)
+    if found is None:
+        try:
+            found = service.in_transaction(session, lambda: _register(session, kind, actor))
+        except IntegrityError:  # two first alerts raced: the other registered it
+            session.rollback()
+            found = _find(session, kind, actor.token_id)
+    if found is None:
+        raise AssertionError("a registered source vanished")
+    if not found.active:
+        raise Forbidden(f"the source {found.name!r} is switched off; an admin or operator may switch it on")
+    return found
+
+
+def _find(session: Session, kind: str, token_id: int) -> Source | None:
+    return session.scalar(select(Source).where(Source.kind == kind, Source.token_id == token_id))
+
+
+def _register(session: Session, kind: str, actor: Actor) -> Source:
+    token_name = session.scalar(select(ApiToken.name).where(ApiToken.id == actor.token_id)) or "token"
+    name = f"{kind}:{token_name}"
+    if session.scalar(select(Source.id).where(Source.name == name)) is not None:
+        name = f"{name}:{actor.token_id}"
+    source = Source(kind=kind, name=name[:150], token_id=actor.token_id, created_by_id=actor.user_id, mapping={})
+    session.add(source)
+    session.flush()
+    return source
+
+
+def _one(
+    session: Session, source: Source, alert: Alert, actor: Actor, settings: service.Settings, limits: Limits
+) -> IngestResult:
+    if alert.status == RESOLVED:
+        return _resolve(session, source, alert, actor)
+    item = _incident(alert, limits)
+    now = utcnow()
+    window = windows.suppressing(session, source, alert.dedup_key, now)
+    # The occurrence keeps what the sender said beyond the filing (labels, rule, agent, Grafana's fields).
+    payload = {**item.model_dump(mode="json", exclude_defaults=True), "source": {"name": source.name,
+               "kind": source.kind, "context": alert.context}}  # fmt: skip
+    item.occurrence_fields.update(source_id=source.id, suppressed=window is not None, payload=payload)
+    claim = None
+    if alert.idempotency_key:
+        key = alert.idempotency_key
+        if len(key) > 255:
+            key = f"{source.kind}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+        claim = service.IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=alert.digest())
+
+    def then(result: service.FilingResult) -> None:
+        incident = session.get_one(Incident, result.incident_ids[0])
+        touch(session, source.id, now)
+        if alert.attack_techniques:
+            stix_store.record_attack_techniques(session, actor, incident, alert.attack_techniques)
+        if window is not None:
+            service.record_event(
+                session, kind=SUPPRESSED_EVENT, actor=actor, incident=incident, at=now,
+                note=window.reason,
+                data={"ref": incident.ref, "status": str(incident.status), "window_id": window.id,
+                      "source": source.name, "dedup_key": alert.dedup_key},
+            )  # fmt: skip
+        result.body["suppressed"] = window is not None
+
+    if window is not None:
+        session.info[service.QUIET_FILING] = True
+    try:
+        filed = service.file_incidents(
+            session=session, items=[item], actor=actor, settings=settings, idempotency=claim, then=then
+        )
+    finally:
+        session.info.pop(service.QUIET_FILING, None)
+    return IngestResult(filed.status_code, filed.body, filed.location, filed.replayed, filed.incident_ids)
+
+
+def _incident(alert: Alert, limits: Limits) -> SourcedIncident:
+    """The filing of an alert; a sender's long title or log is cut to the configured limits, not refused."""
+    data = {k: v for k, v in alert.incident.items() if v is not None}
+    data["title"] = (str(data.get("title") or "alert").strip() or "alert")[: limits.title]
+    data["description"] = str(data.get("description") or "")[: limits.description]
+    data["observables"] = data.get("observables", [])[: limits.observables]
+    data["dedup_key"] = data["dedup_key"][:200] if data.get("dedup_key") else None
+    try:
+        return parse(SourcedIncident, data, limits)
+    except ValidationFailed as exc:
+        # The mapping (data an admin edits) named a priority or category that does not exist.
+        raise ValidationFailed(
+            "the source's mapping produced an invalid filing",
+            errors=[FieldError(f"mapping.{e.field}", e.message) for e in exc.errors],
+        ) from None
+
+
+def _resolve(session: Session, source: Source, alert: Alert, actor: Actor) -> IngestResult:
+    """Record on the open incident that the sender saw its alert end; recovery stays a person's decision."""
+    now = utcnow()
+
+    def work() -> IngestResult:
+        touch(session, source.id, now)
+        incident = open_incident(session, actor, alert.dedup_key) if alert.dedup_key else None
+        if incident is None:
+            return IngestResult(202, {"id": None, "notice": RESOLVED, "applied": False})
+        incident.updated_at = now
+        ended = alert.context.get("endsAt")
+        service.record_event(
+            session, kind=RESOLVED_EVENT, actor=actor, incident=incident, at=now,
+            note=f"{source.kind}: the alert ended" + (f" at {ended}" if ended else ""),
+            data={"ref": incident.ref, "status": str(incident.status), "source": source.name,
+                  "dedup_key": alert.dedup_key, "ended_at": alert.context.get("endsAt")},
+        )  # fmt: skip
+        body = {"id": incident.id, "ref": incident.ref, "status": str(incident.status), "notice": RESOLVED,
+                "applied": True}  # fmt: skip
+        return IngestResult(202, body, f"/api/v1/incidents/{incident.id}", incident_ids=[incident.id])
+
+    return service.in_transaction(session, work)
+
+
+def open_incident(session: Session, actor: Actor, dedup_key: str) -> Incident | None:
+    """The open incident holding `dedup_key` for `actor` (their organisation's first), if they may see it."""
+    scopes = service.dedup_scopes(actor.organisation_id, actor.user_id, dedup_key)
+    found = {
+        i.open_dedup_key: i
+        for i in session.scalars(
+            select(Incident).where(Incident.open_dedup_key.in_(scopes), visible_incidents(actor)).with_for_update()
+        )
+    }
+    return next((found[s] for s in scopes if s in found), None)
+
+
+def touch(session: Session, source_id: int, now: datetime) -> None:
+    """Note that a source spoke; a source that was silent records its return."""
+    source = session.get_one(Source, source_id)
+    if source.silent_since is not None:
+        service.record_event(
+            session, kind=RETURNED_EVENT, actor=None, at=now,
+            data={"source_id": source.id, "source": source.name, "kind": source.kind,
+                  "silent_since": source.silent_since.isoformat()},
+        )  # fmt: skip
+        source.silent_since = None
+    if source.last_seen_at is None or now - source.last_seen_at >= TOUCH_EVERY:
+        source.last_seen_at = now
