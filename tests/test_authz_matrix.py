@@ -7,6 +7,7 @@ reports every mismatch together.
 
 import contextlib
 import io
+import json
 import re
 import sys
 import time
@@ -26,6 +27,7 @@ from app.taxii import collection_ids
 from incidents import accounts
 from incidents.enums import Role
 from incidents.models import BrowserSession, Organisation, User
+from incidents.stix import TLP_MARKING_IDS
 from playbooks import service as playbook_service
 from playbooks.models import Task
 from tests import authz_matrix as M
@@ -39,7 +41,7 @@ TAXII = "application/taxii+json;version=2.1"
 MISSING = 999_999_999
 MISSING_REF = "TH-2099-99999"
 MISSING_STIX = "incident--00000000-0000-4000-8000-000000000000"
-GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
+GREEN = TLP_MARKING_IDS["green"]
 ORGS = {"admin": "dic", "operator": "dic", "responder": "police", "committee": "ppc", "intake": "vnpt"}
 # The web answers a refused form with a redirect and a flashed "Refused: <why>": a domain Forbidden says what
 # only someone else may do ("only …", "… may not …"), a NotFound names what is missing ("no incident …").
@@ -53,8 +55,7 @@ def _routes(app: Flask) -> set[str]:
     for rule in app.url_map.iter_rules():
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             keys.add(f"{method} {rule.rule}")
-    socketio = app.extensions["ucsc.socketio"]
-    for namespace, handlers in socketio.server.handlers.items():
+    for namespace, handlers in app.extensions["ucsc.socketio"].server.handlers.items():
         keys |= {f"SOCKET {namespace} {event}" for event in handlers}
     return keys
 
@@ -109,7 +110,6 @@ class World:
     spare_sessions: dict[str, int] = field(default_factory=dict)
     status_id: str = ""
     taxii_object: str = ""
-    tokens: dict[str, str] = field(default_factory=dict)
 
 
 def _token_for(app: Flask, username: str, role: str) -> dict[str, str]:
@@ -136,7 +136,6 @@ def _build(app: Flask) -> World:
     for role in M.SIGNED_IN:
         secrets[role] = make_user(app, f"m-{role}", role, ORGS[role], totp=role == "admin", language="en")
         w.api[role] = _token_for(app, f"m-{role}", role)
-        w.tokens[role] = w.api[role]["Authorization"].removeprefix("Bearer ")
     make_user(app, "m-filer", "operator", "dic", language="en")
     make_user(app, "m-doh", "responder", "doh", language="en")
     w.filer = f = _token_for(app, "m-filer", "operator")
@@ -258,8 +257,6 @@ def _indicator(tag: str) -> dict:
 
 
 def _envelope(tag: str) -> str:
-    import json
-
     return json.dumps({"objects": [_indicator(tag)]})
 
 
