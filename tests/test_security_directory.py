@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from playbooks.models import Page
+from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 from tests.web import make_user, sign_in, text_of
 
@@ -158,8 +159,9 @@ def test_finding_4_intake_files_and_reads_its_own_incidents_but_may_not_comment(
 
 
 def test_finding_5_paging_use_cases_answer_404_on_an_incident_the_caller_may_not_see(
-    client: FlaskClient, dbs: Session, make_token: TokenFactory, operator: dict[str, str]
+    app: Flask, client: FlaskClient, dbs: Session, make_token: TokenFactory, operator: dict[str, str]
 ) -> None:
+    paging.load_shipped(app, demo=False)
     binh = {"organisation": "dic", "name": "Ngô Văn Bình", "email": "binh@dic.example.vn"}
     contact = client.post(f"{API}/contacts", headers=operator, json=binh)
     assert contact.status_code == 201
@@ -195,6 +197,13 @@ def test_finding_5_paging_use_cases_answer_404_on_an_incident_the_caller_may_not
     assert dbs.get(Page, page_id).state == "open"
     ghost = client.post(f"{API}/pages/999999/support-requests", json={"note": "x"}, headers=outsider)
     assert ghost.status_code == 404 and ghost.json["title"] == attempts["support"].json["title"]
+
+    # A run on the red incident is as missing as a run that never was, and stays running.
+    [run] = client.get(f"{API}/incidents/{incident_id}/runs", headers=operator).json["items"]  # started on filing
+    stop = client.delete(f"{API}/runs/{run['id']}", headers=outsider)
+    assert stop.status_code == 404 and stop.json["detail"] == f"no run {run['id']}", stop.json
+    assert client.delete(f"{API}/runs/999999", headers=outsider).json["detail"] == "no run 999999"
+    assert client.get(f"{API}/incidents/{incident_id}/runs", headers=operator).json["items"][0]["state"] != "stopped"
 
     # The named operator still asks for support on the same page.
     support = client.post(f"{API}/pages/{page_id}/support-requests", json={"note": "cần hỗ trợ"}, headers=operator)
