@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint format install install-test browser system-deps clean wheelhouse translations
+.PHONY: run test bench lint format install install-test browser system-deps alertmanager clean wheelhouse translations
 
 # PIP_OPTS="--no-index --find-links wheelhouse" installs from a bundle made by `make wheelhouse`, with no registry.
 PIP_OPTS ?=
@@ -48,7 +48,13 @@ system-deps:
 	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q libpango-1.0-0 libpangoft2-1.0-0 >/dev/null); \
 	  else echo "Pango is missing: install Debian's libpango-1.0-0 and libpangoft2-1.0-0"; fi; fi
 
-test: install-test browser system-deps
+# Debian's prometheus-alertmanager: the tests fire real alerts through it into UCSC (tests/test_sources_senders.py).
+alertmanager:
+	@if ! command -v prometheus-alertmanager >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q prometheus-alertmanager >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q prometheus-alertmanager >/dev/null); \
+	  else echo "prometheus-alertmanager is missing: install Debian's prometheus-alertmanager package"; fi; fi
+
+test: install-test browser system-deps alertmanager
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadgroup
 

@@ -496,7 +496,10 @@ def parse_splunk(payload: dict[str, Any], mapping: dict[str, Any]) -> list[Alert
     )  # fmt: skip
     host = result.get("host") or result.get("dest") or result.get("src")
     users = [str(result[k]) for k in ("user", "src_user", "dest_user") if result.get(k)]
-    detected = parse_time(result.get("_time")) if result.get("_time") else None
+    stamp = result.get("_time")
+    # Splunk gives _time as epoch seconds in a string ("1733455800.000").
+    epoch = isinstance(stamp, str) and re.fullmatch(r"\d{9,11}(\.\d+)?", stamp)
+    detected = parse_time(float(stamp) * 1000) if epoch else parse_time(stamp) if stamp else None
     digest = hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return [
         Alert(
