@@ -103,7 +103,7 @@ def export_incident(incident_id: str) -> Response:
     "/stix/objects",
     "Every STIX object you may see, added after `since`, as one bundle",
     query=StixBulkQuery,
-    errors=(401, 422),
+    errors=(401, 403, 422),
     tag="stix",
 )
 def export_since() -> Response:
