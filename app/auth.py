@@ -220,6 +220,8 @@ def valid_identities(session: Session, credentials: Collection[Credential]) -> d
             .where(or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now))
         )
         for token_id, role, user_id, username, org, own_role in rows:
+            if not accounts.token_role_allowed(role, own_role):
+                continue
             actor = Actor(user_id, username, Role(role), org, token_id)
             found[Credential("token", token_id)] = Identity(actor, str(own_role) == str(role))
     if browsers:

@@ -44,6 +44,11 @@ def create_user(
     return user
 
 
+def token_role_allowed(token_role: Role | str, user_role: Role | str) -> bool:
+    """A token acts with its user's role or files only (intake): never with more than the user holds now."""
+    return str(token_role) in (str(user_role), Role.INTAKE.value)
+
+
 def create_token(
     *,
     session: Session,
@@ -69,6 +74,11 @@ def create_token(
         owner = session.scalar(select(User).where(User.username == user))
         if owner is None:
             raise ValidationFailed("unknown user", errors=[FieldError("user", f"no user {user!r}")])
+        if not token_role_allowed(role, Role(owner.role)):
+            raise ValidationFailed(
+                "a token may not act with more than its user",
+                errors=[FieldError("role", f"{user!r} is {owner.role}: a token of theirs is {owner.role} or intake")],
+            )
     else:
         owner = session.scalar(select(User).where(User.username == name, User.is_service.is_(True)))
         if owner is None:

@@ -354,3 +354,40 @@ def test_finding_6_a_token_acting_with_another_role_than_its_user_gets_only_what
     siem.wait_for(about(own), TIMEOUT)  # its own filing reaches it, as the API lets it read it
     desk.wait_for(about(own), TIMEOUT)
     assert not [f for f in siem.frames if f.mentions(red["id"], red["ref"])], "an intake token saw what its user may"
+
+
+def test_finding_6_a_demoted_users_token_stops_acting_with_the_old_role_on_the_api_and_its_socket(
+    app: Flask, live_server: LiveServer, watched: Any, make_token: TokenFactory
+) -> None:
+    """A token acts with its user's role or as intake, judged now: a demotion reaches tokens already issued."""
+    desk = make_token("operator", "dic", username="was-desk")
+    root = admin_actor(app)
+    socket = watched(live_server).connect(desk)
+    socket.wait_for("ready", TIMEOUT)
+    assert requests.get(f"{live_server.url}/api/v1/incidents", headers=desk, timeout=10).status_code == 200
+
+    with app.app_context():
+        signin.admin_update_user(
+            session=db.session(), actor=root, user_id=user_row(app, "was-desk").id, role="responder", active=True,
+            reset_totp=False, source_ip=None,
+        )  # fmt: skip
+    since = time.monotonic()
+    socket.closed_within(since)
+    time.sleep(max(0.0, since + WITHIN + 0.1 - time.monotonic()))  # past the request cache's second
+    refused = requests.get(f"{live_server.url}/api/v1/incidents", headers=desk, timeout=10)
+    assert refused.status_code == 401, refused.text
+
+
+def test_a_token_may_not_be_issued_with_more_than_its_users_role(app: Flask) -> None:
+    from app.auth import new_token
+    from incidents import accounts
+    from incidents.errors import ValidationFailed
+
+    make_user(app, "plain", role="responder")
+    with app.app_context():
+        s = db.session()
+        with pytest.raises(ValidationFailed) as refused, s.begin():
+            accounts.create_token(session=s, name="too-much", role=Role.OPERATOR, digest=new_token()[1], user="plain")
+        assert [e.field for e in refused.value.errors] == ["role"]
+        with s.begin():
+            accounts.create_token(session=s, name="siem", role=Role.INTAKE, digest=new_token()[1], user="plain")
