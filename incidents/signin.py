@@ -79,7 +79,7 @@ def check_password(
     # No account has such a name (and PostgreSQL text holds no NUL): counted against the address alone.
     account = username if 0 < len(username) <= MAX_USERNAME and username.isprintable() else ""
     claim = in_transaction(
-        session, lambda: throttle.claim(session=session, source=source, account=account, rules=rules, now=utcnow())
+        session, lambda: throttle.claim(session=session, source=source, account=account, rules=rules)
     )
     if claim.wait > timedelta(0):
         return PasswordCheck(None, "throttled", claim.wait)
@@ -356,7 +356,7 @@ def change_password(
         raise NotFound("no such user")
     source, rules = throttle.source_key(source_ip), policy.throttle_rules
     claim = in_transaction(
-        session, lambda: throttle.claim(session=session, source=source, account=username, rules=rules, now=utcnow())
+        session, lambda: throttle.claim(session=session, source=source, account=username, rules=rules)
     )
     if claim.wait > timedelta(0):
         raise Throttled(claim.wait)

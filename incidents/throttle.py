@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from incidents.base import utcnow
 from incidents.models import SigninThrottle
 
 ANY_ACCOUNT = ""  # the row that counts one address's attempts on every account (password spraying)
@@ -78,14 +79,17 @@ def _purge(session: Session, now: datetime, rules: Rules) -> None:
     session.execute(delete(SigninThrottle).where(SigninThrottle.id.in_(stale)))
 
 
-def claim(*, session: Session, source: str, account: str, rules: Rules, now: datetime) -> Claim:
+def claim(*, session: Session, source: str, account: str, rules: Rules) -> Claim:
     """Count an attempt before the password is checked, so parallel tries from one address cannot outrun the count.
 
     Runs in the caller's write transaction; the account's row is locked before the address's, always in that order.
     """
+    now = utcnow()
     _purge(session, now, rules)
     rows = [(_row(session, source, account[:150], now, rules), rules.free_per_account)] if account else []
     rows.append((_row(session, source, ANY_ACCOUNT, now, rules), rules.free_per_address))
+    # The time once the rows are ours: a try that waited for another's lock must not find that try's "now" ahead.
+    now = utcnow()
     wait = max(row.next_at for row, _ in rows) - now
     if wait > timedelta(0):
         return Claim(wait)
