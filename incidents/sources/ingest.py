@@ -81,7 +81,9 @@ def source_for(session: Session, *, kind: str, actor: Actor) -> Source:
     found = _find(session, kind, actor.token_id)
     if found is None:
         try:
-            found = service.in_transaction(session, lambda: _register(session, kind, actor))
+            found = service.in_transaction(
+                session, lambda: _find(session, kind, actor.token_id) or _register(session, kind, actor)
+            )
         except IntegrityError:  # two first alerts raced: the other registered it
             session.rollback()
             found = _find(session, kind, actor.token_id)
