@@ -148,10 +148,18 @@ def test_finding_10_a_rotated_key_verifies_old_rows_with_the_listed_old_key_and_
         assert cli(r, "audit", "verify") == "audit trail intact: 4 rows"
         newer = rows(app)[2]
         assert newer.key_id != trail[0].key_id
-        # Rows signed by the new key cannot be followed by rows signed by a retired one.
+        # The old key alone does not know the new rows; the new key alone does not know the old ones.
         assert cli(runner, "audit", "verify", code=1).startswith(f"audit trail broken at row {newer.id}: ")
         assert cli(forgetful.test_cli_runner(), "audit", "verify", code=1).startswith(
             f"audit trail broken at row {trail[0].id}: "
+        )
+        # A process still holding the retired key (leaked, or not restarted) cannot add rows after the rotation.
+        cli(runner, "create-token", "with-the-retired-key", "--role", "intake")
+        late = rows(app)[-1]
+        assert late.key_id == trail[0].key_id
+        assert cli(r, "audit", "verify", code=1) == (
+            f"audit trail broken at row {late.id}: it is signed by retired audit key {late.key_id} "
+            "after rows signed by a newer one"
         )
     finally:
         for other in (rotated, forgetful):
