@@ -21,7 +21,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -536,6 +536,9 @@ class Core:
         if incident is None:
             return None
         view = self.view(incident, ask=data.get("question_vi") or data.get("question") or event.note)
+        if event.tlp and tg.tlp_above(event.tlp, view.tlp):
+            # Asked under a stricter level than the incident holds now: the question keeps that level.
+            view = replace(view, tlp=event.tlp)
         board = int(self.settings.board_chat_id)
         text = self.renderer("vi").board(view, headline=tg.BOARD_HEADLINES[headline], max_tlp=self.max_tlp(board))
         return {
