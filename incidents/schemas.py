@@ -215,9 +215,16 @@ def _utc_representable(value: datetime | None) -> datetime | None:
     return value
 
 
+# Before networked computers there was nothing to detect, and STIX timestamps (stix2 writes them with
+# strftime, which drops the zeros of a year before 1000) could not carry it.
+DETECTED_FLOOR = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _check_detected_at(value: datetime | None) -> datetime | None:
     if _utc_representable(value) is not None and value - datetime.now(UTC) > MAX_CLOCK_SKEW:
         raise ValueError("detected_at lies in the future")
+    if value is not None and value < DETECTED_FLOOR:
+        raise ValueError("detected_at lies before 1970")
     return value
 
 

@@ -363,3 +363,13 @@ def test_finding_8_the_stix_import_command_refuses_a_file_that_is_not_json(app, 
     assert result.exit_code != 0 and "not RFC 8259 JSON" in result.output, result.output
     with app.app_context():
         assert not db.session().scalars(select(StixObject.id).where(StixObject.body.contains("x_score"))).all()
+
+
+def test_finding_8_a_detection_time_stix_cannot_write_is_refused_not_a_500_at_export(client, operator):
+    filed = _file(client, operator)
+    for stamp in ("0323-11-01T21:35:56Z", "1969-12-31T23:59:59Z"):
+        response = client.patch(f"{URL}/{filed['id']}", json={"detected_at": stamp}, headers=operator)
+        assert response.status_code == 422 and response.json["errors"][0]["field"] == "detected_at", response.json
+        created = client.post(URL, json=incident_payload(detected_at=stamp), headers=operator)
+        assert created.status_code == 422, created.json
+    assert client.get(f"{URL}/{filed['id']}/stix", headers=operator).status_code == 200
