@@ -19,7 +19,8 @@ from incidents import jobs
 from incidents.base import Base
 from incidents.models import Incident
 
-INTAKE_ENDPOINTS = {"api.create_incident", "api.create_incidents_bulk"}
+INTAKE_ENDPOINTS = {"api.create_incident", "api.create_incidents_bulk", "api.post_source_alert",
+                    "api.post_thehive_alert"}  # fmt: skip
 # The standard library's LogRecord attributes: everything else on a record was passed as `extra`.
 _RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -62,13 +63,16 @@ def init_app(app: Flask) -> None:
 
 
 def intake_outcome(response: Response) -> str:
-    """replayed (Idempotency-Key), created (201), deduplicated (200 on a dedup_key match), or refused."""
+    """replayed (Idempotency-Key), created (201), deduplicated (200 on a dedup_key match), noticed (202), or
+    refused."""
     if response.headers.get("Idempotent-Replayed") == "true":
         return "replayed"
     if response.status_code == 201:
         return "created"
     if response.status_code == 200:
         return "deduplicated"
+    if response.status_code == 202:
+        return "noticed"  # an alert source's notice (resolved) applied to an open incident
     if response.status_code == 429:
         return "rate_limited"
     return "refused" if response.status_code < 500 else "failed"

@@ -328,9 +328,24 @@ def test_a_splunk_webhook_with_the_key_in_its_url_leaves_no_key_in_logs_or_metri
     assert wrong.status_code == 401
     incident = stack.read(lambda s: s.get_one(Incident, r.json()["id"]))
     assert (incident.priority, incident.category) == ("P3", "dos")
+    resolved = {
+        "version": "4",
+        "status": "resolved",
+        "alerts": [
+            {
+                "status": "resolved",
+                "fingerprint": "0badc0de",
+                "labels": {"alertname": "Gone"},
+                "startsAt": "2026-12-06T03:00:00Z",
+                "endsAt": "2026-12-06T03:01:00Z",
+            }
+        ],
+    }
+    assert requests.post(f"{stack.url('alertmanager')}?key={stack.token}", json=resolved, timeout=10).status_code == 202
     metrics = requests.get(f"{stack.server.url}/metrics", timeout=10).text
-    log = wait_for(lambda: (text := stack.server.log()).count("/api/v1/sources/splunk?key=[redacted]") >= 3 and text,
+    log = wait_for(lambda: (text := stack.server.log()).count("?key=[redacted]") >= 4 and text,
                    10, "gunicorn's access lines")  # fmt: skip
     assert stack.token not in log and stack.token[:-4] not in log
     assert stack.token not in metrics and stack.token[:-4] not in metrics
     assert 'endpoint="api.post_source_alert"' in metrics
+    assert 'ucsc_intake_total{outcome="replayed"}' in metrics and 'ucsc_intake_total{outcome="noticed"}' in metrics
