@@ -51,6 +51,10 @@ class Action(StrEnum):
     EVIDENCE_DOWNLOADED = "evidence.downloaded"
     TELEGRAM_LINK_CREATED = "telegram.link_created"  # a one-time code that links a Telegram account to a contact
     TELEGRAM_UNLINKED = "telegram.unlinked"
+    SOURCE_CREATED = "source.created"
+    SOURCE_CHANGED = "source.changed"
+    WINDOW_CREATED = "window.created"  # a maintenance window or snooze: its alerts page nobody
+    WINDOW_CANCELLED = "window.cancelled"
     CHECKPOINT = "audit.checkpoint"  # names the row before it and the count so far; its copy is kept outside the DB
 
 
@@ -207,7 +211,7 @@ def _link_pending(session: Session, entries: list[AuditEntry]) -> None:
     last = session.execute(select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).first()
     last_id, prev_hash = (last.id, last.hash) if last else (None, ZERO_HASH)
     checkpoints = any(e.action == Action.CHECKPOINT for e in entries)
-    count = session.scalar(select(func.count()).select_from(AuditEntry)) if checkpoints else 0
+    count = _count_so_far(session) if checkpoints else 0
     for entry in entries:
         if entry.action == Action.CHECKPOINT:
             entry.data = {"last_id": last_id, "last_hash": prev_hash, "count": count}
@@ -220,6 +224,20 @@ def _link_pending(session: Session, entries: list[AuditEntry]) -> None:
             last_id, count = entry.id, count + 1
     session.add_all(entries)
     session.flush()
+
+
+def _count_so_far(session: Session) -> int:
+    """Rows in the trail, counted on from the newest checkpoint, so the feed lock is not held for a full count."""
+    newest = session.execute(
+        select(AuditEntry.id, AuditEntry.data)
+        .where(AuditEntry.action == Action.CHECKPOINT)
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    ).first()
+    if newest is None:
+        return session.scalar(select(func.count()).select_from(AuditEntry)) or 0
+    since = session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.id > newest.id)) or 0
+    return int(newest.data["count"]) + 1 + since
 
 
 service.at_commit(PENDING, _link_pending)
