@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from app import db
 from app.web import bp, labels
 from incidents.enums import Role
-from incidents.errors import DomainError, FieldError
+from incidents.errors import DomainError, FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.models import Event
 
 
@@ -82,4 +82,9 @@ def _bad_request(exc: Any) -> tuple[str, int]:
 
 @bp.errorhandler(DomainError)
 def _domain(exc: DomainError) -> tuple[str, int]:
-    return error_page(409, exc.detail)
+    # A hidden incident and a missing one get the same page: the detail could name what the caller may not see.
+    if isinstance(exc, NotFound):
+        return _not_found(exc)
+    if isinstance(exc, Forbidden):
+        return _forbidden(exc)
+    return error_page(422 if isinstance(exc, ValidationFailed) else 409, exc.detail)
