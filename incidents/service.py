@@ -1134,8 +1134,15 @@ def classify(*, session: Session, incident_id: int | str, data: ClassificationIn
     return in_transaction(session, work)
 
 
-def add_comment(*, session: Session, incident_id: int | str, data: CommentCreate, actor: Actor) -> Comment:
-    """Add a comment; its TLP defaults to the incident's."""
+def add_comment(
+    *,
+    session: Session,
+    incident_id: int | str,
+    data: CommentCreate,
+    actor: Actor,
+    then: Callable[[Comment], None] | None = None,
+) -> Comment:
+    """Add a comment; its TLP defaults to the incident's (`then` writes the caller's rows in the same transaction)."""
     require(actor, Capability.COMMENT)
 
     def work() -> Comment:
@@ -1158,6 +1165,8 @@ def add_comment(*, session: Session, incident_id: int | str, data: CommentCreate
                 "tlp": str(comment.tlp),
             },
         )  # fmt: skip
+        if then is not None:
+            then(comment)
         return comment
 
     return in_transaction(session, work)

@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from incidents.base import Base, BigId, utcnow
@@ -66,3 +66,36 @@ class MaintenanceWindow(Base):
         CheckConstraint("ends_at > starts_at", name="bounded"),
         CheckConstraint("source_id IS NOT NULL OR dedup_pattern IS NOT NULL", name="scoped"),
     )
+
+
+class MailboxMessage(Base):
+    """A mailbox message already acted on, by Message-ID: what it became, so a second sight does nothing."""
+
+    __tablename__ = "mailbox_messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
+    message_key: Mapped[str] = mapped_column(String(300))  # the Message-ID, or sha256:<digest> of one without
+    outcome: Mapped[str] = mapped_column(String(16))  # incident | comment | rejected
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id", ondelete="SET NULL"))
+    comment_id: Mapped[int | None] = mapped_column(ForeignKey("comments.id", ondelete="SET NULL"))
+    # False until every attachment is evidence: a pass interrupted in between adds the rest next time.
+    complete: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("source_id", "message_key"),
+        CheckConstraint("outcome IN ('incident', 'comment', 'rejected')", name="outcome"),
+    )
+
+
+class MailboxCursor(Base):
+    """The highest IMAP UID of a mailbox folder already looked at, valid while the folder's UIDVALIDITY holds."""
+
+    __tablename__ = "mailbox_cursors"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

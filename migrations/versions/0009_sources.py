@@ -74,9 +74,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("suppressed", sa.Boolean(), server_default=sa.false(), nullable=False))
         batch_op.create_foreign_key(op.f("fk_occurrences_source_id_sources"), "sources", ["source_id"], ["id"])
         batch_op.create_index(op.f("ix_occurrences_source_id"), ["source_id"])
+    _upgrade_mailbox()
 
 
 def downgrade() -> None:
+    _downgrade_mailbox()
     with op.batch_alter_table("occurrences") as batch_op:
         batch_op.drop_index(op.f("ix_occurrences_source_id"))
         batch_op.drop_constraint(op.f("fk_occurrences_source_id_sources"), type_="foreignkey")
@@ -86,3 +88,49 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_maintenance_windows_source_id"), table_name="maintenance_windows")
     op.drop_table("maintenance_windows")
     op.drop_table("sources")
+
+
+def _upgrade_mailbox() -> None:
+    op.create_table(
+        "mailbox_messages",
+        sa.Column("id", BIG_ID, nullable=False),
+        sa.Column("source_id", BIG_ID, nullable=False),
+        sa.Column("message_key", sa.String(300), nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("incident_id", BIG_ID, nullable=True),
+        sa.Column("comment_id", BIG_ID, nullable=True),
+        sa.Column("complete", sa.Boolean(), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("created_at", TIME, nullable=False),
+        sa.CheckConstraint(
+            "outcome IN ('incident', 'comment', 'rejected')", name=op.f("ck_mailbox_messages_outcome")
+        ),
+        sa.ForeignKeyConstraint(
+            ["source_id"], ["sources.id"], name=op.f("fk_mailbox_messages_source_id_sources"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["incident_id"], ["incidents.id"], name=op.f("fk_mailbox_messages_incident_id_incidents"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["comment_id"], ["comments.id"], name=op.f("fk_mailbox_messages_comment_id_comments"), ondelete="SET NULL"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_mailbox_messages")),
+        sa.UniqueConstraint("source_id", "message_key", name=op.f("uq_mailbox_messages_source_id_message_key")),
+    )
+    op.create_table(
+        "mailbox_cursors",
+        sa.Column("source_id", BIG_ID, nullable=False),
+        sa.Column("uidvalidity", sa.BigInteger(), nullable=False),
+        sa.Column("last_uid", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", TIME, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["source_id"], ["sources.id"], name=op.f("fk_mailbox_cursors_source_id_sources"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("source_id", name=op.f("pk_mailbox_cursors")),
+    )
+
+
+def _downgrade_mailbox() -> None:
+    op.drop_table("mailbox_cursors")
+    op.drop_table("mailbox_messages")
