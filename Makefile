@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: run test bench lint format install install-test browser system-deps alertmanager clean wheelhouse translations
+.PHONY: run test bench lint format install install-test browser system-deps alertmanager dovecot clean wheelhouse translations
 
 # PIP_OPTS="--no-index --find-links wheelhouse" installs from a bundle made by `make wheelhouse`, with no registry.
 PIP_OPTS ?=
@@ -54,7 +54,13 @@ alertmanager:
 	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q prometheus-alertmanager >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q prometheus-alertmanager >/dev/null); \
 	  else echo "prometheus-alertmanager is missing: install Debian's prometheus-alertmanager package"; fi; fi
 
-test: install-test browser system-deps alertmanager
+# Debian's dovecot-imapd: the tests start it on loopback as the [TBSC] mailbox (tests/test_sources_mailbox.py).
+dovecot:
+	@if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then \
+	  if [ "$$(id -u)" = "0" ]; then apt-get install -y -q dovecot-imapd >/dev/null || (apt-get update -q >/dev/null && apt-get install -y -q dovecot-imapd >/dev/null); \
+	  else echo "dovecot is missing: install Debian's dovecot-imapd package"; fi; fi
+
+test: install-test browser system-deps alertmanager dovecot
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -n 2 --dist loadgroup
 
