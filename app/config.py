@@ -32,6 +32,11 @@ DEFAULTS: dict[str, object] = {
     "MAILBOX_USER": "mailbox",
     "MAILBOX_SENDERS": "",
     "MAILBOX_MAX_BYTES": 25 * 1024 * 1024,
+    # Alert sources (docs/sources.md): the worker's silence check period (0: off), the account that files a
+    # silence, and the longest maintenance window or snooze.
+    "SOURCE_WATCH_SECONDS": 30,
+    "SOURCE_WATCH_USER": "source-watch",
+    "SOURCE_WINDOW_MAX_HOURS": 168,
     "REDIS_URL": None,
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,
     "LIMIT_TITLE": 300,

@@ -61,6 +61,13 @@ ROUTES: dict[str, tuple[str, str]] = {
     "POST /api/v1/incidents/bulk": ("global", "admin operator responder intake"),
     "POST /api/v1/sources/<kind>": ("global", "admin operator responder intake"),  # a filing in a sender's format
     "POST /api/v1/sources/thehive/api/v1/alert": ("global", "admin operator responder intake"),
+    "GET /api/v1/sources": ("global", DESK),  # sources as data, maintenance windows: the standing body's
+    "POST /api/v1/sources": ("global", DESK),
+    "GET /api/v1/sources/<int:source_id>": ("global", DESK),
+    "PATCH /api/v1/sources/<int:source_id>": ("global", DESK),
+    "GET /api/v1/sources/windows": ("global", DESK),
+    "POST /api/v1/sources/windows": ("global", DESK),
+    "DELETE /api/v1/sources/windows/<int:window_id>": ("global", DESK),
     "GET /api/v1/incidents": ("global", ALL),
     "GET /api/v1/incidents/<incident_id>": ("incident", ALL),
     "PATCH /api/v1/incidents/<incident_id>": ("incident", EDITORS),

@@ -9,9 +9,11 @@ import contextlib
 import io
 import json
 import re
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +296,8 @@ def _params(w: World, key: str, obj: str | None, role: str, client: FlaskClient)
         values["contact_id"] = client.post(f"{API}/contacts", json=fresh, headers=w.filer).json["id"]
     if "<int:participant_id>" in key:
         values["participant_id"] = _fresh_participant(w, client, o) if o else MISSING
+    if "<int:source_id>" in key or "<int:window_id>" in key:
+        values.update(_source_and_window(w, client))
     return values
 
 
@@ -304,6 +308,16 @@ def _fresh_participant(w: World, client: FlaskClient, o: Obj) -> int:
     if response.status_code == 201:
         return response.json["id"]
     return next(p["id"] for p in client.get(url, headers=w.filer).json["items"] if p.get("organisation") == "doet")
+
+
+def _source_and_window(w: World, client: FlaskClient) -> dict[str, int]:
+    """A source and a maintenance window on it, made by the filer (an operator) for the routes that name them."""
+    made = client.post(f"{API}/sources", json={"kind": "splunk", "name": f"m-src-{secrets.token_hex(4)}"},
+                       headers=w.filer).json  # fmt: skip
+    ends = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    window = {"source_id": made["id"], "ends_at": ends, "reason": "Bảo trì", "approved_by": "Trưởng ca"}
+    return {"source_id": made["id"], "window_id": client.post(f"{API}/sources/windows", json=window,
+                                                                headers=w.filer).json["id"]}  # fmt: skip
 
 
 def _fill(rule: str, values: dict[str, Any]) -> str:

@@ -1,14 +1,16 @@
 """Alert sources: the intake of senders' own formats (Wazuh, Alertmanager, Kibana, Splunk, TheHive)."""
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
 from app import db
-from app.api import limits, operation, raw_json_body
-from app.auth import current_actor, limit_intake
+from app.api import body, limits, operation, raw_json_body
+from app.auth import current_actor, limit_intake, new_token
 from incidents import service, strict_json
+from incidents.access import Actor
 from incidents.policy import Capability, require
-from incidents.sources import ingest
+from incidents.schemas import parse_query
+from incidents.sources import admin, ingest, windows
 
 TAG = "sources"
 
@@ -73,3 +75,104 @@ def post_thehive_alert() -> Response:
     ours = result.body
     extra = {"_id": f"~{ours.get('id')}", "_type": "Alert", "status": "New", "stage": "New", "caseId": ours.get("ref")}
     return _answer(result, extra)
+
+
+# --- sources as data: the standing body registers, watches and snoozes its senders --------------------------------
+
+
+class WindowQuery(BaseModel):
+    """Which windows to list."""
+
+    all: bool = Field(default=False, description="Include cancelled and past windows (the latest 500).")
+
+
+def _manage() -> Actor:
+    actor = current_actor()
+    require(actor, Capability.MANAGE_SOURCES, "only the standing body manages alert sources")
+    return actor
+
+
+@operation("GET", "/sources", "Alert sources: token name, interval, last seen, silence, today's counts", tag=TAG,
+           errors=(401, 403))  # fmt: skip
+def list_sources() -> Response:
+    session = db.session()
+    sources = admin.list_sources(session, actor=_manage())
+    return jsonify({"items": admin.described(session, sources), "next_cursor": None})
+
+
+@operation(
+    "POST",
+    "/sources",
+    "Register a source; an HTTP kind gets its own intake token, shown once in `token.value`",
+    tag=TAG,
+    body=admin.SourceCreate,
+    status=201,
+    errors=(401, 403, 409, 415, 422),
+)
+def post_source() -> tuple[Response, int, dict[str, str]]:
+    actor = _manage()
+    data = body(admin.SourceCreate)
+    token, digest = new_token()
+    session = db.session()
+    source = admin.create_source(session=session, data=data, actor=actor, token_digest=digest,
+                                 organisation=current_app.config["STANDING_BODY"])  # fmt: skip
+    shown = admin.described(session, [source])[0]
+    if shown["token"] is not None:
+        shown["token"]["value"] = token  # the only time it is shown: only its digest is stored
+    return jsonify(shown), 201, {"Location": f"/api/v1/sources/{source.id}"}
+
+
+@operation("GET", "/sources/<int:source_id>", "One alert source", tag=TAG, errors=(401, 403, 404))
+def get_source(source_id: int) -> Response:
+    session = db.session()
+    source = admin.get_source(session, actor=_manage(), source_id=source_id)
+    return jsonify(admin.described(session, [source])[0])
+
+
+@operation(
+    "PATCH",
+    "/sources/<int:source_id>",
+    "Change a source's name, expected interval (null: not watched), mapping overrides or switch",
+    tag=TAG,
+    body=admin.SourceUpdate,
+    errors=(401, 403, 404, 409, 415, 422),
+)
+def patch_source(source_id: int) -> Response:
+    actor = _manage()
+    data = body(admin.SourceUpdate)
+    session = db.session()
+    source = admin.update_source(session=session, source_id=source_id, data=data, actor=actor)
+    return jsonify(admin.described(session, [source])[0])
+
+
+@operation("GET", "/sources/windows", "Maintenance windows and snoozes in force or to come (?all=true: every one)",
+           tag=TAG, query=WindowQuery, errors=(401, 403, 422))  # fmt: skip
+def list_windows() -> Response:
+    actor = _manage()
+    query = parse_query(WindowQuery, request.args.to_dict(flat=False))
+    found = windows.list_windows(db.session(), actor=actor, include_past=query.all)
+    return jsonify({"items": [windows.as_dict(w) for w in found], "next_cursor": None})
+
+
+@operation(
+    "POST",
+    "/sources/windows",
+    "Open a maintenance window or snooze (a source, a dedup_key glob, or both), bounded, with reason and approver",
+    tag=TAG,
+    body=windows.WindowCreate,
+    status=201,
+    errors=(401, 403, 415, 422),
+)
+def post_window() -> tuple[Response, int]:
+    actor = _manage()
+    data = body(windows.WindowCreate)
+    window = windows.create_window(session=db.session(), data=data, actor=actor,
+                                   max_hours=float(current_app.config["SOURCE_WINDOW_MAX_HOURS"]))  # fmt: skip
+    return jsonify(windows.as_dict(window)), 201
+
+
+@operation("DELETE", "/sources/windows/<int:window_id>", "Cancel a window now (audited)", tag=TAG,
+           errors=(401, 403, 404))  # fmt: skip
+def delete_window(window_id: int) -> Response:
+    window = windows.cancel_window(session=db.session(), window_id=window_id, actor=_manage())
+    return jsonify(windows.as_dict(window))
