@@ -1,13 +1,17 @@
 """POST /api/v1/sources/<kind>: senders' own formats filed as incidents, repeats grouped, notices applied."""
 
 import copy
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from app import db
-from incidents.models import Event, Incident, Observable, Occurrence
-from incidents.sources.models import Source
+from incidents.models import Event, Incident, Job, Observable, Occurrence
+from incidents.sources.models import MaintenanceWindow, Source
+from playbooks.engine import EVALUATE
+from playbooks.models import Page, PlaybookRun
+from tests import paging
 
 PROBLEM = "application/problem+json"
 
@@ -293,3 +297,40 @@ def test_splunk_and_thehive_bodies_file_with_their_own_idempotency(app, client, 
         kinds = {o.type for o in s.scalars(select(Observable).where(Observable.incident_id == mail.id))}
         assert kinds == {"email-addr", "domain-name", "file"}
         assert "registry=HKLM" in mail.description
+
+
+def _paging_work(app, incident_id: int) -> tuple[int, int, int]:
+    """Playbook runs, pages and playbook evaluations queued for an incident: what paging anyone starts from."""
+    with app.app_context():
+        s = db.session()
+        count = lambda model, *where: len(s.scalars(select(model).where(*where)).all())  # noqa: E731
+        return (count(PlaybookRun, PlaybookRun.incident_id == incident_id),
+                count(Page, Page.incident_id == incident_id),
+                count(Job, Job.incident_id == incident_id, Job.kind == EVALUATE))  # fmt: skip
+
+
+def test_an_alert_inside_a_maintenance_window_is_stored_suppressed_and_pages_nobody(app, client, intake):
+    paging.add_contact(app, organisation="dic", name="Lê Thị Lan", email="lan@dic.example.vn", channels=["email"])
+    paging.load_shipped(app, demo=False)
+    paged = client.post("/api/v1/sources/wazuh", json=wazuh("7.1"), headers=intake).get_json()
+    assert paged["suppressed"] is False and _paging_work(app, paged["id"]) != (0, 0, 0)
+    now = datetime.now(UTC)
+    with app.app_context():
+        s = db.session()
+        with s.begin():
+            s.add(MaintenanceWindow(dedup_pattern="wazuh:*:backup-01", starts_at=now - timedelta(minutes=1),
+                                    ends_at=now + timedelta(hours=1), reason="Nightly backup reboots",
+                                    approved_by="Trưởng phòng ATTT"))  # fmt: skip
+    held = wazuh("7.2")
+    held["agent"] = {"id": "009", "name": "backup-01", "ip": "203.0.113.99"}
+    r = client.post("/api/v1/sources/wazuh", json=held, headers=intake)
+    assert r.status_code == 201 and r.get_json()["suppressed"] is True
+    incident_id = r.get_json()["id"]
+    assert _paging_work(app, incident_id) == (0, 0, 0)
+    again = client.post("/api/v1/sources/wazuh", json=held | {"id": "7.3"}, headers=intake)
+    assert again.status_code == 200 and again.get_json()["suppressed"] is True
+    with app.app_context():
+        rows = db.session().scalars(select(Occurrence).where(Occurrence.incident_id == incident_id)).all()
+        assert [o.suppressed for o in rows] == [True, True]
+    notes = [e.note for e in events_of(app, incident_id) if e.kind == "source.suppressed"]
+    assert notes == ["Nightly backup reboots", "Nightly backup reboots"]
