@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from app.cli import migrate
 from incidents import accounts
 from incidents.enums import Role
 from incidents.models import Event, Incident, Observable, Occurrence
+from incidents.sources.models import Source
 from tests.conftest import BACKENDS, PG_ADMIN_URL, _seed, _worker
 from tests.live import LOOPBACK, LiveServer, free_port
 
@@ -87,19 +89,28 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                       "REDIS_URL": None, "OUTBOUND_ALLOW": LOOPBACK,
                       "AUDIT_ANCHOR_FILE": str(tmp / "audit_anchor")})  # fmt: skip
     _seed(app)
-    token, digest = new_token()
     with app.app_context():
         session = db.session()
         with session.begin():
             accounts.create_user(session=session, username="siem", role=Role.INTAKE, organisation="dic",
                                  password_hash=None)  # fmt: skip
-            accounts.create_token(session=session, name="soc-siem", role=Role.INTAKE, digest=digest, user="siem")
+    token = intake_token(app, "soc-siem")
     server = LiveServer(url, tmp / "gunicorn.log").start()
     yield Stack(app, server, token, tmp)
     server.stop()
     with app.app_context():
         db.engine().dispose()
     next(databases, None)
+
+
+def intake_token(app: Flask, name: str) -> str:
+    """A new intake token of the user `siem`: a sender of its own, so its first alert registers a source."""
+    token, digest = new_token()
+    with app.app_context():
+        session = db.session()
+        with session.begin():
+            accounts.create_token(session=session, name=name, role=Role.INTAKE, digest=digest, user="siem")
+    return token
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -349,3 +360,23 @@ def test_a_splunk_webhook_with_the_key_in_its_url_leaves_no_key_in_logs_or_metri
     assert stack.token not in metrics and stack.token[:-4] not in metrics
     assert 'endpoint="api.post_source_alert"' in metrics
     assert 'ucsc_intake_total{outcome="replayed"}' in metrics and 'ucsc_intake_total{outcome="noticed"}' in metrics
+
+
+def test_parallel_first_alerts_of_a_new_sender_register_one_source_and_group_into_one_incident(stack):
+    token = intake_token(stack.app, "wazuh-parallel")
+    alert = WAZUH_ALERT | {"rule": WAZUH_ALERT["rule"] | {"id": "5763", "description": "Parallel brute force"}}
+
+    def post(n: int) -> int:
+        body = alert | {"id": f"1733456000.{n}"}
+        return requests.post(stack.url("wazuh"), json=body, headers={"Authorization": f"Bearer {token}"},
+                             timeout=30).status_code  # fmt: skip
+
+    with ThreadPoolExecutor(12) as pool:
+        codes = sorted(pool.map(post, range(24)))
+    assert codes == [200] * 23 + [201]
+    incident = incident_titled(stack, "Parallel brute force")
+    assert occurrences(stack, incident.id) == 24
+    sources = stack.read(lambda s: s.scalars(select(Source).where(Source.name == "wazuh:wazuh-parallel")).all())
+    assert len(sources) == 1
+    counted = stack.read(lambda s: s.scalar(select(func.count()).where(Occurrence.source_id == sources[0].id)))
+    assert counted == 24
