@@ -183,8 +183,11 @@ def poller(app, dovecot: Dovecot, folder: str, tmp_path: Path) -> Iterator[mailb
     p.close()
 
 
-def mail(subject: str, body: str | None = "Máy chủ web có dấu hiệu bị dò mật khẩu.", *, sender="Nguyễn Văn An <an@sotttt.thanhhoa.gov.vn>",
-         attachments=(), **headers: str) -> EmailMessage:  # fmt: skip
+BODY = "Máy chủ web có dấu hiệu bị dò mật khẩu."
+SENDER = "Nguyễn Văn An <an@sotttt.thanhhoa.gov.vn>"
+
+
+def mail(subject: str, body: str | None = BODY, *, sender=SENDER, attachments=(), **headers: str) -> EmailMessage:
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, "tbsc@ucsc.example", subject
     msg["Message-ID"] = headers.pop("message_id", None) or make_msgid(domain="sotttt.thanhhoa.gov.vn")
@@ -213,8 +216,9 @@ def form03(session) -> bytes:
     sections = reports.initial_sections(session, paper, reports.ReportCreate(), datetime.now(UTC))
     session.expunge(paper) if paper in session else None
     session.rollback()
-    return docx_bytes({"board": "BAN CHỈ ĐẠO", "form": "Mẫu số 03", "basis": "", "title": "BÁO CÁO BAN ĐẦU SỰ CỐ MẠNG",
-                       "reference": "Số: 1", "dated": "", "sections": sections, "signature": [], "footnote": ""})  # fmt: skip
+    heading = {"board": "BAN CHỈ ĐẠO", "form": "Mẫu số 03", "basis": "", "title": "BÁO CÁO BAN ĐẦU SỰ CỐ MẠNG"}
+    return docx_bytes({**heading, "reference": "Số: 1", "dated": "", "sections": sections, "signature": [],
+                       "footnote": ""})  # fmt: skip
 
 
 def incidents_of(session) -> list[Incident]:
@@ -298,7 +302,10 @@ def test_replies_by_ref_by_receipt_by_page_and_by_thread_become_comments_on_the_
     session.commit()
 
     receipt_mid = notifier.message_id(f"receipt.email:{incident.id}")
-    html = "<html><head><style>p{}</style><script>alert(1)</script></head><body><p>Đã khắc phục</p><p>xong</p></body></html>"
+    html = (
+        "<html><head><style>p{}</style><script>alert(1)</script></head>"
+        "<body><p>Đã khắc phục</p><p>xong</p></body></html>"
+    )
     replies = [
         mail(f"Re: [TBSC] {incident.ref} Website bị thay đổi giao diện", "Đã cô lập máy chủ."),
         mail(
@@ -306,7 +313,7 @@ def test_replies_by_ref_by_receipt_by_page_and_by_thread_become_comments_on_the_
             "Bổ sung nhật ký.",
             In_Reply_To=receipt_mid,
             attachments=[("access.log", "text/plain", LOG)],
-        ),  # fmt: skip
+        ),
         mail("Re: [TBSC] Trực ban", "Đã nhận, đang xử lý.", In_Reply_To=page_mid),
         mail("Re: [TBSC] Website bị thay đổi giao diện", None, References=f"<x@y> {first['Message-ID']}"),
     ]
@@ -397,3 +404,24 @@ def test_the_worker_reads_the_mailbox_and_stops_cleanly_on_sigterm(app, dovecot,
     started = time.monotonic()
     assert worker.stop() == 0
     assert time.monotonic() - started < 10
+
+
+def test_only_the_allowed_senders_file_when_the_mailbox_names_them(app, dovecot, folder, session, tmp_path):
+    settings = mailbox.MailboxSettings(
+        url=f"imap://{USER}:{PASSWORD}@127.0.0.1:{dovecot.port}/{folder}",
+        rejected_folder=f"{folder}-rejected",
+        senders=("@thanhhoa.gov.vn", "vncert@ais.gov.vn"),
+        filing=service.Settings(),
+    )
+    p = mailbox.Poller(app.extensions["ucsc.sessionmaker"], settings, evidence.Store(tmp_path / "ev", 1 << 20))
+    dovecot.append(folder, mail("[TBSC] từ Sở", sender="an@thanhhoa.gov.vn"))
+    dovecot.append(folder, mail("[TBSC] từ VNCERT", sender="VNCERT <VNCERT@ais.gov.vn>"))
+    dovecot.append(folder, mail("[TBSC] giả mạo", sender="an@thanhhoa.gov.vn.evil.example"))
+    try:
+        assert p.run_once() == {"incident": 2, "rejected": 1}
+    finally:
+        p.close()
+    assert [i.title for i in incidents_of(session)] == ["từ Sở", "từ VNCERT"]
+    assert dovecot.subjects(f"{folder}-rejected") == ["[TBSC] giả mạo"]
+    [alarm] = session.scalars(select(Event).where(Event.kind == "source.message_rejected"))
+    assert "may not file by e-mail" in alarm.data["reason"]
