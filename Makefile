@@ -67,7 +67,7 @@ test: install-test browser system-deps alertmanager dovecot
 # Every benchmark runs even if an earlier one fails; the target fails if any did.
 bench: install-test
 	@status=0; \
-	for b in bench/intake.py bench/live.py bench/topology.py bench/paging.py bench/telegram.py bench/stix.py; do $(PY) $$b || status=1; done; \
+	for b in bench/intake.py bench/live.py bench/topology.py bench/paging.py bench/telegram.py bench/stix.py bench/sources.py; do $(PY) $$b || status=1; done; \
 	exit $$status
 
 lint: install-test
