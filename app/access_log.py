@@ -1,4 +1,4 @@
-"""gunicorn's access log with intake keys (`?key=TOKEN`) redacted from the request line, query and referer."""
+"""gunicorn's logs with intake keys (`?key=TOKEN`) redacted: the access line, and the error log's request URIs."""
 
 import re
 from typing import Any
@@ -22,3 +22,17 @@ class RedactingLogger(Logger):
             if isinstance(atoms.get(name), str):
                 atoms[name] = redact(atoms[name])
         return atoms
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        super().error(msg, *_redacted(args), **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        # A request that fails past the app is logged with its full URI ("Error handling request %s").
+        super().exception(msg, *_redacted(args), **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        super().warning(msg, *_redacted(args), **kwargs)
+
+
+def _redacted(args: tuple[Any, ...]) -> list[Any]:
+    return [redact(a) if isinstance(a, str) else a for a in args]

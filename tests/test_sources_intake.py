@@ -4,9 +4,11 @@ import copy
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from gunicorn.config import Config
 from sqlalchemy import select
 
 from app import db
+from app.access_log import RedactingLogger
 from incidents.models import Event, Incident, Job, Observable, Occurrence
 from incidents.sources.models import MaintenanceWindow, Source
 from playbooks.engine import EVALUATE
@@ -334,3 +336,15 @@ def test_an_alert_inside_a_maintenance_window_is_stored_suppressed_and_pages_nob
         assert [o.suppressed for o in rows] == [True, True]
     notes = [e.note for e in events_of(app, incident_id) if e.kind == "source.suppressed"]
     assert notes == ["Nightly backup reboots", "Nightly backup reboots"]
+
+
+def test_gunicorns_error_log_redacts_a_key_in_the_uri_of_a_request_that_failed(capsys):
+    """A request failing past the app is logged by gunicorn with its URI; the key must not be in it."""
+    logger = RedactingLogger(Config())
+    try:
+        raise RuntimeError("worker failure")
+    except RuntimeError:
+        logger.exception("Error handling request %s", "/api/v1/sources/splunk?key=ucsc_s3cr3t&x=1")
+    logger.error("Error handling request %s %s", "POST", "/api/v1/sources/wazuh?a=1&KEY=ucsc_s3cr3t")
+    err = capsys.readouterr().err
+    assert "ucsc_s3cr3t" not in err and err.count("key=[redacted]") + err.count("KEY=[redacted]") == 2
