@@ -16,6 +16,16 @@ DOCX_FONT = "Times New Roman"
 DOCX_SIZE, DOCX_TITLE_SIZE = 13, 14
 
 
+# XML 1.0 holds no C0 control but tab, line feed and carriage return (nor U+FFFE, U+FFFF): a SIEM's raw log line
+# may carry ANSI colours or a bell, and the document must still render, without them.
+_NOT_XML = dict.fromkeys([*(c for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)), 0xFFFE, 0xFFFF])
+
+
+def xml_safe(text: Any) -> str:
+    """`text` without the characters an XML document cannot hold."""
+    return str(text).translate(_NOT_XML)
+
+
 def docx_bytes(doc: dict[str, Any]) -> bytes:
     """The document as a Word file: each value in the table cell beside its label."""
     from docx import Document
@@ -37,7 +47,7 @@ def docx_bytes(doc: dict[str, Any]) -> bytes:
 
     def para(text: str, *, bold: bool = False, size: int = DOCX_SIZE, center: bool = False, italic: bool = False):
         p = d.add_paragraph()
-        run = p.add_run(text)
+        run = p.add_run(xml_safe(text))
         run.bold, run.italic, run.font.size = bold, italic, Pt(size)
         if center:
             p.alignment = WD_ALIGN_PARAGRAPH.CENTER
@@ -60,19 +70,19 @@ def docx_bytes(doc: dict[str, Any]) -> bytes:
             table.alignment = WD_TABLE_ALIGNMENT.CENTER
             for label, value in section["rows"]:
                 cells = table.add_row().cells
-                cells[0].text, cells[1].text = label, value
+                cells[0].text, cells[1].text = xml_safe(label), xml_safe(value)
                 cells[0].width, cells[1].width = Cm(6), Cm(10)
         elif "table" in section:
             header, rows = section["table"]["header"], section["table"]["rows"]
             table = d.add_table(rows=1, cols=len(header))
             table.style = "Table Grid"
             for cell, text in zip(table.rows[0].cells, header, strict=True):
-                cell.text = text
+                cell.text = xml_safe(text)
                 for run in cell.paragraphs[0].runs:
                     run.bold = True
             for row in rows:
                 for cell, text in zip(table.add_row().cells, row, strict=True):
-                    cell.text = str(text)
+                    cell.text = xml_safe(text)
         if section.get("text") is not None:
             para(section["text"])
     para("")
@@ -106,8 +116,12 @@ table.matrix td, table.matrix th { font-size: 9pt; }
 """
 
 
+def _escaped(value: Any) -> str:
+    return html.escape(xml_safe(value))
+
+
 def html_text(doc: dict[str, Any]) -> str:
-    e = html.escape
+    e = _escaped
     css = _CSS % {
         "regular": (FONT_DIR / "DejaVuSerif.ttf").as_uri(),
         "bold": (FONT_DIR / "DejaVuSerif-Bold.ttf").as_uri(),

@@ -242,3 +242,14 @@ def test_hidden_incidents_reports_are_404_and_committee_members_may_not_make_rep
     r = client.post(f"{URL}/{visible['id']}/reports/initial", json={}, headers=outsider)
     assert r.status_code == 403
     assert client.get(f"{URL}/{visible['id']}/reports/pdf", headers=operator).status_code == 404
+
+
+def test_control_characters_in_stored_text_never_break_a_docx_or_pdf_report(client, operator):
+    """XML 1.0 cannot hold most C0 controls: a SIEM's raw log line with one still renders, without it."""
+    incident = file(client, operator, title="Cảnh báo\x07 IDS", description="dòng 1\x01\x1b[31mđỏ\x1b[0m\tcột\ndòng 2")
+    make_report(client, operator, incident["id"], "initial")
+    docx_data = client.get(f"{URL}/{incident['id']}/reports/initial?format=docx", headers=operator)
+    assert docx_data.status_code == 200, docx_data.data[:300]
+    assert docx_cells(docx_data.data)["Mô tả"] == ["dòng 1[31mđỏ[0m\tcột\ndòng 2"]
+    pdf = client.get(f"{URL}/{incident['id']}/reports/initial?format=pdf", headers=operator)
+    assert pdf.status_code == 200
