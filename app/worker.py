@@ -15,6 +15,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,10 +25,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import deadline_paging, stix_worker, telegram_bot
+from app import deadline_paging, source_watch, stix_worker, telegram_bot
 from app.observability import log_config
-from incidents import audit, jobs, receipts  # noqa: F401 - registers the receipt job kinds
+from incidents import audit, evidence, jobs, receipts  # noqa: F401 - registers the receipt job kinds
 from incidents.base import utcnow
+from incidents.sources import mailbox
 from notifiers.registry import build_notifiers
 
 log = logging.getLogger("ucsc.worker")
@@ -78,6 +80,10 @@ class Worker:
         tasks = [asyncio.create_task(self._heartbeat(started))]
         tasks.append(asyncio.create_task(stix_worker.run(self)))  # the STIX projector (app/stix_worker.py)
         telegram = asyncio.create_task(self.telegram.run()) if self.telegram else None  # app/telegram_bot.py
+        if self.app.config.get("MAILBOX_URL"):  # the [TBSC] mailbox (incidents/sources/mailbox.py)
+            tasks.append(asyncio.create_task(mailbox.run(self._mailbox())))
+        if float(self.app.config.get("SOURCE_WATCH_SECONDS") or 0) > 0:  # silent sources (app/source_watch.py)
+            tasks.append(asyncio.create_task(source_watch.run(self)))
         if self.engine.dialect.name == "postgresql":
             tasks.append(asyncio.create_task(self._listen()))
         log.info("worker %s started (%d threads, poll %.2fs)", self.name, self.threads, self.poll)
@@ -239,6 +245,11 @@ class Worker:
             except Exception:
                 log.exception("LISTEN %s lost; retrying", jobs.JOBS_CHANNEL)
                 await asyncio.sleep(1)
+
+    def _mailbox(self) -> mailbox.Poller:
+        root = self.app.config.get("EVIDENCE_DIR") or os.path.join(self.app.instance_path, "evidence")
+        store = evidence.Store(Path(root), int(self.app.config["EVIDENCE_MAX_BYTES"]))
+        return mailbox.Poller(self.sessions, mailbox.MailboxSettings.from_config(self.app.config), store)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.control, fn, *args)
