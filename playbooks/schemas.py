@@ -9,6 +9,7 @@ from incidents.schemas import Strict
 
 # A row id: positive and within BIGINT, so an impossible one is a field error, never a database overflow.
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
+MAX_VERSION = 2**31 - 1  # playbook_versions.version is a 32-bit INTEGER: PostgreSQL refuses a larger parameter
 
 Text300 = Annotated[str, Field(max_length=300)]
 Note = Annotated[str, Field(max_length=2000)]
@@ -90,7 +91,7 @@ class DirectiveBody(Strict):
 
 class RunBody(Strict):
     playbook: Annotated[str, Field(min_length=1, max_length=100)]
-    version: int | None = Field(default=None, ge=1, le=MAX_ID)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 class PlaybookEnable(Strict):

@@ -294,3 +294,13 @@ def test_any_member_of_a_paged_organisation_may_acknowledge_and_everyone_sees_wh
     assert seen["acked_by"] == off_duty.name and seen["state"] == "acknowledged"
     dbs.rollback()
     assert dbs.get(Page, vnpt.id).acked_by_contact_id == off_duty.id
+
+
+@pytest.mark.parametrize("version", [2**31, 2**63 - 2])
+def test_a_run_asking_for_a_version_beyond_any_stored_one_is_refused_not_a_500(
+    shipped: Flask, client: FlaskClient, operator: dict[str, str], version: int
+) -> None:
+    incident_id = client.post(URL, json=incident_payload(category="ransomware"), headers=operator).json["id"]
+    r = client.post(f"{URL}/{incident_id}/runs", json={"playbook": "ransomware", "version": version}, headers=operator)
+    assert r.status_code == 422, r.json
+    assert [e["field"] for e in r.json["errors"]] == ["version"]
