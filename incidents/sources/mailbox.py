@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import getaddresses
 from typing import Any
@@ -35,7 +36,7 @@ from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Category, Role
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from incidents.models import User
+from incidents.models import Event, User
 from incidents.records import Evidence
 from incidents.schemas import CommentCreate, IncidentCreate, parse
 from incidents.sources.ingest import touch
@@ -308,6 +309,12 @@ def _add_evidence(session: Session, actor: Actor, incident_id: int | None, mail:
             media_type=item.media_type, kind=kind, tlp=None, description=f"e-mail {_sender_line(mail)}"[:10_000],
             actor=actor, store=store,
         )  # fmt: skip
+
+
+def rejected_since(session: Session, since: datetime, *, limit: int = 5) -> list[Event]:
+    """The newest messages moved to the rejected folder since `since`, for the desk's board."""
+    stmt = sql_select(Event).where(Event.kind == REJECTED_EVENT, Event.at >= since).order_by(Event.id.desc())
+    return list(session.scalars(stmt.limit(limit)))
 
 
 def reject(*, session: Session, source: Source, key: str | None, subject: str, sender: str | None, reason: str,
