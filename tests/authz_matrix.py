@@ -193,6 +193,11 @@ ROUTES: dict[str, tuple[str, str]] = {
     "POST /incidents/<ref>/tasks/<int:task_id>/completion": ("incident", DESK),
     "POST /incidents/<ref>/direction-requests": ("incident", DESK),
     "POST /direction-requests/<int:request_id>/directives": ("incident", "admin committee"),
+    "GET /sources": ("global", DESK),  # the alert sources page
+    "POST /sources": ("global", DESK),
+    "POST /sources/<int:source_id>": ("global", DESK),
+    "POST /sources/windows": ("global", DESK),
+    "POST /sources/windows/<int:window_id>/cancel": ("global", DESK),
     "GET /playbooks": ("global", DESK),
     "POST /playbooks": ("global", "admin"),
     "GET /playbooks/<name>": ("global", DESK),

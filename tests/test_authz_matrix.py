@@ -406,6 +406,8 @@ _WEB_FORMS: dict[str, dict[str, Any]] = {
     "POST /incidents/<ref>/direction-requests": {"question_vi": "Xin ý kiến?"},
     "POST /direction-requests/<int:request_id>/directives": {"text": "Đồng ý"},
     "POST /account/language": {"language": "en"},
+    "POST /sources": {"kind": "splunk", "name": "Splunk SOC"},
+    "POST /sources/<int:source_id>": {"interval_minutes": "10", "active": "1"},
 }
 
 

@@ -1,5 +1,6 @@
 """Alert sources as data, the silence watch, and maintenance windows (API, worker, audit)."""
 
+import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -9,10 +10,12 @@ from sqlalchemy import func, select, update
 
 from app import db, source_watch
 from app.auth import TOKEN_PREFIX
+from incidents import service
 from incidents.models import AuditEntry, Event, Incident, Occurrence
 from incidents.sources.models import Source
 from playbooks.models import Page, PlaybookRun
 from tests.test_sources_intake import wazuh
+from tests.web import csrf, make_user, sign_in, text_of
 
 API = "/api/v1"
 PROBLEM = "application/problem+json"
@@ -212,3 +215,35 @@ def test_the_worker_watches_for_silence(app, client, make_token, start_worker) -
     with app.app_context():
         pages = db.session().scalars(select(Page).where(Page.key.like(f"source-silent:{made['id']}:%"))).all()
     assert len(pages) == 1
+
+
+def test_sources_page_registers_a_source_shows_its_token_once_and_opens_a_window_the_board_shows(app, client) -> None:
+    make_user(app, "soc", "operator")
+    make_user(app, "uyvien", "committee")
+    sign_in(client, "soc")
+    page = client.get("/sources")
+    assert page.status_code == 200 and "Nguồn cảnh báo" in text_of(page.text)
+    made = client.post("/sources", data={"csrf_token": csrf(page.text), "kind": "wazuh", "name": "Wazuh tỉnh",
+                                         "interval_minutes": "15"})  # fmt: skip
+    assert made.status_code == 201
+    token = re.search(r'<code class="token">([^<]+)</code>', made.text).group(1)
+    assert token.startswith(TOKEN_PREFIX)
+    again = client.get("/sources")
+    assert token not in again.text and "Wazuh tỉnh" in again.text and "source:Wazuh tỉnh" in again.text
+    with app.app_context():
+        source_id = db.session().scalar(select(Source.id).where(Source.name == "Wazuh tỉnh"))
+    ends = (datetime.now(service.LOCAL_TZ) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+    too_long = (datetime.now(service.LOCAL_TZ) + timedelta(days=9)).strftime("%Y-%m-%dT%H:%M")
+    form = {"csrf_token": csrf(again.text), "source_id": str(source_id), "reason": "Nâng cấp máy chủ Wazuh",
+            "approved_by": "Trưởng phòng ATTT"}  # fmt: skip
+    refused = client.post("/sources/windows", data={**form, "ends_at": too_long})
+    assert refused.status_code == 422 and "168" in refused.text
+    opened = client.post("/sources/windows", data={**form, "ends_at": ends})
+    assert opened.status_code == 302
+    assert "Nâng cấp máy chủ Wazuh" in client.get("/sources").text
+
+    committee = app.test_client()
+    sign_in(committee, "uyvien")
+    assert committee.get("/sources").status_code == 403
+    board = text_of(committee.get("/board").text)
+    assert "Khung bảo trì đang hiệu lực" in board and "Nâng cấp máy chủ Wazuh" in board and "Wazuh tỉnh" in board

@@ -148,9 +148,9 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     babel.init_app(app, locale_selector=select_locale)
 
-    from app.web import account, admin, board, console, labels, records, response
+    from app.web import account, admin, board, console, labels, records, response, sources
 
-    del account, admin, board, console, records, response
+    del account, admin, board, console, records, response, sources
     app.register_blueprint(bp)
     app.jinja_env.globals.update(labels=labels, get_locale=get_locale)
     app.jinja_env.filters.update(localtime=labels.localtime, iso=labels.iso)

@@ -106,6 +106,10 @@ EVENT = {
     "task.completed": _l("Task done"),
     "direction.requested": _l("Direction requested"),
     "direction.answered": _l("Directive given"),
+    "source.silent": _l("Alert source silent"),
+    "source.returned": _l("Alert source back"),
+    "source.resolved": _l("Sender reports the alert ended"),
+    "source.suppressed": _l("Alert held by a maintenance window"),
 }
 PAGE_STATE = {
     "open": _l("Waiting for acknowledgement"),

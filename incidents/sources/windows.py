@@ -67,6 +67,22 @@ def active(session: Session, now: datetime | None = None) -> list[MaintenanceWin
     )
 
 
+def in_force(session: Session, now: datetime | None = None) -> list[tuple[MaintenanceWindow, str | None]]:
+    """Windows holding alerts right now, with their source's name (the board shows them)."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(MaintenanceWindow, Source.name)
+        .outerjoin(Source, Source.id == MaintenanceWindow.source_id)
+        .where(
+            MaintenanceWindow.starts_at <= now,
+            MaintenanceWindow.ends_at > now,
+            MaintenanceWindow.cancelled_at.is_(None),
+        )
+        .order_by(MaintenanceWindow.ends_at, MaintenanceWindow.id)
+    )
+    return [(w, name) for w, name in rows]
+
+
 def list_windows(session: Session, *, actor: Actor, include_past: bool = False) -> list[MaintenanceWindow]:
     """Windows for the sources page: those in force or to come, or every one, newest first."""
     require(actor, Capability.MANAGE_SOURCES, "only the standing body manages alert sources")
