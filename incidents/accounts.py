@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from incidents.enums import Role
 from incidents.errors import Conflict, FieldError, ValidationFailed
 from incidents.models import ApiToken, Organisation, User
+from incidents.policy import CAPABILITIES
 from notifiers import outbound
 
 
@@ -45,8 +46,8 @@ def create_user(
 
 
 def token_role_allowed(token_role: Role | str, user_role: Role | str) -> bool:
-    """A token acts with its user's role or files only (intake): never with more than the user holds now."""
-    return str(token_role) in (str(user_role), Role.INTAKE.value)
+    """A token may act with a role that can do nothing its user's role cannot do now (its own, or a narrower one)."""
+    return CAPABILITIES[Role(token_role)] <= CAPABILITIES[Role(user_role)]
 
 
 def create_token(
@@ -77,7 +78,7 @@ def create_token(
         if not token_role_allowed(role, Role(owner.role)):
             raise ValidationFailed(
                 "a token may not act with more than its user",
-                errors=[FieldError("role", f"{user!r} is {owner.role}: a token of theirs is {owner.role} or intake")],
+                errors=[FieldError("role", f"{user!r} is {owner.role}: a {role} token could do what they may not")],
             )
     else:
         owner = session.scalar(select(User).where(User.username == name, User.is_service.is_(True)))
