@@ -30,6 +30,7 @@ from incidents.sources.models import MailboxCursor, Source
 from notifiers.email import EmailNotifier
 from playbooks.models import Contact, Delivery, Page
 from tests.live import free_port
+from tests.web import make_user, sign_in
 
 USER, PASSWORD = "ucsc", "s3cret"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
@@ -343,8 +344,9 @@ def test_replies_by_ref_by_receipt_by_page_and_by_thread_become_comments_on_the_
 
 
 def test_malformed_messages_go_to_the_rejected_folder_with_an_alarm_and_others_are_left_alone(
-    poller, dovecot, folder, session
+    app, client, poller, dovecot, folder, dbs
 ):
+    session = dbs  # outside an app context: each web request below gets its own `g`, so its own signed-in user
     bad_charset = (
         b"From: a@b.vn\r\nTo: tbsc@ucsc.example\r\nSubject: [TBSC] charset\r\nMessage-ID: <cs-1@b.vn>\r\n"
         b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=x-no-such-charset\r\n\r\n\xff\xfe hello\r\n"
@@ -377,6 +379,17 @@ def test_malformed_messages_go_to_the_rejected_folder_with_an_alarm_and_others_a
     assert poller.run_once() == {"rejected": 1}
     assert session.scalar(select(func.count()).where(Event.kind == "source.message_rejected")) == 4
     assert dovecot.subjects(folder) == ["Lịch họp tuần sau"]
+
+    # The desk sees the alarm on its board; the committee's board does not carry the mailbox's troubles.
+    make_user(app, "op-mail")
+    make_user(app, "member-mail", role="committee")
+    sign_in(client, "op-mail")
+    board = client.get("/board", headers={"Accept-Language": "vi"}).text
+    assert 'id="mail-alarm"' in board and "TH-2026-09999" in board and "no body and no attachment" in board
+    assert "Thư điện tử hộp thư không tiếp nhận được" in board
+    other = app.test_client()
+    sign_in(other, "member-mail")
+    assert 'id="mail-alarm"' not in other.get("/board").text
 
 
 def test_the_worker_reads_the_mailbox_and_stops_cleanly_on_sigterm(app, dovecot, folder, session, start_worker,
