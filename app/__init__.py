@@ -1,5 +1,6 @@
 """The Flask edge of UCSC: create_app builds and binds everything; nothing happens at import time."""
 
+import hashlib
 import logging
 import secrets
 import time
@@ -30,7 +31,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if not app.config["AUDIT_KEY"]:
         app.config["AUDIT_KEY"] = defaults.read_audit_key(app.instance_path, str(app.config["SECRET_KEY"]))
     if not app.config["AUDIT_ANCHOR_FILE"]:
-        app.config["AUDIT_ANCHOR_FILE"] = str(Path(app.instance_path) / "audit_anchor")
+        # One anchor per database: databases served from one folder (tests, benches, a staging copy) never share one.
+        tag = hashlib.sha256(str(app.config["DATABASE_URL"]).encode()).hexdigest()[:12]
+        app.config["AUDIT_ANCHOR_FILE"] = str(Path(app.instance_path) / f"audit_anchor-{tag}")
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 

@@ -9,7 +9,7 @@ DEFAULTS: dict[str, object] = {
     "SECRET_KEY": None,  # default: instance/secret_key, written by `init-db`
     "AUDIT_KEY": None,  # signs audit rows; default: instance/audit_key, written by `init-db`
     "AUDIT_KEYS_OLD": "",  # retired audit keys that still verify older rows, comma-separated, oldest first
-    "AUDIT_ANCHOR_FILE": None,  # the latest signed checkpoint, outside the database; default: instance/audit_anchor
+    "AUDIT_ANCHOR_FILE": None,  # the newest signed checkpoint, outside the database; default: instance/, per database
     "AUDIT_CHECKPOINT_SECONDS": 300,  # the worker's checkpoint period (0: off)
     "BASE_URL": "http://127.0.0.1:5000",
     "REF_PREFIX": "TH",
