@@ -156,8 +156,9 @@ def read_ack_token(secret: str, token: str) -> tuple[int, int, datetime] | None:
 
 
 def ack_link_until(settings: Settings) -> datetime:
-    """When an ack link composed now stops working (`ACK_LINK_TTL_HOURS`), to the second."""
-    return datetime.fromtimestamp(math.ceil(time.time() + settings.ack_link_ttl), UTC)
+    """When an ack link composed now stops working (`ACK_LINK_TTL_HOURS`), to the second, never later."""
+    # Rounded down: the time the e-mail states (to the minute, also rounded down) is then never past the real end.
+    return datetime.fromtimestamp(math.floor(time.time() + settings.ack_link_ttl), UTC)
 
 
 def ack_url(settings: Settings, page_id: int, contact_id: int, until: datetime) -> str:
