@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision: str = "0008"
 down_revision: str | None = "0007"
@@ -17,7 +16,6 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 TIME = sa.DateTime(timezone=True)
 
 
@@ -35,7 +33,7 @@ def downgrade() -> None:
     _downgrade_stix()
 
 
-# Each section below belongs to one concern; edit only your own section.
+# One section per concern of the trust boundary, each undone in the reverse order.
 
 
 # An imported version of an object the projector wrote (same STIX id) could become its current version;
