@@ -39,7 +39,7 @@ from telegram.request import BaseRequest, HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
 from incidents import audit, jobs, service
-from incidents.access import Actor
+from incidents.access import Actor, stricter
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import NotFound
@@ -536,9 +536,8 @@ class Core:
         if incident is None:
             return None
         view = self.view(incident, ask=data.get("question_vi") or data.get("question") or event.note)
-        if event.tlp and tg.tlp_above(event.tlp, view.tlp):
-            # Asked under a stricter level than the incident holds now: the question keeps that level.
-            view = replace(view, tlp=event.tlp)
+        # A question asked under a stricter level than the incident holds now keeps that level (as on /live).
+        view = replace(view, tlp=stricter(event.tlp, view.tlp))
         board = int(self.settings.board_chat_id)
         text = self.renderer("vi").board(view, headline=tg.BOARD_HEADLINES[headline], max_tlp=self.max_tlp(board))
         return {
