@@ -1011,7 +1011,7 @@ def _open_tasks(session: Session, contact: Any) -> list[tuple[str, str]]:
 
 def _handed_over(session: Session, page_id: int, delivery_ids: list[int]) -> None:
     """Deliveries queued for the leader with a sibling's send are delivered to the channel, as their own send records
-    it (`playbooks.engine._delivered`: one `page.delivered` each), and their own jobs still queued are done.
+    it (`playbooks.engine`: one `page.delivered` each), and their own jobs still queued are done.
 
     Else each of a burst's 119 other delivery jobs is claimed, renders its page and writes its own transactions in
     the worker, beside the leader's sends: their CPU (the GIL) and, on SQLite, their write locks slowed the
@@ -1042,7 +1042,7 @@ def _handed_over(session: Session, page_id: int, delivery_ids: list[int]) -> Non
         delivery.attempts += 1
         receipt = f"queued for Telegram as tg:page.{page_id}.{delivery.contact_id}.{delivery.wave}"
         delivery.message_id, delivery.last_error = receipt[:300], None
-        engine._event(session, "page.delivered", incident, None, page_id=page.id, delivery_id=delivery.id,
+        engine.run_event(session, "page.delivered", incident, None, page_id=page.id, delivery_id=delivery.id,
                       channel=delivery.channel, contact=names.get(delivery.contact_id), contact_id=delivery.contact_id,
                       wave=delivery.wave, attempts=delivery.attempts, message_id=delivery.message_id)  # fmt: skip
 
@@ -1071,8 +1071,8 @@ def _delivery_failed(session: Session, delivery_id: int, error: str, config: dic
     fallback = None
     if page.state == PAGE_OPEN:
         settings = engine.Settings.from_config(config)
-        fallback = engine._queue_delivery(session, page, contact, delivery.wave, settings, after=tg.CHANNEL)
-    engine._event(session, "page.failed", incident, None, note=error[:500], page_id=page.id, delivery_id=delivery.id,
+        fallback = engine.queue_delivery(session, page, contact, delivery.wave, settings, after=tg.CHANNEL)
+    engine.run_event(session, "page.failed", incident, None, note=error[:500], page_id=page.id, delivery_id=delivery.id,
                   channel=tg.CHANNEL, contact=contact.name, contact_id=contact.id,
                   next_channel=fallback.channel if fallback else None, final=fallback is None)  # fmt: skip
 

@@ -226,7 +226,7 @@ def _write_pending(session: Session) -> None:
             continue
         if not locked:
             session.flush()
-            _take_feed_lock(session)
+            take_feed_lock(session)
             locked = True
         writer(session, rows)
 
@@ -280,7 +280,7 @@ def _event_values(
     }
 
 
-def _take_feed_lock(session: Session) -> None:
+def take_feed_lock(session: Session) -> None:
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return  # SQLite writes run under BEGIN IMMEDIATE: one writer, commits in id order already.
@@ -488,7 +488,7 @@ def file_incidents(
             replay = _idempotent_replay(session, idempotency)
             if replay is not None:
                 return replay
-        result = _file(session, items, actor, settings, bulk)
+        result = file_in_session(session, items, actor, settings, bulk)
         if then is not None:
             then(result)
         if idempotency is not None:
@@ -528,7 +528,7 @@ def _idempotent_replay(session: Session, claim: IdempotencyClaim) -> FilingResul
     return FilingResult(row.status_code, row.body, row.location, replayed=True)
 
 
-def _file(
+def file_in_session(
     session: Session, items: Sequence[IncidentCreate], actor: Actor, settings: Settings, bulk: bool
 ) -> FilingResult:
     now = utcnow()

@@ -343,7 +343,7 @@ def _store(
                 result.enriched.append(session.get_one(Incident, ours).ref)
         else:
             tlp = _tlp(obj, default_tlp)
-            filed = service._file(session, [_incident_create(obj, tlp, observed)], actor, settings, False)
+            filed = service.file_in_session(session, [_incident_create(obj, tlp, observed)], actor, settings, False)
             incident_of[inc_id] = filed.incident_ids[0]
             result.created.append(filed.body["ref"])
     member_of: dict[str, set[int]] = {}

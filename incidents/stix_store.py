@@ -81,7 +81,7 @@ def _next_dates(session: Session, count: int) -> list[datetime]:
     """`count` date_added values after every stored one, in order (the caller holds the write lock).
 
     PostgreSQL: under the feed lock, held from here to the commit, so date_added follows commit order."""
-    service._take_feed_lock(session)
+    service.take_feed_lock(session)
     last = session.scalar(select(func.max(StixObject.date_added)))
     start = utcnow()
     if last is not None and start <= last:

@@ -421,10 +421,10 @@ def _stop(session: Session, run: PlaybookRun, incident: Incident, actor: Actor |
     run.state, run.finished_at = RUN_STOPPED, utcnow()
     run.stopped_by = actor.label if actor else "system"
     session.execute(update(Page).where(Page.run_id == run.id, Page.state == PAGE_OPEN).values(state=PAGE_CANCELLED))
-    _event(session, "playbook.stopped", incident, actor, note=why, run_id=run.id, playbook=run.name)
+    run_event(session, "playbook.stopped", incident, actor, note=why, run_id=run.id, playbook=run.name)
 
 
-def _event(
+def run_event(
     session: Session, kind: str, incident: Incident, actor: Actor | None, note: str | None = None, **data: Any
 ) -> None:
     service.record_event(
@@ -459,7 +459,7 @@ def _start(
     )
     session.add(run)
     session.flush()
-    _event(
+    run_event(
         session,
         "playbook.started",
         incident,
@@ -539,7 +539,7 @@ def advance(
         session.flush()
         path = next_path(definition, path)
     run.state, run.finished_at = RUN_DONE, utcnow()
-    _event(session, "playbook.finished", incident, None, run_id=run.id, playbook=run.name)
+    run_event(session, "playbook.finished", incident, None, run_id=run.id, playbook=run.name)
 
 
 def _task(session: Session, run: PlaybookRun, incident: Incident, body: dict[str, Any], path: str) -> None:
@@ -562,7 +562,7 @@ def _task(session: Session, run: PlaybookRun, incident: Incident, body: dict[str
     session.add(task)
     session.flush()
     org = session.get(Organisation, org_id) if org_id else None
-    _event(
+    run_event(
         session,
         "task.created",
         incident,
@@ -586,7 +586,7 @@ def _direction(session: Session, run: PlaybookRun | None, incident: Incident, bo
     )
     session.add(request)
     session.flush()
-    _event(session, "direction.requested", incident, None, request_id=request.id, question=request.question_vi)
+    run_event(session, "direction.requested", incident, None, request_id=request.id, question=request.question_vi)
 
 
 def resolve_target(
@@ -668,11 +668,11 @@ def create_page(
         session.add(recipient)
         if (
             recipient.state == RECIPIENT_PAGED
-            and _queue_delivery(session, page, contact, 0, settings, new=True) is None
+            and queue_delivery(session, page, contact, 0, settings, new=True) is None
         ):
             unreachable.append(contact)
     session.flush()
-    _event(
+    run_event(
         session,
         "page.sent" if requires_ack else "notify.sent",
         incident,
@@ -687,7 +687,7 @@ def create_page(
         run_id=page.run_id,
     )
     for contact in unreachable:
-        _event(
+        run_event(
             session,
             "page.failed",
             incident,
@@ -700,7 +700,7 @@ def create_page(
             final=True,
         )
     if not contacts:
-        _event(
+        run_event(
             session,
             "page.failed",
             incident,
@@ -758,7 +758,7 @@ def usable_channels(contact: Contact, settings: Settings) -> list[str]:
     ]
 
 
-def _queue_delivery(
+def queue_delivery(
     session: Session,
     page: Page,
     contact: Contact,
@@ -816,8 +816,8 @@ def _repage(session: Session, run: PlaybookRun, incident: Incident, path: str, s
         page.waves += 1
         for recipient in page.recipients:
             if recipient.state == RECIPIENT_PAGED:
-                _queue_delivery(session, page, recipient.contact, wave, settings)
-        _event(
+                queue_delivery(session, page, recipient.contact, wave, settings)
+        run_event(
             session,
             "page.sent",
             incident,
@@ -878,7 +878,7 @@ def wait_elapsed(*, session: Session, run_id: int, path: str, settings: Settings
         record.outcome, run.state = "escalated", RUN_RUNNING
         for page in pages:
             page.escalated_at = now
-            _event(
+            run_event(
                 session,
                 "page.escalated",
                 incident,
@@ -1102,7 +1102,7 @@ def _delivered(ctx: jobs.JobContext, delivery_id: int, receipt: str, job: jobs.C
                 page.first_delivered_at = now
             incident = session.get(Incident, page.incident_id)
             contact = session.get(Contact, delivery.contact_id)
-            _event(
+            run_event(
                 session,
                 "page.delivered",
                 incident,
@@ -1147,8 +1147,8 @@ def _failed(ctx: jobs.JobContext, delivery_id: int, error: str, *, permanent: bo
                 return
             delivery.state = DELIVERY_FAILED
             incident = session.get(Incident, page.incident_id)
-            fallback = _queue_delivery(session, page, contact, delivery.wave, settings, after=delivery.channel)
-            _event(
+            fallback = queue_delivery(session, page, contact, delivery.wave, settings, after=delivery.channel)
+            run_event(
                 session,
                 "page.failed",
                 incident,
@@ -1258,7 +1258,7 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                 )
             for incident_id in incidents:
                 incident = session.get(Incident, incident_id)
-                _event(
+                run_event(
                     session,
                     "digest.sent",
                     incident,

@@ -121,7 +121,7 @@ def acknowledge_page(
         page.acked_by_contact_id = None if on_behalf else contact.id
         page.acked_by_user_id = actor.user_id if actor else None
         page.acked_by = f"{actor.label} (thay mặt / on behalf)" if on_behalf else contact.name
-        engine._event(
+        engine.run_event(
             session,
             "page.acknowledged",
             incident,
@@ -181,7 +181,7 @@ def request_support(
                 "reason_en": f"Request for support: {note or page.target_label}",
             },
         )
-        engine._event(
+        engine.run_event(
             session,
             "page.support_requested",
             incident,
@@ -262,7 +262,7 @@ def complete_task(
         task.state, task.done_at, task.note = "done", utcnow(), note
         task.done_by = actor.label if actor else (contact.name if contact else "?")
         incident = session.get(Incident, task.incident_id)
-        engine._event(
+        engine.run_event(
             session,
             "task.completed",
             incident,
@@ -294,7 +294,7 @@ def request_direction(
         )
         session.add(request)
         session.flush()
-        engine._event(session, "direction.requested", incident, actor, request_id=request.id, question=question_vi)
+        engine.run_event(session, "direction.requested", incident, actor, request_id=request.id, question=question_vi)
         return request
 
     return service.in_transaction(session, work)
@@ -323,7 +323,7 @@ def answer_direction_request(*, session: Session, request_id: int, text: str, ac
         request.state, request.answered_at = "answered", request.answered_at or now
         session.flush()
         incident = session.get(Incident, request.incident_id)
-        engine._event(
+        engine.run_event(
             session,
             "direction.answered",
             incident,
