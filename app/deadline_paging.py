@@ -5,10 +5,11 @@ from typing import Any
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from incidents import deadlines, periodic
+from incidents import deadlines
 from incidents.models import Incident
 from incidents.records import DeadlineClock
-from incidents.reports import local
+from incidents.reporting import periodic
+from incidents.reporting.reports import local
 from playbooks import engine
 
 _CONFIG: dict[str, Any] = {}

@@ -9,10 +9,10 @@ import docx
 from pypdf import PdfReader
 from sqlalchemy import func, select
 
-from incidents import periodic
 from incidents.enums import Category
 from incidents.models import Incident
 from incidents.records import Report
+from incidents.reporting import periodic
 from tests.conftest import incident_payload
 from tests.test_reports import assert_fonts_cover
 

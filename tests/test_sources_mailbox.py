@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from incidents import evidence, reports, service
+from incidents import evidence, service
 from incidents.models import Comment, Event, Incident, System, User
 from incidents.records import CustodyRecord, Evidence
-from incidents.render import docx_bytes
+from incidents.reporting import reports
+from incidents.reporting.render import docx_bytes
 from incidents.sources import mailbox
 from incidents.sources.models import MailboxCursor, Source
 from notifiers.email import EmailNotifier

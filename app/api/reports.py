@@ -10,9 +10,10 @@ from sqlalchemy import select
 from app import db, deadline_paging
 from app.api import body, bp, operation
 from app.auth import current_actor
-from incidents import audit, deadlines, metrics, periodic, render, reports
+from incidents import audit, deadlines, metrics
 from incidents.errors import FieldError, ValidationFailed
 from incidents.models import Organisation
+from incidents.reporting import periodic, render, reports
 from incidents.schemas import Strict, parse_query
 
 MEDIA = {

@@ -12,11 +12,12 @@ from app.api import limits
 from app.api.evidence import content_disposition, store
 from app.web import bp, current_actor
 from app.web.views import roles
-from incidents import deadlines, evidence, metrics, render, reports
+from incidents import deadlines, evidence, metrics
 from incidents.access import Actor
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident
 from incidents.policy import Capability, roles_with
+from incidents.reporting import render, reports
 from incidents.schemas import parse
 
 DESK = roles_with(Capability.READ_RESPONSE)

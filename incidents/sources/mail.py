@@ -143,10 +143,10 @@ def _checked(text: str, labels: Mapping[Any, str]) -> list[Any]:
 
 
 def read_form03(data: bytes, session: Session) -> dict[str, Any]:
-    """The Form 03 fields a DOCX holds (the layout incidents/reports.py writes), as IncidentCreate fields."""
+    """The Form 03 fields a DOCX holds (the layout incidents/reporting/reports.py writes), as IncidentCreate fields."""
     from docx import Document  # python-docx loads lxml: only when a form arrives
 
-    from incidents.reports import CATEGORY_VI, DETECTION_VI, NOTIFIED_VI, TLP_VI
+    from incidents.reporting.reports import CATEGORY_VI, DETECTION_VI, NOTIFIED_VI, TLP_VI
 
     try:
         doc = Document(io.BytesIO(data))

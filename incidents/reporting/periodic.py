@@ -21,7 +21,7 @@ from incidents.enums import Category, Status
 from incidents.models import Incident, Organisation
 from incidents.policy import Capability, require
 from incidents.records import Report
-from incidents.reports import CATEGORY_VI, frozen_tlp
+from incidents.reporting.reports import CATEGORY_VI, frozen_tlp
 
 LOCAL_TZ = service.LOCAL_TZ
 COLUMNS = ("count", "self", "domestic", "foreign", "national_support", "damage")

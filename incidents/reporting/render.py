@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-FONT_DIR = Path(__file__).with_name("report_templates") / "fonts"
+FONT_DIR = Path(__file__).with_name("fonts")
 DOCX_FONT = "Times New Roman"
 DOCX_SIZE, DOCX_TITLE_SIZE = 13, 14
 
