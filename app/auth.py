@@ -16,11 +16,12 @@ from sqlalchemy.orm import Session
 
 from app import db
 from app.errors import ApiError, retry_after
-from incidents import accounts, audit, service, signin
+from incidents import accounts, audit, signin
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.models import ApiToken, BrowserSession, User
+from incidents.uow import in_transaction
 
 TOKEN_PREFIX = "ucsc_"  # noqa: S105 - a label that tokens start with, not a secret
 # Routes for senders that cannot set a header (Wazuh's integratord, Splunk) take the token as `?key=`; the access
@@ -130,7 +131,7 @@ def _audit_failure(token: str, refusal: str) -> None:
         data["unrecorded_before"] = held_back
     # A fresh session: the request's may be inside a transaction of its own that this must not commit.
     with current_app.extensions["ucsc.sessionmaker"]() as session:
-        service.in_transaction(
+        in_transaction(
             session,
             lambda: audit.append(session, action=audit.Action.LOGIN_FAILED, actor="token:" + token[:8],
                                  source_ip=source_ip, data=data),

@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from app import db
-from incidents import audit, service
+from incidents import audit
+from incidents.uow import in_transaction
 
 AUDIT_ATTEMPTS = 5
 PAGES_PER_STEP = 256  # SQLite copies this many pages, then lets writers in, until the copy is whole
@@ -55,7 +56,7 @@ def _audit(target: str, data: dict) -> None:
     # written must still be recorded, so the command waits its turn a few times rather than fail.
     for attempt in range(AUDIT_ATTEMPTS):
         try:
-            service.in_transaction(session, work)
+            in_transaction(session, work)
             return
         except OperationalError:
             session.rollback()

@@ -17,11 +17,12 @@ from werkzeug.security import generate_password_hash
 
 from app import db
 from app.auth import new_token
-from incidents import accounts, audit, roster, service
+from incidents import accounts, audit, roster
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import DomainError
 from incidents.models import ApiToken, AuditEntry
+from incidents.uow import in_transaction
 from playbooks import seed
 
 ROLES = click.Choice([r.value for r in Role])
@@ -107,7 +108,7 @@ def create_user(username: str, role: str, organisation: str | None, display_name
                      data={"role": role, "organisation": organisation})  # fmt: skip
 
     try:
-        service.in_transaction(session, work)
+        in_transaction(session, work)
     except DomainError as exc:
         raise click.ClickException(f"{exc.detail}: {', '.join(e.message for e in exc.errors)}") from None
     click.echo(f"user {username} created with role {role}")
@@ -137,7 +138,7 @@ def create_token(name: str, role: str, user: str | None, organisation: str | Non
                      data={"token_id": api_token.id, "role": role, "user": user or name})  # fmt: skip
 
     try:
-        service.in_transaction(session, work)
+        in_transaction(session, work)
     except DomainError as exc:
         raise click.ClickException(f"{exc.detail}: {', '.join(e.message for e in exc.errors)}") from None
     if webhook:
@@ -161,7 +162,7 @@ def revoke_token(name: str) -> None:
                          data={"token_id": api_token.id, "role": str(api_token.role)})  # fmt: skip
         return len(tokens)
 
-    revoked = service.in_transaction(session, work)
+    revoked = in_transaction(session, work)
     if not revoked:
         raise click.ClickException(f"no live token named {name!r}")
     seconds = current_app.config["TOKEN_CACHE_SECONDS"]

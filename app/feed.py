@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.auth import Credential, Identity, valid_identities
 from incidents.access import Actor, audience, rooms_of, visible_ids
 from incidents.base import utcnow
+from incidents.events import EVENTS_CHANNEL, EVENTS_WRITTEN
 from incidents.models import Event
-from incidents.service import EVENTS_CHANNEL, EVENTS_WRITTEN
 
 log = logging.getLogger("ucsc.feed")
 NAMESPACE = "/live"

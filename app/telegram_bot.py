@@ -43,8 +43,10 @@ from incidents.access import Actor, stricter
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import NotFound
+from incidents.events import record_event
 from incidents.models import Event, Incident, Job, User
 from incidents.policy import Capability, allows
+from incidents.uow import in_transaction
 from notifiers import telegram as tg
 from notifiers.base import DeliveryFailed, Message
 from playbooks.telegram_models import (
@@ -209,13 +211,13 @@ def create_link_code(*, session: Session, contact_id: int, actor: Actor | str, t
         label = actor.label if isinstance(actor, Actor) else actor
         session.add(TelegramLinkCode(contact_id=contact_id, code_hash=_code_hash(code), created_by=label,
                                      created_at=now, expires_at=now + ttl))  # fmt: skip
-        service.record_event(session, kind="contact.telegram_link_created", actor=_actor(actor),
+        record_event(session, kind="contact.telegram_link_created", actor=_actor(actor),
                              data={"contact_id": contact_id, "expires_at": (now + ttl).isoformat()})  # fmt: skip
         audit.append(session, action=audit.Action.TELEGRAM_LINK_CREATED, actor=actor, target=f"contact:{contact_id}",
                      source_ip=source_ip, data={"expires_at": (now + ttl).isoformat()})  # fmt: skip
         return code
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def deep_link(username: str | None, code: str) -> str:
@@ -265,12 +267,12 @@ def revoke_link(*, session: Session, contact_id: int, actor: Actor | str, source
                    TelegramLinkCode.revoked_at.is_(None))
             .values(revoked_at=now)
         )  # fmt: skip
-        service.record_event(session, kind="contact.telegram_unlinked", actor=_actor(actor),
+        record_event(session, kind="contact.telegram_unlinked", actor=_actor(actor),
                              data={"contact_id": contact_id, "chat_id": old})  # fmt: skip
         audit.append(session, action=audit.Action.TELEGRAM_UNLINKED, actor=actor, target=f"contact:{contact_id}",
                      source_ip=source_ip, data={"chat_id": old})  # fmt: skip
 
-    service.in_transaction(session, work)
+    in_transaction(session, work)
 
 
 def link_account(*, session: Session, code: str, chat_id: int, user_id: int, chat_type: str) -> Any:
@@ -299,11 +301,11 @@ def link_account(*, session: Session, code: str, chat_id: int, user_id: int, cha
         chat = session.get(TelegramChat, chat_id)
         if chat is not None:
             chat.undeliverable_at = chat.undeliverable_reason = None
-        service.record_event(session, kind="contact.telegram_linked", actor=None,
+        record_event(session, kind="contact.telegram_linked", actor=None,
                              data={"contact_id": contact.id, "chat_id": str(chat_id)})  # fmt: skip
         return contact
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def _actor(actor: Actor | str | None) -> Actor | None:
@@ -330,7 +332,7 @@ def store_update(session: Session, settings: Settings, body: dict[str, Any]) -> 
         return True
 
     try:
-        return service.in_transaction(session, work)
+        return in_transaction(session, work)
     except IntegrityError:
         return False
 
@@ -483,7 +485,7 @@ class Core:
                 if siblings_queued:
                     _handed_over(session, page.id, siblings_queued)
 
-            service.in_transaction(session, work)
+            in_transaction(session, work)
         self.queued()
         return f"queued for Telegram as tg:{message.key}"
 
@@ -519,7 +521,7 @@ class Core:
                     jobs.enqueue(session, SEND, payload, key=payload["key"], incident_id=payload["incident_id"])
                 session.get(TelegramLeader, self.settings.bot).board_cursor = events[-1].id
 
-            service.in_transaction(session, work)
+            in_transaction(session, work)
             return len(posts)
 
     def _board_post(self, session: Session, event: Any) -> dict[str, Any] | None:
@@ -578,7 +580,7 @@ class Core:
                     if p.get("delivery_id"):
                         _delivery_done(session, p["delivery_id"], int(p["chat_id"]), message_id)
 
-            service.in_transaction(session, work)
+            in_transaction(session, work)
 
     def _space(self, session: Session, chat_id: int, next_at: datetime, *, sent: bool = False) -> None:
         chat = session.get(TelegramChat, chat_id)
@@ -625,19 +627,19 @@ class Core:
                 _finish(session, job, worker, jobs.DEAD, error=reason)
                 incident = session.get(Incident, p["incident_id"]) if p.get("incident_id") else None
                 details = {"chat_id": str(chat_id), "contact_id": p.get("contact_id"), "page_id": p.get("page_id")}
-                service.record_event(session, kind="telegram.undeliverable", actor=None, incident=incident,
+                record_event(session, kind="telegram.undeliverable", actor=None, incident=incident,
                                      note=reason[:500], data=details)  # fmt: skip
                 if p.get("delivery_id"):
                     _delivery_failed(session, p["delivery_id"], reason, self.config)
 
-            service.in_transaction(session, work)
+            in_transaction(session, work)
 
     def failed(self, job: jobs.ClaimedJob, worker: str, error: str, *, permanent: bool) -> None:
         with self.sessions() as session:
             state = jobs.fail(session, job, worker, error, permanent=permanent)
         if state == jobs.DEAD and job.payload.get("delivery_id"):
             with self.sessions() as session:
-                service.in_transaction(
+                in_transaction(
                     session, lambda: _delivery_failed(session, job.payload["delivery_id"], error, self.config)
                 )
 
@@ -667,7 +669,7 @@ class Core:
                 else:
                     row.beat_at = now
 
-            service.in_transaction(session, work)
+            in_transaction(session, work)
 
     # presses
 
@@ -734,7 +736,7 @@ class Core:
                     TelegramPress.page_id == page_id, TelegramPress.chat_id == chat_id)))  # fmt: skip
 
             try:
-                used = service.in_transaction(session, record)
+                used = in_transaction(session, record)
             except IntegrityError:
                 used = {cb.action}
             from playbooks.models import PAGE_OPEN, Page
@@ -755,7 +757,7 @@ class Core:
                    "page_id": cb.page_id if cb else None, "action": cb.action if cb else None,
                    "data": (data or "")[:100] if cb is None else None}  # fmt: skip
         target = f"page:{cb.page_id}" if cb else None
-        service.in_transaction(
+        in_transaction(
             session,
             lambda: audit.append(
                 session, action=audit.Action.ACK_REFUSED, actor=f"telegram:{user_id}", target=target, data=details
@@ -870,7 +872,7 @@ class Core:
             return set(session.scalars(select(TelegramPress.action).where(
                 TelegramPress.page_id == page_id, TelegramPress.chat_id == chat_id)))  # fmt: skip
 
-        used = service.in_transaction(session, record)
+        used = in_transaction(session, record)
         out = Outcome(r.gettext(ACCEPTED[tg.ACK]), accepted=True, language=r.language)
         out.page_messages = [(chat, message_id, text) for _row, chat, message_id, text in edits]
         out.edit_buttons = self.buttons(page_id, chat_id, tuple(a for a in (tg.SUPPORT, tg.DONE) if a not in used))
@@ -890,7 +892,7 @@ class Core:
             actor = actor_of(session, contact)
             r = self.renderer(getattr(contact, "language", None))
             if not allows(actor, Capability.GIVE_DIRECTIVES):
-                service.in_transaction(session, lambda: audit.append(
+                in_transaction(session, lambda: audit.append(
                     session, action=audit.Action.ACK_REFUSED, actor=f"telegram:{user_id}",
                     target=f"direction_request:{post.direction_request_id}",
                     data={"reason": "not_board_member", "chat_id": str(chat_id)}))  # fmt: skip
@@ -1576,7 +1578,7 @@ class Runtime:
 
     def _processed(self, row_id: int) -> None:
         with self.worker.sessions() as session:
-            service.in_transaction(
+            in_transaction(
                 session,
                 lambda: session.execute(
                     update(TelegramUpdate).where(TelegramUpdate.id == row_id).values(processed_at=utcnow())

@@ -24,8 +24,10 @@ from incidents.access import Actor, check_tlp_change, tlp_clause
 from incidents.base import utcnow
 from incidents.enums import TLP
 from incidents.errors import Conflict, FieldError, NotFound, ValidationFailed
+from incidents.events import record_event
 from incidents.policy import Capability, require
 from incidents.records import EVIDENCE_KINDS, CustodyRecord, Evidence
+from incidents.uow import in_transaction
 
 ARCHIVE_PASSWORD = b"infected"
 CHUNK = 1 << 20
@@ -183,14 +185,14 @@ def add_evidence(
             CustodyRecord(evidence_id=item.id, at=now, action="collected", actor_id=actor.user_id, actor=actor.label,
                           sha256_checked=sha256, source_ip=source_ip, note=description)
         )  # fmt: skip
-        service.record_event(
+        record_event(
             session, kind="evidence.added", actor=actor, incident=locked, at=now, note=name, tlp=item.tlp,
             data={"ref": locked.ref, "status": str(locked.status), "evidence_id": item.id, "kind": kind,
                   "sha256": sha256, "size": size, "tlp": item.tlp},
         )  # fmt: skip
         return item
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def list_evidence(session: Session, actor: Actor, incident_id: int | str) -> list[Evidence]:
@@ -252,7 +254,7 @@ def download(
                   "stored_as": item.stored_as, "intact": intact},
         )  # fmt: skip
 
-    service.in_transaction(session, work)
+    in_transaction(session, work)
     if not intact:
         raise Conflict("the stored file does not match its recorded digest; the custody chain notes it")
     if item.stored_as == "zip-aes":
@@ -283,7 +285,7 @@ def add_custody(
         session.flush()
         return record
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def as_dict(item: Evidence) -> dict:

@@ -8,13 +8,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, case, delete, func, insert, select, text
-from sqlalchemy import event as sa_event
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Table, bindparam, case, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload
 
 from incidents import lifecycle, receipts
@@ -46,6 +44,10 @@ from incidents.errors import (
     TransitionNotAllowed,
     ValidationFailed,
 )
+
+# What modules not yet moved off this one still reach through it.
+from incidents.events import _LISTENERS as EVENT_LISTENERS  # noqa: F401
+from incidents.events import at_commit, drop_pending, event_values, pending_mark, record_event, record_events  # noqa: F401
 from incidents.models import (
     Comment,
     CommentRevision,
@@ -76,30 +78,13 @@ from incidents.schemas import (
     TransitionIn,
 )
 from incidents.text import fold
+from incidents.uow import in_transaction
 
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 IDEMPOTENCY_TTL = timedelta(hours=24)
-# Set in session.info by every write to `events`, rows inserted in bulk included, so a listener at commit
-# (the change feed's wake-up) need not look for Event objects among the flushed ones.
-EVENTS_WRITTEN = "wrote_events"
-EVENTS_CHANNEL = "ucsc_events"  # PostgreSQL NOTIFY channel: wakes the other processes' tailers at our commit
-# Any 64-bit constant will do; every writer of `events` takes it so commits follow id order.
-FEED_LOCK_KEY = 0x55435343  # "UCSC"
-_RETRIES = 5
-_RETRY_SQLSTATES = {"40P01", "40001"}  # deadlock_detected, serialization_failure
-# Events recorded in a transaction wait here until its commit (`_write_pending`).
-PENDING_EVENTS = "ucsc.pending_events"
-# Writers of rows kept for the commit, by session.info key, in the order they write (`at_commit`).
-AT_COMMIT: dict[str, Callable[[Session, list[Any]], None]] = {}
-# Packages that react to changes (playbooks) subscribe here, so that incidents never imports them. Each listener
-# gets the rows of `events` being written and runs inside the writing transaction: the jobs it enqueues commit,
-# or are lost, together with the change.
-EVENT_LISTENERS: list[Callable[[Session, Sequence[dict[str, Any]]], None]] = []
 # Set in session.info by a filing that must page nobody (an alert inside a maintenance window): the listeners
 # that start paging leave the incidents it creates alone.
 QUIET_FILING = "ucsc.quiet_filing"
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -133,162 +118,6 @@ class FilingResult:
     location: str | None = None
     replayed: bool = False
     incident_ids: list[int] = field(default_factory=list)
-
-
-def in_transaction(session: Session, work: Callable[[], T]) -> T:
-    """Run `work` in one transaction, retrying when a unique index settled a race against us."""
-    if session.in_transaction():
-        session.commit()  # end the caller's read-only transaction (token lookup) before the write begins
-    for attempt in range(_RETRIES):
-        try:
-            with session.begin():
-                # SQLite: make this a BEGIN IMMEDIATE write transaction (app/db.py reads the option).
-                session.connection(execution_options={"ucsc_write": True})
-                # PostgreSQL: the feed lock is taken at commit, when the events are written (_write_pending).
-                return work()
-        except IntegrityError:
-            if attempt == _RETRIES - 1:
-                raise
-        except DBAPIError as exc:
-            # A deadlock or serialisation failure (PostgreSQL) rolled the whole transaction back: run it again.
-            if getattr(exc.orig, "sqlstate", None) not in _RETRY_SQLSTATES or attempt == _RETRIES - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def record_event(
-    session: Session,
-    *,
-    kind: str,
-    actor: Actor | None,
-    incident: Incident | None = None,
-    note: str | None = None,
-    data: dict[str, Any] | None = None,
-    at: datetime | None = None,
-    tlp: str | None = None,
-) -> Event:
-    """Append to the timeline and change feed; the row is written when the transaction commits (`_write_pending`).
-
-    The event carries the stricter of the incident's TLP and `tlp` (what it records was, or is, under that level).
-    """
-    values = _event_values(
-        kind=kind,
-        actor=actor,
-        incident_id=incident.id if incident is not None else None,
-        tlp=stricter(incident.tlp, tlp) if incident is not None else tlp,
-        note=note,
-        data=data,
-        at=at,
-    )
-    _defer(session, [values])
-    for listener in EVENT_LISTENERS:
-        listener(session, [values])
-    return Event(**values)  # transient: its row, and its id, are written at commit
-
-
-def record_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
-    """Append many events (rows from `_event_values`); they are written with one INSERT at commit."""
-    _defer(session, events)
-    for listener in EVENT_LISTENERS:
-        listener(session, events)
-
-
-def _defer(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    session.info.setdefault(PENDING_EVENTS, []).extend(rows)
-
-
-def pending_mark(session: Session) -> int:
-    """How many events wait for this transaction's commit: a savepoint notes it, and drops back to it when it
-    rolls back (`drop_pending`)."""
-    return len(session.info.get(PENDING_EVENTS, ()))
-
-
-def drop_pending(session: Session, mark: int) -> None:
-    del session.info.get(PENDING_EVENTS, [])[mark:]
-
-
-def at_commit(key: str, writer: Callable[[Session, list[Any]], None]) -> None:
-    """Register a writer of rows that wait in `session.info[key]` for the commit (events here, audit rows)."""
-    AT_COMMIT[key] = writer
-
-
-@sa_event.listens_for(Session, "before_commit")
-def _write_pending(session: Session) -> None:
-    """Write the transaction's events (and audit rows) last, so the feed lock (PostgreSQL) is held only from
-    their INSERT to the commit, not for the whole transaction: writers then overlap, and ids still become visible
-    in id order. Row changes are flushed first, so no row lock is taken after the feed lock."""
-    if session.in_nested_transaction():
-        return  # a savepoint being released: the rows wait for the real commit
-    locked = False
-    for key, writer in AT_COMMIT.items():
-        rows = session.info.pop(key, None)
-        if not rows:
-            continue
-        if not locked:
-            session.flush()
-            take_feed_lock(session)
-            locked = True
-        writer(session, rows)
-
-
-@sa_event.listens_for(Session, "after_transaction_end")
-def _forget_pending(session: Session, transaction: Any) -> None:
-    """The transaction is over (its rows were written at commit, or rolled back): nothing waits any more. A
-    savepoint's end is not the transaction's: whoever rolls one back drops its rows (`drop_pending`)."""
-    if transaction.parent is None:
-        for key in AT_COMMIT:
-            session.info.pop(key, None)
-
-
-def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
-    session.execute(_insert_rows(Event.__table__), rows)
-    _wrote_events(session)
-
-
-at_commit(PENDING_EVENTS, _insert_events)
-
-
-def _wrote_events(session: Session) -> None:
-    """Flag the session for this process's tailer and, on PostgreSQL, NOTIFY the others' (sent at commit)."""
-    session.info[EVENTS_WRITTEN] = True
-    session.connection()
-    tx = session.get_transaction()
-    if session.get_bind().dialect.name == "postgresql" and session.info.get("notified_tx") is not tx:
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
-        session.info["notified_tx"] = tx
-
-
-def _event_values(
-    *,
-    kind: str,
-    actor: Actor | None,
-    incident_id: int | None,
-    tlp: str | None,
-    note: str | None = None,
-    data: dict[str, Any] | None = None,
-    at: datetime | None = None,
-) -> dict[str, Any]:
-    return {
-        "incident_id": incident_id,
-        "kind": kind,
-        "actor_id": actor.user_id if actor else None,
-        "actor": actor.label if actor else "system",
-        "at": at or utcnow(),
-        "note": note,
-        "data": data or {},
-        "tlp": tlp,
-    }
-
-
-def take_feed_lock(session: Session) -> None:
-    bind = session.get_bind()
-    if bind.dialect.name != "postgresql":
-        return  # SQLite writes run under BEGIN IMMEDIATE: one writer, commits in id order already.
-    session.connection()  # begin the transaction if need be: with none, `tx` would be None and match no key
-    tx = session.get_transaction()
-    if session.info.get("feed_lock_tx") is not tx:
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FEED_LOCK_KEY})
-        session.info["feed_lock_tx"] = tx
 
 
 def _allocate_refs(session: Session, settings: Settings, count: int) -> list[str]:
@@ -584,7 +413,7 @@ def file_in_session(
     for i, (filed, row) in created.items():
         outcomes[i] = (filed, True)
         events.append(
-            _event_values(
+            event_values(
                 kind="incident.created",
                 actor=actor,
                 incident_id=filed.id,

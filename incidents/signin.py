@@ -19,7 +19,7 @@ from incidents.enums import Role
 from incidents.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.models import BrowserSession, Organisation, User
 from incidents.policy import Capability, allows, require
-from incidents.service import in_transaction
+from incidents.uow import in_transaction
 
 LANGUAGES = ("vi", "en")
 MIN_PASSWORD = 10

@@ -17,6 +17,7 @@ from incidents.access import Actor, can_see
 from incidents.base import utcnow
 from incidents.enums import TLP, Category, ObservableType, Priority
 from incidents.errors import FieldError, ValidationFailed
+from incidents.events import record_event
 from incidents.models import Incident, Observable, StixLink, StixObject, TaxiiStatus
 from incidents.policy import Capability, require
 from incidents.schemas import IncidentCreate, ObservableIn
@@ -28,6 +29,7 @@ from incidents.stix_store import (
     levels_up_to,
     visible_objects,
 )
+from incidents.uow import in_transaction
 
 _MAX_MESSAGES = 50
 
@@ -285,7 +287,7 @@ def import_objects(
             raise ValidationFailed(f"{len(dangling)} dangling reference(s)", errors=dangling)
         return _store(session, clean, links, actor, settings, default_tlp, status, push)
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def _store(
@@ -513,7 +515,7 @@ def _enrich(session: Session, incident_id: int, observed: list[ObservableIn], ac
             added.append({"type": str(obs.type), "value": obs.value})
     if added:
         incident.updated_at = now
-        service.record_event(
+        record_event(
             session,
             kind="incident.observables_added",
             actor=actor,

@@ -6,10 +6,11 @@ import logging
 import httpx
 from sqlalchemy import and_, exists, not_, or_, select
 
-from incidents import jobs, service
+from incidents import jobs
 from incidents.base import utcnow
 from incidents.models import Incident, StixCursor, StixLink, StixObject
 from incidents.stix_store import PUSH, _cursor, levels_up_to
+from incidents.uow import in_transaction
 from notifiers import outbound
 
 log = logging.getLogger("ucsc.stix.push")
@@ -81,6 +82,6 @@ def push(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                     cursor.position = end
                     cursor.updated_at = utcnow()
 
-            service.in_transaction(session, advance)
+            in_transaction(session, advance)
         if len(rows) < batch:
             return

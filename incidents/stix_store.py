@@ -31,8 +31,10 @@ from incidents.access import Actor, may_edit, tlp_clause, visible_incidents
 from incidents.base import utcnow
 from incidents.enums import TLP, Role
 from incidents.errors import FieldError, Forbidden, ValidationFailed
+from incidents.events import record_event, take_feed_lock
 from incidents.models import Event, Incident, StixCursor, StixExport, StixLink, StixObject, System
 from incidents.policy import Capability, require
+from incidents.uow import in_transaction
 
 log = logging.getLogger("ucsc.stix")
 
@@ -81,7 +83,7 @@ def _next_dates(session: Session, count: int) -> list[datetime]:
     """`count` date_added values after every stored one, in order (the caller holds the write lock).
 
     PostgreSQL: under the feed lock, held from here to the commit, so date_added follows commit order."""
-    service.take_feed_lock(session)
+    take_feed_lock(session)
     last = session.scalar(select(func.max(StixObject.date_added)))
     start = utcnow()
     if last is not None and start <= last:
@@ -308,7 +310,7 @@ def add_attack_techniques(
         incident = service.get_incident(session, actor, incident_ref, for_update=True)
         return incident, record_attack_techniques(session, actor, incident, techniques)
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def record_attack_techniques(
@@ -323,7 +325,7 @@ def record_attack_techniques(
         )
     if added:
         incident.updated_at = utcnow()
-        service.record_event(
+        record_event(
             session, kind=TECHNIQUES_ADDED, actor=actor, incident=incident,
             data={"ref": incident.ref, "status": str(incident.status), "techniques": added},
         )  # fmt: skip
@@ -381,7 +383,7 @@ def _prepare(session: Session, incident_id: int, settings: StixSettings) -> _Pre
     _end(session)
     if _board_id_read(session) is None:
         # Once per database: a plan made before the board identity exists would be made again under the lock.
-        service.in_transaction(session, lambda: _board(session, settings))
+        in_transaction(session, lambda: _board(session, settings))
     _end(session)
     with session.begin():
         last_event = session.scalar(select(func.max(Event.id)).where(Event.incident_id == incident_id)) or 0
@@ -451,7 +453,7 @@ def project_incident(session: Session, incident_id: int, settings: StixSettings)
             enqueue_push(session)
         return written
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def _mark(session: Session, incident_id: int, digest: str, last_event: int) -> None:
@@ -571,7 +573,7 @@ def project_pending(session: Session, settings: StixSettings, *, batch: int = 20
             if written and settings.push:
                 enqueue_push(session)
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
     group: list[_Prepared] = []
     for incident_id in incident_ids:
@@ -925,4 +927,4 @@ def delete_object(session: Session, actor: Actor, max_tlp: str, object_id: str, 
             session.execute(update(StixObject).where(StixObject.id == newest).values(current=True))
         return len(ids)
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)

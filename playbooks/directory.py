@@ -10,12 +10,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from incidents import audit, service
+from incidents import audit
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.events import record_event
 from incidents.models import Incident, Organisation
 from incidents.policy import Capability, allows, require
+from incidents.uow import in_transaction
 from notifiers import outbound
 from playbooks.models import Contact, Group, GroupMember, Schedule, ScheduleMember, ScheduleOverride
 
@@ -170,7 +172,7 @@ def save_contact(
             changed = _apply(session, contact, data)
         contact.updated_at = utcnow()
         session.flush()
-        service.record_event(
+        record_event(
             session,
             kind="contact.created" if contact_id is None else "contact.updated",
             actor=actor,
@@ -178,7 +180,7 @@ def save_contact(
         )
         return contact
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def get_contact(session: Session, contact_id: int) -> Contact:
@@ -210,7 +212,7 @@ def confirm_contact(*, session: Session, contact_id: int, actor: Actor | None = 
             raise Forbidden("only the person, an operator or an admin confirms a contact's details")
         contact.confirmed_at = utcnow()
         contact.unconfirmed_alerted_at = None
-        service.record_event(
+        record_event(
             session,
             kind="contact.confirmed",
             actor=actor,
@@ -218,7 +220,7 @@ def confirm_contact(*, session: Session, contact_id: int, actor: Actor | None = 
         )
         return contact
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def unconfirmed(session: Session, *, older_than: timedelta, now: datetime | None = None) -> list[Contact]:
@@ -264,7 +266,7 @@ def export_personal_data(*, session: Session, contact_id: int, actor: Actor) -> 
             ],
         }
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def erase_contact(*, session: Session, contact_id: int, actor: Actor) -> Contact:
@@ -290,12 +292,12 @@ def erase_contact(*, session: Session, contact_id: int, actor: Actor) -> Contact
             target=f"contact:{contact.id}",
             data={"what": "erased on request"},
         )
-        service.record_event(
+        record_event(
             session, kind="contact.erased", actor=actor, data={"ref": None, "status": None, "contact_id": contact.id}
         )
         return contact
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def contact_dict(contact: Contact, *, secrets: bool = False) -> dict[str, Any]:
@@ -456,12 +458,12 @@ def import_csv(*, session: Session, text: str, actor: Actor) -> dict[str, int]:
             with session.no_autoflush:
                 _apply(session, contact, data)
         session.flush()
-        service.record_event(
+        record_event(
             session, kind="contact.imported", actor=actor, data={"ref": None, "status": None, **counts}
         )
         return counts
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def save_group(
@@ -494,12 +496,12 @@ def save_group(
         session.flush()
         group.members = [GroupMember(contact_id=c, position=n) for n, c in enumerate(members)]
         session.flush()
-        service.record_event(
+        record_event(
             session, kind="group.saved", actor=actor, data={"ref": None, "status": None, "group": code}
         )
         return group
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def _check_contacts(session: Session, ids: Sequence[int], field: str) -> None:
@@ -545,12 +547,12 @@ def save_schedule(
         _check_contacts(session, members, "members")
         schedule.members = [ScheduleMember(contact_id=c, position=n) for n, c in enumerate(members)]
         session.flush()
-        service.record_event(
+        record_event(
             session, kind="schedule.saved", actor=actor, data={"ref": None, "status": None, "schedule": code}
         )
         return schedule
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def add_override(
@@ -578,7 +580,7 @@ def add_override(
         )
         session.add(override)
         session.flush()
-        service.record_event(
+        record_event(
             session,
             kind="schedule.override_added",
             actor=actor,
@@ -586,7 +588,7 @@ def add_override(
         )
         return override
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def on_call(schedule: Schedule, at: datetime) -> Contact | None:

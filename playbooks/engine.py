@@ -23,8 +23,10 @@ from incidents import jobs, service
 from incidents.access import Actor, can_see
 from incidents.base import utcnow
 from incidents.enums import TERMINAL_STATUSES
+from incidents.events import add_listener, drop_pending, pending_mark, record_event
 from incidents.models import Incident, Organisation, System
 from incidents.policy import Capability, require
+from incidents.uow import in_transaction
 from notifiers import registry
 from notifiers.base import DeliveryFailed, Message
 from playbooks import directory
@@ -210,12 +212,12 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
 def _start_inline(session: Session, incident_id: int, settings: "Settings") -> bool:
     """Start a new incident's playbooks in its filing transaction, in a savepoint: if anything in a playbook
     fails, the filing still succeeds and the worker starts them instead (False)."""
-    mark = service.pending_mark(session)
+    mark = pending_mark(session)
     try:
         with session.begin_nested():
             _evaluate(session, incident_id, settings)
     except Exception:  # a playbook must never cost a filing
-        service.drop_pending(session, mark)  # the savepoint's events are gone with its rows
+        drop_pending(session, mark)  # the savepoint's events are gone with its rows
         log.exception("starting the playbooks of incident %s in its filing failed; the worker will", incident_id)
         return False
     return True
@@ -341,7 +343,7 @@ def _locked_incident(session: Session, incident_id: int) -> Incident | None:
 
 def evaluate_incident(*, session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:
     """Start the automatic playbooks that now match the incident (each once), or stop its runs if it ended."""
-    return service.in_transaction(session, lambda: _evaluate(session, incident_id, settings))
+    return in_transaction(session, lambda: _evaluate(session, incident_id, settings))
 
 
 def _evaluate(session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:
@@ -396,7 +398,7 @@ def start_run(
         return _start(session, incident, chosen, key, "manual", actor, settings)
 
     require(actor, Capability.RUN_PLAYBOOKS, "only admins and operators start playbooks")
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def stop_run(*, session: Session, run_id: int, actor: Actor) -> PlaybookRun:
@@ -414,7 +416,7 @@ def stop_run(*, session: Session, run_id: int, actor: Actor) -> PlaybookRun:
             _stop(session, run, incident, actor, "stopped by hand")
         return run
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def _stop(session: Session, run: PlaybookRun, incident: Incident, actor: Actor | None, why: str) -> None:
@@ -427,7 +429,7 @@ def _stop(session: Session, run: PlaybookRun, incident: Incident, actor: Actor |
 def run_event(
     session: Session, kind: str, incident: Incident, actor: Actor | None, note: str | None = None, **data: Any
 ) -> None:
-    service.record_event(
+    record_event(
         session,
         kind=kind,
         actor=actor,
@@ -895,7 +897,7 @@ def wait_elapsed(*, session: Session, run_id: int, path: str, settings: Settings
         )
         return "escalated"
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def continue_run(*, session: Session, run_id: int, path: str, settings: Settings) -> None:
@@ -915,7 +917,7 @@ def continue_run(*, session: Session, run_id: int, path: str, settings: Settings
         definition = run.version.definition
         advance(session, run, incident, definition, next_path(definition, path), settings)
 
-    service.in_transaction(session, work)
+    in_transaction(session, work)
 
 
 def after_ack(session: Session, page: Page) -> None:
@@ -1117,7 +1119,7 @@ def _delivered(ctx: jobs.JobContext, delivery_id: int, receipt: str, job: jobs.C
                 message_id=delivery.message_id,
             )
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
 
 def _failed(ctx: jobs.JobContext, delivery_id: int, error: str, *, permanent: bool, settings: Settings) -> None:
@@ -1164,7 +1166,7 @@ def _failed(ctx: jobs.JobContext, delivery_id: int, error: str, *, permanent: bo
                 final=fallback is None,
             )
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
 
 def _give_up(ctx: jobs.JobContext, delivery_id: int, why: str, *, notify: bool) -> None:
@@ -1175,7 +1177,7 @@ def _give_up(ctx: jobs.JobContext, delivery_id: int, why: str, *, notify: bool) 
             if delivery.state == DELIVERY_QUEUED:
                 delivery.state, delivery.last_error = DELIVERY_FAILED, why
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
 
 def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
@@ -1270,7 +1272,7 @@ def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                     digest_key=key,
                 )
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
 
 def focal_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
@@ -1287,7 +1289,7 @@ def focal_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                     contact.unconfirmed_alerted_at = now
                     alerted.append(contact.id)
             if alerted:
-                service.record_event(
+                record_event(
                     session,
                     kind="directory.unconfirmed",
                     actor=None,
@@ -1304,7 +1306,7 @@ def focal_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
             schedule_focal_check(session, after=job.run_at)
             return alerted
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
 
 def confirm_token(secret: str, contact_id: int) -> str:
@@ -1408,5 +1410,4 @@ def configure(config: dict[str, Any]) -> None:
             jobs.KINDS[name] = replace(jobs.KINDS[name], lease=timedelta(seconds=float(lease)))
 
 
-if on_events not in service.EVENT_LISTENERS:
-    service.EVENT_LISTENERS.append(on_events)
+add_listener(on_events)

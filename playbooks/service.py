@@ -15,8 +15,10 @@ from incidents import audit, service
 from incidents.access import Actor, can_see
 from incidents.base import utcnow
 from incidents.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.events import record_event
 from incidents.models import Incident, Organisation
 from incidents.policy import Capability, allows, require
+from incidents.uow import in_transaction
 from playbooks import engine, spec
 from playbooks.models import (
     PAGE_ACKED,
@@ -138,7 +140,7 @@ def acknowledge_page(
         engine.after_ack(session, page)
         return page
 
-    result = service.in_transaction(session, work)
+    result = in_transaction(session, work)
     if isinstance(result, str):
         raise AckRefused(f"this person may not acknowledge page {page_id}: {result}")
     return result
@@ -194,7 +196,7 @@ def request_support(
         )
         return support
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def page_target(
@@ -231,7 +233,7 @@ def page_target(
             actor=actor,
         )
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def complete_task(
@@ -274,7 +276,7 @@ def complete_task(
         )
         return task
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def request_direction(
@@ -297,7 +299,7 @@ def request_direction(
         engine.run_event(session, "direction.requested", incident, actor, request_id=request.id, question=question_vi)
         return request
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def answer_direction_request(*, session: Session, request_id: int, text: str, actor: Actor) -> Directive:
@@ -335,7 +337,7 @@ def answer_direction_request(*, session: Session, request_id: int, text: str, ac
         )
         return directive
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
@@ -520,7 +522,7 @@ def upload_playbook(*, session: Session, source: str, actor: Actor, name: str | 
             target=parsed.name,
             data={"version": version.version, "digest": version.digest},
         )
-        service.record_event(
+        record_event(
             session,
             kind="playbook.version_added",
             actor=actor,
@@ -528,7 +530,7 @@ def upload_playbook(*, session: Session, source: str, actor: Actor, name: str | 
         )
         return version
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def set_enabled(*, session: Session, name: str, enabled: bool, actor: Actor) -> PlaybookVersion:
@@ -550,7 +552,7 @@ def set_enabled(*, session: Session, name: str, enabled: bool, actor: Actor) -> 
         )
         return version
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def list_versions(session: Session, *, actor: Actor, name: str | None = None) -> Sequence[PlaybookVersion]:

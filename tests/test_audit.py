@@ -13,8 +13,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError
 
 from app import db
-from incidents import audit, service
+from incidents import audit
 from incidents.models import AuditEntry
+from incidents.uow import in_transaction
 from tests.conftest import incident_payload
 
 URL = "/api/v1/incidents"
@@ -155,7 +156,7 @@ def test_the_database_refuses_to_update_or_delete_audit_rows(app, runner, statem
     with app.app_context():
         session = db.session()
         with pytest.raises(DBAPIError, match="audit_log is append-only"):
-            service.in_transaction(session, lambda: session.execute(statement))
+            in_transaction(session, lambda: session.execute(statement))
     assert [(e.id, e.actor, e.hash) for e in rows(app)] == [(e.id, e.actor, e.hash) for e in trail]
     assert verify(runner, 0) == "audit trail intact: 2 rows"
 
@@ -273,7 +274,7 @@ def test_concurrent_appends_keep_one_unbroken_chain(app, runner):
             with app.app_context():
                 session = db.session()
                 for i in range(10):
-                    service.in_transaction(
+                    in_transaction(
                         session, lambda i=i: audit.append(session, action="export", actor=f"w{n}", data={"i": i})
                     )
         except BaseException as exc:  # reported by the assertion below

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app import db
-from incidents.service import FEED_LOCK_KEY
+from incidents.events import FEED_LOCK_KEY
 from tests.conftest import PG_ADMIN_URL, incident_payload
 
 SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

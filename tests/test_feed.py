@@ -14,10 +14,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from incidents import service
 from incidents.access import audience
 from incidents.base import utcnow
+from incidents.events import record_event, write_pending
 from incidents.models import Event, Incident, Organisation, User
+from incidents.uow import in_transaction
 from tests.conftest import TokenFactory, incident_payload
 
 pg_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -111,17 +112,17 @@ def test_second_writer_waits_for_the_first_so_no_cursor_reader_skips(app: Flask)
 
     def write_second() -> None:
         with sessions() as s:
-            service.in_transaction(s, lambda: service.record_event(s, kind="test.second", actor=None))
+            in_transaction(s, lambda: record_event(s, kind="test.second", actor=None))
             done.append(True)
 
     writer = threading.Thread(target=write_second, daemon=True)
     with polling([reader]), sessions() as first_writer:  # closing it rolls back: a failure leaves no lock behind
         first_writer.begin()
-        service.record_event(first_writer, kind="test.first", actor=None)
+        record_event(first_writer, kind="test.first", actor=None)
         with engine.connect() as conn:
             before = conn.scalar(select(func.count()).where(Event.kind == "test.first"))
         assert before == 0, "an event is written at commit, not when it is recorded"
-        service._write_pending(first_writer)  # what the commit does first: lock, INSERT (the row has its id now)
+        write_pending(first_writer)  # what the commit does first: lock, INSERT (the row has its id now)
         writer.start()
         _until(lambda: _waiting_for_advisory_lock(engine) == 1 or not writer.is_alive())
         writer.join(0.5)
@@ -146,9 +147,9 @@ def test_a_long_transaction_does_not_hold_the_feed_lock_until_it_commits(app: Fl
     sessions = sessionmaker(engine, expire_on_commit=False)
     with sessions() as long_writer, sessions() as other:
         long_writer.begin()
-        service.record_event(long_writer, kind="test.long", actor=None)
+        record_event(long_writer, kind="test.long", actor=None)
         long_writer.flush()
-        service.in_transaction(other, lambda: service.record_event(other, kind="test.quick", actor=None))
+        in_transaction(other, lambda: record_event(other, kind="test.quick", actor=None))
         long_writer.commit()
     with engine.connect() as conn:
         kinds = list(conn.scalars(select(Event.kind).where(Event.kind.like("test.%")).order_by(Event.id)))
@@ -160,12 +161,12 @@ def test_a_rolled_back_transaction_writes_none_of_its_events(app: Flask) -> None
     with sessionmaker(engine)() as s:
 
         def fail() -> None:
-            service.record_event(s, kind="test.rolled_back", actor=None)
+            record_event(s, kind="test.rolled_back", actor=None)
             raise RuntimeError("boom")
 
         with pytest.raises(RuntimeError):
-            service.in_transaction(s, fail)
-        service.in_transaction(s, lambda: service.record_event(s, kind="test.kept", actor=None))
+            in_transaction(s, fail)
+        in_transaction(s, lambda: record_event(s, kind="test.kept", actor=None))
     with engine.connect() as conn:
         kinds = list(conn.scalars(select(Event.kind).where(Event.kind.like("test.%"))))
     assert kinds == ["test.kept"]

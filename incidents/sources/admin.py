@@ -20,6 +20,7 @@ from incidents.schemas import Strict
 from incidents.sources import formats
 from incidents.sources.models import Source, SourceKind
 from incidents.sources.windows import ts
+from incidents.uow import in_transaction
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=150, pattern=r"^[^\s].*$")]
 # A heartbeat shorter than a minute would page on a sender's ordinary jitter; a week is the longest useful one.
@@ -156,7 +157,7 @@ def create_source(
         return source
 
     try:
-        return service.in_transaction(session, work)
+        return in_transaction(session, work)
     except IntegrityError:
         session.rollback()
         raise Conflict("that name is taken", errors=[FieldError("name", "already taken")]) from None
@@ -186,7 +187,7 @@ def update_source(*, session: Session, source_id: int, data: SourceUpdate, actor
         return source
 
     try:
-        return service.in_transaction(session, work)
+        return in_transaction(session, work)
     except IntegrityError:
         session.rollback()
         raise Conflict("that name is taken", errors=[FieldError("name", "already taken")]) from None

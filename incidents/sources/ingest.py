@@ -15,12 +15,14 @@ from incidents import service, stix_store
 from incidents.access import Actor, visible_incidents
 from incidents.base import utcnow
 from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.events import record_event
 from incidents.models import ApiToken, Incident
 from incidents.policy import Capability, require
 from incidents.schemas import DEFAULT_LIMITS, IncidentCreate, Limits, parse
 from incidents.sources import formats, windows
 from incidents.sources.formats import RESOLVED, Alert
 from incidents.sources.models import Source, SourceKind
+from incidents.uow import in_transaction
 
 # The kinds that post over HTTP; the mailbox is polled by the worker.
 HTTP_KINDS = frozenset(k.value for k in SourceKind if k is not SourceKind.MAILBOX)
@@ -81,7 +83,7 @@ def source_for(session: Session, *, kind: str, actor: Actor) -> Source:
     found = _find(session, kind, actor.token_id)
     if found is None:
         try:
-            found = service.in_transaction(
+            found = in_transaction(
                 session, lambda: _find(session, kind, actor.token_id) or _register(session, kind, actor)
             )
         except IntegrityError:  # two first alerts raced: the other registered it
@@ -134,7 +136,7 @@ def _one(
         if alert.attack_techniques:
             stix_store.record_attack_techniques(session, actor, incident, alert.attack_techniques)
         if window is not None:
-            service.record_event(
+            record_event(
                 session, kind=SUPPRESSED_EVENT, actor=actor, incident=incident, at=now,
                 note=window.reason,
                 data={"ref": incident.ref, "status": str(incident.status), "window_id": window.id,
@@ -181,7 +183,7 @@ def _resolve(session: Session, source: Source, alert: Alert, actor: Actor) -> In
             return IngestResult(202, {"id": None, "notice": RESOLVED, "applied": False})
         incident.updated_at = now
         ended = alert.context.get("endsAt")
-        service.record_event(
+        record_event(
             session, kind=RESOLVED_EVENT, actor=actor, incident=incident, at=now,
             note=f"{source.kind}: the alert ended" + (f" at {ended}" if ended else ""),
             data={"ref": incident.ref, "status": str(incident.status), "source": source.name,
@@ -191,7 +193,7 @@ def _resolve(session: Session, source: Source, alert: Alert, actor: Actor) -> In
                 "applied": True}  # fmt: skip
         return IngestResult(202, body, f"/api/v1/incidents/{incident.id}", incident_ids=[incident.id])
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def open_incident(session: Session, actor: Actor, dedup_key: str) -> Incident | None:
@@ -210,7 +212,7 @@ def touch(session: Session, source_id: int, now: datetime) -> None:
     """Note that a source spoke; a source that was silent records its return."""
     source = session.get_one(Source, source_id)
     if source.silent_since is not None:
-        service.record_event(
+        record_event(
             session, kind=RETURNED_EVENT, actor=None, at=now,
             data={"source_id": source.id, "source": source.name, "kind": source.kind,
                   "silent_since": source.silent_since.isoformat()},

@@ -36,12 +36,14 @@ from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Category, Role
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from incidents.events import record_event
 from incidents.models import Event, User
 from incidents.records import Evidence
 from incidents.schemas import CommentCreate, IncidentCreate, parse
 from incidents.sources.ingest import touch
 from incidents.sources.mail import Mail, Rejected, is_form03, read_form03, read_mail
 from incidents.sources.models import MailboxCursor, MailboxMessage, Source, SourceKind
+from incidents.uow import in_transaction
 
 log = logging.getLogger("ucsc.mailbox")
 
@@ -115,7 +117,7 @@ def mailbox_actor(session: Session, settings: MailboxSettings) -> Actor:
                                         is_service=True)  # fmt: skip
 
         try:
-            user = service.in_transaction(session, create)
+            user = in_transaction(session, create)
         except (IntegrityError, Conflict):
             session.rollback()
             user = session.scalar(sql_select(User).where(User.username == settings.username))
@@ -137,7 +139,7 @@ def mailbox_source(session: Session, settings: MailboxSettings, actor: Actor) ->
             return made
 
         try:
-            found = service.in_transaction(session, create)
+            found = in_transaction(session, create)
         except IntegrityError:
             session.rollback()
             found = session.scalar(sql_select(Source).where(Source.name == settings.source_name))
@@ -212,7 +214,7 @@ def _complete(session: Session, row_id: int) -> None:
     def work() -> None:
         session.get_one(MailboxMessage, row_id).complete = True
 
-    service.in_transaction(session, work)
+    in_transaction(session, work)
 
 
 def _sender_line(mail: Mail) -> str:
@@ -331,7 +333,7 @@ def reject(*, session: Session, source: Source, key: str | None, subject: str, s
         if key:
             session.add(MailboxMessage(source_id=source.id, message_key=key, outcome="rejected", complete=True,
                                        reason=reason[:2000]))  # fmt: skip
-        service.record_event(
+        record_event(
             session, kind=REJECTED_EVENT, actor=None, note=reason[:1000],
             data={"source": source.name, "message_id": key, "subject": subject[:300], "from": sender,
                   "reason": reason[:2000], "moved_to": folder},
@@ -339,7 +341,7 @@ def reject(*, session: Session, source: Source, key: str | None, subject: str, s
         return True
 
     try:
-        return service.in_transaction(session, work)
+        return in_transaction(session, work)
     except IntegrityError:
         session.rollback()
         return False
@@ -482,7 +484,7 @@ class Poller:
             elif cursor.uidvalidity != uidvalidity or cursor.last_uid < uid:
                 cursor.uidvalidity, cursor.last_uid, cursor.updated_at = uidvalidity, uid, utcnow()
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
     def wait(self) -> None:
         """Until the folder changes (IDLE) or `poll_seconds` pass, or `stop` is called."""

@@ -12,9 +12,11 @@ from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import Conflict
+from incidents.events import record_event
 from incidents.models import Incident, User
 from incidents.schemas import IncidentCreate
 from incidents.sources.models import Source
+from incidents.uow import in_transaction
 
 SILENT_EVENT = "source.silent"
 # Called inside the silence's transaction with the incident it filed: pages the standing body (app/source_watch.py).
@@ -46,7 +48,7 @@ def watch_actor(session: Session, *, username: str, organisation: str) -> Actor:
                                         display_name="Alert source watch", is_service=True)  # fmt: skip
 
         try:
-            user = service.in_transaction(session, create)
+            user = in_transaction(session, create)
         except (IntegrityError, Conflict):
             session.rollback()
             user = session.scalar(select(User).where(User.username == username))
@@ -92,7 +94,7 @@ def _silence(
             raise _AlreadySilent
         locked.silent_since = now
         incident = session.get_one(Incident, result.incident_ids[0])
-        service.record_event(
+        record_event(
             session, kind=SILENT_EVENT, actor=None, incident=incident, at=now,
             note=f"{locked.name}: {minutes} min",
             data={"ref": incident.ref, "status": str(incident.status), "source_id": locked.id, "source": locked.name,

@@ -8,13 +8,14 @@ from pydantic import AwareDatetime, Field, StringConstraints
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from incidents import audit, service
+from incidents import audit
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.errors import FieldError, NotFound, ValidationFailed
 from incidents.policy import Capability, require
 from incidents.schemas import Strict
 from incidents.sources.models import MaintenanceWindow, Source
+from incidents.uow import in_transaction
 
 DEFAULT_MAX_HOURS = 168
 Text = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
@@ -123,7 +124,7 @@ def create_window(
                      data=as_dict(window))  # fmt: skip
         return window
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def cancel_window(*, session: Session, window_id: int, actor: Actor) -> MaintenanceWindow:
@@ -141,7 +142,7 @@ def cancel_window(*, session: Session, window_id: int, actor: Actor) -> Maintena
                          data=as_dict(window))  # fmt: skip
         return window
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def ts(value: datetime | None) -> str | None:

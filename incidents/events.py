@@ -1,0 +1,192 @@
+"""The timeline and change feed: events recorded in a transaction are written at its commit, in id order.
+
+Packages that react to changes (playbooks, deadlines) subscribe with `add_listener`, so that incidents never
+imports them; rows other modules keep for the commit (audit entries) are written by an `at_commit` writer. Both
+are registered by app/wiring.py, as are this module's own Session listeners (`install`).
+"""
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import insert, text
+from sqlalchemy.orm import Session
+
+from incidents.access import Actor, stricter
+from incidents.base import utcnow
+from incidents.models import Event, Incident
+
+# Set in session.info by every write to `events`, rows inserted in bulk included, so a listener at commit
+# (the change feed's wake-up) need not look for Event objects among the flushed ones.
+EVENTS_WRITTEN = "wrote_events"
+EVENTS_CHANNEL = "ucsc_events"  # PostgreSQL NOTIFY channel: wakes the other processes' tailers at our commit
+# Any 64-bit constant will do; every writer of `events` takes it so commits follow id order.
+FEED_LOCK_KEY = 0x55435343  # "UCSC"
+# Events recorded in a transaction wait here until its commit (`write_pending`).
+PENDING_EVENTS = "ucsc.pending_events"
+
+Listener = Callable[[Session, Sequence[dict[str, Any]]], None]
+Writer = Callable[[Session, list[Any]], None]
+
+# Writers of rows kept for the commit, by session.info key, in the order they write (after the events).
+_AT_COMMIT: dict[str, Writer] = {}
+# Each listener gets the rows of `events` being recorded and runs inside the recording transaction: the jobs it
+# enqueues commit, or are lost, together with the change.
+_LISTENERS: list[Listener] = []
+
+
+def install() -> None:
+    """Have every Session write its pending rows at commit and forget them when the transaction ends."""
+    for name, listener in (("before_commit", write_pending), ("after_transaction_end", forget_pending)):
+        if not sa_event.contains(Session, name, listener):
+            sa_event.listen(Session, name, listener)
+
+
+def add_listener(listener: Listener) -> None:
+    """Call `listener` with the rows of every event recorded from now on, inside the recording transaction."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
+
+
+def at_commit(key: str, writer: Writer) -> None:
+    """Register a writer of rows that wait in `session.info[key]` for the commit, after the events (audit rows)."""
+    _AT_COMMIT[key] = writer
+
+
+def record_event(
+    session: Session,
+    *,
+    kind: str,
+    actor: Actor | None,
+    incident: Incident | None = None,
+    note: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+    tlp: str | None = None,
+) -> Event:
+    """Append to the timeline and change feed; the row is written when the transaction commits (`write_pending`).
+
+    The event carries the stricter of the incident's TLP and `tlp` (what it records was, or is, under that level).
+    """
+    values = event_values(
+        kind=kind,
+        actor=actor,
+        incident_id=incident.id if incident is not None else None,
+        tlp=stricter(incident.tlp, tlp) if incident is not None else tlp,
+        note=note,
+        data=data,
+        at=at,
+    )
+    _defer(session, [values])
+    for listener in _LISTENERS:
+        listener(session, [values])
+    return Event(**values)  # transient: its row, and its id, are written at commit
+
+
+def record_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
+    """Append many events (rows from `event_values`); they are written with one INSERT at commit."""
+    _defer(session, events)
+    for listener in _LISTENERS:
+        listener(session, events)
+
+
+def event_values(
+    *,
+    kind: str,
+    actor: Actor | None,
+    incident_id: int | None,
+    tlp: str | None,
+    note: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """One row of `events`, for `record_events`."""
+    return {
+        "incident_id": incident_id,
+        "kind": kind,
+        "actor_id": actor.user_id if actor else None,
+        "actor": actor.label if actor else "system",
+        "at": at or utcnow(),
+        "note": note,
+        "data": data or {},
+        "tlp": tlp,
+    }
+
+
+def _defer(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    session.info.setdefault(PENDING_EVENTS, []).extend(rows)
+
+
+def pending_mark(session: Session) -> int:
+    """How many events wait for this transaction's commit: a savepoint notes it, and drops back to it when it
+    rolls back (`drop_pending`)."""
+    return len(session.info.get(PENDING_EVENTS, ()))
+
+
+def drop_pending(session: Session, mark: int) -> None:
+    del session.info.get(PENDING_EVENTS, [])[mark:]
+
+
+def write_pending(session: Session) -> None:
+    """Write the transaction's events (and audit rows) last, so the feed lock (PostgreSQL) is held only from
+    their INSERT to the commit, not for the whole transaction: writers then overlap, and ids still become visible
+    in id order. Row changes are flushed first, so no row lock is taken after the feed lock."""
+    if session.in_nested_transaction():
+        return  # a savepoint being released: the rows wait for the real commit
+    locked = False
+    for key, writer in ((PENDING_EVENTS, _insert_events), *_AT_COMMIT.items()):
+        rows = session.info.pop(key, None)
+        if not rows:
+            continue
+        if not locked:
+            session.flush()
+            take_feed_lock(session)
+            locked = True
+        writer(session, rows)
+
+
+def forget_pending(session: Session, transaction: Any) -> None:
+    """The transaction is over (its rows were written at commit, or rolled back): nothing waits any more. A
+    savepoint's end is not the transaction's: whoever rolls one back drops its rows (`drop_pending`)."""
+    if transaction.parent is None:
+        for key in (PENDING_EVENTS, *_AT_COMMIT):
+            session.info.pop(key, None)
+
+
+@cache
+def _insert_statement() -> Any:
+    return insert(Event.__table__)
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    session.execute(_insert_statement(), rows)
+    _wrote_events(session)
+
+
+def _wrote_events(session: Session) -> None:
+    """Flag the session for this process's tailer and, on PostgreSQL, NOTIFY the others' (sent at commit)."""
+    session.info[EVENTS_WRITTEN] = True
+    session.connection()
+    tx = session.get_transaction()
+    if session.get_bind().dialect.name == "postgresql" and session.info.get("notified_tx") is not tx:
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
+        session.info["notified_tx"] = tx
+
+
+def take_feed_lock(session: Session) -> None:
+    """Hold the feed lock until this transaction ends: whoever writes `events` or `stix_objects` takes it first, so
+    those rows' ids become visible in commit order (PostgreSQL)."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return  # SQLite writes run under BEGIN IMMEDIATE: one writer, commits in id order already.
+    session.connection()  # begin the transaction if need be: with none, `tx` would be None and match no key
+    tx = session.get_transaction()
+    if session.info.get("feed_lock_tx") is not tx:
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FEED_LOCK_KEY})
+        session.info["feed_lock_tx"] = tx
+
+
+# Until app/wiring.py registers the Session listeners, importing this module does.
+install()
