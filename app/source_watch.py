@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from incidents import service
+from incidents.filing import FilingSettings
 from incidents.models import Incident
 from incidents.sources import silence
 from incidents.sources.models import Source
@@ -43,7 +43,7 @@ def pager(config: dict[str, Any]) -> silence.Pager:
 
 def check_once(sessions: Any, config: dict[str, Any], now: datetime | None = None) -> list[int]:
     """One pass of the watch in its own session: the ids of the sources this pass found silent."""
-    settings = service.Settings(
+    settings = FilingSettings(
         ref_prefix=config["REF_PREFIX"], standing_body=config["STANDING_BODY"],
         receipts_by_email=bool(config.get("SMTP_URL")),
     )  # fmt: skip

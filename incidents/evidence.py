@@ -19,13 +19,14 @@ from typing import BinaryIO
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, selectinload
 
-from incidents import audit, service
+from incidents import audit
 from incidents.access import Actor, check_tlp_change, tlp_clause
 from incidents.base import utcnow
 from incidents.enums import TLP
 from incidents.errors import Conflict, FieldError, NotFound, ValidationFailed
 from incidents.events import record_event
 from incidents.policy import Capability, require
+from incidents.queries import get_incident
 from incidents.records import EVIDENCE_KINDS, CustodyRecord, Evidence
 from incidents.uow import in_transaction
 
@@ -139,7 +140,7 @@ def add_evidence(
         errors.append(FieldError("description", "at most 10000 characters"))
     if errors:
         raise ValidationFailed("invalid evidence", errors=errors)
-    incident = service.get_incident(session, actor, incident_id)  # 404 before reading a byte
+    incident = get_incident(session, actor, incident_id)  # 404 before reading a byte
     check_tlp_change(actor, incident.tlp, level)
     session.rollback()  # end the read transaction: the copy below may take a while
     name = _safe_name(filename)
@@ -162,7 +163,7 @@ def add_evidence(
         spooled.unlink(missing_ok=True)
 
     def work() -> Evidence:
-        locked = service.get_incident(session, actor, incident.id, for_update=True)
+        locked = get_incident(session, actor, incident.id, for_update=True)
         now = utcnow()
         item = Evidence(
             incident_id=locked.id,
@@ -198,7 +199,7 @@ def add_evidence(
 def list_evidence(session: Session, actor: Actor, incident_id: int | str) -> list[Evidence]:
     """Items of an incident whose own TLP the actor's clearance reaches."""
     require(actor, Capability.READ_RESPONSE)
-    incident = service.get_incident(session, actor, incident_id)
+    incident = get_incident(session, actor, incident_id)
     stmt = (
         select(Evidence)
         .where(Evidence.incident_id == incident.id, _visible(actor))
@@ -211,7 +212,7 @@ def list_evidence(session: Session, actor: Actor, incident_id: int | str) -> lis
 def get_evidence(session: Session, actor: Actor, incident_id: int | str, evidence_id: int) -> Evidence:
     """The item, or NotFound when it does not exist or the actor's clearance does not reach it."""
     require(actor, Capability.READ_RESPONSE)
-    incident = service.get_incident(session, actor, incident_id)
+    incident = get_incident(session, actor, incident_id)
     item = session.scalar(
         select(Evidence)
         .where(and_(Evidence.id == evidence_id, Evidence.incident_id == incident.id, _visible(actor)))
@@ -241,7 +242,7 @@ def download(
     intact = found == item.stored_sha256
 
     def work() -> None:
-        incident = service.get_incident(session, actor, item.incident_id)
+        incident = get_incident(session, actor, item.incident_id)
         now = utcnow()
         session.add(
             CustodyRecord(evidence_id=item.id, at=now, action="downloaded", actor_id=actor.user_id, actor=actor.label,

@@ -13,14 +13,13 @@ from typing import Any
 from sqlalchemy import column, func, select, table
 from sqlalchemy.orm import Session
 
-from incidents import service
 from incidents.access import Actor, visible_incidents
 from incidents.base import UTCDateTime
+from incidents.clock import LOCAL_TZ
 from incidents.models import Incident, Organisation, System
 from incidents.policy import Capability, require
 from incidents.records import DeadlineClock
 
-LOCAL_TZ = service.LOCAL_TZ
 _pages = table(
     "pages", column("incident_id"), column("organisation_id"), column("acked_at", UTCDateTime()), column("created_at")
 )

@@ -137,9 +137,9 @@ def fill_intake(page: Page, title: str) -> None:
 
 def file_directly(bapp: Flask, title: str) -> str:
     """File an incident as `op` from this test process (another process than the server); its title."""
-    from incidents import service
     from incidents.access import Actor
     from incidents.enums import Role
+    from incidents.filing import FilingSettings, file_incidents
     from incidents.models import User
     from incidents.schemas import IncidentCreate
 
@@ -148,7 +148,7 @@ def file_directly(bapp: Flask, title: str) -> str:
         user = session.scalar(select(User).where(User.username == "op"))
         actor = Actor(user_id=user.id, username="op", role=Role.OPERATOR, organisation_id=user.organisation_id)
         data = IncidentCreate.model_validate({"title": title, "category": "phishing", "tlp": "amber"})
-        service.file_incidents(session=session, items=[data], actor=actor, settings=service.Settings())
+        file_incidents(session=session, items=[data], actor=actor, settings=FilingSettings())
         session.close()
     return title
 

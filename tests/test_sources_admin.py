@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from app import db, source_watch
 from app.auth import TOKEN_PREFIX
-from incidents import service
+from incidents.clock import LOCAL_TZ
 from incidents.models import AuditEntry, Event, Incident, Occurrence
 from incidents.sources.models import Source
 from playbooks.models import Page, PlaybookRun
@@ -232,8 +232,8 @@ def test_sources_page_registers_a_source_shows_its_token_once_and_opens_a_window
     assert token not in again.text and "Wazuh tỉnh" in again.text and "source:Wazuh tỉnh" in again.text
     with app.app_context():
         source_id = db.session().scalar(select(Source.id).where(Source.name == "Wazuh tỉnh"))
-    ends = (datetime.now(service.LOCAL_TZ) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
-    too_long = (datetime.now(service.LOCAL_TZ) + timedelta(days=9)).strftime("%Y-%m-%dT%H:%M")
+    ends = (datetime.now(LOCAL_TZ) + timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M")
+    too_long = (datetime.now(LOCAL_TZ) + timedelta(days=9)).strftime("%Y-%m-%dT%H:%M")
     form = {"csrf_token": csrf(again.text), "source_id": str(source_id), "reason": "Nâng cấp máy chủ Wazuh",
             "approved_by": "Trưởng phòng ATTT"}  # fmt: skip
     refused = client.post("/sources/windows", data={**form, "ends_at": too_long})

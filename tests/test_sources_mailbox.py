@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from incidents import evidence, service
+from incidents import evidence
+from incidents.filing import FilingSettings
 from incidents.models import Comment, Event, Incident, System, User
 from incidents.records import CustodyRecord, Evidence
 from incidents.reporting import reports
@@ -177,7 +178,7 @@ def poller(app, dovecot: Dovecot, folder: str, tmp_path: Path) -> Iterator[mailb
         rejected_folder=f"{folder}-rejected",
         poll_seconds=1,
         max_bytes=200 * 1024,
-        filing=service.Settings(),
+        filing=FilingSettings(),
     )
     store = evidence.Store(tmp_path / "evidence", 10 * 1024 * 1024)
     p = mailbox.Poller(app.extensions["ucsc.sessionmaker"], settings, store)
@@ -425,7 +426,7 @@ def test_only_the_allowed_senders_file_when_the_mailbox_names_them(app, dovecot,
         url=f"imap://{USER}:{PASSWORD}@127.0.0.1:{dovecot.port}/{folder}",
         rejected_folder=f"{folder}-rejected",
         senders=("@thanhhoa.gov.vn", "vncert@ais.gov.vn"),
-        filing=service.Settings(),
+        filing=FilingSettings(),
     )
     p = mailbox.Poller(app.extensions["ucsc.sessionmaker"], settings, evidence.Store(tmp_path / "ev", 1 << 20))
     dovecot.append(folder, mail("[TBSC] từ Sở", sender="an@thanhhoa.gov.vn"))

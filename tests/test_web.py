@@ -13,11 +13,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app import db
-from incidents import service
 from incidents.access import Actor
 from incidents.enums import Role
+from incidents.filing import FilingSettings, file_incidents
 from incidents.models import AuditEntry, BrowserSession, Incident
 from incidents.schemas import IncidentCreate, ParticipantIn
+from incidents.systems import list_organisations, list_systems
 from tests.web import PASSWORD, csrf, make_user, sign_in, text_of, user_row
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def file_as(app: Flask, username: str, **fields: object) -> str:
             user_id=user.id, username=user.username, role=Role(user.role), organisation_id=user.organisation_id
         )
         data = IncidentCreate.model_validate({"title": "Sự cố thử", "category": "malware", **fields})
-        result = service.file_incidents(session=s, items=[data], actor=actor, settings=service.Settings())
+        result = file_incidents(session=s, items=[data], actor=actor, settings=FilingSettings())
         return result.body["ref"]
 
 
@@ -369,8 +370,8 @@ def test_an_english_page_shows_no_vietnamese_catalogue_string_and_the_reverse(ap
     ref = file_as(app, "op", title="Test incident", description="A test.")
     pairs = _pairs()
     with app.app_context():
-        data = [s.name for s in service.list_systems(db.session())]
-        data += [o.name_vi for o in service.list_organisations(db.session())]
+        data = [s.name for s in list_systems(db.session())]
+        data += [o.name_vi for o in list_organisations(db.session())]
     data.sort(key=len, reverse=True)
 
     def shown(html: str) -> str:

@@ -4,7 +4,7 @@ import pytest
 import socketio
 from flask import Flask
 
-from incidents import service
+from incidents.changes import transition
 from incidents.schemas import ParticipantIn, TransitionIn
 from tests.live import LiveServer
 from tests.sockets import LiveClient
@@ -49,7 +49,7 @@ def test_a_committee_member_never_receives_a_red_incident_they_are_not_named_on(
 
             op = user_row(app, "op")
             actor = Actor(user_id=op.id, username="op", role=Role.OPERATOR, organisation_id=op.organisation_id)
-            service.transition(session=db.session(), incident_id=red, data=TransitionIn(to="triage"), actor=actor)
+            transition(session=db.session(), incident_id=red, data=TransitionIn(to="triage"), actor=actor)
         amber = file_as(app, "op", title="Sự cố chung", tlp="amber")
         # Events reach clients in commit order, so once the later amber filing arrived, the red ones would have too.
         member.wait_for(lambda f: isinstance(f.data, dict) and f.data.get("ref") == amber, timeout=30)

@@ -6,7 +6,7 @@ from typing import Any
 from incidents import lifecycle
 from incidents.enums import Status
 from incidents.models import Comment, Event, Incident, Participant, System
-from incidents.service import art9_assessment
+from incidents.queries import art9_assessment
 
 
 def ts(value: datetime | None) -> str | None:

@@ -8,10 +8,11 @@ from flask_babel import gettext as _
 from app import db
 from app.web import bp, current_actor, policy
 from app.web.views import field_errors, render, roles
-from incidents import service, signin
+from incidents import signin
 from incidents.enums import Role
 from incidents.errors import Conflict, NotFound, ValidationFailed
 from incidents.policy import Capability, roles_with
+from incidents.systems import list_organisations
 
 
 def _page(status: int = 200, **context: Any) -> Any:
@@ -22,7 +23,7 @@ def _page(status: int = 200, **context: Any) -> Any:
         "admin.html",
         status,
         users=signin.list_users(session),
-        organisations=service.list_organisations(session),
+        organisations=list_organisations(session),
         required_roles=sorted(policy().totp_required_roles),
         roles=[r for r in Role if r is not Role.INTAKE],
         **context,

@@ -10,7 +10,7 @@ from app import db
 from app.auth import new_token
 from app.web import bp, current_actor
 from app.web.views import field_errors, render, roles
-from incidents import service
+from incidents.clock import LOCAL_TZ
 from incidents.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
 from incidents.policy import Capability, roles_with
 from incidents.schemas import parse
@@ -46,7 +46,7 @@ def _local(field: str, value: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value).replace(tzinfo=service.LOCAL_TZ)
+        return datetime.fromisoformat(value).replace(tzinfo=LOCAL_TZ)
     except ValueError:
         raise ValidationFailed("invalid time", errors=[FieldError(field, "not a date and time")]) from None
 

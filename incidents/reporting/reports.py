@@ -12,17 +12,19 @@ from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from incidents import service
 from incidents.access import Actor, tlp_allows
 from incidents.base import utcnow
+from incidents.clock import LOCAL_TZ
 from incidents.enums import Category, DetectionMethod, NotifiedParty
 from incidents.errors import NotFound
+from incidents.events import record_event
 from incidents.models import Incident, Organisation
 from incidents.policy import Capability, require
+from incidents.queries import get_incident
 from incidents.records import Evidence, Report
 from incidents.schemas import Strict
+from incidents.uow import in_transaction
 
-LOCAL_TZ = service.LOCAL_TZ
 KINDS = ("initial", "end")
 FORM_NO = {"initial": "03", "end": "04"}
 
@@ -257,7 +259,7 @@ def create_report(
         raise NotFound(f"no report kind {kind!r}")
 
     def work() -> Report:
-        incident = service.get_incident(session, actor, incident_id, for_update=True)
+        incident = get_incident(session, actor, incident_id, for_update=True)
         version = (
             session.scalar(
                 select(func.max(Report.version)).where(Report.incident_id == incident.id, Report.kind == kind)
@@ -293,7 +295,7 @@ def create_report(
         )
         session.add(report)
         session.flush()
-        service.record_event(
+        record_event(
             session,
             kind="report.created",
             actor=actor,
@@ -305,7 +307,7 @@ def create_report(
         )  # fmt: skip
         return report
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
 def get_report(
@@ -313,7 +315,7 @@ def get_report(
 ) -> tuple[Incident, Report]:
     """The version asked for, or the latest, among those `actor` may read."""
     require(actor, Capability.READ_RESPONSE)
-    incident = service.get_incident(session, actor, incident_id)
+    incident = get_incident(session, actor, incident_id)
     if kind not in KINDS:
         raise NotFound(f"no report kind {kind!r}")
     stmt = select(Report).where(Report.incident_id == incident.id, Report.kind == kind)
@@ -327,7 +329,7 @@ def get_report(
 
 def list_reports(session: Session, actor: Actor, incident_id: int | str) -> list[Report]:
     require(actor, Capability.READ_RESPONSE)
-    incident = service.get_incident(session, actor, incident_id)
+    incident = get_incident(session, actor, incident_id)
     stmt = select(Report).where(Report.incident_id == incident.id).order_by(Report.kind, Report.version)
     return _readable(actor, incident, session.scalars(stmt))
 

@@ -9,9 +9,10 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from incidents import accounts, audit, service
+from incidents import accounts, audit
 from incidents.access import Actor
 from incidents.base import utcnow
+from incidents.clock import LOCAL_TZ
 from incidents.enums import Role
 from incidents.errors import Conflict, FieldError, NotFound, ValidationFailed
 from incidents.models import ApiToken, Incident, Occurrence
@@ -76,7 +77,7 @@ def _check_mapping(kind: str, mapping: dict[str, Any] | None) -> None:
 
 def local_midnight(now: datetime) -> datetime:
     """The start of today in Asia/Ho_Chi_Minh, the day the desk counts by."""
-    return datetime.combine(now.astimezone(service.LOCAL_TZ).date(), time(0), service.LOCAL_TZ)
+    return datetime.combine(now.astimezone(LOCAL_TZ).date(), time(0), LOCAL_TZ)
 
 
 def today(session: Session, source_ids: list[int], now: datetime | None = None) -> dict[int, Today]:

@@ -31,12 +31,14 @@ from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from incidents import accounts, evidence, service
+from incidents import accounts, evidence
 from incidents.access import Actor
 from incidents.base import utcnow
+from incidents.comments import add_comment
 from incidents.enums import Category, Role
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.events import record_event
+from incidents.filing import FilingResult, FilingSettings, file_incidents
 from incidents.models import Event, User
 from incidents.records import Evidence
 from incidents.schemas import CommentCreate, IncidentCreate, parse
@@ -68,7 +70,7 @@ class MailboxSettings:
     senders: tuple[str, ...] = ()  # addresses or "@domain"s allowed to file; empty: anyone
     max_bytes: int = 25 * 1024 * 1024
     timeout: float = 30.0
-    filing: service.Settings = field(default_factory=service.Settings)
+    filing: FilingSettings = field(default_factory=FilingSettings)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MailboxSettings":
@@ -80,7 +82,7 @@ class MailboxSettings:
             username=str(config.get("MAILBOX_USER") or "mailbox"),
             senders=senders,
             max_bytes=int(config.get("MAILBOX_MAX_BYTES", 25 * 1024 * 1024)),
-            filing=service.Settings(
+            filing=FilingSettings(
                 ref_prefix=str(config.get("REF_PREFIX", "TH")),
                 standing_body=config.get("STANDING_BODY"),
                 receipts_by_email=bool(config.get("SMTP_URL")),
@@ -245,7 +247,7 @@ def _file(
     now = utcnow()
     row: list[MailboxMessage] = []
 
-    def then(result: service.FilingResult) -> None:
+    def then(result: FilingResult) -> None:
         touch(session, source.id, now)
         record = MailboxMessage(source_id=source.id, message_key=mail.key, outcome="incident",
                                 incident_id=result.incident_ids[0], complete=not mail.attachments)  # fmt: skip
@@ -254,7 +256,7 @@ def _file(
         row.append(record)
 
     try:
-        filed = service.file_incidents(session=session, items=[item], actor=actor, settings=settings.filing, then=then)
+        filed = file_incidents(session=session, items=[item], actor=actor, settings=settings.filing, then=then)
     except IntegrityError:  # another worker filed this Message-ID first
         session.rollback()
         return "duplicate"
@@ -280,7 +282,7 @@ def _comment(
         row.append(record)
 
     try:
-        comment = service.add_comment(session=session, incident_id=target or 0, data=CommentCreate(body=body),
+        comment = add_comment(session=session, incident_id=target or 0, data=CommentCreate(body=body),
                                       actor=actor, then=then)  # fmt: skip
     except (NotFound, Forbidden) as exc:
         session.rollback()

@@ -7,12 +7,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from incidents import accounts, service
+from incidents import accounts
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
 from incidents.errors import Conflict
 from incidents.events import record_event
+from incidents.filing import QUIET_FILING, FilingResult, FilingSettings, file_incidents
 from incidents.models import Incident, User
 from incidents.schemas import IncidentCreate
 from incidents.sources.models import Source
@@ -58,7 +59,7 @@ def watch_actor(session: Session, *, username: str, organisation: str) -> Actor:
 
 
 def check(
-    *, session: Session, actor: Actor, settings: service.Settings, page: Pager, now: datetime | None = None
+    *, session: Session, actor: Actor, settings: FilingSettings, page: Pager, now: datetime | None = None
 ) -> list[int]:
     """Record each overdue source's silence once (whatever the number of workers); the ids recorded by this call."""
     now = now or utcnow()
@@ -66,7 +67,7 @@ def check(
 
 
 def _silence(
-    session: Session, source_id: int, actor: Actor, settings: service.Settings, page: Pager, now: datetime
+    session: Session, source_id: int, actor: Actor, settings: FilingSettings, page: Pager, now: datetime
 ) -> bool:
     source = session.get_one(Source, source_id)
     quiet_for = now - (source.last_seen_at or source.created_at)
@@ -85,7 +86,7 @@ def _silence(
         dedup_key=f"ucsc:source-silent:{source.id}",
     )
 
-    def then(result: service.FilingResult) -> None:
+    def then(result: FilingResult) -> None:
         # The row lock decides between workers: the loser finds silent_since set once the winner commits.
         locked = session.scalar(
             select(Source).where(Source.id == source_id).with_for_update().execution_options(populate_existing=True)
@@ -104,13 +105,13 @@ def _silence(
         page(session, incident, locked)
 
     # Playbooks stay out of it: the page below is the one this silence makes.
-    session.info[service.QUIET_FILING] = True
+    session.info[QUIET_FILING] = True
     try:
-        service.file_incidents(session=session, items=[filing], actor=actor, settings=settings, then=then)
+        file_incidents(session=session, items=[filing], actor=actor, settings=settings, then=then)
     except _AlreadySilent:
         return False
     finally:
-        session.info.pop(service.QUIET_FILING, None)
+        session.info.pop(QUIET_FILING, None)
     return True
 
 

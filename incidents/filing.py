@@ -1,0 +1,430 @@
+"""Filing incidents: one or a batch, new incidents or occurrences of open ones with the same dedup_key."""
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any, NamedTuple
+
+from sqlalchemy import Table, bindparam, case, insert, select
+from sqlalchemy.orm import Session
+
+from incidents import receipts
+from incidents.access import Actor, visible_incidents
+from incidents.base import utcnow
+from incidents.clock import LOCAL_TZ
+from incidents.enums import IncidentClass, Status
+from incidents.errors import FieldError, IdempotencyMismatch, ValidationFailed
+from incidents.events import event_values, record_event, record_events
+from incidents.fields import FORM_FIELDS, PERSON_FIELDS, jsonable, search_text_of, unique_observables
+from incidents.models import (
+    IdempotencyKey,
+    Incident,
+    Observable,
+    Occurrence,
+    Organisation,
+    Participant,
+    RefCounter,
+    System,
+)
+from incidents.participants import resolve_participants
+from incidents.policy import Capability, require
+from incidents.queries import occurrence_counts
+from incidents.schemas import IncidentCreate
+from incidents.systems import match_systems, system_by_code
+from incidents.uow import in_transaction
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+# Set in session.info by a filing that must page nobody (an alert inside a maintenance window): the listeners
+# that start paging leave the incidents it creates alone.
+QUIET_FILING = "ucsc.quiet_filing"
+
+
+@dataclass(frozen=True)
+class FilingSettings:
+    """What filing needs from configuration: the reference prefix, the standing body, receipts by e-mail."""
+
+    ref_prefix: str = "TH"
+    standing_body: str | None = "dic"
+    receipts_by_email: bool = False  # an SMTP server is configured: reporters get their receipt by e-mail
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """An Idempotency-Key and the digest of the request that carried it."""
+
+    token_id: int
+    key: str
+    request_hash: str
+
+    @staticmethod
+    def digest(method: str, path: str, body: bytes) -> str:
+        return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+@dataclass
+class FilingResult:
+    """What a filing answered: its HTTP status, body and Location, and whether it was a replay."""
+
+    status_code: int
+    body: dict[str, Any]
+    location: str | None = None
+    replayed: bool = False
+    incident_ids: list[int] = field(default_factory=list)
+
+
+def file_incidents(
+    *,
+    session: Session,
+    items: Sequence[IncidentCreate],
+    actor: Actor,
+    settings: FilingSettings,
+    idempotency: IdempotencyClaim | None = None,
+    bulk: bool = False,
+    then: Callable[[FilingResult], None] | None = None,
+) -> FilingResult:
+    """File one incident or a batch: new incidents, or occurrences of open ones with the same dedup_key.
+
+    `then` runs in the same transaction once the filing is written (not on a replay): a caller's own rows commit
+    with it or not at all.
+    """
+    require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
+
+    def work() -> FilingResult:
+        if idempotency is not None:
+            replay = _idempotent_replay(session, idempotency)
+            if replay is not None:
+                return replay
+        result = file_in_session(session, items, actor, settings, bulk)
+        if then is not None:
+            then(result)
+        if idempotency is not None:
+            now = utcnow()
+            session.add(
+                IdempotencyKey(
+                    token_id=idempotency.token_id,
+                    key=idempotency.key,
+                    request_hash=idempotency.request_hash,
+                    status_code=result.status_code,
+                    body=result.body,
+                    location=result.location,
+                    created_at=now,
+                    expires_at=now + IDEMPOTENCY_TTL,
+                )
+            )
+        return result
+
+    return in_transaction(session, work)
+
+
+def _idempotent_replay(session: Session, claim: IdempotencyClaim) -> FilingResult | None:
+    row = session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.token_id == claim.token_id, IdempotencyKey.key == claim.key)
+    )
+    if row is None:
+        return None
+    if row.expires_at < utcnow():
+        session.delete(row)
+        session.flush()
+        return None
+    if row.request_hash != claim.request_hash:
+        raise IdempotencyMismatch(
+            "this Idempotency-Key was first used with another request",
+            errors=[FieldError("Idempotency-Key", "already used with a different body")],
+        )
+    return FilingResult(row.status_code, row.body, row.location, replayed=True)
+
+
+def file_in_session(
+    session: Session, items: Sequence[IncidentCreate], actor: Actor, settings: FilingSettings, bulk: bool
+) -> FilingResult:
+    now = utcnow()
+    errors: list[FieldError] = []
+    prefix = (lambda i: f"incidents[{i}].") if bulk else (lambda i: "")
+    systems: list[System | None] = []
+    participants: list[list[tuple[int | None, int | None, str]]] = []
+    system_cache: dict[str, System] = {}
+    matched = match_systems(session, [[] if item.affected_system else item.observables for item in items])
+    standing_body_id = _standing_body_id(session, settings)
+    for i, item in enumerate(items):
+        system = None
+        try:
+            if item.affected_system:
+                system = system_cache.get(item.affected_system) or system_by_code(
+                    session, item.affected_system, prefix(i) + "affected_system"
+                )
+                system_cache[item.affected_system] = system
+            else:
+                system = matched[i]
+            participants.append(resolve_participants(session, item.participants, actor, standing_body_id, prefix(i)))
+        except ValidationFailed as exc:
+            errors.extend(exc.errors)
+        systems.append(system)
+    if errors:
+        raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
+
+    outcomes: list[tuple[_Filed, bool]] = []
+    new_rows: list[tuple[int, IncidentCreate, System | None]] = []
+    open_keys: dict[int, str | None] = {}
+    pending_keys: dict[str, int] = {}
+    held, matches = _open_dedup(session, actor, {item.dedup_key for item in items if item.dedup_key})
+    for i, item in enumerate(items):
+        key = item.dedup_key
+        if key and key in pending_keys:
+            outcomes.append((None, False))  # type: ignore[arg-type]  # filled once the first copy exists
+            continue
+        existing = matches.get(key) if key else None
+        if existing is not None:
+            _add_occurrence(session, existing, item, actor, now)
+            outcomes.append((_Filed(existing.id, existing.ref, existing.status), False))
+        else:
+            if key:
+                pending_keys[key] = i
+                open_keys[i] = next((k for k in dedup_scopes(actor.organisation_id, actor.user_id, key)
+                                     if k not in held), None)  # fmt: skip
+            new_rows.append((i, item, systems[i]))
+            outcomes.append((None, True))  # type: ignore[arg-type]
+
+    refs = _allocate_refs(session, settings, len(new_rows)) if new_rows else []
+    created = _insert_incidents(session, new_rows, refs, participants, open_keys, actor, now) if new_rows else {}
+    events = []
+    for i, (filed, row) in created.items():
+        outcomes[i] = (filed, True)
+        events.append(
+            event_values(
+                kind="incident.created",
+                actor=actor,
+                incident_id=filed.id,
+                tlp=row["tlp"],
+                at=now,
+                data={
+                    "ref": filed.ref,
+                    "status": str(row["status"]),
+                    "title": row["title"],
+                    "category": str(row["category"]),
+                    "priority": str(row["priority"]),
+                    "class": str(row["class"]),
+                    "tlp": str(row["tlp"]),
+                    "exercise": row["exercise"],
+                    "affected_system": systems[i].code if systems[i] else None,
+                    "affected_system_matched": bool(systems[i] and not items[i].affected_system),
+                },
+            )
+        )
+    if events:
+        record_events(session, events)
+        receipts.enqueue_receipts(
+            session,
+            [(filed.id, row["reporter_email"]) for filed, row in created.values()],
+            token_id=actor.token_id,
+            by_email=settings.receipts_by_email,
+        )
+    # Repeats of a key first seen earlier in this same batch become occurrences of that new incident.
+    for i, (filed, _) in enumerate(outcomes):
+        if filed is None:
+            first, _row = created[pending_keys[items[i].dedup_key]]
+            _add_occurrence(session, session.get_one(Incident, first.id), items[i], actor, now)
+            outcomes[i] = (first, False)
+    session.flush()
+
+    # A new incident's occurrences are all in this filing; only older incidents need counting.
+    new_ids = {filed.id for filed, _ in created.values()}
+    counts = Counter(inc.id for inc, _ in outcomes if inc.id in new_ids)
+    older = [inc.id for inc, _ in outcomes if inc.id not in new_ids]
+    if older:
+        counts.update(occurrence_counts(session, older))
+    bodies = [_filing_body(inc, was_created, counts[inc.id]) for inc, was_created in outcomes]
+    any_created = any(was_created for _, was_created in outcomes)
+    ids = [inc.id for inc, _ in outcomes]
+    if bulk:
+        return FilingResult(201 if any_created else 200, {"items": bodies}, None, incident_ids=ids)
+    location = f"/api/v1/incidents/{outcomes[0][0].id}"
+    return FilingResult(201 if any_created else 200, bodies[0], location, incident_ids=ids)
+
+
+def _insert_incidents(
+    session: Session,
+    new_rows: Sequence[tuple[int, IncidentCreate, System | None]],
+    refs: Sequence[str],
+    participants: Sequence[list[tuple[int | None, int | None, str]]],
+    open_keys: dict[int, str | None],
+    actor: Actor,
+    now: datetime,
+) -> dict[int, tuple["_Filed", dict[str, Any]]]:
+    """Insert new incidents with their observables, participants and first occurrences; rows by item index."""
+    # Core executemany INSERTs, one per table, instead of ORM objects and a unit-of-work flush: the ORM's
+    # per-object bookkeeping was most of a filing's cost, four-fifths of it for 500 incidents (bench/intake.py).
+    session.flush()  # what is pending (occurrences of older incidents) is written first, as it always was
+    values = []
+    for (i, item, system), ref in zip(new_rows, refs, strict=True):
+        row: dict[str, Any] = {
+            "ref": ref, "title": item.title, "category": item.category, "priority": item.priority,
+            "status": Status.NEW, "class": IncidentClass.ORDINARY, "tlp": item.tlp, "exercise": item.exercise,
+            "detected_at": item.detected_at or now, "affected_system_id": system.id if system else None,
+            "beyond_capacity": bool(item.beyond_capacity),
+            "notified_parties": [p.value for p in item.notified_parties or []],
+            "dedup_key": item.dedup_key,
+            "open_dedup_key": open_keys.get(i),
+            "created_by_id": actor.user_id, "created_at": now, "updated_at": now, "status_changed_at": now,
+        }  # fmt: skip
+        # The columns apply_fields(incident, item, {*FORM_FIELDS, "reporter", "contact"}) would set.
+        for name in FORM_FIELDS:
+            row[name] = getattr(item, name)
+        row["description"] = item.description or ""
+        for name, subfields in PERSON_FIELDS.items():
+            person = getattr(item, name)
+            for sub in subfields:
+                row[f"{name}_{sub}"] = getattr(person, sub) if person is not None else None
+        row["search_text"] = search_text_of(row, item.observables, system)
+        values.append(row)
+    ids = session.execute(_insert_incidents_returning_ids(), values).scalars().all()
+    observables: list[dict[str, Any]] = []
+    people: list[dict[str, Any]] = []
+    occurrences: list[dict[str, Any]] = []
+    for incident_id, (i, item, _) in zip(ids, new_rows, strict=True):
+        observables += [
+            {"incident_id": incident_id, "type": o.type, "value": o.value, "hashes": o.hashes, "created_at": now}
+            for o in unique_observables(item.observables)
+        ]
+        people += [
+            {"incident_id": incident_id, "user_id": u, "organisation_id": o, "role": r, "added_by_id": actor.user_id,
+             "added_at": now}
+            for u, o, r in participants[i]
+        ]  # fmt: skip
+        occurrences.append(_occurrence_values(incident_id, item, actor, now))
+    for model, rows in ((Observable, observables), (Participant, people), (Occurrence, occurrences)):
+        if rows:
+            session.execute(_insert_rows(model.__table__), rows)
+    return {
+        i: (_Filed(incident_id, row["ref"], row["status"]), row)
+        for incident_id, row, (i, _, _) in zip(ids, values, new_rows, strict=True)
+    }
+
+
+def dedup_scopes(organisation_id: int, user_id: int, key: str) -> tuple[str, str]:
+    """Where an open incident's `dedup_key` is held: the filer's organisation, else the filer alone.
+
+    A filer whose organisation's holder is hidden from them files anew under their own scope, so the unique index
+    still settles races while grouping never reaches an incident its filer may not see.
+    """
+    return f"{organisation_id}:{key}", f"u{user_id}:{key}"
+
+
+def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str], dict[str, Incident]]:
+    """Which scoped keys are held by open incidents, and for each dedup key the open incident `actor` may see."""
+    if not keys:
+        return set(), {}
+    scopes = {key: dedup_scopes(actor.organisation_id, actor.user_id, key) for key in keys}
+    rows = session.execute(
+        select(Incident.id, Incident.open_dedup_key, case((visible_incidents(actor), True), else_=False)).where(
+            Incident.open_dedup_key.in_([scope for pair in scopes.values() for scope in pair])
+        )
+    ).all()
+    held = {row.open_dedup_key for row in rows}
+    visible = {row.open_dedup_key: row.id for row in rows if row[2]}
+    ids = set(visible.values())
+    loaded = {i.id: i for i in session.scalars(select(Incident).where(Incident.id.in_(ids)))} if ids else {}
+    # The organisation's incident first: grouping stays as wide as the filer's sight allows.
+    found = {key: next((visible[s] for s in pair if s in visible), None) for key, pair in scopes.items()}
+    return held, {key: loaded[incident_id] for key, incident_id in found.items() if incident_id is not None}
+
+
+class _Filed(NamedTuple):
+    """What a filing's answer says of an incident it created or added an occurrence to."""
+
+    id: int
+    ref: str
+    status: str
+
+
+def _occurrence(incident: Incident, item: IncidentCreate, actor: Actor, now: datetime) -> Occurrence:
+    return Occurrence(**_occurrence_values(incident.id, item, actor, now))
+
+
+def _occurrence_values(incident_id: int, item: IncidentCreate, actor: Actor, now: datetime) -> dict[str, Any]:
+    return {
+        "incident_id": incident_id,
+        "received_at": now,
+        "detected_at": item.detected_at,
+        "created_by_id": actor.user_id,
+        "payload": item.model_dump(mode="json", exclude_defaults=True),
+        # An alert source's filing (incidents/sources/ingest.py) names its source and whether a window held it.
+        **getattr(item, "occurrence_fields", {}),
+    }
+
+
+def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, actor: Actor, now: datetime) -> None:
+    session.add(_occurrence(incident, item, actor, now))
+    incident.updated_at = now
+    record_event(
+        session,
+        kind="incident.occurrence",
+        actor=actor,
+        incident=incident,
+        at=now,
+        data={"ref": incident.ref, "status": str(incident.status), "detected_at": jsonable(item.detected_at)},
+    )
+
+
+def _filing_body(incident: _Filed, created: bool, occurrences: int) -> dict[str, Any]:
+    return {
+        "id": incident.id,
+        "ref": incident.ref,
+        "status": str(incident.status),
+        "created": created,
+        "occurrence_count": occurrences,
+    }
+
+
+def _standing_body_id(session: Session, settings: FilingSettings) -> int | None:
+    if not settings.standing_body:
+        return None
+    return session.scalar(_organisation_id_by_code(), {"code": settings.standing_body})
+
+
+def _allocate_refs(session: Session, settings: FilingSettings, count: int) -> list[str]:
+    """Take `count` references from this local year's counter, in the creating transaction."""
+    year = datetime.now(LOCAL_TZ).year
+    stmt = _ref_counter_upsert(session.get_bind().dialect.name)
+    last = session.execute(stmt, {"prefix": settings.ref_prefix, "year": year, "count": count}).scalar_one()
+    return [f"{settings.ref_prefix}-{year}-{n:05d}" for n in range(last - count + 1, last + 1)]
+
+
+# The statements of the intake path are built once: building and cache-keying a statement costs more
+# than SQLite takes to run it (bench/intake.py).
+@cache
+def _ref_counter_upsert(dialect: str) -> Any:
+    """One statement: the first filing of a year creates the counter row, every later one bumps it (row-locked)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    table = RefCounter.__table__
+    return (
+        upsert(table)
+        .values(prefix=bindparam("prefix"), year=bindparam("year"), value=bindparam("count"))
+        .on_conflict_do_update(index_elements=["prefix", "year"], set_={"value": table.c.value + bindparam("count")})
+        .returning(table.c.value)
+    )
+
+
+@cache
+def _organisation_id_by_code() -> Any:
+    organisations = Organisation.__table__
+    return select(organisations.c.id).where(organisations.c.code == bindparam("code"))
+
+
+@cache
+def _insert_rows(table: Table) -> Any:
+    """A Core INSERT of `table`: its rows are keyed by column name (`class`, not `incident_class`)."""
+    return insert(table)
+
+
+@cache
+def _insert_incidents_returning_ids() -> Any:
+    table = Incident.__table__
+    return insert(table).returning(table.c.id, sort_by_parameter_order=True)
