@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app import db
-from incidents.models import Incident
+from incidents.models import Incident, Job
 from tests.conftest import PG_ADMIN_URL, ROOT, _worker, incident_payload
 from tests.live import LiveServer
 from tests.sockets import LiveClient
@@ -60,10 +60,16 @@ def test_metrics_count_requests_intake_outcomes_and_read_jobs_and_incidents_from
     with app.app_context():
         session = db.session()
         by_status = dict(session.execute(select(Incident.status, func.count()).group_by(Incident.status)).all())
+        jobs_by_state = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        queued_for = set(session.execute(select(Job.kind, Job.incident_id)).all())
     assert by_status == {"new": 1}
     assert got[("ucsc_incidents", (("status", "new"),))] == 1.0
-    # The filing queued its receipt job; the collector counts jobs by state straight from the table.
-    assert sum(v for (name, _), v in got.items() if name == "ucsc_jobs") >= 0
+    # The filing queued the checks of its deadline clocks (its token names no webhook: no receipt job), and the
+    # collector counts jobs by state straight from the table.
+    assert queued_for == {("deadline.check", created.json["id"])}
+    jobs_metric = {labels[0][1]: v for (name, labels), v in got.items() if name == "ucsc_jobs"}
+    assert jobs_metric == {"queued": float(jobs_by_state["queued"])}
+    assert set(jobs_by_state) == {"queued"}
     for name in ("ucsc_job_lag_seconds", "ucsc_worker_heartbeat_age_seconds", "ucsc_feed_lag_seconds",
                  "ucsc_socket_clients", "ucsc_feed_cursor"):  # fmt: skip
         assert (name, ()) in got, name
