@@ -18,7 +18,8 @@ from incidents.models import Incident, Observable
 from incidents.policy import Capability, require
 from incidents.queries import art9_assessment, get_incident, locked_incident
 from incidents.records import Report
-from incidents.schemas import ClassificationIn, IncidentUpdate, ObservableIn, TransitionIn
+from incidents.schemas.incidents import ClassificationIn, IncidentUpdate, TransitionIn
+from incidents.schemas.observables import ObservableIn
 from incidents.systems import system_by_code
 from incidents.uow import in_transaction
 

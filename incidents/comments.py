@@ -13,7 +13,7 @@ from incidents.events import record_event
 from incidents.models import Comment, CommentRevision
 from incidents.policy import Capability, allows, require
 from incidents.queries import get_incident
-from incidents.schemas import CommentCreate, CommentUpdate
+from incidents.schemas.incidents import CommentCreate, CommentUpdate
 from incidents.uow import in_transaction
 
 

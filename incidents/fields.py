@@ -5,7 +5,8 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from incidents.models import Incident, Observable, System
-from incidents.schemas import IncidentCreate, IncidentUpdate, ObservableIn
+from incidents.schemas.incidents import IncidentCreate, IncidentUpdate
+from incidents.schemas.observables import ObservableIn
 from incidents.text import fold
 
 _SEARCH_FIELDS = ("ref", "title", "description", "dedup_key", "reporter_organisation", "reporter_name")

@@ -32,7 +32,7 @@ from incidents.models import (
 from incidents.participants import resolve_participants
 from incidents.policy import Capability, require
 from incidents.queries import occurrence_counts
-from incidents.schemas import IncidentCreate
+from incidents.schemas.incidents import IncidentCreate
 from incidents.systems import match_systems, system_by_code
 from incidents.uow import in_transaction
 

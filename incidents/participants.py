@@ -13,7 +13,7 @@ from incidents.events import record_event
 from incidents.models import Participant, User
 from incidents.policy import Capability, require
 from incidents.queries import locked_incident
-from incidents.schemas import ParticipantIn
+from incidents.schemas.incidents import ParticipantIn
 from incidents.systems import organisation_by_code
 from incidents.uow import in_transaction
 

@@ -14,7 +14,7 @@ from incidents.enums import SeriousCondition
 from incidents.errors import FieldError, NotFound, ValidationFailed
 from incidents.fields import jsonable
 from incidents.models import Event, Incident, Occurrence, Participant, System
-from incidents.schemas import IncidentQuery
+from incidents.schemas.queries import IncidentQuery
 from incidents.text import fold
 
 # What serialising an incident touches, loaded in a few queries instead of one per row.

@@ -15,7 +15,8 @@ from incidents.errors import FieldError, NotFound, ValidationFailed
 from incidents.events import record_event
 from incidents.models import Observable, Organisation, System, SystemAddress
 from incidents.policy import Capability, require
-from incidents.schemas import ObservableIn, SystemCreate
+from incidents.schemas.observables import ObservableIn
+from incidents.schemas.registry import SystemCreate
 from incidents.uow import in_transaction
 
 

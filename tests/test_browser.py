@@ -141,7 +141,7 @@ def file_directly(bapp: Flask, title: str) -> str:
     from incidents.enums import Role
     from incidents.filing import FilingSettings, file_incidents
     from incidents.models import User
-    from incidents.schemas import IncidentCreate
+    from incidents.schemas.incidents import IncidentCreate
 
     with bapp.app_context():
         session = db.session()

@@ -5,7 +5,7 @@ import socketio
 from flask import Flask
 
 from incidents.changes import transition
-from incidents.schemas import ParticipantIn, TransitionIn
+from incidents.schemas.incidents import ParticipantIn, TransitionIn
 from tests.live import LiveServer
 from tests.sockets import LiveClient
 from tests.test_web import file_as

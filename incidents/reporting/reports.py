@@ -22,7 +22,7 @@ from incidents.models import Incident, Organisation
 from incidents.policy import Capability, require
 from incidents.queries import get_incident
 from incidents.records import Evidence, Report
-from incidents.schemas import Strict
+from incidents.schemas.base import Strict
 from incidents.uow import in_transaction
 
 KINDS = ("initial", "end")

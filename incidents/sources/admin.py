@@ -17,7 +17,7 @@ from incidents.enums import Role
 from incidents.errors import Conflict, FieldError, NotFound, ValidationFailed
 from incidents.models import ApiToken, Incident, Occurrence
 from incidents.policy import Capability, require
-from incidents.schemas import Strict
+from incidents.schemas.base import Strict
 from incidents.sources import formats
 from incidents.sources.models import Source, SourceKind
 from incidents.sources.windows import ts

@@ -41,7 +41,8 @@ from incidents.events import record_event
 from incidents.filing import FilingResult, FilingSettings, file_incidents
 from incidents.models import Event, User
 from incidents.records import Evidence
-from incidents.schemas import CommentCreate, IncidentCreate, parse
+from incidents.schemas.base import parse
+from incidents.schemas.incidents import CommentCreate, IncidentCreate
 from incidents.sources.ingest import touch
 from incidents.sources.mail import Mail, Rejected, is_form03, read_form03, read_mail
 from incidents.sources.models import MailboxCursor, MailboxMessage, Source, SourceKind

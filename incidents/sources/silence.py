@@ -15,7 +15,7 @@ from incidents.errors import Conflict
 from incidents.events import record_event
 from incidents.filing import QUIET_FILING, FilingResult, FilingSettings, file_incidents
 from incidents.models import Incident, User
-from incidents.schemas import IncidentCreate
+from incidents.schemas.incidents import IncidentCreate
 from incidents.sources.models import Source
 from incidents.uow import in_transaction
 

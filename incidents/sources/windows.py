@@ -13,7 +13,7 @@ from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.errors import FieldError, NotFound, ValidationFailed
 from incidents.policy import Capability, require
-from incidents.schemas import Strict
+from incidents.schemas.base import Strict
 from incidents.sources.models import MaintenanceWindow, Source
 from incidents.uow import in_transaction
 

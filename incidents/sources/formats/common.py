@@ -14,7 +14,7 @@ import yaml
 
 from incidents.enums import Category, ObservableType
 from incidents.errors import FieldError, ValidationFailed
-from incidents.schemas import ObservableIn
+from incidents.schemas.observables import ObservableIn
 
 MAPPING_FILE = Path(__file__).parent.parent / "mapping.yaml"
 FIRING, RESOLVED = "firing", "resolved"
