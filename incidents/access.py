@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, and_, exists, false, literal, or_, select, true
 
-from incidents.enums import TLP, Role
+from incidents.enums import TLP, TLP_ORDER, Role
 from incidents.errors import FieldError, Forbidden
 from incidents.models import Comment, CommentRevision, Incident, Participant, User
 from incidents.policy import Capability, allows
@@ -13,7 +13,6 @@ from incidents.policy import Capability, allows
 # Roles that see every incident their TLP clearance allows; responders see their organisation's.
 _DESK_ROLES = frozenset({Role.ADMIN, Role.OPERATOR, Role.COMMITTEE})
 _SHARED_TLP = (TLP.CLEAR, TLP.GREEN, TLP.AMBER)
-_TLP_ORDER = [t.value for t in (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)]
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def tlp_allows(actor: Actor, tlp: str, participants: Iterable[Participant]) -> b
 
 def check_tlp_change(actor: Actor, old: str | None, new: str | None) -> None:
     """Refuse a TLP lower than `old` (of an incident, a comment, or new content under its incident) to other roles."""
-    if old is None or new is None or _TLP_ORDER.index(str(new)) >= _TLP_ORDER.index(str(old)):
+    if old is None or new is None or TLP_ORDER.index(str(new)) >= TLP_ORDER.index(str(old)):
         return
     # Lowering widens who reads what was written under the old level: a declassification the standing body decides.
     if not allows(actor, Capability.LOWER_TLP):
@@ -181,8 +180,8 @@ def audience(session, events) -> dict[int, tuple[list[str], str | None, str | No
 
 def stricter(*tlps: str | None) -> str:
     """The strictest of the given TLPs (red when none is known)."""
-    levels = [_TLP_ORDER.index(str(t)) for t in tlps if t is not None]
-    return _TLP_ORDER[max(levels)] if levels else TLP.RED.value
+    levels = [TLP_ORDER.index(str(t)) for t in tlps if t is not None]
+    return TLP_ORDER[max(levels)].value if levels else TLP.RED.value
 
 
 def _rooms_for(

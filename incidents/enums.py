@@ -46,6 +46,15 @@ class TLP(StrEnum):
         return cls(value.replace("_", "+"))
 
 
+# From the widest audience to the narrowest: a level later here is stricter, and the stricter level wins.
+TLP_ORDER = (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)
+
+
+def tlp_above(tlp: str, maximum: str) -> bool:
+    """Whether `tlp` is stricter than `maximum` (an unknown level counts as stricter: it is withheld)."""
+    return TLP_ORDER.index(str(tlp)) > TLP_ORDER.index(maximum) if str(tlp) in TLP_ORDER else True
+
+
 class Category(StrEnum):
     DOS = "dos"
     PHISHING = "phishing"
