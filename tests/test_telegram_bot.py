@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import db
-from app.telegram_bot import create_link_code, revoke_link
 from playbooks.models import PAGE_ACKED, Contact, Page
+from playbooks.telegram_links import create_link_code, revoke_link
 from playbooks.telegram_models import TelegramMessage
 from tests.botapi import BotAPI
 from tests.conftest import incident_payload

@@ -10,10 +10,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from app import db
-from app.telegram_bot import link_account
 from incidents.base import utcnow
 from incidents.models import AuditEntry
 from playbooks.models import Contact
+from playbooks.telegram_links import link_account
 from tests.paging import add_contact
 from tests.tgkit import TOKEN
 

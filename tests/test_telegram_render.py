@@ -111,7 +111,7 @@ def test_callback_data_works_only_in_the_chat_it_was_sent_to_and_expires() -> No
 def test_every_bot_string_has_a_vietnamese_translation() -> None:
     keywords = {"_": None, "gettext": None}
     found = set()
-    for path in (ROOT / "notifiers" / "telegram.py", ROOT / "app" / "telegram_bot.py"):
+    for path in (ROOT / "notifiers" / "telegram.py", *sorted((ROOT / "app" / "telegram").glob("*.py"))):
         found |= {m for _, m, _, _ in extract_from_file("python", str(path), keywords=keywords) if isinstance(m, str)}
     with (TRANSLATIONS / "vi" / "LC_MESSAGES" / "telegram.po").open("rb") as fp:
         catalogue = {m.id: m.string for m in read_po(fp) if m.id}

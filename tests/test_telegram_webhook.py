@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from app.telegram_bot import SECRET_HEADER, WEBHOOK_PATH
+from app.telegram.settings import SECRET_HEADER, WEBHOOK_PATH
 from playbooks.models import PAGE_ACKED
 from playbooks.telegram_models import TelegramUpdate
 from tests.botapi import BotAPI

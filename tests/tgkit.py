@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app import db
-from app.telegram_bot import Settings
+from app.telegram.settings import Settings
 from incidents.access import Actor
 from incidents.enums import Role
 from incidents.models import AuditEntry, Event, Job, User

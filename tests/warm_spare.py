@@ -20,7 +20,7 @@ PRELOAD = (
     "sqlalchemy.dialects.postgresql.psycopg",
     "sqlalchemy.dialects.sqlite.pysqlite",
     *(f"app.{m}" for m in ("ack", "api", "auth", "backup", "cli", "db", "errors", "observability", "sockets")),
-    *(f"app.{m}" for m in ("stix_cli", "taxii", "telegram_bot", "web", "worker")),
+    *(f"app.{m}" for m in ("stix_cli", "taxii", "telegram.runtime", "telegram.webhook", "web", "worker")),
     "notifiers.registry",
 )
 
