@@ -10,6 +10,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def project_imports() -> None:
+    """Let the repository's packages, not the benches beside this file, answer imports.
+
+    A bench runs as a script, so bench/ comes first on sys.path: bench/telegram.py would shadow
+    python-telegram-bot for the app it imports, bench/stix.py the `stix` package.
+    """
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != here)]
+
+
 def env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment of the processes a bench starts, on `database_url`."""
     return {

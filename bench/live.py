@@ -10,7 +10,7 @@ What it measures (the live-feed issue, "Benchmark"), on SQLite and on PostgreSQL
   names a webhook queues a `receipt.webhook` job (the bench answers the webhook itself); lag is the job row's
   started_at - run_at. Target: p99 <= 250 ms.
 
-Clients run in 4 separate processes of 125 gevent-patched websocket clients each (see `client_process`), so
+Clients run in 4 separate processes of 125 gevent-patched websocket clients each (see bench/_live_clients.py), so
 the client side does not queue on one interpreter; every process stamps arrivals with time.time(), the clock
 the POSTs' return times come from. `UCSC_BENCH_SCALE` (default 1.0) scales clients and rounds; CI runs 0.1
 only to prove the benchmark still runs, and targets are enforced (exit status 1 when missed) only at full
@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,8 +36,9 @@ from typing import Any
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
-from _common import percentile
+from _common import percentile, project_imports
 from _common import worker_pid as _worker_pid
+from _live_clients import Clients
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
@@ -46,7 +46,6 @@ OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-live
 # The tests' PostgreSQL admin URL: the bench creates (and drops) a database of its own there.
 PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [b.strip() for b in os.environ.get("UCSC_BENCH_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
-NAMESPACE = "/live"
 CLIENTS = 500
 ROUNDS = 100  # each round is one bare emit and one incident
 WARMUP_ROUNDS = 3  # not counted: the first filing imports and caches what the others reuse
@@ -86,213 +85,6 @@ def incident_payload(n: int) -> dict[str, Any]:
         "detected_at": DETECTED_AT,
         "observables": [{"type": "domain-name", "value": host}],
     }
-
-
-# ---------------------------------------------------------------------------------------------- the clients
-
-
-def client_process(spec: dict[str, Any]) -> None:
-    """In a gevent-patched process: connect `spec['clients']` clients, report deliveries, then the arrivals.
-
-    Each client speaks Socket.IO 5 over Engine.IO 4's websocket transport itself (CONNECT with auth, answer
-    pings, read EVENT frames), at ~0.06 ms of CPU a frame. python-socketio's client took ~0.25 ms (a thread per
-    message, UTF-8 checked in pure Python): for 500 clients on two cores, more than the server's own fan-out.
-    Protocol with the parent on stdout, one line each:
-    `ready {...}` once connected, `got KEY` when every connected client of this process has KEY (a bare emit's
-    `bare:SEQ` or an incident's ref), `result {...}` after "stop" (or EOF) on stdin. Arrival times are
-    time.time() as each frame is read, first frame per client and key.
-    """
-    import gevent
-    import gevent.pool
-    import gevent.socket
-    import websocket
-
-    out = sys.stdout
-    n = spec["clients"]
-    url = spec["url"].replace("http://", "ws://", 1) + "/socket.io/?EIO=4&transport=websocket"
-    hello = f"40{NAMESPACE}," + json.dumps({"token": spec["token"]})
-    event_prefix = f"42{NAMESPACE},"
-    arrivals: dict[str, list[float | None]] = {}
-    counts: dict[str, int] = {}
-    stats = {"duplicates": 0, "disconnects": 0, "connected": 0}
-    failures: list[str] = []
-    sockets: list[Any] = []
-
-    def arrived(key: str, index: int, at: float) -> None:
-        row = arrivals.setdefault(key, [None] * stats["connected"])
-        if row[index] is not None:
-            stats["duplicates"] += 1
-            return
-        row[index] = at
-        counts[key] = counts.get(key, 0) + 1
-        if counts[key] == stats["connected"]:
-            out.write(f"got {key}\n")
-            out.flush()
-
-    def connect(index: int) -> None:
-        try:
-            # websocket-client checks UTF-8 in pure Python (~0.5 us a byte) unless told not to; that alone
-            # made a 700-byte incident frame cost clients several times what a bare one did.
-            ws = websocket.create_connection(url, timeout=30, origin=spec["url"], skip_utf8_validation=True)
-            opened = ws.recv()  # 0{"sid": ..., "pingInterval": ...}
-            ws.send(hello)
-            # The server's connect handler emits `ready` (and any replay) before python-socketio sends the
-            # CONNECT answer; Socket.IO clients buffer such events, and this one has no use for them.
-            answer = ws.recv()
-            while answer.startswith(event_prefix):
-                answer = ws.recv()
-        except Exception as exc:  # reported to the parent, which counts it as an error
-            failures.append(f"client {index}: {type(exc).__name__}: {exc}")
-            return
-        if not (opened.startswith("0{") and answer.startswith(f"40{NAMESPACE},")):
-            failures.append(f"client {index}: refused: {opened[:80]!r} {answer[:200]!r}")
-            ws.close()
-            return
-        ws.settimeout(None)
-        sockets.append(ws)
-
-    def listen(index: int, ws: Any) -> None:
-        while True:
-            try:
-                frame = ws.recv()
-            except Exception:  # closed by the server or the network: counted, the frames it misses too
-                stats["disconnects"] += 1
-                return
-            at = time.time()
-            if frame == "2":  # Engine.IO ping
-                ws.send("3")
-            elif frame.startswith(event_prefix):
-                name, data = json.loads(frame[len(event_prefix) :])[:2]
-                if name == "incident.created":
-                    arrived(str(data.get("ref")), index, at)
-                elif name == "bench.bare":
-                    arrived(f"bare:{data.get('seq')}", index, at)
-            elif frame.startswith(("1", f"41{NAMESPACE}", f"44{NAMESPACE}")):  # close, disconnect, error
-                stats["disconnects"] += 1
-                return
-
-    pool = gevent.pool.Pool(20)
-    for i in range(n):
-        pool.spawn(connect, i)
-    pool.join()
-    stats["connected"] = len(sockets)
-    for index, ws in enumerate(sockets):
-        gevent.spawn(listen, index, ws)
-    out.write("ready " + json.dumps({"connected": len(sockets), "failures": failures[:5]}) + "\n")
-    out.flush()
-    cpu_ready = time.process_time()
-
-    fd = sys.stdin.fileno()
-    while True:
-        gevent.socket.wait_read(fd)
-        data = os.read(fd, 4096)
-        if not data or b"stop" in data:
-            break
-    result = {"arrivals": arrivals, **stats, "failures": failures, "cpu": time.process_time() - cpu_ready}
-    out.write("result " + json.dumps(result) + "\n")
-    out.flush()
-    os._exit(0)  # no close handshakes: the server sees the sockets close
-
-
-class Clients:
-    """The client processes: started, waited on per delivery, and asked for their arrivals at the end."""
-
-    def __init__(self, url: str, token: str, total: int, processes: int) -> None:
-        base, extra = divmod(total, processes)
-        self.sizes = [base + (1 if i < extra else 0) for i in range(processes)]
-        self.sizes = [s for s in self.sizes if s > 0]
-        self.got: dict[str, int] = {}
-        self.ready: list[dict[str, Any]] = []
-        self.results: list[dict[str, Any] | None] = [None] * len(self.sizes)
-        self.stderr: list[str] = [""] * len(self.sizes)
-        self.eof = [False] * len(self.sizes)
-        self.cond = threading.Condition()
-        self.procs: list[subprocess.Popen] = []
-        for i, size in enumerate(self.sizes):
-            spec = json.dumps({"url": url, "token": token, "clients": size})
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gevent.monkey", str(Path(__file__).resolve()), "--clients", spec],
-                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)},  # finds bench/_common.py
-            )  # fmt: skip
-            self.procs.append(proc)
-            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
-            threading.Thread(target=self._read_stderr, args=(i, proc), daemon=True).start()
-
-    def _read(self, i: int, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            kind, _, rest = line.rstrip("\n").partition(" ")
-            with self.cond:
-                if kind == "got":
-                    self.got[rest] = self.got.get(rest, 0) + 1
-                elif kind == "ready":
-                    self.ready.append(json.loads(rest))
-                elif kind == "result":
-                    self.results[i] = json.loads(rest)
-                self.cond.notify_all()
-        with self.cond:
-            self.eof[i] = True
-            self.cond.notify_all()
-
-    def _read_stderr(self, i: int, proc: subprocess.Popen) -> None:
-        for line in proc.stderr:
-            self.stderr[i] = (self.stderr[i] + line)[-4000:]
-
-    def _dead(self) -> str | None:
-        for i, proc in enumerate(self.procs):
-            if self.eof[i] and self.results[i] is None:  # all its output read, and no result in it
-                return f"client process {i} exited with {proc.wait()}: {self.stderr[i]}"
-        return None
-
-    def wait_ready(self, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while len(self.ready) < len(self.procs):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError(f"clients did not connect within {timeout:.0f} s")
-                if (dead := self._dead()) is not None:
-                    raise RuntimeError(dead)
-                self.cond.wait(min(left, 0.5))
-            return {
-                "connected": sum(r["connected"] for r in self.ready),
-                "failures": [f for r in self.ready for f in r["failures"]][:5],
-            }
-
-    def wait_for(self, key: str, timeout: float) -> bool:
-        """True once every process reported that all of its clients have `key`."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while self.got.get(key, 0) < len(self.procs):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return True
-
-    def collect(self, timeout: float = 60.0) -> list[dict[str, Any]]:
-        for proc in self.procs:
-            proc.stdin.write("stop\n")
-            proc.stdin.close()
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while any(r is None for r in self.results):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError("client processes did not report their arrivals")
-                if (dead := self._dead()) is not None:
-                    raise RuntimeError(dead)
-                self.cond.wait(min(left, 0.5))
-        return [r for r in self.results if r is not None]
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-
-# ---------------------------------------------------------------------------------------------- the server
 
 
 class WebhookReceiver:
@@ -385,9 +177,6 @@ def _post(port: int, path: str, body: dict[str, Any], headers: dict[str, str]) -
     except ValueError:
         answer = {"raw": raw[:200].decode(errors="replace")}
     return response.status, answer, sent, returned
-
-
-# ---------------------------------------------------------------------------------------------- one backend
 
 
 def run_backend(name: str, database_url: str, workdir: Path, receiver: WebhookReceiver) -> dict[str, Any]:
@@ -565,9 +354,6 @@ def _target(value: float, goal: float) -> dict[str, Any]:
     return {"value": value, "target": f"<= {goal:.1f}", "pass": value <= goal}
 
 
-# ---------------------------------------------------------------------------------------------- the run
-
-
 def _sqlite(workdir: Path) -> tuple[str, Any]:
     return f"sqlite:///{workdir / 'live.db'}", lambda: None
 
@@ -648,7 +434,7 @@ def _terminate(signum: int, _frame: Any) -> None:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
+    project_imports()
     signal.signal(signal.SIGTERM, _terminate)
     workdir = Path(tempfile.mkdtemp(prefix="ucsc-bench-live-"))
     t0 = time.perf_counter()
@@ -716,7 +502,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--clients"]:
-        client_process(json.loads(sys.argv[2]))
-    else:
-        sys.exit(main())
+    sys.exit(main())
