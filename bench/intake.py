@@ -1,6 +1,6 @@
 """Intake benchmark: the REST API under gunicorn (one gevent worker, SQLite) against a plain-Core baseline.
 
-What it measures (issue 2, "Benchmark"):
+What it measures (its targets and figures are in docs/benchmarks.md):
 - saturation throughput with 16 concurrent keep-alive clients, for single POSTs (3 observables each) and
   for the bulk endpoint (500 incidents per request);
 - p50/p99 latency at an open-loop offered rate of half that throughput: requests are scheduled at fixed

@@ -1,6 +1,6 @@
 """Live-feed benchmark: 500 Socket.IO clients on one gevent worker, the change feed against a bare emit.
 
-What it measures (the live-feed issue, "Benchmark"), on SQLite and on PostgreSQL in turn:
+What it measures, on SQLite and on PostgreSQL in turn (docs/benchmarks.md has the figures):
 - the time from an incident POST returning 201 to each connected client receiving `incident.created`
   (p50/p99/max over every client and incident), beside a bare `socketio.emit` to the same clients in the
   same run (POST /_bench/emit, served only with UCSC_BENCH_ROUTES=1): rounds alternate the two, and each

@@ -1,6 +1,6 @@
 """Paging benchmark: from the POST of an incident to its page at a real SMTP sink and a real webhook receiver.
 
-What it measures (issue 5, "Benchmark"): incidents filed at 5/s for 40 s under gunicorn (one gevent worker,
+What it measures (see docs/benchmarks.md): incidents filed at 5/s for 40 s under gunicorn (one gevent worker,
 SQLite, the embedded default) with the worker process running; a bench-only playbook (uploaded through the
 API like any admin's) pages, for incident n, e-mail contact n mod 20 and webhook contact n mod 20 in turn
 (round-robin groups). Latency runs from the POST returning to the message's arrival at the aiosmtpd sink and

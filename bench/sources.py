@@ -1,6 +1,6 @@
 """Alert-source benchmark: Wazuh alerts posted by 16 concurrent clients, first-of-a-kind and repeats measured apart.
 
-What it measures (issue 17, "What it must show"): 2,000 raw Wazuh alerts from 20 rules x 5 agents posted to
+What it measures (see docs/benchmarks.md): 2,000 raw Wazuh alerts from 20 rules x 5 agents posted to
 `POST /api/v1/sources/wazuh` under gunicorn (one gevent worker, as deployed) by 16 concurrent clients, each as
 fast as it can. The 100 first-of-a-kind alerts (one per rule and agent) open incidents and are timed as one
 phase; the 1,900 repeats that follow are grouped into them as occurrences and timed as a second phase. Then the

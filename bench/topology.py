@@ -1,6 +1,6 @@
 """Topology benchmark: intake on PostgreSQL through one and through two gunicorn instances, two workers.
 
-What it measures (issue 8, "Benchmark"):
+What it measures (its targets and figures are in docs/benchmarks.md):
 - throughput of single POSTs (3 observables each) from 16 keep-alive connections, spread over the instances;
 - server-side CPU seconds per accepted incident: the gunicorn workers plus the PostgreSQL backends serving
   the bench's database, from the kernel's per-process accounting (/proc/PID/stat utime + stime). Backends are
