@@ -11,7 +11,10 @@ DEFAULTS: dict[str, object] = {
     "AUDIT_KEYS_OLD": "",  # retired audit keys that still verify older rows, comma-separated, oldest first
     "AUDIT_ANCHOR_FILE": None,  # the newest signed checkpoint, outside the database; default: instance/, per database
     "AUDIT_CHECKPOINT_SECONDS": 300,  # the worker's checkpoint period (0: off)
-    "BASE_URL": "http://127.0.0.1:5000",
+    # Where gunicorn listens (`make run` and gunicorn.conf.py read UCSC_BIND too).
+    "BIND": "127.0.0.1:5000",
+    # The address people open; default: what BIND serves, so `UCSC_BIND=… make run` needs nothing else.
+    "BASE_URL": None,
     "REF_PREFIX": "TH",
     "STANDING_BODY": "dic",
     "TELEGRAM_TOKEN": None,
@@ -120,6 +123,19 @@ DEFAULTS: dict[str, object] = {
     "REPORT_BOARD_NAME": "BAN CHỈ ĐẠO ỨNG CỨU SỰ CỐ AN TOÀN THÔNG TIN MẠNG TỈNH THANH HÓA",
     "REPORT_MEMBER_CODE": "",
 }
+
+
+def base_url_of(bind: object) -> str:
+    """The URL a browser on this machine opens for gunicorn's `bind` (a wildcard address means loopback)."""
+    text = str(bind or "").strip()
+    if not text or text.startswith(("unix:", "fd://")):
+        return "http://127.0.0.1:5000"
+    host, _, port = text.rpartition(":")
+    if not host:  # a bare port
+        host, port = "127.0.0.1", text
+    if host in ("0.0.0.0", "[::]", "::"):  # noqa: S104 (naming the wildcard, not binding to it)
+        host = "127.0.0.1"
+    return f"http://{host}:{port}" if port.isdigit() else "http://127.0.0.1:5000"
 
 
 def sqlite_url(instance_path: str) -> str:

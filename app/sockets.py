@@ -21,13 +21,40 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+class OriginCheck:
+    """Engine.IO's origin rule: the page's own origin (the host the request names), UCSC_BASE_URL's, and the extras.
+
+    The page's own origin is always allowed, so a server bound elsewhere than UCSC_BASE_URL says still serves its
+    own pages; a cross-site page cannot name our host as its origin, and the session cookie is the host's own.
+    """
+
+    def __init__(self, base_url: str, extra: list[str]) -> None:
+        self.allowed = frozenset({origin_of(base_url), *(o.rstrip("/") for o in extra)})
+        self.refused: set[str] = set()
+
+    def __call__(self, origin: str | None, environ: dict[str, Any] | None = None) -> bool:
+        if not origin or origin in self.allowed:
+            return True
+        environ = environ or {}
+        host = environ.get("HTTP_HOST")
+        if host and origin == f"{environ.get('wsgi.url_scheme', 'http')}://{host}":
+            return True
+        if origin not in self.refused and len(self.refused) < 100:  # once per origin: a refused page retries forever
+            self.refused.add(origin)
+            log.warning(
+                "refused /live from origin %s (allowed: %s): if people open UCSC at that address, set "
+                "UCSC_BASE_URL=%s or add it to UCSC_SOCKETIO_EXTRA_ORIGINS",
+                origin, ", ".join(sorted(self.allowed)), origin,
+            )  # fmt: skip
+        return False
+
+
 def init_app(app: Flask) -> SocketIO:
     """Bind Socket.IO (gevent, set explicitly) and the feed; cross-origin browsers are refused."""
-    origins = [origin_of(app.config["BASE_URL"]), *app.config["SOCKETIO_EXTRA_ORIGINS"]]
     socketio = SocketIO(
         app,
         async_mode="gevent",
-        cors_allowed_origins=origins,
+        cors_allowed_origins=OriginCheck(app.config["BASE_URL"], list(app.config["SOCKETIO_EXTRA_ORIGINS"])),
         ping_interval=float(app.config["SOCKETIO_PING_INTERVAL"]),
         ping_timeout=float(app.config["SOCKETIO_PING_TIMEOUT"]),
         max_http_buffer_size=64 * 1024,
