@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 
 from app import config as defaults
 from notifiers.outbound import Allowance
@@ -25,6 +25,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     if not app.config["DATABASE_URL"]:
         app.config["DATABASE_URL"] = defaults.sqlite_url(app.instance_path)
+    if not app.config["OUTBOX_FILE"]:
+        tag = hashlib.sha256(str(app.config["DATABASE_URL"]).encode()).hexdigest()[:12]
+        app.config["OUTBOX_FILE"] = str(Path(app.instance_path) / f"outbox-{tag}.jsonl")
+    if not app.config["BASE_URL"]:
+        app.config["BASE_URL"] = defaults.base_url_of(app.config["BIND"])
     if not app.config["SECRET_KEY"]:
         # `init-db` writes instance/secret_key on first run; without it sessions last one process.
         app.config["SECRET_KEY"] = defaults.read_secret_key(app.instance_path) or secrets.token_hex(32)
@@ -37,47 +42,54 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False
     app.json.sort_keys = False
 
-    from app import auth, cli, db, errors, sockets, worker
-    from app.api import bp as api_bp
+    # Imported here, not at the top: gunicorn.conf.py imports app.observability in gunicorn's master, which must
+    # not load the web's modules (Socket.IO, Redis, ssl) before the gevent worker patches the standard library.
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from app import (
+        ack,
+        api,
+        auth,
+        backup,
+        bench,
+        cli,
+        db,
+        errors,
+        observability,
+        sockets,
+        stix_cli,
+        taxii,
+        web,
+        wiring,
+        worker,
+    )
+    from app.telegram import webhook as telegram_webhook
 
     db.init_app(app)
     auth.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
     app.cli.add_command(worker.worker_command)
-    app.register_blueprint(api_bp)
-    from app import stix_cli, taxii
-
+    api.init_app(app)
     app.register_blueprint(taxii.bp)
     app.cli.add_command(stix_cli.stix_cli)
     sockets.init_app(app)
-    from app import web
-
     web.init_app(app)
-    from app import ack
-
     ack.init_app(app)
-    from app import telegram_bot
-
-    app.register_blueprint(telegram_bot.bp)  # POST /telegram/webhook (webhook mode)
+    app.register_blueprint(telegram_webhook.bp)  # POST /telegram/webhook (webhook mode)
     if app.config["BENCH_ROUTES"]:
-        from app import bench
-
         app.register_blueprint(bench.bp)
     _request_ids(app)
-    from app import backup, observability
-
     observability.init_app(app)
     app.cli.add_command(backup.backup_command)
     app.cli.add_command(backup.restore_command)
     app.add_url_rule("/healthz", "healthz", healthz)
+    wiring.install(app)
     # A mistyped allowance fails here, at start, not at the first contact saved or webhook sent.
     Allowance.parse(app.config["OUTBOUND_ALLOW"])
     if hops := int(app.config["TRUSTED_PROXIES"]):
         # Outermost, so Socket.IO connects see it too. Behind nginx every peer is the proxy; only hops we run
         # are believed, since a client can write any X-Forwarded-For it likes.
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
 
@@ -102,7 +114,6 @@ def _request_ids(app: Flask) -> None:
 
 def healthz() -> Response:
     """200 once the database answers, with the worker's heartbeat age, the job lag and the feed's lag."""
-    from flask import current_app
     from sqlalchemy import func, select
 
     from app import db

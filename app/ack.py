@@ -13,7 +13,7 @@ from app import db
 from incidents import audit
 from incidents.base import utcnow
 from incidents.errors import Conflict, Forbidden, NotFound
-from playbooks import directory, engine, service, spec
+from playbooks import directory, links, service, spec
 from playbooks.models import Contact, Page
 
 bp = Blueprint("ack", __name__)
@@ -33,7 +33,7 @@ class Link:
 
 
 def _resolve(token: str) -> Link | None:
-    parsed = engine.read_ack_token(str(current_app.config["SECRET_KEY"]), token)
+    parsed = links.read_ack_token(str(current_app.config["SECRET_KEY"]), token)
     if parsed is None:
         return None
     session = db.session()
@@ -46,7 +46,7 @@ def _resolve(token: str) -> Link | None:
 def _render(token: str, link: Link | None, *, done: str | None = None, status: int = 200) -> Any:
     if link is None:
         return render_template("ack.html", invalid=True), 404
-    until = engine.local_time(link.until)
+    until = links.local_time(link.until)
     if link.expired:
         # 410: the link was genuine but its time is over; nothing on this page can acknowledge.
         return render_template("ack.html", invalid=False, expired=True, until=until), 410
@@ -107,7 +107,7 @@ def confirm_details(token: str) -> Any:
 
 
 def _contact_of(token: str) -> Contact | None:
-    contact_id = engine.read_confirm_token(str(current_app.config["SECRET_KEY"]), token)
+    contact_id = links.read_confirm_token(str(current_app.config["SECRET_KEY"]), token)
     contact = db.session().get(Contact, contact_id) if contact_id is not None else None
     return contact if contact is not None and contact.erased_at is None else None
 
@@ -144,9 +144,5 @@ def validate(paths: tuple[str, ...]) -> None:
 
 
 def init_app(app: Flask) -> None:
-    engine.configure(app.config)
-    if app.config.get("PAGING_START_INLINE", True):
-        settings = engine.Settings.from_config(app.config)
-        app.extensions["ucsc.sessionmaker"].configure(info={engine.INLINE_SETTINGS: settings})
     app.register_blueprint(bp)
     app.cli.add_command(playbooks_cli)

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import timedelta
 
 from flask import Flask, current_app, g, has_request_context, request
 from limits import RateLimitItem, parse_many
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from app import db
 from app.errors import ApiError, retry_after
-from incidents import accounts, audit, signin
+from incidents import accounts, audit, signin, throttle
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.enums import Role
@@ -28,6 +29,26 @@ TOKEN_PREFIX = "ucsc_"  # noqa: S105 - a label that tokens start with, not a sec
 # logs redact it (app/observability.py).
 QUERY_KEY_ENDPOINTS = frozenset({"api.post_source_alert"})
 FAILURE_AUDIT_SECONDS = 10.0  # at most one login.failed row per source address in this window
+
+
+def signin_policy() -> signin.Policy:
+    """How browsers sign in here: lockout, throttling, session lifetime and the roles that need a second factor."""
+    c = current_app.config
+    roles = c["TOTP_REQUIRED_ROLES"]
+    if isinstance(roles, str):
+        roles = [r.strip() for r in roles.split(",") if r.strip()]
+    return signin.Policy(
+        max_failures=int(c["LOGIN_MAX_FAILURES"]),
+        lockout=timedelta(seconds=float(c["LOGIN_LOCKOUT_SECONDS"])),
+        throttle_rules=throttle.Rules(
+            free_per_account=int(c["LOGIN_FREE_FAILURES"]),
+            free_per_address=int(c["LOGIN_ADDRESS_FREE_FAILURES"]),
+            cap=timedelta(seconds=float(c["LOGIN_BACKOFF_CAP_SECONDS"])),
+            forget=timedelta(seconds=float(c["LOGIN_FORGET_SECONDS"])),
+        ),
+        session_lifetime=timedelta(seconds=float(c["WEB_SESSION_SECONDS"])),
+        totp_required_roles=frozenset(roles),
+    )
 
 
 def new_token() -> tuple[str, str]:
@@ -201,9 +222,7 @@ def browser_credential(key: str) -> tuple[Identity, Credential] | None:
 
 
 def _owes_second_factor(role: str, has_totp: bool) -> bool:
-    from app.web import policy
-
-    return not has_totp and role in policy().totp_required_roles
+    return not has_totp and role in signin_policy().totp_required_roles
 
 
 def valid_identities(session: Session, credentials: Collection[Credential]) -> dict[Credential, Identity]:

@@ -1,8 +1,9 @@
-"""Deadline warnings page the standing body through the paging engine (incidents cannot import playbooks)."""
+"""Deadline warnings page the standing body through paging (incidents cannot import playbooks)."""
 
+from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
-from flask import Flask
 from sqlalchemy.orm import Session
 
 from incidents import deadlines
@@ -10,18 +11,19 @@ from incidents.models import Incident
 from incidents.records import DeadlineClock
 from incidents.reporting import periodic
 from incidents.reporting.reports import local
-from playbooks import engine
+from playbooks import paging
+from playbooks.settings import Settings
 
-_CONFIG: dict[str, Any] = {}
 
-
-def page_standing_body(session: Session, incident: Incident, clock: DeadlineClock, rule: deadlines.Rule) -> None:
+def page_standing_body(
+    config: Mapping[str, Any], session: Session, incident: Incident, clock: DeadlineClock, rule: deadlines.Rule
+) -> None:
     """Page the standing body (UCSC_STANDING_BODY) that a deadline is near; one page per clock."""
-    code = _CONFIG.get("STANDING_BODY")
+    code = config.get("STANDING_BODY")
     if not code:
         return
     due = local(clock.due_at)
-    engine.create_page(
+    paging.create_page(
         session,
         incident=incident,
         body={
@@ -31,18 +33,14 @@ def page_standing_body(session: Session, incident: Incident, clock: DeadlineCloc
         },
         run=None,
         path=None,
-        settings=engine.Settings.from_config(_CONFIG),
+        settings=Settings.from_config(config),
         key=f"deadline:{clock.id}",
     )
 
 
-def init_app(app: Flask) -> None:
-    """Wire the warning hook and the rules for this process (the web app and the worker)."""
-    _CONFIG.clear()
-    _CONFIG.update(app.config)
-    deadlines.configure(app.config)
-    if page_standing_body not in deadlines.WARNING_HOOKS:
-        deadlines.WARNING_HOOKS.append(page_standing_body)
+def settings(config: Mapping[str, Any]) -> deadlines.Settings:
+    """The configured rules, with a warning that pages the standing body."""
+    return deadlines.settings_from_config(dict(config), partial(page_standing_body, dict(config)))
 
 
 def schedule(session: Session, config: dict[str, Any]) -> None:

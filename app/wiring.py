@@ -1,9 +1,11 @@
 """Everything a process registers, in one place: event listeners, at-commit writers, job kinds and channels.
 
-The app factory calls `install(app)`, and the worker runs inside that app, so the web and the worker wire the
-same things. No module registers anything when it is imported. The registries themselves are the process's
-(the domain cannot hold an app); what depends on an app's configuration rides on its sessions instead
-(`session_info`), so two apps in one process (the tests build many) each keep their own settings.
+The app factory calls `install(app)`; the worker runs inside an app the factory built, so the web and the worker
+wire the same things, and no module registers anything when it is imported. The registries (incidents/events.py,
+`jobs.KINDS`) belong to the process, since the domain cannot hold an app: an app installed later, as the tests
+build many, replaces what an earlier one put there (the paging leases). What the domain reads per app rides on
+its sessions instead (`session.info`), so each app's sessions keep their own settings. The channels are the one
+list in notifiers/registry.py; the worker builds the ones the configuration enables.
 """
 
 from typing import Any
@@ -11,7 +13,12 @@ from typing import Any
 from flask import Flask
 
 from app import deadline_paging
-from incidents import deadlines, events, jobs
+from app.telegram import outbox as telegram_outbox
+from incidents import audit, deadlines, events, jobs, receipts
+from incidents.reporting import periodic
+from incidents.stix import push as stix_push
+from playbooks import delivery, focal, paging, runs, steps, triggers
+from playbooks.settings import Settings as PagingSettings
 
 # The app's extension holding what its session factories put in `session.info` (the worker's too).
 SESSION_INFO = "ucsc.session_info"
@@ -21,20 +28,45 @@ def install(app: Flask) -> None:
     """Register the listeners, at-commit writers, job kinds and channels; configure the app's sessions."""
     config = app.config
 
-    # Rows kept for the commit are written then, events first (incidents/events.py).
+    # Rows kept for the commit are written then, events first (incidents/events.py), then these in this order.
     events.install()
+    events.at_commit(audit.PENDING, audit.link_pending)
 
-    # Listeners on every recorded event, in this order, inside the recording transaction.
+    # Listeners on every recorded event, in this order (the web's until now: playbooks, then clocks), inside the
+    # recording transaction.
+    events.add_listener(triggers.on_events)
     events.add_listener(deadlines.on_events)
 
     # Job kinds the worker runs: name, handler, attempts before `dead`, lease.
+    jobs.register(jobs.EXPIRE, jobs.expire_idempotency_keys, max_attempts=3)
+    jobs.register(receipts.EMAIL, receipts.send_email_receipt, max_attempts=8)
+    jobs.register(receipts.WEBHOOK, receipts.send_webhook_receipt, max_attempts=8)
+    jobs.register(audit.CHECKPOINT_JOB, audit.checkpoint_job, max_attempts=3)
     jobs.register(deadlines.CHECK, deadlines.run_check, max_attempts=8)
+    jobs.register(periodic.REMINDER, periodic.remind, max_attempts=5)
+    jobs.register(stix_push.KIND, stix_push.push, max_attempts=50, lease_seconds=120)
+    jobs.register(telegram_outbox.SEND, telegram_outbox.leader_only, max_attempts=25, lease_seconds=30)
+    # Paging's: a killed worker's sends are taken up again after PAGING_LEASE_SECONDS. A delivery retries with
+    # its own new job per attempt (PAGING_RETRY_*), so its job rarely fails.
+    paging_lease = float(config.get("PAGING_LEASE_SECONDS") or 30)
+    jobs.register(triggers.EVALUATE, triggers.evaluate_job, max_attempts=10, lease_seconds=paging_lease)
+    jobs.register(steps.WAIT, runs.wait_job, max_attempts=10, lease_seconds=paging_lease)
+    jobs.register(runs.CONTINUE, runs.continue_job, max_attempts=10, lease_seconds=paging_lease)
+    jobs.register(delivery.DELIVER, delivery.deliver, max_attempts=3, lease_seconds=paging_lease)
+    jobs.register(paging.DIGEST, paging.send_digest, max_attempts=10, lease_seconds=paging_lease)
+    jobs.register(focal.FOCAL, focal.focal_check, max_attempts=3, lease_seconds=60)
+    jobs.register(focal.CONFIRM, focal.send_confirm_request, max_attempts=8, lease_seconds=30)
 
-    # What the domain reads from a session rather than from a process-wide global.
+    # What the domain reads from a session rather than from a process-wide global: every session of the app,
+    # the worker's included, follows its deadline rules and pages the standing body on a warning.
     info: dict[str, Any] = {deadlines.SETTINGS: deadline_paging.settings(config)}
     app.extensions[SESSION_INFO] = info
-    maker = app.extensions["ucsc.sessionmaker"]
-    maker.configure(info={**maker.kw.get("info", {}), **info})
+    web = dict(info)
+    if config.get("PAGING_START_INLINE", True):
+        # A filing in the web starts its playbooks in its own transaction; the worker's sessions leave that to
+        # the evaluate job.
+        web[triggers.INLINE_SETTINGS] = PagingSettings.from_config(config)
+    app.extensions["ucsc.sessionmaker"].configure(info=web)
 
 
 def session_info(app: Flask) -> dict[str, Any]:

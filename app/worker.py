@@ -25,9 +25,11 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import deadline_paging, source_watch, stix_worker, telegram_bot
+from app import deadline_paging, source_watch, stix_worker, wiring
 from app.observability import log_config
-from incidents import audit, evidence, jobs, receipts  # noqa: F401 - registers the receipt job kinds
+from app.telegram import outbox as telegram_outbox
+from app.telegram import runtime as telegram_runtime
+from incidents import audit, evidence, jobs
 from incidents.base import utcnow
 from incidents.sources import mailbox
 from notifiers.registry import build_notifiers
@@ -43,13 +45,14 @@ class Worker:
         self.app = app
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.engine = app.extensions["ucsc.engine"]
-        self.sessions = sessionmaker(self.engine, expire_on_commit=False, autobegin=True)
+        info = wiring.session_info(app)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, autobegin=True, info=info)
         self.threads = int(cfg["WORKER_THREADS"])
         self.poll = float(cfg["WORKER_POLL_SECONDS"])
         self.heartbeat_every = float(cfg["WORKER_HEARTBEAT_SECONDS"])
         self.grace = float(cfg["WORKER_SHUTDOWN_GRACE"])
         self.ctx = jobs.JobContext(self.sessions, dict(cfg), build_notifiers(cfg))
-        self.telegram = telegram_bot.attach(self)  # None when Telegram is off; binds the `telegram` channel
+        self.telegram = telegram_runtime.attach(self)  # None when Telegram is off; binds the `telegram` channel
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ucsc-job")
         # The worker's own queries (claim, heartbeat, release) get a thread of their own, so they never wait
         # behind jobs that fill the pool; one thread keeps them in order (the stopping beat comes last).
@@ -79,7 +82,7 @@ class Worker:
         await self._call(self._schedule_sweep)
         tasks = [asyncio.create_task(self._heartbeat(started))]
         tasks.append(asyncio.create_task(stix_worker.run(self)))  # the STIX projector (app/stix_worker.py)
-        telegram = asyncio.create_task(self.telegram.run()) if self.telegram else None  # app/telegram_bot.py
+        telegram = asyncio.create_task(self.telegram.run()) if self.telegram else None  # app/telegram/runtime.py
         if self.app.config.get("MAILBOX_URL"):  # the [TBSC] mailbox (incidents/sources/mailbox.py)
             tasks.append(asyncio.create_task(mailbox.run(self._mailbox())))
         if float(self.app.config.get("SOURCE_WATCH_SECONDS") or 0) > 0:  # silent sources (app/source_watch.py)
@@ -146,8 +149,8 @@ class Worker:
     def _claim(self, limit: int) -> list[jobs.ClaimedJob]:
         with self.sessions() as session:
             # An idle poll is a read; the write lock (BEGIN IMMEDIATE on SQLite) is taken only when work is due.
-            # Telegram sends are claimed by the Telegram leader alone (per-token limits, app/telegram_bot.py).
-            kinds = [k for k in jobs.KINDS if k not in telegram_bot.LEADER_KINDS]
+            # Telegram sends are claimed by the Telegram leader alone (per-token limits, app/telegram/).
+            kinds = [k for k in jobs.KINDS if k not in telegram_outbox.LEADER_KINDS]
             due = jobs.next_due_at(session, kinds)
             if due is None or due > utcnow():
                 return []

@@ -15,20 +15,20 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from incidents import jobs, service
-from incidents.access import Actor
+from incidents import jobs
+from incidents.access import Actor, stricter
 from incidents.base import utcnow
-from incidents.enums import TLP
+from incidents.enums import TLP, TLP_ORDER
 from incidents.errors import Forbidden
 from incidents.models import AuditEntry, Incident
 from incidents.policy import Capability, allows
+from incidents.uow import in_transaction
 
 ZERO_HASH = "0" * 64
-# Reads of these levels are audited; the order is the stricter-wins order of `access.py`.
+# Reads of these levels, the two strictest of `enums.TLP_ORDER`, are audited.
 RESTRICTED_TLP = (TLP.AMBER_STRICT.value, TLP.RED.value)
-_TLP_ORDER = [t.value for t in (TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED)]
 _YIELD_PER = 1000
-# Rows appended in a transaction wait here until its commit (`_link_pending`).
+# Rows appended in a transaction wait here until its commit (`link_pending`).
 PENDING = "ucsc.pending_audit"
 
 
@@ -203,8 +203,8 @@ def append(
     return entry
 
 
-def _link_pending(session: Session, entries: list[AuditEntry]) -> None:
-    """Chain and sign the transaction's rows after the last one at commit (`service.at_commit`, after its events).
+def link_pending(session: Session, entries: list[AuditEntry]) -> None:
+    """Chain and sign the transaction's rows after the last one at commit (app/wiring.py: after its events).
     PostgreSQL: under the feed lock, which serialises every writer from there to its commit, so the last row read
     here is still the last at commit; SQLite: the caller's BEGIN IMMEDIATE does the same."""
     keys = keys_of(session)
@@ -240,8 +240,6 @@ def _count_so_far(session: Session) -> int:
     return int(newest.data["count"]) + 1 + since
 
 
-service.at_commit(PENDING, _link_pending)
-
 
 @dataclass(frozen=True)
 class Anchor:
@@ -267,7 +265,7 @@ def checkpoint(session: Session, *, actor: str, anchor_file: Path | None, only_i
             return None
         return append(session, action=Action.CHECKPOINT, actor=actor)
 
-    entry = service.in_transaction(session, work)
+    entry = in_transaction(session, work)
     if entry is None:
         return None
     count = entry.data["count"] + 1
@@ -396,15 +394,13 @@ def schedule_checkpoint(session: Session, config: dict[str, Any], *, after: date
     jobs.enqueue(session, CHECKPOINT_JOB, run_at=at, key=f"{CHECKPOINT_JOB}:{every:g}:{slot}")
 
 
-def _checkpoint_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+def checkpoint_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     """The worker's periodic checkpoint (skipped when nothing was appended since the last), then the next one."""
     anchor_file = ctx.config.get("AUDIT_ANCHOR_FILE")
     with ctx.sessions() as session:
         checkpoint(session, actor="worker", anchor_file=Path(anchor_file) if anchor_file else None, only_if_new=True)
-        service.in_transaction(session, lambda: schedule_checkpoint(session, ctx.config, after=utcnow()))
+        in_transaction(session, lambda: schedule_checkpoint(session, ctx.config, after=utcnow()))
 
-
-jobs.job_kind(CHECKPOINT_JOB, max_attempts=3, lease_seconds=60)(_checkpoint_job)
 
 
 def as_dict(entry: Any) -> dict[str, Any]:
@@ -460,13 +456,13 @@ def export_range(
         append(session, action=Action.AUDIT_EXPORTED, actor=actor, source_ip=source_ip, data=data)
         return rows
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
-def stricter(levels: Iterable[str | None]) -> str | None:
-    """The strictest TLP among `levels`, None if there is none."""
-    known = [_TLP_ORDER.index(str(t)) for t in levels if t is not None and str(t) in _TLP_ORDER]
-    return _TLP_ORDER[max(known)] if known else None
+def _strictest_known(levels: Iterable[str | None]) -> str | None:
+    """The strictest known TLP among `levels`, None if there is none: a read under no known level is not audited."""
+    known = [t for t in levels if t is not None and str(t) in TLP_ORDER]
+    return stricter(*known) if known else None
 
 
 def record_read(
@@ -482,16 +478,16 @@ def record_read(
     a list of incidents read in one request is one row naming those that were."""
     if isinstance(incident, Sequence) and not isinstance(incident, str):
         read = [i for i in incident if str(i.tlp) in RESTRICTED_TLP]
-        level = stricter([*(i.tlp for i in read), *tlps]) if read else None
+        level = _strictest_known([*(i.tlp for i in read), *tlps]) if read else None
         target = ", ".join(i.ref for i in read)
         data = {"what": what, "tlp": level, "incidents": [i.id for i in read], "refs": [i.ref for i in read]}
     else:
         target, tlp = _ref_and_tlp(session, incident)
-        level = stricter([tlp, *tlps])
+        level = _strictest_known([tlp, *tlps])
         data = {"what": what, "tlp": level}
     if level not in RESTRICTED_TLP:
         return None
-    return service.in_transaction(
+    return in_transaction(
         session,
         lambda: append(session, action=Action.READ_RESTRICTED, actor=actor, target=target, source_ip=source_ip,
                        data=data),
@@ -503,7 +499,7 @@ def record_refused_link(
 ) -> AuditEntry:
     """An acknowledgement through a signed link that was refused (e.g. expired), in a transaction of its own."""
     data = {"reason": reason, "page_id": page_id, "contact_id": contact_id, "via": "email"}
-    return service.in_transaction(
+    return in_transaction(
         session,
         lambda: append(session, action=Action.ACK_REFUSED, actor=f"contact:{contact_id}", target=f"page:{page_id}",
                        source_ip=source_ip, data=data),

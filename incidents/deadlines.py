@@ -1,8 +1,10 @@
 """Deadline clocks: configurable rules (incidents/deadlines.yaml), calendar or working days, warn then breach.
 
-Clocks start and are met by the incident's own events (a listener on `service.EVENT_LISTENERS`, so they commit
-with the change), and two durable jobs per clock look again at the warning and the due time. Every function
-that judges time takes `now`, so tests drive the clock instead of sleeping.
+Clocks start and are met by the incident's own events (`on_events`, a listener app/wiring.py registers, so
+they commit with the change), and two durable jobs per clock look again at the warning and the due time. The
+rules and the warning's hook ride on the session (`SETTINGS` in `session.info`, set by the app's session
+factories), so each app's sessions follow its own configuration. Every function that judges time takes `now`,
+so tests drive the clock instead of sleeping.
 """
 
 from collections.abc import Callable, Iterable, Sequence
@@ -16,12 +18,16 @@ import yaml
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from incidents import jobs, service
+from incidents import jobs
 from incidents.access import Actor
 from incidents.base import utcnow
+from incidents.clock import LOCAL_TZ
 from incidents.enums import IncidentClass, Status
+from incidents.events import record_event
 from incidents.models import Incident
+from incidents.queries import get_incident
 from incidents.records import DeadlineClock
+from incidents.uow import in_transaction
 
 SHIPPED = Path(__file__).with_name("deadlines.yaml")
 CHECK = "deadline.check"
@@ -29,7 +35,6 @@ STARTS = ("created", "detected", "response_ended", "escalated")
 MET_BY = ("triage", "notified", "initial_report", "end_report", "contained")
 UNITS = {"minutes": 60, "hours": 3600, "days": 86400}
 OPEN_STATES = ("running", "warned")
-LOCAL_TZ = service.LOCAL_TZ
 
 
 @dataclass(frozen=True)
@@ -135,22 +140,32 @@ def rules_from_config(config: dict[str, Any]) -> Rules:
     return _load(path, profiles)
 
 
-_ACTIVE: list[Rules] = [_load(str(SHIPPED), ("circular20",))]
+WarningHook = Callable[[Session, Incident, DeadlineClock, Rule], None]
+# The session.info key of a session's `Settings`.
+SETTINGS = "ucsc.deadlines"
 
 
-def configure(config: dict[str, Any]) -> Rules:
-    """Make the configured rules the ones new clocks follow in this process."""
-    _ACTIVE[0] = rules_from_config(config)
-    return _ACTIVE[0]
+@dataclass(frozen=True)
+class Settings:
+    """The rules new clocks follow, and what a warning does beyond its event: the app pages the standing body
+    (incidents cannot import playbooks). The hook runs inside the warning's transaction, so its page commits
+    with the warning."""
+
+    rules: Rules
+    on_warning: WarningHook | None = None
 
 
-def active() -> Rules:
-    return _ACTIVE[0]
+def settings_from_config(config: dict[str, Any], on_warning: WarningHook | None = None) -> Settings:
+    return Settings(rules_from_config(config), on_warning)
 
 
-# What a warning does beyond its event: the app registers a page to the standing body (incidents cannot
-# import playbooks). A hook runs inside the warning's transaction, so its page commits with the warning.
-WARNING_HOOKS: list[Callable[[Session, Incident, DeadlineClock, Rule], None]] = []
+def settings_of(session: Session) -> Settings:
+    """The session's settings; a session no app configured follows the shipped rules and warns no one."""
+    return session.info.get(SETTINGS) or Settings(_load(str(SHIPPED), ("circular20",)))
+
+
+def rules_of(session: Session) -> Rules:
+    return settings_of(session).rules
 
 
 def _escalated(incident: Incident) -> bool:
@@ -220,14 +235,14 @@ def _meet(session: Session, incident: Incident, what: str, at: datetime, rules: 
 
 def _breach(session: Session, incident: Incident, clock: DeadlineClock, at: datetime, *, late: bool = False) -> None:
     clock.state, clock.breached_at = "breached", at
-    _event(session, incident, clock, active(), "deadline.breached", at, alert=True, met_late=late)
+    _event(session, incident, clock, rules_of(session), "deadline.breached", at, alert=True, met_late=late)
 
 
 def _event(
     session: Session, incident: Incident, clock: DeadlineClock, rules: Rules, kind: str, at: datetime, **extra: Any
 ) -> None:
     rule = rules.get(clock.rule)
-    service.record_event(
+    record_event(
         session,
         kind=kind,
         actor=None,
@@ -250,7 +265,7 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
     mine = [e for e in events if e.get("incident_id") is not None and _relevant(e)]
     if not mine:
         return
-    rules = active()
+    rules = rules_of(session)
     created = [e for e in mine if e["kind"] == "incident.created"]
     if created:
         _start_created(session, [e["incident_id"] for e in created], rules)
@@ -382,26 +397,26 @@ def check(*, session: Session, clock_id: int, now: datetime) -> str | None:
             return "breached"
         if now >= clock.warn_at and clock.state == "running":
             clock.state, clock.warned_at = "warned", now
-            _event(session, incident, clock, active(), "deadline.warning", now, alert=True)
-            rule = active().get(clock.rule)
-            if rule is not None:
-                for hook in WARNING_HOOKS:
-                    hook(session, incident, clock, rule)
+            settings = settings_of(session)
+            _event(session, incident, clock, settings.rules, "deadline.warning", now, alert=True)
+            rule = settings.rules.get(clock.rule)
+            if rule is not None and settings.on_warning is not None:
+                settings.on_warning(session, incident, clock, rule)
             return "warned"
         return None
 
-    return service.in_transaction(session, work)
+    return in_transaction(session, work)
 
 
-@jobs.job_kind(CHECK, max_attempts=8)
 def run_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+    """The `deadline.check` job: look at one clock again at its warning or due time."""
     with ctx.sessions() as session:
         check(session=session, clock_id=int(job.payload["clock_id"]), now=utcnow())
 
 
 def clocks_of(session: Session, actor: Actor, incident_id: int | str) -> list[DeadlineClock]:
     """The incident's clocks, oldest first, if `actor` may see the incident."""
-    incident = service.get_incident(session, actor, incident_id)
+    incident = get_incident(session, actor, incident_id)
     return list(
         session.scalars(
             select(DeadlineClock).where(DeadlineClock.incident_id == incident.id).order_by(DeadlineClock.id)
@@ -409,8 +424,8 @@ def clocks_of(session: Session, actor: Actor, incident_id: int | str) -> list[De
     )
 
 
-def as_dict(clock: DeadlineClock, rules: Rules | None = None) -> dict[str, Any]:
-    rule = (rules or active()).get(clock.rule)
+def as_dict(clock: DeadlineClock, rules: Rules) -> dict[str, Any]:
+    rule = rules.get(clock.rule)
 
     def ts(value: datetime | None) -> str | None:
         return value.isoformat() if value else None
@@ -430,6 +445,3 @@ def as_dict(clock: DeadlineClock, rules: Rules | None = None) -> dict[str, Any]:
         "met_at": ts(clock.met_at),
         "breached_at": ts(clock.breached_at),
     }
-
-
-service.EVENT_LISTENERS.append(on_events)

@@ -19,7 +19,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from incidents.base import utcnow
-from incidents.models import IdempotencyKey, Job, WorkerHeartbeat
+from incidents.events import record_event
+from incidents.models import IdempotencyKey, Incident, Job, WorkerHeartbeat
 
 log = logging.getLogger("ucsc.jobs")
 
@@ -65,6 +66,12 @@ class ClaimedJob:
 
 
 KINDS: dict[str, JobKind] = {}
+
+
+def register(name: str, handler: Callable[[JobContext, ClaimedJob], None], *, max_attempts: int = 8,
+             lease_seconds: float = 60) -> None:  # fmt: skip
+    """Run jobs of `name` with `handler` in this process (app/wiring.py registers every kind)."""
+    KINDS[name] = JobKind(name, handler, max_attempts, timedelta(seconds=lease_seconds))
 
 
 def job_kind(name: str, *, max_attempts: int = 8, lease_seconds: float = 60) -> Callable:
@@ -218,8 +225,6 @@ def _done(session: Session, job: ClaimedJob, worker: str) -> bool:
 
 def fail(session: Session, job: ClaimedJob, worker: str, error: str, *, permanent: bool = False) -> str | None:
     """Record a failure: retry later with backoff and jitter, or `dead` after the last attempt (an alarm event)."""
-    from incidents.service import record_event  # the timeline lives in the service module
-
     error = error[:2000]
     dead = permanent or job.attempts >= job.max_attempts
     with session.begin():
@@ -235,8 +240,6 @@ def fail(session: Session, job: ClaimedJob, worker: str, error: str, *, permanen
         if dead:
             incident = None
             if job.incident_id is not None:
-                from incidents.models import Incident
-
                 incident = session.get(Incident, job.incident_id)
             record_event(
                 session,
@@ -309,10 +312,10 @@ def health(engine: Engine) -> dict[str, Any]:
 
 # --- job kinds of the platform ----------------------------------------------------------------------------------
 
+EXPIRE = "idempotency.expire"
 EXPIRE_EVERY = timedelta(hours=1)
 
 
-@job_kind("idempotency.expire", max_attempts=3)
 def expire_idempotency_keys(ctx: JobContext, job: ClaimedJob) -> None:
     """Delete Idempotency-Keys past their 24 hours, and schedule the next sweep."""
     with ctx.sessions() as session, session.begin():
@@ -326,4 +329,4 @@ def schedule_sweep(session: Session, *, after: datetime | None = None) -> None:
     """Make sure the next hourly sweep is queued (one per hour slot, whoever asks)."""
     slot = (after or utcnow()) + EXPIRE_EVERY
     slot = slot.replace(minute=0, second=0, microsecond=0)
-    enqueue(session, "idempotency.expire", run_at=slot, key=f"idempotency.expire:{slot:%Y-%m-%dT%H}")
+    enqueue(session, EXPIRE, run_at=slot, key=f"{EXPIRE}:{slot:%Y-%m-%dT%H}")

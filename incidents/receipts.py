@@ -69,7 +69,6 @@ def _send(ctx: jobs.JobContext, channel: str, message: Message) -> None:
         raise
 
 
-@jobs.job_kind(EMAIL, max_attempts=8)
 def send_email_receipt(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     info = _incident(ctx, job.payload["incident_id"])
     drill = "[DIỄN TẬP / DRILL] " if info["exercise"] else ""
@@ -87,7 +86,6 @@ def send_email_receipt(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     _send(ctx, "email", Message(to=job.payload["to"], subject=subject, text=text, key=job.idempotency_key or ""))
 
 
-@jobs.job_kind(WEBHOOK, max_attempts=8)
 def send_webhook_receipt(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     with ctx.sessions() as session:
         token = session.get(ApiToken, job.payload["token_id"])

@@ -3,10 +3,11 @@
 from flask import Response, jsonify, request
 
 from app import db
-from app.api import operation
+from app.api.operations import operation
 from app.auth import current_actor
 from incidents import audit
-from incidents.schemas import AuditQuery, parse_query
+from incidents.schemas.base import parse_query
+from incidents.schemas.queries import AuditQuery
 
 
 @operation(

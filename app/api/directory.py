@@ -5,13 +5,13 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 
 from app import db
-from app.api import body, operation
+from app.api.operations import body, operation
 from app.auth import current_actor
 from app.errors import ApiError
-from app.telegram_bot import new_link, revoke_link
 from incidents.errors import FieldError
-from playbooks import directory
+from playbooks import directory, oncall
 from playbooks.schemas import ContactBody, GroupBody, OverrideBody, ScheduleBody
+from playbooks.telegram_links import new_link, revoke_link
 
 TAG = "directory"
 
@@ -148,7 +148,7 @@ def import_contacts() -> tuple[Response, int]:
 
 @operation("GET", "/groups", "Groups of contacts", tag=TAG, errors=(401, 403))
 def list_groups() -> Response:
-    return jsonify({"items": directory.read_groups(db.session(), current_actor()), "next_cursor": None})
+    return jsonify({"items": oncall.read_groups(db.session(), current_actor()), "next_cursor": None})
 
 
 @operation(
@@ -162,13 +162,13 @@ def list_groups() -> Response:
 )
 def post_group() -> tuple[Response, int]:
     data = body(GroupBody)
-    group = directory.save_group(session=db.session(), actor=current_actor(), **data.model_dump())
-    return jsonify(directory.group_dict(group)), 201
+    group = oncall.save_group(session=db.session(), actor=current_actor(), **data.model_dump())
+    return jsonify(oncall.group_dict(group)), 201
 
 
 @operation("GET", "/schedules", "On-call schedules with who is on call now", tag=TAG, errors=(401, 403))
 def list_schedules() -> Response:
-    return jsonify({"items": directory.read_schedules(db.session(), current_actor()), "next_cursor": None})
+    return jsonify({"items": oncall.read_schedules(db.session(), current_actor()), "next_cursor": None})
 
 
 @operation(
@@ -182,8 +182,8 @@ def list_schedules() -> Response:
 )
 def post_schedule() -> tuple[Response, int]:
     data, actor = body(ScheduleBody), current_actor()
-    schedule = directory.save_schedule(session=db.session(), actor=actor, **data.model_dump())
-    return jsonify(directory.schedule_dict(schedule, actor)), 201
+    schedule = oncall.save_schedule(session=db.session(), actor=actor, **data.model_dump())
+    return jsonify(oncall.schedule_dict(schedule, actor)), 201
 
 
 @operation(
@@ -197,7 +197,7 @@ def post_schedule() -> tuple[Response, int]:
 )
 def post_override(code: str) -> tuple[Response, int]:
     data = body(OverrideBody)
-    override = directory.add_override(
+    override = oncall.add_override(
         session=db.session(), schedule_code=code, actor=current_actor(), **data.model_dump()
     )
     return jsonify({"id": override.id, "contact_id": override.contact_id}), 201
@@ -211,7 +211,7 @@ def post_override(code: str) -> tuple[Response, int]:
     errors=(401, 403, 404, 422),
 )
 def on_call_now() -> Response:
-    people = directory.read_on_call(
+    people = oncall.read_on_call(
         db.session(), current_actor(), organisation=request.args.get("organisation"), group=request.args.get("group")
     )
     return jsonify({"items": people, "next_cursor": None})

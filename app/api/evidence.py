@@ -8,12 +8,12 @@ from flask import Response, current_app, jsonify, request
 from pydantic import Field
 
 from app import db
-from app.api import body, operation
+from app.api.operations import body, operation
 from app.auth import current_actor
 from app.errors import ApiError
 from incidents import audit, evidence
 from incidents.errors import FieldError
-from incidents.schemas import Strict
+from incidents.schemas.base import Strict
 
 
 class CustodyIn(Strict):

@@ -6,48 +6,55 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 
 from app import db
-from app.api import body, limits, operation, raw_json_body
 from app.api import serialise as out
+from app.api.operations import body, limits, operation, raw_json_body
 from app.auth import current_actor, limit_intake
 from app.errors import ApiError
-from incidents import audit, service
+from incidents import assignment, audit, queries
+from incidents import comments as incident_comments
 from incidents.access import Actor
+from incidents.changes import add_observables, classify, transition, update_incident
+from incidents.comments import add_comment, edit_comment, get_comment
 from incidents.errors import FieldError
+from incidents.filing import FilingResult, FilingSettings, IdempotencyClaim, file_incidents
+from incidents.participants import add_participant, remove_participant
 from incidents.policy import Capability, require
-from incidents.schemas import (
+from incidents.queries import occurrence_count, occurrence_counts
+from incidents.schemas.base import parse, parse_query
+from incidents.schemas.incidents import (
     ClassificationIn,
-    ClassificationRead,
     CommentCreate,
-    CommentRead,
     CommentUpdate,
     IncidentBatchCreate,
     IncidentCreate,
+    IncidentUpdate,
+    ParticipantIn,
+    TransitionIn,
+)
+from incidents.schemas.observables import ObservablesAdd
+from incidents.schemas.queries import IncidentQuery, PageQuery
+from incidents.schemas.reads import (
+    ClassificationRead,
+    CommentRead,
     IncidentCreated,
     IncidentPage,
-    IncidentQuery,
     IncidentRead,
-    IncidentUpdate,
-    ObservablesAdd,
-    PageQuery,
-    ParticipantIn,
     ParticipantRead,
-    TransitionIn,
-    parse,
-    parse_query,
 )
 
 _LIST_FIELDS = ("status", "category", "priority", "tlp")
 
 
-def _settings() -> service.Settings:
-    return service.Settings(
+def service_settings() -> FilingSettings:
+    """The filing settings from the app's configuration (the STIX import files incidents with them too)."""
+    return FilingSettings(
         ref_prefix=current_app.config["REF_PREFIX"],
         standing_body=current_app.config["STANDING_BODY"],
         receipts_by_email=bool(current_app.config["SMTP_URL"]),
     )
 
 
-def _idempotency(actor: Any, raw: bytes) -> service.IdempotencyClaim | None:
+def _idempotency(actor: Any, raw: bytes) -> IdempotencyClaim | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
@@ -59,11 +66,11 @@ def _idempotency(actor: Any, raw: bytes) -> service.IdempotencyClaim | None:
             "Idempotency-Key must be 1–255 characters",
             errors=[FieldError("Idempotency-Key", "1–255 characters")],
         )
-    digest = service.IdempotencyClaim.digest(request.method, request.path, raw)
-    return service.IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=digest)
+    digest = IdempotencyClaim.digest(request.method, request.path, raw)
+    return IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=digest)
 
 
-def _filing_response(result: service.FilingResult) -> Response:
+def _filing_response(result: FilingResult) -> Response:
     response = jsonify(result.body)
     response.status_code = result.status_code
     if result.location:
@@ -87,8 +94,12 @@ def create_incident() -> Response:
     limit_intake(actor)
     raw = raw_json_body()
     data = parse(IncidentCreate, raw, limits())
-    result = service.file_incidents(
-        session=db.session(), items=[data], actor=actor, settings=_settings(), idempotency=_idempotency(actor, raw)
+    result = file_incidents(
+        session=db.session(),
+        items=[data],
+        actor=actor,
+        settings=service_settings(),
+        idempotency=_idempotency(actor, raw),
     )
     return _filing_response(result)
 
@@ -107,11 +118,11 @@ def create_incidents_bulk() -> Response:
     limit_intake(actor)
     raw = raw_json_body()
     data = parse(IncidentBatchCreate, raw, limits())
-    result = service.file_incidents(
+    result = file_incidents(
         session=db.session(),
         items=data.incidents,
         actor=actor,
-        settings=_settings(),
+        settings=service_settings(),
         idempotency=_idempotency(actor, raw),
         bulk=True,
     )
@@ -130,8 +141,8 @@ def list_incidents() -> Response:
     actor = current_actor()
     query = parse_query(IncidentQuery, request.args.to_dict(flat=False), _LIST_FIELDS)
     session = db.session()
-    items, next_cursor = service.list_incidents(session, actor, query)
-    counts = service.occurrence_counts(session, [i.id for i in items])
+    items, next_cursor = queries.list_incidents(session, actor, query)
+    counts = occurrence_counts(session, [i.id for i in items])
     response = jsonify({"items": [out.incident(i, counts.get(i.id, 0)) for i in items], "next_cursor": next_cursor})
     audit.record_read(session, actor=actor, incident=items, what="incidents", source_ip=request.remote_addr)
     return response
@@ -139,8 +150,8 @@ def list_incidents() -> Response:
 
 def _read(incident_id: str) -> Response:
     session = db.session()
-    incident = service.get_incident(session, current_actor(), incident_id)
-    return jsonify(out.incident(incident, service.occurrence_count(session, incident.id)))
+    incident = queries.get_incident(session, current_actor(), incident_id)
+    return jsonify(out.incident(incident, occurrence_count(session, incident.id)))
 
 
 def _audit_read(actor: Actor, incident_id: str, what: str, tlps: Iterable[str | None] = ()) -> None:
@@ -171,7 +182,18 @@ def get_incident(incident_id: str) -> Response:
 def patch_incident(incident_id: str) -> Response:
     data = body(IncidentUpdate)
     actor = current_actor()
-    incident = service.update_incident(session=db.session(), incident_id=incident_id, data=data, actor=actor)
+    session = db.session()
+    fields = set(data.model_fields_set)
+    if "assignee" in fields:
+        # The owner is checked before anything is written, so a refused owner leaves the other fields unchanged;
+        # it is then saved in a transaction of its own, after the fields.
+        require(actor, Capability.ASSIGN_INCIDENT, "only the standing body (operators) or an admin assigns an owner")
+        assignment.check_assignee(session, actor, queries.get_incident(session, actor, incident_id), data.assignee)
+    incident = None
+    if fields - {"assignee"}:
+        incident = update_incident(session=session, incident_id=incident_id, data=data, actor=actor)
+    if "assignee" in fields:
+        incident = assignment.assign(session=session, incident_id=incident_id, assignee=data.assignee, actor=actor)
     return _read(str(incident.id))
 
 
@@ -185,7 +207,7 @@ def patch_incident(incident_id: str) -> Response:
 )
 def post_transition(incident_id: str) -> Response:
     data = body(TransitionIn)
-    incident = service.transition(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
+    incident = transition(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
     return _read(str(incident.id))
 
 
@@ -197,7 +219,7 @@ def post_transition(incident_id: str) -> Response:
     errors=(401, 404),
 )
 def get_classification(incident_id: str) -> Response:
-    incident = service.get_incident(db.session(), current_actor(), incident_id)
+    incident = queries.get_incident(db.session(), current_actor(), incident_id)
     return jsonify(out.classification(incident))
 
 
@@ -211,7 +233,7 @@ def get_classification(incident_id: str) -> Response:
 )
 def post_classification(incident_id: str) -> Response:
     data = body(ClassificationIn)
-    incident = service.classify(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
+    incident = classify(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
     return jsonify(out.classification(incident))
 
 
@@ -226,7 +248,7 @@ def post_classification(incident_id: str) -> Response:
 def list_events(incident_id: str) -> Response:
     page = parse_query(PageQuery, request.args.to_dict(flat=False))
     actor = current_actor()
-    events = service.list_events(db.session(), actor, incident_id, after=page.after(), limit=page.limit)
+    events = queries.list_events(db.session(), actor, incident_id, after=page.after(), limit=page.limit)
     response = jsonify({"items": [out.event(e) for e in events], "next_cursor": page.next_cursor(events, page.limit)})
     _audit_read(actor, incident_id, "events", [e.tlp for e in events])
     return response
@@ -243,7 +265,7 @@ def list_events(incident_id: str) -> Response:
 def list_comments(incident_id: str) -> Response:
     page = parse_query(PageQuery, request.args.to_dict(flat=False))
     actor = current_actor()
-    comments = service.list_comments(db.session(), actor, incident_id, after=page.after(), limit=page.limit)
+    comments = incident_comments.list_comments(db.session(), actor, incident_id, after=page.after(), limit=page.limit)
     response = jsonify(
         {"items": [out.comment(c) for c in comments], "next_cursor": page.next_cursor(comments, page.limit)}
     )
@@ -262,7 +284,7 @@ def list_comments(incident_id: str) -> Response:
 )
 def post_comment(incident_id: str) -> tuple[Response, int]:
     data = body(CommentCreate)
-    comment = service.add_comment(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
+    comment = add_comment(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
     return jsonify(out.comment(comment)), 201
 
 
@@ -277,8 +299,8 @@ def post_comment(incident_id: str) -> tuple[Response, int]:
 def patch_comment(incident_id: str, comment_id: int) -> Response:
     data = body(CommentUpdate)
     actor = current_actor()
-    service.edit_comment(session=db.session(), incident_id=incident_id, comment_id=comment_id, data=data, actor=actor)
-    return jsonify(out.comment(service.get_comment(db.session(), actor, incident_id, comment_id)))
+    edit_comment(session=db.session(), incident_id=incident_id, comment_id=comment_id, data=data, actor=actor)
+    return jsonify(out.comment(get_comment(db.session(), actor, incident_id, comment_id)))
 
 
 @operation(
@@ -291,7 +313,7 @@ def patch_comment(incident_id: str, comment_id: int) -> Response:
 def list_participants(incident_id: str) -> Response:
     actor = current_actor()
     require(actor, Capability.READ_RESPONSE)
-    incident = service.get_incident(db.session(), actor, incident_id)
+    incident = queries.get_incident(db.session(), actor, incident_id)
     response = jsonify({"items": [out.participant(p) for p in incident.participants], "next_cursor": None})
     _audit_read(actor, str(incident.id), "participants")
     return response
@@ -308,7 +330,7 @@ def list_participants(incident_id: str) -> Response:
 )
 def post_participant(incident_id: str) -> tuple[Response, int]:
     data = body(ParticipantIn)
-    participant = service.add_participant(
+    participant = add_participant(
         session=db.session(), incident_id=incident_id, data=data, actor=current_actor()
     )
     return jsonify(out.participant(participant)), 201
@@ -322,7 +344,7 @@ def post_participant(incident_id: str) -> tuple[Response, int]:
     errors=(401, 403, 404),
 )
 def delete_participant(incident_id: str, participant_id: int) -> tuple[str, int]:
-    service.remove_participant(
+    remove_participant(
         session=db.session(), incident_id=incident_id, participant_id=participant_id, actor=current_actor()
     )
     return "", 204
@@ -338,7 +360,7 @@ def delete_participant(incident_id: str, participant_id: int) -> tuple[str, int]
 )
 def post_observables(incident_id: str) -> Response:
     data = body(ObservablesAdd)
-    incident = service.add_observables(
+    incident = add_observables(
         session=db.session(), incident_id=incident_id, observables=data.observables, actor=current_actor()
     )
     return _read(str(incident.id))

@@ -7,8 +7,8 @@ from flask import Response, current_app, jsonify, render_template
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app.api import OPERATIONS, bp
-from incidents.schemas import ProblemRead
+from app.api.operations import OPERATIONS, bp
+from incidents.schemas.reads import ProblemRead
 
 _REF = "#/components/schemas/{model}"
 

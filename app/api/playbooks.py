@@ -5,12 +5,12 @@ from typing import Any
 from flask import Response, current_app, jsonify, request
 
 from app import db
-from app.api import body, operation
+from app.api.operations import body, operation
 from app.auth import current_actor
 from app.errors import ApiError
-from incidents import service as incidents
 from incidents.errors import FieldError
-from playbooks import engine, service
+from incidents.queries import get_incident
+from playbooks import runs, service
 from playbooks.models import DirectionRequest, Page, PlaybookRun, PlaybookVersion, Task
 from playbooks.schemas import (
     AckBody,
@@ -22,12 +22,13 @@ from playbooks.schemas import (
     SupportBody,
     TaskDoneBody,
 )
+from playbooks.settings import Settings
 
 TAG = "paging"
 
 
-def _settings() -> engine.Settings:
-    return engine.Settings.from_config(current_app.config)
+def _settings() -> Settings:
+    return Settings.from_config(current_app.config)
 
 
 def _iso(value: Any) -> str | None:
@@ -213,7 +214,7 @@ def patch_playbook(name: str) -> Response:
 @operation("GET", "/incidents/<incident_id>/runs", "Playbook runs of an incident", tag=TAG, errors=(401, 403, 404))
 def list_runs(incident_id: str) -> Response:
     actor = current_actor()
-    incident = incidents.get_incident(db.session(), actor, incident_id)
+    incident = get_incident(db.session(), actor, incident_id)
     runs = service.list_runs(db.session(), actor, incident_id=incident.id)
     return jsonify({"items": [run_dict(r) for r in runs], "next_cursor": None})
 
@@ -229,8 +230,8 @@ def list_runs(incident_id: str) -> Response:
 )
 def post_run(incident_id: str) -> tuple[Response, int]:
     data, actor = body(RunBody), current_actor()
-    incident = incidents.get_incident(db.session(), actor, incident_id)
-    run = engine.start_run(
+    incident = get_incident(db.session(), actor, incident_id)
+    run = runs.start_run(
         session=db.session(),
         incident_id=incident.id,
         name=data.playbook,
@@ -249,7 +250,7 @@ def post_run(incident_id: str) -> tuple[Response, int]:
     errors=(401, 403, 404),
 )
 def stop_run(run_id: int) -> Response:
-    return jsonify(run_dict(engine.stop_run(session=db.session(), run_id=run_id, actor=current_actor())))
+    return jsonify(run_dict(runs.stop_run(session=db.session(), run_id=run_id, actor=current_actor())))
 
 
 @operation(

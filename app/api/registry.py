@@ -5,20 +5,22 @@ from datetime import date
 from flask import Response, jsonify, request
 
 from app import db
-from app.api import body, operation
 from app.api import serialise as out
+from app.api.operations import body, operation
 from app.auth import current_actor
 from app.errors import ApiError
-from incidents import service
+from incidents import systems
 from incidents.errors import FieldError
 from incidents.policy import Capability, require
-from incidents.schemas import SystemCreate, SystemRead
+from incidents.schemas.reads import SystemRead
+from incidents.schemas.registry import SystemCreate
+from incidents.systems import save_system
 
 
 @operation("GET", "/systems", "The information systems in the registry", tag="registry", response=None, errors=(401,))
 def list_systems() -> Response:
     require(current_actor(), Capability.READ_DIRECTORY)
-    return jsonify({"items": [out.system(s) for s in service.list_systems(db.session())], "next_cursor": None})
+    return jsonify({"items": [out.system(s) for s in systems.list_systems(db.session())], "next_cursor": None})
 
 
 @operation(
@@ -33,14 +35,14 @@ def list_systems() -> Response:
 )
 def post_system() -> tuple[Response, int]:
     data = body(SystemCreate)
-    system = service.save_system(session=db.session(), data=data, actor=current_actor())
+    system = save_system(session=db.session(), data=data, actor=current_actor())
     return jsonify(out.system(system)), 201
 
 
 @operation("GET", "/systems/<code>", "One system", tag="registry", response=SystemRead, errors=(401, 404))
 def get_system(code: str) -> Response:
     require(current_actor(), Capability.READ_DIRECTORY)
-    return jsonify(out.system(service.get_system(db.session(), code)))
+    return jsonify(out.system(systems.get_system(db.session(), code)))
 
 
 @operation(
@@ -58,7 +60,7 @@ def list_organisations() -> Response:
         day = date.fromisoformat(on) if on else None
     except ValueError:
         raise ApiError(422, "Invalid request", "on must be a date", errors=[FieldError("on", "YYYY-MM-DD")]) from None
-    orgs = service.list_organisations(db.session(), on=day)
+    orgs = systems.list_organisations(db.session(), on=day)
     return jsonify(
         {
             "items": [

@@ -7,25 +7,20 @@ from flask import Response, current_app, jsonify, request
 from pydantic import Field, model_validator
 from sqlalchemy import select
 
-from app import db, deadline_paging
-from app.api import body, bp, operation
+from app import db
+from app.api.operations import body, operation
 from app.auth import current_actor
 from incidents import audit, deadlines, metrics
 from incidents.errors import FieldError, ValidationFailed
 from incidents.models import Organisation
 from incidents.reporting import periodic, render, reports
-from incidents.schemas import Strict, parse_query
+from incidents.schemas.base import Strict, parse_query
 
 MEDIA = {
     "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
     "pdf": "application/pdf",
     "csv": "text/csv; charset=utf-8",
 }
-
-
-@bp.record_once
-def _configure(state) -> None:
-    deadline_paging.init_app(state.app)
 
 
 class ReportQuery(Strict):
@@ -125,8 +120,10 @@ def get_report(incident_id: str, kind: str) -> Response:
     tag="reports",
 )
 def list_deadlines(incident_id: str) -> Response:
-    clocks = deadlines.clocks_of(db.session(), current_actor(), incident_id)
-    return jsonify({"items": [deadlines.as_dict(c) for c in clocks], "next_cursor": None})
+    session = db.session()
+    clocks = deadlines.clocks_of(session, current_actor(), incident_id)
+    rules = deadlines.rules_of(session)
+    return jsonify({"items": [deadlines.as_dict(c, rules) for c in clocks], "next_cursor": None})
 
 
 def _range(query: RangeQuery, *, default_days: int | None = None) -> tuple[date, date]:

@@ -4,12 +4,13 @@ from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
 from app import db
-from app.api import body, limits, operation, raw_json_body
+from app.api.operations import body, limits, operation, raw_json_body
 from app.auth import current_actor, limit_intake, new_token
-from incidents import service, strict_json
+from incidents import strict_json
 from incidents.access import Actor
+from incidents.filing import FilingSettings
 from incidents.policy import Capability, require
-from incidents.schemas import parse_query
+from incidents.schemas.base import parse_query
 from incidents.sources import admin, ingest, windows
 
 TAG = "sources"
@@ -21,9 +22,9 @@ class SourceKey(BaseModel):
     key: str | None = Field(default=None, description="The intake token; redacted from every log line and metric.")
 
 
-def _settings() -> service.Settings:
+def _settings() -> FilingSettings:
     c = current_app.config
-    return service.Settings(
+    return FilingSettings(
         ref_prefix=c["REF_PREFIX"], standing_body=c["STANDING_BODY"], receipts_by_email=bool(c["SMTP_URL"])
     )
 

@@ -8,13 +8,16 @@ from flask import Response, current_app, jsonify, request
 from pydantic import BaseModel, Field
 
 from app import db
-from app.api import body, operation
-from app.api.incidents import _settings
+from app.api.incidents import service_settings
+from app.api.operations import body, operation
 from app.auth import current_actor
 from app.errors import ApiError
-from incidents import audit, service, stix, stix_import, stix_store, strict_json
+from incidents import audit, strict_json
 from incidents.errors import FieldError, ValidationFailed
-from incidents.schemas import Strict
+from incidents.queries import get_incident
+from incidents.schemas.base import Strict
+from incidents.stix import export, importer, mapping, techniques
+from incidents.stix.store import StixSettings
 
 STIX_MEDIA = "application/stix+json;version=2.1"
 
@@ -44,23 +47,23 @@ class StixImportRead(BaseModel):
     incidents_enriched: list[str]
 
 
-# One pattern for the API and the store (incidents.stix.ATTACK_TECHNIQUE).
-TechniqueId = Annotated[str, Field(pattern=f"^{stix.ATTACK_TECHNIQUE.pattern}$", examples=["T1566.001"])]
+# One pattern for the API and the store (incidents.stix.mapping.ATTACK_TECHNIQUE).
+TechniqueId = Annotated[str, Field(pattern=f"^{mapping.ATTACK_TECHNIQUE.pattern}$", examples=["T1566.001"])]
 
 
 class AttackTechniquesIn(Strict):
     """MITRE ATT&CK technique ids to add to an incident (exported as attack-pattern objects)."""
 
-    techniques: list[TechniqueId] = Field(min_length=1, max_length=stix_store.MAX_TECHNIQUES)
+    techniques: list[TechniqueId] = Field(min_length=1, max_length=techniques.MAX_TECHNIQUES)
 
 
 class AttackTechniquesRead(BaseModel):
     techniques: list[str]
 
 
-def stix_settings() -> stix_store.StixSettings:
+def stix_settings() -> StixSettings:
     c = current_app.config
-    return stix_store.StixSettings(
+    return StixSettings(
         base_url=str(c["BASE_URL"]), board_name=str(c["STIX_BOARD_NAME"]), push=bool(c["STIX_PUSH_URL"])
     )
 
@@ -68,7 +71,7 @@ def stix_settings() -> stix_store.StixSettings:
 def import_settings() -> dict[str, Any]:
     c = current_app.config
     return {
-        "settings": _settings(),
+        "settings": service_settings(),
         "default_tlp": str(c["STIX_DEFAULT_TLP"]),
         "limit": int(c["STIX_IMPORT_LIMIT"]),
         "push": bool(c["STIX_PUSH_URL"]),
@@ -93,7 +96,7 @@ def export_incident(incident_id: str) -> Response:
     if profile not in (None, "opencti"):
         raise ValidationFailed("unknown profile", errors=[FieldError("profile", "only opencti is offered")])
     session = db.session()
-    incident, text = stix_store.export_incident(session, actor, incident_id, stix_settings(), profile=profile)
+    incident, text = export.export_incident(session, actor, incident_id, stix_settings(), profile=profile)
     audit.record_read(session, actor=actor, incident=incident.id, what="stix", source_ip=request.remote_addr)
     return _stix_response(text)
 
@@ -118,9 +121,7 @@ def export_since() -> Response:
         if since.tzinfo is None:
             raise ValidationFailed("bad since", errors=[FieldError("since", "needs a zone")])
         since = since.astimezone(UTC)
-    text, _tlps = stix_store.export_since(
-        db.session(), actor, since, limit=int(current_app.config["STIX_EXPORT_LIMIT"])
-    )
+    text, _tlps = export.export_since(db.session(), actor, since, limit=int(current_app.config["STIX_EXPORT_LIMIT"]))
     return _stix_response(text)
 
 
@@ -147,9 +148,7 @@ def import_bundle() -> Response:
         raise ValidationFailed(
             "not a STIX bundle", errors=[FieldError("body", 'a bundle: {"type": "bundle", "objects": [...]}')]
         )
-    result = stix_import.import_objects(
-        session=db.session(), objects=bundle["objects"], actor=actor, **import_settings()
-    )
+    result = importer.import_objects(session=db.session(), objects=bundle["objects"], actor=actor, **import_settings())
     response = Response(json.dumps(result.as_dict(), ensure_ascii=False), status=200, mimetype="application/json")
     return response
 
@@ -164,8 +163,8 @@ def import_bundle() -> Response:
 )
 def list_attack_techniques(incident_id: str) -> Response:
     session = db.session()
-    incident = service.get_incident(session, current_actor(), incident_id)
-    return jsonify({"techniques": list(stix_store.attack_techniques(session, incident.id))})
+    incident = get_incident(session, current_actor(), incident_id)
+    return jsonify({"techniques": list(techniques.attack_techniques(session, incident.id))})
 
 
 @operation(
@@ -180,5 +179,5 @@ def list_attack_techniques(incident_id: str) -> Response:
 def add_attack_techniques(incident_id: str) -> Response:
     actor = current_actor()
     data = body(AttackTechniquesIn)
-    _incident, techniques = stix_store.add_attack_techniques(db.session(), actor, incident_id, data.techniques)
-    return jsonify({"techniques": list(techniques)})
+    _incident, given = techniques.add_attack_techniques(db.session(), actor, incident_id, data.techniques)
+    return jsonify({"techniques": list(given)})

@@ -13,8 +13,9 @@ from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from app import db
+from app.auth import signin_policy
 from app.errors import retry_after
-from app.web import bp, load_user, policy
+from app.web.browser import bp, load_user
 from app.web.views import field_errors, render
 from incidents import signin
 from incidents.enums import Role
@@ -63,7 +64,7 @@ def _finish_login(user_id: int, second_factor: bool) -> Any:
         second_factor=second_factor,
         source_ip=request.remote_addr,
         user_agent=request.user_agent.string,
-        policy=policy(),
+        policy=signin_policy(),
     )
     session.pop("pending_2fa", None)
     web_user = load_user(key)
@@ -86,7 +87,11 @@ def login() -> Any:
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     result = signin.check_password(
-        session=db.session(), username=username, password=password, policy=policy(), source_ip=request.remote_addr
+        session=db.session(),
+        username=username,
+        password=password,
+        policy=signin_policy(),
+        source_ip=request.remote_addr,
     )
     if result.refusal == "throttled":
         seconds = result.retry_after.total_seconds()
@@ -115,7 +120,7 @@ def login_totp() -> Any:
         user_id=int(pending["user_id"]),
         code=request.form.get("code", ""),
         source_ip=request.remote_addr,
-        policy=policy(),
+        policy=signin_policy(),
     )
     if outcome == "locked":
         return render("login_totp.html", 401, error=_locked_message())
@@ -150,7 +155,7 @@ def enrol_totp() -> Any:
                 secret=secret,
                 code=request.form["code"],
                 source_ip=request.remote_addr,
-                policy=policy(),
+                policy=signin_policy(),
                 current_password=request.form.get("current_password", ""),
                 current_code=request.form.get("current_code", ""),
             )
@@ -164,9 +169,9 @@ def enrol_totp() -> Any:
             session.pop("totp_enrol_secret", None)
             flash(_("Two-factor sign-in is on."), "ok")
             return redirect(url_for("web.home"))
-    uri = signin.totp_uri(username=current_user.username, secret=secret, policy=policy())
+    uri = signin.totp_uri(username=current_user.username, secret=secret, policy=signin_policy())
     qr = segno.make(uri, error="m").svg_data_uri(scale=5, dark="#000", light="#fff")
-    required = str(current_user.role) in policy().totp_required_roles
+    required = str(current_user.role) in signin_policy().totp_required_roles
     return render(
         "enrol_totp.html", 422 if errors else 200, qr=qr, secret=secret, errors=errors, required=required,
         replacing=current_user.has_totp,
@@ -187,7 +192,7 @@ def change_password() -> Any:
                 repeat=request.form.get("repeat_password", ""),
                 keep_session_id=current_user.session_id,
                 source_ip=request.remote_addr,
-                policy=policy(),
+                policy=signin_policy(),
             )
         except signin.Throttled as exc:
             errors = {"current_password": [_throttled_message(exc.retry_after.total_seconds())]}

@@ -6,7 +6,8 @@ from flask import flash, redirect, request, url_for
 from flask_babel import gettext as _
 
 from app import db
-from app.web import bp, current_actor, policy
+from app.auth import signin_policy
+from app.web.browser import bp, current_actor
 from app.web.views import field_errors, render, roles
 from incidents import signin
 from incidents.enums import Role
@@ -24,7 +25,7 @@ def _page(status: int = 200, **context: Any) -> Any:
         status,
         users=signin.list_users(session),
         organisations=list_organisations(session),
-        required_roles=sorted(policy().totp_required_roles),
+        required_roles=sorted(signin_policy().totp_required_roles),
         roles=[r for r in Role if r is not Role.INTAKE],
         **context,
     )

@@ -8,7 +8,8 @@ from flask import current_app
 from flask_babel import gettext as _
 
 from app import db
-from app.web import bp, current_actor, labels
+from app.web import labels
+from app.web.browser import bp, current_actor
 from app.web.records import board_metrics
 from app.web.response import board_context
 from app.web.views import is_fragment, render, roles

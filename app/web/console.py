@@ -7,24 +7,24 @@ from flask import current_app, flash, redirect, request, url_for
 from flask_babel import gettext as _
 
 from app import db
-from app.api import limits
-from app.web import bp, current_actor, labels
+from app.api.operations import limits
+from app.web import labels
+from app.web.browser import bp, current_actor
 from app.web.views import error_page, field_errors, is_fragment, render, roles
-from incidents import audit, service
+from incidents import audit, changes
+from incidents.changes import classify
+from incidents.comments import add_comment, list_comments
 from incidents.enums import Status
 from incidents.errors import Conflict, Forbidden, NotFound, TransitionNotAllowed, ValidationFailed
+from incidents.filing import FilingSettings, file_incidents
 from incidents.lifecycle import allowed_targets
+from incidents.participants import add_participant
 from incidents.policy import Capability, roles_with
-from incidents.schemas import (
-    ClassificationIn,
-    CommentCreate,
-    IncidentCreate,
-    IncidentQuery,
-    ParticipantIn,
-    TransitionIn,
-    parse,
-    parse_query,
-)
+from incidents.queries import art9_assessment, get_incident, list_events, list_incidents, occurrence_count
+from incidents.schemas.base import parse, parse_query
+from incidents.schemas.incidents import ClassificationIn, CommentCreate, IncidentCreate, ParticipantIn, TransitionIn
+from incidents.schemas.queries import IncidentQuery
+from incidents.systems import list_organisations, list_systems
 
 DESK = roles_with(Capability.READ_RESPONSE)
 EDITORS = roles_with(Capability.EDIT_INCIDENT)
@@ -33,9 +33,9 @@ _LIST_FIELDS = ("status", "category", "priority", "tlp")
 _LOCAL_INPUT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?$")
 
 
-def _settings() -> service.Settings:
+def _settings() -> FilingSettings:
     c = current_app.config
-    return service.Settings(
+    return FilingSettings(
         ref_prefix=c["REF_PREFIX"], standing_body=c["STANDING_BODY"], receipts_by_email=bool(c["SMTP_URL"])
     )
 
@@ -54,7 +54,7 @@ def incidents() -> Any:
         query = IncidentQuery()
     session = db.session()
     try:
-        items, next_cursor = service.list_incidents(session, current_actor(), query)
+        items, next_cursor = list_incidents(session, current_actor(), query)
     except ValidationFailed as exc:
         errors = field_errors(exc.errors)
         items, next_cursor = [], None
@@ -134,12 +134,12 @@ def _renumber(errors: dict[str, list[str]], form: Any) -> dict[str, list[str]]:
 def new_incident() -> Any:
     """Form 03 on the web: validated by the same schema as POST /api/v1/incidents; nothing saved on errors."""
     session = db.session()
-    systems = service.list_systems(session)
+    systems = list_systems(session)
     if request.method == "GET":
         return render("intake.html", form={}, errors={}, systems=systems, rows=OBSERVABLE_ROWS, notified=[])
     try:
         data = parse(IncidentCreate, _form_to_payload(request.form), limits())
-        result = service.file_incidents(session=session, items=[data], actor=current_actor(), settings=_settings())
+        result = file_incidents(session=session, items=[data], actor=current_actor(), settings=_settings())
     except ValidationFailed as exc:
         errors = _renumber(field_errors(exc.errors), request.form)
         return render(
@@ -158,9 +158,9 @@ def new_incident() -> Any:
 def _page_context(ref: str) -> dict[str, Any]:
     session = db.session()
     actor = current_actor()
-    incident = service.get_incident(session, actor, ref)
-    events = service.list_events(session, actor, incident.id, after=0, limit=500)
-    comments = service.list_comments(session, actor, incident.id, after=0, limit=500)
+    incident = get_incident(session, actor, ref)
+    events = list_events(session, actor, incident.id, after=0, limit=500)
+    comments = list_comments(session, actor, incident.id, after=0, limit=500)
     from app.web.records import records_context
     from app.web.response import incident_context
 
@@ -171,8 +171,8 @@ def _page_context(ref: str) -> dict[str, Any]:
         "events": events,
         "comments": comments,
         "allowed": allowed_targets(Status(incident.status)) if current_user_may_edit() else [],
-        "art9": service.art9_assessment(incident),
-        "occurrences": service.occurrence_count(session, incident.id),
+        "art9": art9_assessment(incident),
+        "occurrences": occurrence_count(session, incident.id),
     }
 
 
@@ -207,10 +207,11 @@ def _refused(exc: Exception, ref: str) -> Any:
     elif isinstance(exc, Forbidden):
         message = _("Refused: your role may not do this.")
     elif isinstance(exc, ValidationFailed):
-        details = "; ".join(f"{e.field}: {labels.message(e.message)}" for e in exc.errors) or exc.detail
+        details = "; ".join(f"{labels.field(e.field)}: {labels.message(e.message)}" for e in exc.errors)
+        details = details or labels.message(exc.detail)
         message = _("Refused: %(details)s", details=details)
     else:
-        message = _("Refused: %(details)s", details=getattr(exc, "detail", str(exc)))
+        message = _("Refused: %(details)s", details=labels.message(getattr(exc, "detail", str(exc))))
     flash(message, "error")
     return redirect(url_for("web.incident", ref=ref))
 
@@ -221,7 +222,7 @@ def transition(ref: str) -> Any:
     try:
         form = {k: v for k, v in request.form.items() if k in ("to", "note", "resolution", "merged_into") and v}
         data = parse(TransitionIn, form, limits())
-        incident = service.transition(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+        incident = changes.transition(session=db.session(), incident_id=ref, data=data, actor=current_actor())
     except (TransitionNotAllowed, Forbidden, ValidationFailed, Conflict) as exc:
         return _refused(exc, ref)
     flash(_("Moved to “%(status)s”.", status=labels.label(labels.STATUS, incident.status)), "ok")
@@ -242,7 +243,7 @@ def classification(ref: str) -> Any:
         if request.form.get("note"):
             form["note"] = request.form["note"]
         data = parse(ClassificationIn, form, limits())
-        service.classify(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+        classify(session=db.session(), incident_id=ref, data=data, actor=current_actor())
     except (Forbidden, ValidationFailed, Conflict) as exc:
         return _refused(exc, ref)
     flash(_("Classification recorded."), "ok")
@@ -257,7 +258,7 @@ def comment(ref: str) -> Any:
         if request.form.get("tlp"):
             form["tlp"] = request.form["tlp"]
         data = parse(CommentCreate, form, limits())
-        service.add_comment(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+        add_comment(session=db.session(), incident_id=ref, data=data, actor=current_actor())
     except (Forbidden, ValidationFailed) as exc:
         return _refused(exc, ref)
     return redirect(url_for("web.incident", ref=ref) + "#comments")
@@ -269,7 +270,7 @@ def participant(ref: str) -> Any:
     try:
         form = {k: v for k, v in request.form.items() if k in ("user", "organisation", "role") and v}
         data = parse(ParticipantIn, form, limits())
-        service.add_participant(session=db.session(), incident_id=ref, data=data, actor=current_actor())
+        add_participant(session=db.session(), incident_id=ref, data=data, actor=current_actor())
     except (Forbidden, ValidationFailed, Conflict) as exc:
         return _refused(exc, ref)
     return redirect(url_for("web.incident", ref=ref) + "#participants")
@@ -281,8 +282,8 @@ def directory() -> Any:
     from app.web.response import directory_context
 
     session = db.session()
-    organisations = service.list_organisations(session)
-    return render("directory.html", organisations=organisations, systems=service.list_systems(session),
+    organisations = list_organisations(session)
+    return render("directory.html", organisations=organisations, systems=list_systems(session),
                   **directory_context(current_actor(), organisations))  # fmt: skip
 
 
@@ -290,8 +291,8 @@ def directory() -> Any:
 @roles(*roles_with(Capability.MANAGE_DIRECTORY))
 def telegram_link(contact_id: int) -> Any:
     """A one-time Telegram link for a contact, shown once on this answer (never stored, never flashed)."""
-    from app.telegram_bot import new_link
     from app.web.response import directory_context
+    from playbooks.telegram_links import new_link
 
     session = db.session()
     try:
@@ -306,8 +307,8 @@ def telegram_link(contact_id: int) -> Any:
 
     link["name"] = contacts.get_contact(session, contact_id).name
     link["expires"] = datetime.fromisoformat(link["expires_at"]) if link["expires_at"] else None
-    organisations = service.list_organisations(session)
-    body, status = render("directory.html", organisations=organisations, systems=service.list_systems(session),
+    organisations = list_organisations(session)
+    body, status = render("directory.html", organisations=organisations, systems=list_systems(session),
                           telegram_link=link, **directory_context(current_actor(), organisations))  # fmt: skip
     return body, status, {"Cache-Control": "no-store"}
 
@@ -315,7 +316,7 @@ def telegram_link(contact_id: int) -> Any:
 @bp.route("/directory/contacts/<int:contact_id>/telegram-unlink", methods=["POST"])
 @roles(*roles_with(Capability.MANAGE_DIRECTORY))
 def telegram_unlink(contact_id: int) -> Any:
-    from app.telegram_bot import revoke_link
+    from playbooks.telegram_links import revoke_link
 
     try:
         revoke_link(session=db.session(), contact_id=contact_id, actor=current_actor(), source_ip=request.remote_addr)

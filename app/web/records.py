@@ -8,9 +8,9 @@ from flask import Response, current_app, flash, redirect, request, url_for
 from flask_babel import gettext as _
 
 from app import db
-from app.api import limits
 from app.api.evidence import content_disposition, store
-from app.web import bp, current_actor
+from app.api.operations import limits
+from app.web.browser import bp, current_actor
 from app.web.views import roles
 from incidents import deadlines, evidence, metrics
 from incidents.access import Actor
@@ -18,7 +18,7 @@ from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident
 from incidents.policy import Capability, roles_with
 from incidents.reporting import render, reports
-from incidents.schemas import parse
+from incidents.schemas.base import parse
 
 DESK = roles_with(Capability.READ_RESPONSE)
 EDITORS = roles_with(Capability.EDIT_INCIDENT)
@@ -28,7 +28,7 @@ MEDIA = {"docx": "application/vnd.openxmlformats-officedocument.wordprocessingml
 def records_context(actor: Actor, incident: Incident) -> dict[str, Any]:
     """What the incident page shows of its evidence, report versions and deadline clocks."""
     session = db.session()
-    rules = deadlines.active()
+    rules = deadlines.rules_of(session)
     return {
         "evidence_items": evidence.list_evidence(session, actor, incident.id),
         "report_versions": reports.list_reports(session, actor, incident.id),

@@ -8,14 +8,16 @@ from flask_babel import gettext as _
 
 from app import db
 from app.api.stix import stix_settings
-from app.web import bp, current_actor
+from app.web.browser import bp, current_actor
 from app.web.views import roles
-from incidents import audit, dashboard, service, stix_store
+from incidents import audit, dashboard
 from incidents.access import Actor
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from incidents.models import Incident
 from incidents.policy import Capability, allows, roles_with
-from playbooks import directory
+from incidents.queries import get_incident
+from incidents.stix import export
+from playbooks import directory, oncall
 from playbooks import service as playbooks
 
 DESK = roles_with(Capability.READ_RESPONSE)
@@ -42,7 +44,7 @@ def board_context(actor: Actor, open_incidents: list[Incident]) -> dict[str, Any
     refs = {i.id: i for i in open_incidents}
     for req in inbox:
         if req.incident_id not in refs:
-            refs[req.incident_id] = service.get_incident(session, actor, req.incident_id)
+            refs[req.incident_id] = get_incident(session, actor, req.incident_id)
     return {"pages_by_incident": pages, "inbox": inbox, "inbox_incidents": refs}
 
 
@@ -100,7 +102,7 @@ def incident_stix(ref: str) -> Any:
     session = db.session()
     actor = current_actor()
     try:
-        incident, text = stix_store.export_incident(session, actor, ref, stix_settings())
+        incident, text = export.export_incident(session, actor, ref, stix_settings())
     except NotFound:
         from app.web.views import error_page
 
@@ -116,7 +118,7 @@ def directory_context(actor: Actor, organisations: list[Any]) -> dict[str, Any]:
     session = db.session()
     on_call = {}
     for org in organisations[:ON_CALL_ORGANISATIONS]:
-        people = directory.read_on_call(session, actor, organisation=org.code)
+        people = oncall.read_on_call(session, actor, organisation=org.code)
         if people:
             on_call[org.code] = people
     contacts = [

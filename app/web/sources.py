@@ -8,12 +8,12 @@ from flask_babel import gettext as _
 
 from app import db
 from app.auth import new_token
-from app.web import bp, current_actor
+from app.web.browser import bp, current_actor
 from app.web.views import field_errors, render, roles
 from incidents.clock import LOCAL_TZ
 from incidents.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
 from incidents.policy import Capability, roles_with
-from incidents.schemas import parse
+from incidents.schemas.base import parse
 from incidents.sources import admin, windows
 from incidents.sources.models import SourceKind
 

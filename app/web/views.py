@@ -9,7 +9,8 @@ from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
 from app import db
-from app.web import bp, labels
+from app.web import labels
+from app.web.browser import bp
 from incidents.enums import Role
 from incidents.errors import DomainError, FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.models import Event

@@ -14,16 +14,18 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from incidents import jobs, service
+from incidents import jobs
 from incidents.access import Actor, stricter
 from incidents.base import utcnow
+from incidents.clock import LOCAL_TZ
 from incidents.enums import Category, Status
+from incidents.events import record_event
 from incidents.models import Incident, Organisation
 from incidents.policy import Capability, require
 from incidents.records import Report
 from incidents.reporting.reports import CATEGORY_VI, frozen_tlp
+from incidents.uow import in_transaction
 
-LOCAL_TZ = service.LOCAL_TZ
 COLUMNS = ("count", "self", "domestic", "foreign", "national_support", "damage")
 HEADER = [
     "STT",
@@ -196,7 +198,6 @@ def schedule_reminders(session: Session, *, now: datetime | None = None, days_be
     jobs.enqueue_many(session, rows)
 
 
-@jobs.job_kind(REMINDER, max_attempts=5)
 def remind(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     """Put the coming Form 05 on the desk's board, then queue the next reminder."""
     due = job.payload["due"]
@@ -204,7 +205,7 @@ def remind(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     with ctx.sessions() as session:
 
         def work() -> None:
-            service.record_event(
+            record_event(
                 session,
                 kind="report.periodic_due",
                 actor=None,
@@ -217,7 +218,7 @@ def remind(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
                 days_before=int(ctx.config.get("PERIODIC_REMINDER_DAYS", 7)),
             )
 
-        service.in_transaction(session, work)
+        in_transaction(session, work)
 
 
 def as_dict(summary: Summary) -> dict[str, Any]:
