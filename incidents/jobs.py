@@ -65,6 +65,7 @@ class ClaimedJob:
     finished: list[bool] = field(default_factory=list, compare=False, repr=False)
 
 
+# The kinds this process runs, filled by app/wiring.py: a kind must be known to be queued.
 KINDS: dict[str, JobKind] = {}
 
 
@@ -72,16 +73,6 @@ def register(name: str, handler: Callable[[JobContext, ClaimedJob], None], *, ma
              lease_seconds: float = 60) -> None:  # fmt: skip
     """Run jobs of `name` with `handler` in this process (app/wiring.py registers every kind)."""
     KINDS[name] = JobKind(name, handler, max_attempts, timedelta(seconds=lease_seconds))
-
-
-def job_kind(name: str, *, max_attempts: int = 8, lease_seconds: float = 60) -> Callable:
-    """Register a handler for jobs of `name`."""
-
-    def register(handler: Callable[[JobContext, ClaimedJob], None]) -> Callable[[JobContext, ClaimedJob], None]:
-        KINDS[name] = JobKind(name, handler, max_attempts, timedelta(seconds=lease_seconds))
-        return handler
-
-    return register
 
 
 class PermanentError(Exception):

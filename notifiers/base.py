@@ -1,5 +1,6 @@
 """The interface every channel implements: send one message, raise on failure, never block without a timeout."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,9 +29,18 @@ class DeliveryFailed(Exception):
         self.permanent = permanent
 
 
+class Queued(str):
+    """A receipt for a message the channel only queued: it records the delivery's outcome once it has one."""
+
+
 class Notifier(Protocol):
     channel: str
 
     def send(self, message: Message) -> str:
         """Deliver `message`; return the channel's receipt (a message id, a status line)."""
         ...
+
+
+def timeout_of(config: Mapping[str, Any]) -> float:
+    """Seconds any channel's network call may take (`NOTIFY_TIMEOUT`)."""
+    return float(config.get("NOTIFY_TIMEOUT", 10))

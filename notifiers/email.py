@@ -3,11 +3,13 @@
 import re
 import smtplib
 import ssl
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from notifiers.base import DeliveryFailed, Message
+from notifiers.base import DeliveryFailed, Message, timeout_of
 
 # Characters outside RFC 5322 `atext` (a ":" among them) may not stand in a msg-id's left part: a parser
 # stops there (Python's reads "<receipt.email:5@x>" as "<receipt.email"), and a repeat could not be matched.
@@ -76,3 +78,15 @@ class EmailNotifier:
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryFailed(f"SMTP {self.host}:{self.port}: {exc}") from exc
         return mail["Message-ID"]
+
+
+def factory(config: Mapping[str, Any]) -> EmailNotifier | None:
+    """The registry's factory: the channel exists when an SMTP server is configured."""
+    if not config.get("SMTP_URL"):
+        return None
+    return EmailNotifier(
+        config["SMTP_URL"],
+        str(config.get("MAIL_FROM") or "ucsc@localhost"),
+        timeout=timeout_of(config),
+        subject_prefix=str(config.get("MAIL_SUBJECT_PREFIX", "[TBSC]") or ""),
+    )

@@ -1,72 +1,57 @@
-"""The channels a deployment has configured, by name; a new channel registers a factory here."""
+"""The channels, one line each: the only list of channel names the rest of the code reads.
+
+Adding a channel is a module in notifiers/ with a `Notifier` and a `factory(config)`, plus one line in
+`CHANNELS`; the contact directory, the playbook schema and the paging engine take the names from here.
+"""
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from notifiers import outbound
+from notifiers import email, outbox, sms, telegram, webhook
 from notifiers.base import Notifier
-from notifiers.email import EmailNotifier
-from notifiers.sms import SmsNotifier
-from notifiers.telegram import factory as telegram_factory
-from notifiers.webhook import WebhookNotifier
 
-# name -> factory(config) returning the channel, or None when the deployment has not configured it.
+# factory(config) returns the channel, or None when the deployment has not configured it.
 Factory = Callable[[Mapping[str, Any]], Notifier | None]
-FACTORIES: dict[str, Factory] = {}
-# The contact field that holds each channel's address.
-ADDRESS_FIELDS: dict[str, str] = {}
-# Above this TLP a channel carries only the reference and a link (configurable per deployment).
-DEFAULT_MAX_TLP = {"email": "amber", "sms": "green", "webhook": "amber", "telegram": "amber"}
 
 
-def register_channel(name: str, factory: Factory, *, address_field: str) -> None:
-    """Make channel `name` available: `factory(config)` builds it; contacts hold its address in `address_field`."""
-    FACTORIES[name] = factory
-    ADDRESS_FIELDS[name] = address_field
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    factory: Factory
+    address_field: str  # the contact field that holds the channel's address
+    max_tlp: str  # above this TLP the channel carries only the reference and a link (`CHANNEL_MAX_TLP` overrides)
+    default: bool  # a new contact is reached on it unless told otherwise
 
 
-def _timeout(config: Mapping[str, Any]) -> float:
-    return float(config.get("NOTIFY_TIMEOUT", 10))
-
-
-def _email(config: Mapping[str, Any]) -> Notifier | None:
-    if not config.get("SMTP_URL"):
-        return None
-    return EmailNotifier(
-        config["SMTP_URL"],
-        str(config.get("MAIL_FROM") or "ucsc@localhost"),
-        timeout=_timeout(config),
-        subject_prefix=str(config.get("MAIL_SUBJECT_PREFIX", "[TBSC]") or ""),
+# In the order a new contact tries them.
+CHANNELS: dict[str, Channel] = {
+    c.name: c
+    for c in (
+        Channel("telegram", telegram.factory, "telegram_chat_id", max_tlp="amber", default=True),
+        Channel("email", email.factory, "email", max_tlp="amber", default=True),
+        Channel("sms", sms.factory, "phone", max_tlp="green", default=True),
+        Channel("webhook", webhook.factory, "webhook_url", max_tlp="amber", default=False),
+        Channel("outbox", outbox.factory, "name", max_tlp="amber", default=False),  # the last resort when on
     )
-
-
-def _webhook(config: Mapping[str, Any]) -> Notifier | None:
-    return WebhookNotifier(timeout=_timeout(config), allow=outbound.Allowance.parse(config.get("OUTBOUND_ALLOW")))
-
-
-def _sms(config: Mapping[str, Any]) -> Notifier | None:
-    if not config.get("SMS_GATEWAY_URL"):
-        return None
-    return SmsNotifier.from_config(config, timeout=_timeout(config))
-
-
-register_channel("email", _email, address_field="email")
-register_channel("webhook", _webhook, address_field="webhook_url")
-register_channel("sms", _sms, address_field="phone")
-register_channel("telegram", telegram_factory, address_field="telegram_chat_id")
+}
+NAMES = tuple(CHANNELS)
+DEFAULT_CHANNELS = tuple(c.name for c in CHANNELS.values() if c.default)
+ADDRESS_FIELDS = {c.name: c.address_field for c in CHANNELS.values()}
 
 
 def build_notifiers(config: Mapping[str, Any]) -> dict[str, Notifier]:
-    """Every registered channel the configuration enables (webhooks always: each address names its own URL)."""
+    """Every channel the configuration enables (webhooks always: each address names its own URL)."""
     channels: dict[str, Notifier] = {}
-    for name, factory in FACTORIES.items():
-        notifier = factory(config)
+    for channel in CHANNELS.values():
+        notifier = channel.factory(config)
         if notifier is not None:
-            channels[name] = notifier
+            channels[channel.name] = notifier
     return channels
 
 
 def max_tlp(config: Mapping[str, Any], channel: str) -> str:
     """The highest TLP `channel` may carry in full (`CHANNEL_MAX_TLP` overrides the defaults)."""
     overrides = config.get("CHANNEL_MAX_TLP") or {}
-    return str(overrides.get(channel) or DEFAULT_MAX_TLP.get(channel, "green"))
+    known = CHANNELS.get(channel)
+    return str(overrides.get(channel) or (known.max_tlp if known else "green"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from notifiers.base import DeliveryFailed, Message
+from notifiers.base import DeliveryFailed, Message, timeout_of
 
 PRESETS: dict[str, dict[str, Any]] = {
     # A plain JSON gateway (and the test receiver).
@@ -144,3 +144,10 @@ def _unaccent(text: str) -> str:
     """Vietnamese without diacritics, case kept (search's `fold` would also lower-case it)."""
     decomposed = unicodedata.normalize("NFKD", text.translate(_D))
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def factory(config: Mapping[str, Any]) -> SmsNotifier | None:
+    """The registry's factory: the channel exists when an SMS gateway is configured."""
+    if not config.get("SMS_GATEWAY_URL"):
+        return None
+    return SmsNotifier.from_config(config, timeout=timeout_of(config))

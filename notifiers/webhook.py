@@ -4,11 +4,13 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
 from notifiers import outbound
-from notifiers.base import DeliveryFailed, Message
+from notifiers.base import DeliveryFailed, Message, timeout_of
 
 SIGNATURE_HEADER = "X-UCSC-Signature"
 
@@ -48,3 +50,9 @@ class WebhookNotifier:
 
     def close(self) -> None:
         self.client.close()
+
+
+def factory(config: Mapping[str, Any]) -> WebhookNotifier:
+    """The registry's factory: always there, since each address names its own URL (checked against
+    `OUTBOUND_ALLOW`)."""
+    return WebhookNotifier(timeout=timeout_of(config), allow=outbound.Allowance.parse(config.get("OUTBOUND_ALLOW")))

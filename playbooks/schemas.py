@@ -5,7 +5,8 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field
 
 from incidents.base import MAX_ID
-from incidents.schemas import Strict
+from incidents.schemas.base import Strict
+from notifiers import registry
 
 # A row id: positive and within BIGINT, so an impossible one is a field error, never a database overflow.
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -13,7 +14,7 @@ MAX_VERSION = 2**31 - 1  # playbook_versions.version is a 32-bit INTEGER: Postgr
 
 Text300 = Annotated[str, Field(max_length=300)]
 Note = Annotated[str, Field(max_length=2000)]
-Channel = Literal["telegram", "email", "sms", "webhook"]
+Channel = Literal[registry.NAMES]  # type: ignore[valid-type]
 
 
 class ContactBody(Strict):
@@ -26,7 +27,7 @@ class ContactBody(Strict):
     webhook_url: Annotated[str, Field(max_length=2000)] | None = None
     webhook_secret: Annotated[str, Field(max_length=128)] | None = None
     language: Literal["vi", "en"] | None = None
-    channels: Annotated[list[Channel], Field(max_length=4)] | None = None
+    channels: Annotated[list[Channel], Field(max_length=len(registry.NAMES))] | None = None
     roles: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=20)] | None = None
     user: Annotated[str, Field(max_length=150)] | None = None
     active: bool | None = None
