@@ -187,6 +187,3 @@ def take_feed_lock(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FEED_LOCK_KEY})
         session.info["feed_lock_tx"] = tx
 
-
-# Until app/wiring.py registers the Session listeners, importing this module does.
-install()

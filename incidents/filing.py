@@ -257,7 +257,7 @@ def _insert_incidents(
 ) -> dict[int, tuple["_Filed", dict[str, Any]]]:
     """Insert new incidents with their observables, participants and first occurrences; rows by item index."""
     # Core executemany INSERTs, one per table, instead of ORM objects and a unit-of-work flush: the ORM's
-    # per-object bookkeeping was most of a filing's cost, four-fifths of it for 500 incidents (bench/intake.py).
+    # per-object bookkeeping, not the database, is what a large batch would spend its time on (bench/intake.py).
     session.flush()  # what is pending (occurrences of older incidents) is written first, as it always was
     values = []
     for (i, item, system), ref in zip(new_rows, refs, strict=True):
