@@ -16,7 +16,7 @@ from incidents.access import stricter
 from incidents.models import Event, Incident, Job
 from incidents.uow import in_transaction
 from notifiers import telegram as tg
-from notifiers.base import DeliveryFailed, Message
+from notifiers.base import DeliveryFailed, Message, Queued
 from playbooks.models import DELIVERY_QUEUED, Contact, Delivery, Page
 from playbooks.telegram_models import TelegramChat, TelegramLeader
 
@@ -62,7 +62,7 @@ class Outbox:
         self.views = Views(settings, config)
         self.queued: Callable[[], None] = lambda: None  # the runtime's wake-up, called after a send is queued
 
-    def enqueue_page(self, message: Message) -> str:
+    def enqueue_page(self, message: Message) -> Queued:
         """The channel's `send`: render the page for its contact and queue it for the leader (one transaction).
 
         The page's other Telegram deliveries still queued are rendered and queued in the same transaction (their
@@ -86,7 +86,7 @@ class Outbox:
                 own = f"tg:page.{page.id}.{contact_id}.{wave}"
                 if session.scalar(select(Job.id).where(Job.idempotency_key == own)) is not None:
                     session.rollback()  # a sibling's send queued this one with its own (below)
-                    return f"queued for Telegram as tg:{message.key}"
+                    return Queued(f"queued for Telegram as tg:{message.key}")
                 payloads = self._page_payloads(session, page, chat_id, contact_id, wave)
 
             siblings_queued = [p["delivery_id"] for p in payloads if p["delivery_id"] and p["contact_id"] != contact_id]
@@ -95,11 +95,11 @@ class Outbox:
                 jobs.enqueue_many(session, [jobs.job_values(SEND, p, key=p["key"], incident_id=p["incident_id"])
                                             for p in payloads])  # fmt: skip
                 if siblings_queued:
-                    handed_over(session, page.id, siblings_queued)
+                    handed_over(session, siblings_queued)
 
             in_transaction(session, work)
         self.queued()
-        return f"queued for Telegram as tg:{message.key}"
+        return Queued(f"queued for Telegram as tg:{message.key}")
 
     def _page_payloads(self, session: Session, page: Page, chat_id: int, contact_id: int | None,
                        wave: int) -> list[dict[str, Any]]:  # fmt: skip

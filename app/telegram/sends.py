@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.telegram.delivery import delivery_failed, name_message
+from app.telegram.delivery import accepted, delivery_failed
 from app.telegram.outbox import LEADER_KINDS
 from app.telegram.settings import Settings
 from incidents import jobs
@@ -15,7 +15,6 @@ from incidents.base import utcnow
 from incidents.events import record_event
 from incidents.models import Event, Incident, Job
 from incidents.uow import in_transaction
-from playbooks.models import Delivery
 from playbooks.telegram_models import TelegramChat, TelegramLeader, TelegramMessage
 
 Sent = tuple[jobs.ClaimedJob, int, datetime, float]  # the job, the message id, when, the chat's spacing
@@ -55,12 +54,9 @@ class Sends:
             def work() -> None:
                 keys = [job.payload["key"] for job, *_ in batch]
                 known = set(session.scalars(select(TelegramMessage.key).where(TelegramMessage.key.in_(keys))))
-                # Their chats and deliveries in two reads, not two each (the gets below find them loaded).
+                # Their chats in one read, not one each (the gets below find them loaded).
                 chats = {int(job.payload["chat_id"]) for job, *_ in batch}
                 list(session.scalars(select(TelegramChat).where(TelegramChat.chat_id.in_(chats))))
-                deliveries = [job.payload["delivery_id"] for job, *_ in batch if job.payload.get("delivery_id")]
-                if deliveries:
-                    list(session.scalars(select(Delivery).where(Delivery.id.in_(deliveries))))
                 for job, message_id, at, spacing in batch:
                     p = job.payload
                     if p["key"] not in known:
@@ -73,8 +69,8 @@ class Sends:
                         ))  # fmt: skip
                     _space(session, int(p["chat_id"]), at + timedelta(seconds=spacing), sent=True)
                     _finish(session, job, worker, jobs.DONE)
-                    if p.get("delivery_id"):
-                        name_message(session, p["delivery_id"], int(p["chat_id"]), message_id)
+                accepted(session, [(job.payload["delivery_id"], int(job.payload["chat_id"]), message_id)
+                                   for job, message_id, *_ in batch if job.payload.get("delivery_id")])  # fmt: skip
 
             in_transaction(session, work)
 
