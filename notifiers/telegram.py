@@ -1,6 +1,6 @@
 """Telegram messages: the page text in the contact's language, its three buttons, and signed callback data.
 
-No Flask here and no network: the worker's Telegram runtime (`app/telegram_bot.py`) sends what this module
+No Flask here and no network: the worker's Telegram runtime (`app/telegram/`) sends what this module
 renders, and verifies presses with `verify_callback`.
 """
 
@@ -23,6 +23,7 @@ from babel.support import NullTranslations, Translations
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.warnings import PTBDeprecationWarning
 
+from incidents.enums import tlp_above
 from notifiers.base import DeliveryFailed, Message
 
 CHANNEL = "telegram"
@@ -31,7 +32,6 @@ MAX_CALLBACK_DATA = 64  # bytes (telegram.constants.InlineKeyboardButtonLimit.MA
 DEFAULT_LANGUAGE = "vi"
 LANGUAGES = ("vi", "en")
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
-TLP_ORDER = ("clear", "green", "amber", "amber+strict", "red")
 # A group chat is read by people the page's TLP may not reach: at most amber there (design, security baseline).
 GROUP_MAX_TLP = "amber"
 # Caps on the free-text fields, so the longest possible page stays within MAX_TEXT with everything else.
@@ -64,10 +64,6 @@ def retry_seconds(exc: Any) -> float:
         warnings.simplefilter("ignore", PTBDeprecationWarning)
         value = exc.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def tlp_above(tlp: str, maximum: str) -> bool:
-    return TLP_ORDER.index(tlp) > TLP_ORDER.index(maximum)
 
 
 def esc(value: Any) -> str:
