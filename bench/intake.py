@@ -92,7 +92,7 @@ def incident_payload(n: int, tag: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- the client
 
 
-class _Connection:
+class Connection:
     """One keep-alive connection; it reconnects when idle long enough for gunicorn's keepalive to close it."""
 
     IDLE = 1.5  # gunicorn closes idle keep-alive connections after 2 s by default
@@ -135,10 +135,10 @@ def run_load(spec: dict[str, Any]) -> dict[str, Any]:
     failures: list[str] = []
     slots = itertools.count()
     lock = threading.Lock()
-    connections = [_Connection("127.0.0.1", spec["port"]) for _ in range(spec["connections"])]
+    connections = [Connection("127.0.0.1", spec["port"]) for _ in range(spec["connections"])]
     start = time.perf_counter() + 0.2  # every thread is waiting before the first slot
 
-    def client(conn: _Connection) -> None:
+    def client(conn: Connection) -> None:
         while True:
             k = next(slots)
             if k >= n:

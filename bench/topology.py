@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 from _common import cpu_seconds, env, flask, percentile, worker_pid
-from intake import _Connection, incident_payload
+from intake import Connection, incident_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
@@ -125,7 +125,7 @@ def _load(ports: list[int], token: str, first: int, count: int) -> dict[str, Any
     latencies: list[float] = []
 
     def client(port: int) -> None:
-        conn = _Connection("127.0.0.1", port)
+        conn = Connection("127.0.0.1", port)
         while True:
             with lock:
                 k = next(nxt, None)
