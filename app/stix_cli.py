@@ -9,11 +9,12 @@ from sqlalchemy import select
 
 from app import db
 from app.api.stix import import_settings
-from incidents import stix_import, strict_json
+from incidents import strict_json
 from incidents.access import Actor
 from incidents.enums import Role
 from incidents.errors import ValidationFailed
 from incidents.models import User
+from incidents.stix import importer
 
 BATCH = 2000
 
@@ -55,7 +56,7 @@ def import_command(files: tuple[Path, ...], batch: int) -> None:
             for start in range(0, len(objects), batch):
                 chunk = objects[start : start + batch]
                 try:
-                    result = stix_import.import_objects(
+                    result = importer.import_objects(
                         session=db.session(), objects=chunk, actor=actor, known_ids=ids, **options
                     )
                 except ValidationFailed as exc:

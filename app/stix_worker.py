@@ -7,17 +7,18 @@ from typing import Any
 
 from sqlalchemy import text
 
-from incidents import stix_push, stix_store  # noqa: F401 - registers the push job kind
+from incidents.stix import projector
+from incidents.stix.store import StixSettings
 
 log = logging.getLogger("ucsc.stix.projector")
 # Events per projector batch. A batch that is not full means the projector has caught up: it then waits one
-# poll interval, so that the incidents filed meanwhile share write transactions (stix_store.WRITE_ROWS) instead
+# poll interval, so that the incidents filed meanwhile share write transactions (projector.WRITE_ROWS) instead
 # of each taking SQLite's write lock, which intake waits for, on its own.
 BATCH = 200
 
 
-def _settings(config: dict[str, Any]) -> stix_store.StixSettings:
-    return stix_store.StixSettings(
+def _settings(config: dict[str, Any]) -> StixSettings:
+    return StixSettings(
         base_url=str(config["BASE_URL"]), board_name=str(config["STIX_BOARD_NAME"]), push=bool(config["STIX_PUSH_URL"])
     )
 
@@ -54,7 +55,7 @@ async def run(worker: Any) -> None:
 def _lead(engine: Any) -> Any:
     """A connection holding the projector's session advisory lock, or None when another worker holds it."""
     conn = engine.connect()
-    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": stix_store.PROJECTOR_LOCK_KEY}).scalar()
+    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": projector.PROJECTOR_LOCK_KEY}).scalar()
     conn.commit()
     if got:
         log.info("this worker leads the STIX projection")
@@ -63,6 +64,6 @@ def _lead(engine: Any) -> Any:
     return None
 
 
-def _batch(worker: Any, settings: stix_store.StixSettings) -> int:
+def _batch(worker: Any, settings: StixSettings) -> int:
     with worker.sessions() as session:
-        return stix_store.project_pending(session, settings, batch=BATCH)
+        return projector.project_pending(session, settings, batch=BATCH)

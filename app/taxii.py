@@ -1,7 +1,8 @@
 """TAXII 2.1 at /taxii2/: discovery, one API root, collections per audience, objects, manifest, versions, status.
 
-Collections are views of the one STIX store, selected by the reader's clearance (incidents/stix_store.py
-applies the incident and TLP rules to every row). Authentication: Basic (the password is an API token) or Bearer.
+Collections are views of the one STIX store, selected by the reader's clearance (incidents/stix/store.py
+applies the incident and TLP rules to every row); who may read or write each is a capability in
+incidents/policy.py. Authentication: Basic (the password is an API token) or Bearer.
 """
 
 import base64
@@ -15,13 +16,16 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from app import db
+from app.api.stix import import_settings
 from app.auth import check_token
 from app.errors import ApiError
-from incidents import stix, stix_import, stix_store, strict_json
+from incidents import strict_json
 from incidents.access import Actor
 from incidents.enums import TLP, Role
 from incidents.errors import DomainError, Forbidden, NotFound, ValidationFailed
 from incidents.models import TaxiiStatus
+from incidents.policy import Capability, allows
+from incidents.stix import importer, taxii_query
 
 TAXII = "application/taxii+json;version=2.1"
 STIX_MEDIA = "application/stix+json;version=2.1"
@@ -32,15 +36,21 @@ bp = Blueprint("taxii", __name__, url_prefix="/taxii2")
 
 @dataclass(frozen=True)
 class Collection:
-    """One audience: the highest TLP it carries and the roles that may read and write it."""
+    """One audience: the highest TLP it carries and the capabilities that read and write it."""
 
     id: str
     alias: str
     title: str
     description: str
     max_tlp: str
-    readers: frozenset[Role]
-    writers: frozenset[Role]
+    read: Capability
+    write: Capability
+
+    def can_read(self, actor: Actor) -> bool:
+        return allows(actor, self.read)
+
+    def can_write(self, actor: Actor) -> bool:
+        return allows(actor, self.write)
 
     def as_dict(self, actor: Actor) -> dict[str, Any]:
         return {
@@ -48,13 +58,12 @@ class Collection:
             "title": self.title,
             "description": self.description,
             "alias": self.alias,
-            "can_read": actor.role in self.readers,
-            "can_write": actor.role in self.writers,
+            "can_read": self.can_read(actor),
+            "can_write": self.can_write(actor),
             "media_types": [STIX_MEDIA],
         }
 
 
-_DESK = frozenset({Role.ADMIN, Role.OPERATOR, Role.COMMITTEE})
 COLLECTIONS = [
     Collection(
         "1f0b2a4c-5d6e-4f70-8a91-b2c3d4e5f601",
@@ -62,8 +71,8 @@ COLLECTIONS = [
         "Công khai (TLP:CLEAR)",
         "Objects anyone may share: TLP:CLEAR only.",
         TLP.CLEAR.value,
-        frozenset(Role) - {Role.INTAKE},
-        frozenset({Role.ADMIN, Role.OPERATOR}),
+        Capability.READ_STIX_FEED,
+        Capability.SHARE_STIX,
     ),
     Collection(
         "2a1c3b5d-6e7f-4081-9ba2-c3d4e5f60712",
@@ -71,8 +80,8 @@ COLLECTIONS = [
         "Điều phối quốc gia (national coordinator)",
         "What the national coordinator receives: up to TLP:AMBER.",
         TLP.AMBER.value,
-        _DESK,
-        frozenset({Role.ADMIN, Role.OPERATOR}),
+        Capability.READ_NATIONAL_STIX,
+        Capability.SHARE_STIX,
     ),
     Collection(
         "3b2d4c6e-7f80-4192-acb3-d4e5f6071823",
@@ -80,8 +89,8 @@ COLLECTIONS = [
         "Tổ ứng cứu (working group)",
         "Everything the reader is cleared for, TLP:RED to named participants only.",
         TLP.RED.value,
-        _DESK | {Role.RESPONDER},
-        frozenset({Role.ADMIN, Role.OPERATOR, Role.RESPONDER}),
+        Capability.READ_STIX_FEED,
+        Capability.IMPORT_STIX,
     ),
 ]
 _BY_ID = {c.id: c for c in COLLECTIONS}
@@ -180,9 +189,9 @@ def _collection(collection_id: str, *, write: bool = False) -> Collection:
     if col is None:
         raise TaxiiError(404, "Not Found", f"no collection {collection_id}")
     actor: Actor = g.actor
-    if actor.role not in col.readers and not (write and actor.role in col.writers):
+    if not col.can_read(actor) and not (write and col.can_write(actor)):
         raise TaxiiError(403, "Forbidden", "your role may not read this collection")
-    if write and actor.role not in col.writers:
+    if write and not col.can_write(actor):
         raise TaxiiError(403, "Forbidden", "your role may not write to this collection")
     return col
 
@@ -206,7 +215,7 @@ def _timestamp(name: str, value: str) -> datetime:
     return parsed.astimezone(UTC)
 
 
-def _filters(*, default_version: str = "last") -> stix_store.Filters:
+def _filters(*, default_version: str = "last") -> taxii_query.Filters:
     args = request.args
 
     def listed(name: str) -> tuple[str, ...]:
@@ -217,7 +226,7 @@ def _filters(*, default_version: str = "last") -> stix_store.Filters:
         if v not in ("last", "first", "all"):
             _timestamp("match[version]", v)
     added_after = args.get("added_after")
-    return stix_store.Filters(
+    return taxii_query.Filters(
         added_after=_timestamp("added_after", added_after) if added_after else None,
         ids=listed("match[id]"),
         types=listed("match[type]"),
@@ -245,7 +254,7 @@ def _page_headers(rows: list[Any]) -> dict[str, str]:
     }
 
 
-def _envelope(page: stix_store.Page) -> str:
+def _envelope(page: taxii_query.Page) -> str:
     head: dict[str, Any] = {"more": page.more}
     if page.next:
         head["next"] = page.next
@@ -310,7 +319,7 @@ def _status_body(row: TaxiiStatus) -> dict[str, Any]:
 def collections(api_root: str) -> Response:
     _root(api_root)
     actor: Actor = g.actor
-    return _answer({"collections": [c.as_dict(actor) for c in COLLECTIONS if actor.role in c.readers | c.writers]})
+    return _answer({"collections": [c.as_dict(actor) for c in COLLECTIONS if c.can_read(actor) or c.can_write(actor)]})
 
 
 @bp.get("/<api_root>/collections/<collection_id>/", strict_slashes=False)
@@ -323,7 +332,7 @@ def collection(api_root: str, collection_id: str) -> Response:
 def get_objects(api_root: str, collection_id: str) -> Response:
     _root(api_root)
     col = _collection(collection_id)
-    page = stix_store.query_objects(
+    page = taxii_query.query_objects(
         db.session(), g.actor, col.max_tlp, _filters(), limit=_limit(), next_token=request.args.get("next")
     )
     return _answer(_envelope(page), headers=_page_headers(page.rows))
@@ -343,10 +352,8 @@ def add_objects(api_root: str, collection_id: str) -> Response:
         raise TaxiiError(400, "Bad Request", exc.errors[0].message) from None
     if not isinstance(envelope, dict) or not isinstance(envelope.get("objects"), list):
         raise TaxiiError(422, "Unprocessable Content", 'send an envelope: {"objects": [...]}')
-    from app.api.stix import import_settings
-
     status_id = str(uuid.uuid4())
-    stix_import.import_objects(
+    importer.import_objects(
         session=db.session(),
         objects=envelope["objects"],
         actor=g.actor,
@@ -361,7 +368,7 @@ def add_objects(api_root: str, collection_id: str) -> Response:
 def get_object(api_root: str, collection_id: str, object_id: str) -> Response:
     _root(api_root)
     col = _collection(collection_id)
-    page = stix_store.query_objects(
+    page = taxii_query.query_objects(
         db.session(), g.actor, col.max_tlp, _with_id(object_id), limit=_limit(), next_token=request.args.get("next")
     )
     if not page.rows:
@@ -369,16 +376,16 @@ def get_object(api_root: str, collection_id: str, object_id: str) -> Response:
     return _answer(_envelope(page), headers=_page_headers(page.rows))
 
 
-def _with_id(object_id: str, *, default_version: str = "last") -> stix_store.Filters:
+def _with_id(object_id: str, *, default_version: str = "last") -> taxii_query.Filters:
     f = _filters(default_version=default_version)
-    return stix_store.Filters(f.added_after, (object_id,), f.types, f.versions, f.spec_versions)
+    return taxii_query.Filters(f.added_after, (object_id,), f.types, f.versions, f.spec_versions)
 
 
 @bp.delete("/<api_root>/collections/<collection_id>/objects/<object_id>/", strict_slashes=False)
 def delete_object(api_root: str, collection_id: str, object_id: str) -> Response:
     _root(api_root)
     col = _collection(collection_id, write=True)
-    stix_store.delete_object(db.session(), g.actor, col.max_tlp, object_id, _with_id(object_id, default_version="all"))
+    taxii_query.delete_object(db.session(), g.actor, col.max_tlp, object_id, _with_id(object_id, default_version="all"))
     return Response(status=200, content_type=TAXII)
 
 
@@ -386,7 +393,7 @@ def delete_object(api_root: str, collection_id: str, object_id: str) -> Response
 def versions(api_root: str, collection_id: str, object_id: str) -> Response:
     _root(api_root)
     col = _collection(collection_id)
-    page = stix_store.query_objects(
+    page = taxii_query.query_objects(
         db.session(),
         g.actor,
         col.max_tlp,
@@ -406,7 +413,7 @@ def versions(api_root: str, collection_id: str, object_id: str) -> Response:
 def manifest(api_root: str, collection_id: str) -> Response:
     _root(api_root)
     col = _collection(collection_id)
-    page = stix_store.query_objects(
+    page = taxii_query.query_objects(
         db.session(), g.actor, col.max_tlp, _filters(), limit=_limit(), next_token=request.args.get("next")
     )
     body: dict[str, Any] = {"more": page.more}
@@ -429,4 +436,4 @@ def collection_ids() -> dict[str, str]:
     return {c.alias: c.id for c in COLLECTIONS}
 
 
-__all__ = ["COLLECTIONS", "bp", "collection_ids", "stix"]
+__all__ = ["COLLECTIONS", "bp", "collection_ids"]

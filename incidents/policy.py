@@ -24,6 +24,9 @@ class Capability(StrEnum):
     MAKE_REPORTS = "make_reports"
     READ_PERIODIC_REPORTS = "read_periodic_reports"
     IMPORT_STIX = "import_stix"
+    READ_STIX_FEED = "read_stix_feed"
+    READ_NATIONAL_STIX = "read_national_stix"
+    SHARE_STIX = "share_stix"
     DELETE_TAXII_OBJECTS = "delete_taxii_objects"
     MANAGE_REGISTRY = "manage_registry"
     READ_DIRECTORY = "read_directory"
@@ -41,6 +44,7 @@ class Capability(StrEnum):
     READ_AUDIT = "read_audit"
     MANAGE_USERS = "manage_users"
     MANAGE_SOURCES = "manage_sources"
+    ASSIGN_INCIDENT = "assign_incident"
 
 
 C = Capability
@@ -48,18 +52,23 @@ C = Capability
 # Intake clients file and read back their own incidents, nothing else: the working group's discussion, people,
 # evidence, reports, pages and runs (READ_RESPONSE) are not theirs. Committee members read and give directives;
 # they do not change incidents. Operators and admins run the desk; admins alone govern the system.
-_PEOPLE = {C.READ_INCIDENTS, C.READ_RESPONSE, C.COMMENT, C.READ_DIRECTORY, C.REQUEST_SUPPORT, C.VIEW_BOARD}
+# STIX: the board's people read the shared feed and the TAXII public and working-group collections; the national
+# coordinator's collection is the desk's and the committee's; the desk alone writes what leaves the board.
+_PEOPLE = {C.READ_INCIDENTS, C.READ_RESPONSE, C.COMMENT, C.READ_DIRECTORY, C.REQUEST_SUPPORT, C.VIEW_BOARD,
+           C.READ_STIX_FEED}  # fmt: skip
 _EDITORS = {C.FILE_INCIDENT, C.EDIT_INCIDENT, C.MOVE_INCIDENT, C.PROPOSE_CLASS, C.ADD_EVIDENCE, C.MAKE_REPORTS,
             C.IMPORT_STIX}  # fmt: skip
 _DESK = {C.LOWER_TLP, C.MANAGE_PARTICIPANTS, C.READ_PERIODIC_REPORTS, C.MANAGE_REGISTRY, C.READ_DIRECTORY_PERSONAL,
          C.MANAGE_DIRECTORY, C.PAGE_BY_HAND, C.ACT_ON_OTHERS_PAGES, C.READ_PLAYBOOKS, C.RUN_PLAYBOOKS,
-         C.REQUEST_DIRECTION, C.MANAGE_SOURCES}  # fmt: skip
+         C.REQUEST_DIRECTION, C.MANAGE_SOURCES, C.ASSIGN_INCIDENT, C.READ_NATIONAL_STIX, C.SHARE_STIX}  # fmt: skip
 
 CAPABILITIES: dict[Role, frozenset[Capability]] = {
     Role.ADMIN: frozenset(Capability),
     Role.OPERATOR: frozenset(_PEOPLE | _EDITORS | _DESK),
     Role.RESPONDER: frozenset(_PEOPLE | _EDITORS),
-    Role.COMMITTEE: frozenset(_PEOPLE | {C.DECIDE_CLASS, C.GIVE_DIRECTIVES, C.READ_PERIODIC_REPORTS}),
+    Role.COMMITTEE: frozenset(
+        _PEOPLE | {C.DECIDE_CLASS, C.GIVE_DIRECTIVES, C.READ_PERIODIC_REPORTS, C.READ_NATIONAL_STIX}
+    ),
     Role.INTAKE: frozenset({C.FILE_INCIDENT, C.READ_INCIDENTS}),
 }
 

@@ -29,7 +29,7 @@ from app.taxii import collection_ids
 from incidents import accounts
 from incidents.enums import Role
 from incidents.models import BrowserSession, Organisation, User
-from incidents.stix import TLP_MARKING_IDS
+from incidents.stix.mapping import TLP_MARKING_IDS
 from playbooks import service as playbook_service
 from playbooks.models import Task
 from tests import authz_matrix as M

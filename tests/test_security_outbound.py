@@ -20,10 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import db
-from incidents import jobs, stix_push  # noqa: F401 - registers the push job kind
+from incidents import jobs
 from incidents.models import ApiToken
-from incidents.stix_store import enqueue_push
-from playbooks import engine
+from incidents.stix.push import enqueue_push
+from playbooks.delivery import DELIVER
 from playbooks.models import Delivery
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
@@ -121,7 +121,7 @@ def _page_dic(app: Flask, client: FlaskClient, operator: dict[str, str]) -> int:
     """File an incident whose playbook pages the standing body; run the playbook and the deliveries here."""
     incident_id = client.post("/api/v1/incidents", json=incident_payload(category="other"), headers=operator).json["id"]
     paging.run_jobs(app)
-    paging.run_jobs(app, (engine.DELIVER,), send=True)
+    paging.run_jobs(app, (DELIVER,), send=True)
     return incident_id
 
 

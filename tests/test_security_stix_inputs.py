@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from app import db
 from incidents.models import StixObject
-from incidents.stix import TLP_MARKING_IDS
+from incidents.stix.mapping import TLP_MARKING_IDS
 from tests.conftest import ROOT, incident_payload
 
 URL = "/api/v1/incidents"

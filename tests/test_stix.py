@@ -13,10 +13,11 @@ from sqlalchemy import func, select
 from stix2validator import ValidationOptions, validate_string
 
 from app import db
-from incidents import stix_store
 from incidents.access import Actor
 from incidents.enums import Role
 from incidents.models import Incident, StixObject, User
+from incidents.stix import projector, taxii_query
+from incidents.stix.store import StixSettings
 from tests.conftest import incident_payload
 
 # Warnings the validator gives on every export, and why we accept them:
@@ -217,8 +218,8 @@ def _actor(app, username: str) -> Actor:
 
 def _visible_ids(app, actor: Actor, max_tlp: str = "red") -> set[str]:
     with app.app_context():
-        page = stix_store.query_objects(
-            db.session(), actor, max_tlp, stix_store.Filters(versions=("all",)), limit=100_000, next_token=None
+        page = taxii_query.query_objects(
+            db.session(), actor, max_tlp, taxii_query.Filters(versions=("all",)), limit=100_000, next_token=None
         )
         return {r.stix_id for r in page.rows}
 
@@ -239,7 +240,7 @@ def test_raising_the_tlp_withdraws_earlier_versions_and_a_shared_observable_keep
     response = client.patch(f"/api/v1/incidents/{red['id']}", json={"tlp": "red"}, headers=operator)
     assert response.status_code == 200
     with app.app_context():
-        stix_store.ensure_projected(db.session(), red["id"], stix_store.StixSettings())
+        projector.ensure_projected(db.session(), red["id"], StixSettings())
     seen = _visible_ids(app, board)
     assert red_incident not in seen, "a committee member not named on a red incident still sees it"
     domain = _of_type(red_text, "domain-name")[0]["id"]

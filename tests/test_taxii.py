@@ -14,7 +14,7 @@ import stix2
 from taxii2client.v21 import Collection, Server, as_pages
 
 from app.taxii import collection_ids
-from incidents.stix import TLP_MARKING_IDS
+from incidents.stix.mapping import TLP_MARKING_IDS
 from tests.conftest import incident_payload
 from tests.live import free_port
 

@@ -11,17 +11,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from incidents import service, stix_store
 from incidents.access import Actor, visible_incidents
 from incidents.base import utcnow
 from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.events import record_event
+from incidents.filing import QUIET_FILING, FilingResult, FilingSettings, IdempotencyClaim, dedup_scopes, file_incidents
 from incidents.models import ApiToken, Incident
 from incidents.policy import Capability, require
-from incidents.schemas import DEFAULT_LIMITS, IncidentCreate, Limits, parse
+from incidents.schemas.base import DEFAULT_LIMITS, Limits, parse
+from incidents.schemas.incidents import IncidentCreate
 from incidents.sources import formats, windows
 from incidents.sources.formats import RESOLVED, Alert
 from incidents.sources.models import Source, SourceKind
+from incidents.stix.techniques import record_attack_techniques
 from incidents.uow import in_transaction
 
 # The kinds that post over HTTP; the mailbox is polled by the worker.
@@ -58,7 +60,7 @@ def ingest(
     kind: str,
     payload: Any,
     actor: Actor,
-    settings: service.Settings,
+    settings: FilingSettings,
     limits: Limits = DEFAULT_LIMITS,
 ) -> IngestResult:
     """File the alerts of one payload from the source that `actor`'s token posts for (registered on first use)."""
@@ -112,7 +114,7 @@ def _register(session: Session, kind: str, actor: Actor) -> Source:
 
 
 def _one(
-    session: Session, source: Source, alert: Alert, actor: Actor, settings: service.Settings, limits: Limits
+    session: Session, source: Source, alert: Alert, actor: Actor, settings: FilingSettings, limits: Limits
 ) -> IngestResult:
     if alert.status == RESOLVED:
         return _resolve(session, source, alert, actor)
@@ -128,13 +130,13 @@ def _one(
         key = alert.idempotency_key
         if len(key) > 255:
             key = f"{source.kind}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
-        claim = service.IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=alert.digest())
+        claim = IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=alert.digest())
 
-    def then(result: service.FilingResult) -> None:
+    def then(result: FilingResult) -> None:
         incident = session.get_one(Incident, result.incident_ids[0])
         touch(session, source.id, now)
         if alert.attack_techniques:
-            stix_store.record_attack_techniques(session, actor, incident, alert.attack_techniques)
+            record_attack_techniques(session, actor, incident, alert.attack_techniques)
         if window is not None:
             record_event(
                 session, kind=SUPPRESSED_EVENT, actor=actor, incident=incident, at=now,
@@ -145,13 +147,13 @@ def _one(
         result.body["suppressed"] = window is not None
 
     if window is not None:
-        session.info[service.QUIET_FILING] = True
+        session.info[QUIET_FILING] = True
     try:
-        filed = service.file_incidents(
+        filed = file_incidents(
             session=session, items=[item], actor=actor, settings=settings, idempotency=claim, then=then
         )
     finally:
-        session.info.pop(service.QUIET_FILING, None)
+        session.info.pop(QUIET_FILING, None)
     return IngestResult(filed.status_code, filed.body, filed.location, filed.replayed, filed.incident_ids)
 
 
@@ -198,7 +200,7 @@ def _resolve(session: Session, source: Source, alert: Alert, actor: Actor) -> In
 
 def open_incident(session: Session, actor: Actor, dedup_key: str) -> Incident | None:
     """The open incident holding `dedup_key` for `actor` (their organisation's first), if they may see it."""
-    scopes = service.dedup_scopes(actor.organisation_id, actor.user_id, dedup_key)
+    scopes = dedup_scopes(actor.organisation_id, actor.user_id, dedup_key)
     found = {
         i.open_dedup_key: i
         for i in session.scalars(

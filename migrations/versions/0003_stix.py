@@ -103,7 +103,8 @@ def upgrade() -> None:
 
 def _seed_tlp_markings() -> None:
     """The five OASIS TLP 2.0 marking definitions, with their fixed ids, as the first stored objects."""
-    from incidents import stix
+    from incidents.enums import TLP_ORDER
+    from incidents.stix.mapping import serialise, tlp_marking
 
     table = sa.table(
         "stix_objects",
@@ -127,8 +128,8 @@ def _seed_tlp_markings() -> None:
     now = datetime.now(UTC)
     sqlite = op.get_bind().dialect.name == "sqlite"
     rows = []
-    for i, level in enumerate(stix.TLP_ORDER):
-        marking = stix.tlp_marking(level)
+    for i, level in enumerate(TLP_ORDER):
+        marking = tlp_marking(level)
         stamps = [created, created, now + timedelta(microseconds=i)]
         if sqlite:
             stamps = [s.replace(tzinfo=None) for s in stamps]
@@ -142,7 +143,7 @@ def _seed_tlp_markings() -> None:
                 "date_added": stamps[2],
                 "tlp": TLP_CLEAR,
                 "key": f"marking:{level}",
-                "body": stix.serialise(marking),
+                "body": serialise(marking),
                 "current": True,
             }
         )

@@ -9,26 +9,21 @@ from typing import Any
 import stix2
 import stix2.exceptions
 import stix2patterns.v21.pattern
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from incidents import service, stix
-from incidents.access import Actor, can_see
+from incidents.access import Actor, can_see, stricter
 from incidents.base import utcnow
-from incidents.enums import TLP, Category, ObservableType, Priority
+from incidents.enums import TLP, TLP_ORDER, Category, ObservableType, Priority
 from incidents.errors import FieldError, ValidationFailed
 from incidents.events import record_event
+from incidents.filing import FilingSettings, file_in_session
 from incidents.models import Incident, Observable, StixLink, StixObject, TaxiiStatus
 from incidents.policy import Capability, require
-from incidents.schemas import IncidentCreate, ObservableIn
-from incidents.stix_store import (
-    _SCO_TYPES,
-    _insert_values,
-    _next_dates,
-    enqueue_push,
-    levels_up_to,
-    visible_objects,
-)
+from incidents.schemas.incidents import IncidentCreate
+from incidents.schemas.observables import ObservableIn
+from incidents.stix import mapping, store
+from incidents.stix.push import enqueue_push
 from incidents.uow import in_transaction
 
 _MAX_MESSAGES = 50
@@ -69,24 +64,24 @@ def _version(obj: dict[str, Any]) -> str | None:
 
 
 def _tlp(obj: dict[str, Any], default: str) -> str:
-    levels = [stix.TLP_OF_MARKING[m] for m in obj.get("object_marking_refs") or [] if m in stix.TLP_OF_MARKING]
+    levels = [mapping.TLP_OF_MARKING[m] for m in obj.get("object_marking_refs") or [] if m in mapping.TLP_OF_MARKING]
     if obj.get("type") == "marking-definition":
         return TLP.CLEAR.value
     if not levels:
         return default
     level = levels[0]
     for other in levels[1:]:
-        level = stix.stricter(level, other)
+        level = stricter(level, other)
     return str(level)
 
 
 def _sco_key(obj: dict[str, Any]) -> str | None:
     kind = obj.get("type")
-    if kind in _SCO_TYPES and kind != "file" and isinstance(obj.get("value"), str):
+    if kind in store.SCO_TYPES and kind != "file" and isinstance(obj.get("value"), str):
         return f"sco:{kind}:{obj['value']}"
     if kind == "file" and isinstance(obj.get("hashes"), dict) and obj.get("name"):
         hashes = {str(k).upper(): str(v).lower() for k, v in obj["hashes"].items()}
-        return f"sco:{stix.ObservableView('file', obj['name'], hashes).key}"
+        return f"sco:{mapping.ObservableView('file', obj['name'], hashes).key}"
     return None
 
 
@@ -150,7 +145,7 @@ def _dangling(
     session: Session, objects: Sequence[dict[str, Any]], extra_ids: Iterable[str], actor: Actor
 ) -> list[FieldError]:
     """References to nothing the importer may read: an object hidden from them is answered as one never stored."""
-    present = {o["id"] for o in objects} | set(extra_ids) | set(stix.TLP_OF_MARKING)
+    present = {o["id"] for o in objects} | set(extra_ids) | set(mapping.TLP_OF_MARKING)
     wanted: dict[str, str] = {}
     for obj in objects:
         for ref in _refs(obj):
@@ -161,7 +156,9 @@ def _dangling(
     for i in range(0, len(refs), 500):
         stored |= set(
             session.scalars(
-                select(StixObject.stix_id).where(StixObject.stix_id.in_(refs[i : i + 500]), visible_objects(actor))
+                select(StixObject.stix_id).where(
+                    StixObject.stix_id.in_(refs[i : i + 500]), store.visible_objects(actor)
+                )
             )
         )
     return [
@@ -194,7 +191,7 @@ def _incident_links(objects: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
     for inc, ids in linked.items():
         for obj in objects:
             target = by_id.get(obj.get("target_ref")) if obj["type"] == "relationship" else None
-            if target is not None and obj.get("source_ref") in ids and target["type"] in _SCO_TYPES:
+            if target is not None and obj.get("source_ref") in ids and target["type"] in store.SCO_TYPES:
                 ids |= {target["id"], obj["id"]}
         ids.discard(inc)
     return linked
@@ -204,7 +201,7 @@ def _observables(objects: Iterable[dict[str, Any]]) -> list[ObservableIn]:
     found: list[ObservableIn] = []
     for obj in objects:
         candidates: list[tuple[str, str, dict | None]] = []
-        if obj["type"] in _SCO_TYPES:
+        if obj["type"] in store.SCO_TYPES:
             if obj["type"] == "file":
                 if obj.get("hashes") and obj.get("name"):
                     candidates.append(("file", obj["name"], obj["hashes"]))
@@ -214,7 +211,7 @@ def _observables(objects: Iterable[dict[str, Any]]) -> list[ObservableIn]:
             comparisons = stix2patterns.v21.pattern.Pattern(obj["pattern"]).inspect().comparisons
             for kind, items in comparisons.items():
                 for path, op, value in items:
-                    if kind in _SCO_TYPES and kind != "file" and path == ["value"] and op == "=":
+                    if kind in store.SCO_TYPES and kind != "file" and path == ["value"] and op == "=":
                         candidates.append((kind, value.strip("'").replace("\\'", "'").replace("\\\\", "\\"), None))
         for kind, value, hashes in candidates:
             try:
@@ -237,9 +234,9 @@ def _priority(criticality: int | None) -> Priority:
 
 
 def _incident_create(obj: dict[str, Any], tlp: str, observables: list[ObservableIn]) -> IncidentCreate:
-    ext = (obj.get("extensions") or {}).get(stix.INCIDENT_CORE) or {}
+    ext = (obj.get("extensions") or {}).get(mapping.INCIDENT_CORE) or {}
     types = ext.get("incident_types") or []
-    category = next((stix.CATEGORY_OF_TYPE[t] for t in types if t in stix.CATEGORY_OF_TYPE), Category.OTHER)
+    category = next((mapping.CATEGORY_OF_TYPE[t] for t in types if t in mapping.CATEGORY_OF_TYPE), Category.OTHER)
     detected = obj.get("first_seen") or obj.get("created") or utcnow().isoformat()
     unique = {(o.type, o.value): o for o in observables}
     return IncidentCreate.model_validate(
@@ -260,7 +257,7 @@ def import_objects(
     session: Session,
     objects: Sequence[Any],
     actor: Actor,
-    settings: service.Settings,
+    settings: FilingSettings,
     default_tlp: str = TLP.AMBER.value,
     limit: int = 20_000,
     max_tlp: str = TLP.RED.value,
@@ -271,9 +268,7 @@ def import_objects(
     """Import objects all or nothing: incidents they describe are created or enriched, the rest stored as sent."""
     require(actor, Capability.IMPORT_STIX, f"the role {actor.role} may not import STIX")
     clean = validate(objects, limit=limit)
-    too_secret = [
-        o["id"] for o in clean if stix.TLP_ORDER.index(TLP(_tlp(o, default_tlp))) > stix.TLP_ORDER.index(TLP(max_tlp))
-    ]
+    too_secret = [o["id"] for o in clean if TLP_ORDER.index(TLP(_tlp(o, default_tlp))) > TLP_ORDER.index(TLP(max_tlp))]
     if too_secret:
         raise ValidationFailed(
             f"{len(too_secret)} object(s) are marked above {max_tlp}, the highest level this collection holds",
@@ -295,7 +290,7 @@ def _store(
     objects: list[dict[str, Any]],
     links: dict[str, set[str]],
     actor: Actor,
-    settings: service.Settings,
+    settings: FilingSettings,
     default_tlp: str,
     status: tuple[str, str] | None,
     push: bool,
@@ -345,7 +340,7 @@ def _store(
                 result.enriched.append(session.get_one(Incident, ours).ref)
         else:
             tlp = _tlp(obj, default_tlp)
-            filed = service.file_in_session(session, [_incident_create(obj, tlp, observed)], actor, settings, False)
+            filed = file_in_session(session, [_incident_create(obj, tlp, observed)], actor, settings, False)
             incident_of[inc_id] = filed.incident_ids[0]
             result.created.append(filed.body["ref"])
     member_of: dict[str, set[int]] = {}
@@ -364,11 +359,11 @@ def _store(
     for obj in objects:
         tlp = _tlp(obj, default_tlp)
         floor = [incident_tlp[i] for i in member_of.get(obj["id"], ())]
-        if any(stix.stricter(tlp, level) != tlp for level in floor):
+        if any(stricter(tlp, level) != tlp for level in floor):
             # Never below the incident it describes: the stricter level, in the row and in the object's markings.
             for level in floor:
-                tlp = stix.stricter(tlp, level)
-            obj = stix.marked(obj, tlp)
+                tlp = stricter(tlp, level)
+            obj = mapping.marked(obj, tlp)
         key = _sco_key(obj)
         version = _version(obj)
         modified = _parse_time(version) if version else None
@@ -388,7 +383,7 @@ def _store(
         if key:
             by_value[(key, tlp)] = obj["id"]
         values.append({"obj": obj, "tlp": tlp, "key": key, "modified": modified})
-    dates = _next_dates(session, len(values))
+    dates = store.next_dates(session, len(values))
     rows = []
     for v, added in zip(values, dates, strict=True):
         obj = _rewritten(v["obj"], rewrite) if rewrite else v["obj"]
@@ -410,12 +405,12 @@ def _store(
             }
         )
         result.successes.append(
-            {"id": obj["id"], "version": obj.get("modified") or obj.get("created") or stix._stamp(added)}
+            {"id": obj["id"], "version": obj.get("modified") or obj.get("created") or mapping.stamp(added)}
         )
         for incident_id in member_of.get(obj["id"], ()):
             row_links.setdefault(len(rows) - 1, set()).add(incident_id)
     single = {i: next(iter(s)) for i, s in row_links.items() if len(s) == 1}
-    row_ids = _insert_values(session, rows, single) if rows else []
+    row_ids = store.insert_rows(session, rows, single) if rows else []
     extra = [{"object_id": row_ids[i], "incident_id": inc} for i, s in row_links.items() if len(s) > 1 for inc in s]
     if extra:
         session.execute(StixLink.__table__.insert(), extra)
@@ -466,8 +461,6 @@ def _refuse_projected(
 
 def _fix_current(session: Session, rows: list[dict[str, Any]]) -> None:
     """An imported version older than a stored one is not the current version: the newest is."""
-    from sqlalchemy import func, update
-
     ids = list({r["stix_id"] for r in rows})
     for i in range(0, len(ids), 500):
         part = ids[i : i + 500]
@@ -524,7 +517,3 @@ def _enrich(session: Session, incident_id: int, observed: list[ObservableIn], ac
             data={"ref": incident.ref, "status": str(incident.status), "observables": added, "source": "stix"},
         )
     return bool(added)
-
-
-def allowed_levels(max_tlp: str) -> list[str]:
-    return levels_up_to(max_tlp)

@@ -56,7 +56,6 @@ TLP1_MARKING_IDS: dict[str, str] = {
     stix2.TLP_RED.id: TLP.RED,
 }
 TLP_OF_MARKING: dict[str, str] = {**{v: k for k, v in TLP_MARKING_IDS.items()}, **TLP1_MARKING_IDS}
-TLP_ORDER = [TLP.CLEAR, TLP.GREEN, TLP.AMBER, TLP.AMBER_STRICT, TLP.RED]
 
 
 @CustomExtension(
@@ -88,10 +87,6 @@ def tlp_marking(level: str) -> MarkingDefinition:
         name=name,
         extensions={TLP2_EXTENSION: {"extension_type": "property-extension", "tlp_2_0": str(level)}},
     )
-
-
-def stricter(a: str, b: str) -> str:
-    return TLP_ORDER[max(TLP_ORDER.index(TLP(a)), TLP_ORDER.index(TLP(b)))]
 
 
 def marked(obj: dict[str, Any], level: str) -> dict[str, Any]:
@@ -265,7 +260,8 @@ class Ids:
         return self.known[key]
 
 
-def _stamp(value: datetime) -> str:
+def stamp(value: datetime) -> str:
+    """A STIX timestamp at millisecond precision."""
     return stix2.utils.format_datetime(stix2.utils.STIXdatetime(value, precision="millisecond"))
 
 
@@ -281,8 +277,8 @@ def plan(view: IncidentView, ids: Ids, board_id: str, created: datetime) -> list
 
     def sdo(key: str, cls: type, **props: Any) -> Any:
         stix_id, first = ids.get(key, cls._type)
-        stamp = _stamp(first or created)
-        obj = cls(id=stix_id, created=stamp, modified=stamp, **common, **props)
+        at = stamp(first or created)
+        obj = cls(id=stix_id, created=at, modified=at, **common, **props)
         planned.append(Planned(key, obj))
         return obj
 
@@ -295,8 +291,8 @@ def plan(view: IncidentView, ids: Ids, board_id: str, created: datetime) -> list
         if already is not None:
             return already
         stix_id, first = ids.get(key, "identity")
-        stamp = _stamp(first or created)
-        obj = Identity(id=stix_id, created=stamp, modified=stamp, name=name, identity_class=identity_class, **common)
+        at = stamp(first or created)
+        obj = Identity(id=stix_id, created=at, modified=at, name=name, identity_class=identity_class, **common)
         planned.append(Planned(key, obj, shared=True))
         return obj
 
@@ -344,7 +340,7 @@ def plan(view: IncidentView, ids: Ids, board_id: str, created: datetime) -> list
             target_ref=attack.id,
         )
     sighted_by = (reporter or affected).id if (reporter or affected) else board_id
-    first_seen = _stamp(view.detected_at)
+    first_seen = stamp(view.detected_at)
     for obs in view.observables:
         observable = sco(obs, marking)
         planned.append(Planned(f"sco:{obs.key}", observable, shared=True))
@@ -385,7 +381,7 @@ def plan(view: IncidentView, ids: Ids, board_id: str, created: datetime) -> list
         Report,
         name=f"{view.ref} {view.title}",
         description=view.description or view.title,
-        published=_stamp(view.created_at),
+        published=stamp(view.created_at),
         report_types=["threat-report"],
         object_refs=refs,
     )
@@ -394,7 +390,7 @@ def plan(view: IncidentView, ids: Ids, board_id: str, created: datetime) -> list
 
 def new_version(obj: Any, modified: datetime) -> Any:
     """The same object, `modified` moved (stix2 keeps the id and `created`)."""
-    return obj.new_version(modified=_stamp(modified) if not isinstance(modified, str) else modified)
+    return obj.new_version(modified=stamp(modified) if not isinstance(modified, str) else modified)
 
 
 def serialise(obj: Any) -> str:
@@ -402,11 +398,11 @@ def serialise(obj: Any) -> str:
 
 
 def board_identity(stix_id: str, created: datetime, name: str) -> Identity:
-    stamp = _stamp(created)
+    at = stamp(created)
     return Identity(
         id=stix_id,
-        created=stamp,
-        modified=stamp,
+        created=at,
+        modified=at,
         name=name,
         identity_class="organization",
         sectors=["government-regional"],

@@ -4,27 +4,25 @@ import json
 import logging
 
 import httpx
-from sqlalchemy import and_, exists, not_, or_, select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from incidents import jobs
 from incidents.base import utcnow
-from incidents.models import Incident, StixCursor, StixLink, StixObject
-from incidents.stix_store import PUSH, _cursor, levels_up_to
+from incidents.models import StixCursor, StixObject
+from incidents.stix import store
 from incidents.uow import in_transaction
 from notifiers import outbound
 
 log = logging.getLogger("ucsc.stix.push")
 TAXII = "application/taxii+json;version=2.1"
+KIND = "stix.push"
 
 
-def _eligible(max_tlp: str):
-    """Rows at or below `max_tlp` whose incidents are still at or below it (a raised TLP withdraws them)."""
-    levels = levels_up_to(max_tlp)
-    linked = exists().where(StixLink.object_id == StixObject.id)
-    allowed = exists().where(
-        StixLink.object_id == StixObject.id, Incident.id == StixLink.incident_id, Incident.tlp.in_(levels)
-    )
-    return and_(StixObject.tlp.in_(levels), or_(not_(linked), allowed))
+def enqueue_push(session: Session) -> None:
+    """Queue one push of what is new, in the caller's transaction (a push per newest row id at most)."""
+    last = session.scalar(select(func.max(StixObject.id))) or 0
+    jobs.enqueue(session, KIND, {}, key=f"{KIND}:{last}")
 
 
 def _post(cfg: dict, url: str, body: bytes, auth: tuple[str, str] | None) -> httpx.Response:
@@ -37,7 +35,6 @@ def _post(cfg: dict, url: str, body: bytes, auth: tuple[str, str] | None) -> htt
             raise jobs.PermanentError(f"TAXII push to {url} refused: {exc}") from exc
 
 
-@jobs.job_kind("stix.push", max_attempts=50, lease_seconds=120)
 def push(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     """Send what is after the push cursor, a batch at a time; the cursor moves only when the server accepted."""
     cfg = ctx.config
@@ -46,10 +43,11 @@ def push(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     batch = int(cfg.get("STIX_PUSH_BATCH", 500))
     while True:
         with ctx.sessions() as session:
-            start = session.scalar(select(StixCursor.position).where(StixCursor.name == PUSH)) or 0
+            start = session.scalar(select(StixCursor.position).where(StixCursor.name == store.PUSH)) or 0
+            # What a TAXII collection up to that level holds: a raised incident's objects are not sent.
             rows = session.execute(
                 select(StixObject.id, StixObject.body)
-                .where(StixObject.id > start, _eligible(cfg["STIX_PUSH_MAX_TLP"]))
+                .where(StixObject.id > start, store.in_collection(cfg["STIX_PUSH_MAX_TLP"]))
                 .order_by(StixObject.id)
                 .limit(batch)
             ).all()
@@ -77,7 +75,7 @@ def push(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
         with ctx.sessions() as session:
 
             def advance(end: int = last, begin: int = start) -> None:
-                cursor = _cursor(session, PUSH)
+                cursor = store.cursor(session, store.PUSH)
                 if cursor.position == begin:
                     cursor.position = end
                     cursor.updated_at = utcnow()

@@ -1,0 +1,65 @@
+"""MITRE ATT&CK techniques of an incident: events on its timeline, exported as attack-pattern objects."""
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from incidents.access import Actor, may_edit
+from incidents.base import utcnow
+from incidents.errors import FieldError, Forbidden, ValidationFailed
+from incidents.events import record_event
+from incidents.models import Event, Incident
+from incidents.queries import get_incident
+from incidents.stix import mapping
+from incidents.uow import in_transaction
+
+TECHNIQUES_ADDED = "incident.attack_techniques_added"
+MAX_TECHNIQUES = 100
+
+
+def attack_techniques(session: Session, incident_id: int) -> tuple[str, ...]:
+    """The MITRE ATT&CK technique ids given to an incident, first added first: its timeline is their record."""
+    rows = session.scalars(
+        select(Event.data).where(Event.incident_id == incident_id, Event.kind == TECHNIQUES_ADDED).order_by(Event.id)
+    )
+    return tuple(dict.fromkeys(t for data in rows for t in (data or {}).get("techniques", [])))
+
+
+def add_attack_techniques(
+    session: Session, actor: Actor, incident_ref: int | str, techniques: Sequence[str]
+) -> tuple[Incident, tuple[str, ...]]:
+    """Give an incident ATT&CK technique ids (an event on its timeline; the projector maps them to
+    attack-pattern objects and `incident uses attack-pattern`). Ids it has already are ignored."""
+    if not may_edit(actor):
+        raise Forbidden(f"the role {actor.role} may not change incidents")
+    bad = [f"techniques[{i}]" for i, t in enumerate(techniques) if not mapping.ATTACK_TECHNIQUE.fullmatch(t)]
+    if bad:
+        raise ValidationFailed(
+            "not ATT&CK technique ids", errors=[FieldError(f, "like T1566 or T1566.001") for f in bad]
+        )
+
+    def work() -> tuple[Incident, tuple[str, ...]]:
+        incident = get_incident(session, actor, incident_ref, for_update=True)
+        return incident, record_attack_techniques(session, actor, incident, techniques)
+
+    return in_transaction(session, work)
+
+
+def record_attack_techniques(
+    session: Session, actor: Actor | None, incident: Incident, techniques: Sequence[str]
+) -> tuple[str, ...]:
+    """Add valid technique ids to `incident` inside the caller's transaction (its caller decided who may)."""
+    have = attack_techniques(session, incident.id)
+    added = [t for t in dict.fromkeys(techniques) if t not in have]
+    if len(have) + len(added) > MAX_TECHNIQUES:
+        raise ValidationFailed(
+            "too many techniques", errors=[FieldError("techniques", f"at most {MAX_TECHNIQUES} per incident")]
+        )
+    if added:
+        incident.updated_at = utcnow()
+        record_event(
+            session, kind=TECHNIQUES_ADDED, actor=actor, incident=incident,
+            data={"ref": incident.ref, "status": str(incident.status), "techniques": added},
+        )  # fmt: skip
+    return (*have, *added)
