@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 from incidents import deadlines
 from incidents.models import Incident
 from incidents.records import DeadlineClock
-from incidents.reporting import periodic
 from incidents.reporting.reports import local
 from playbooks import paging
 from playbooks.settings import Settings
@@ -41,7 +40,3 @@ def page_standing_body(
 def settings(config: Mapping[str, Any]) -> deadlines.Settings:
     """The configured rules, with a warning that pages the standing body."""
     return deadlines.settings_from_config(dict(config), partial(page_standing_body, dict(config)))
-
-
-def schedule(session: Session, config: dict[str, Any]) -> None:
-    periodic.schedule_reminders(session, days_before=int(config.get("PERIODIC_REMINDER_DAYS", 7)))

@@ -25,12 +25,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import deadline_paging, source_watch, stix_worker, wiring
+from app import source_watch, stix_worker, wiring
 from app.observability import log_config
 from app.telegram import outbox as telegram_outbox
 from app.telegram import runtime as telegram_runtime
 from incidents import audit, evidence, jobs
 from incidents.base import utcnow
+from incidents.reporting import periodic
 from incidents.sources import mailbox
 from notifiers.registry import build_notifiers
 
@@ -222,7 +223,8 @@ class Worker:
         with self.sessions() as session, session.begin():
             session.connection(execution_options={"ucsc_write": True})
             jobs.schedule_sweep(session)
-            deadline_paging.schedule(session, self.ctx.config)  # Form 05 reminders before 20 June and 15 December
+            # Form 05 reminders before 20 June and 15 December.
+            periodic.schedule_reminders(session, days_before=int(self.ctx.config.get("PERIODIC_REMINDER_DAYS", 7)))
             audit.schedule_checkpoint(session, self.ctx.config)  # signed checkpoints of the audit trail
 
     def _after_commit(self, session: Session) -> None:
