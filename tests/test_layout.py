@@ -318,7 +318,8 @@ def private_uses(source: str, path: Path, modules: frozenset[str]) -> list[str]:
 
 
 # Calls that put something into a registry, whatever the registry's library.
-REGISTERING = frozenset({"register", "listen", "listens_for", "connect", "subscribe", "add_listener", "add_hook"})
+REGISTERING = frozenset({"register", "listen", "listens_for", "connect", "subscribe", "add_listener", "add_hook",
+                         "at_commit", "job_kind"})  # fmt: skip
 # Calls that change a collection in place: a registration when the collection is another module's.
 MUTATING = frozenset({"append", "extend", "insert", "add", "update", "setdefault", "remove", "discard", "pop"})
 # A blueprint's deferred functions run when the blueprint is registered: wiring by side effect, out of sight.
@@ -344,9 +345,12 @@ def registrations(source: str, path: Path, modules: frozenset[str]) -> list[str]
 
     Run at import (the module's body and class bodies, not functions or the `__main__` block) anywhere but
     app/wiring.py, each of these is one:
-    - a call of `register`, `listen`, `listens_for`, `connect`, `subscribe`, `add_listener` or `add_hook` on
-      an imported object or module, or of an imported function of that name, as a statement or a decorator
-      (`event.listen(...)`, `@event.listens_for(...)`, `atexit.register(...)`, `registry.register(...)`);
+    - a call of `register`, `listen`, `listens_for`, `connect`, `subscribe`, `add_listener`, `add_hook`,
+      `at_commit` or `job_kind` on an imported object or module, or of an imported function of that name, as a
+      statement or a decorator (`event.listen(...)`, `@event.listens_for(...)`, `atexit.register(...)`,
+      `@jobs.job_kind("x")`);
+    - any call statement (its result dropped, so made for its effect) of a function reached through an import
+      from this project (`events.at_commit(KEY, writer)`, `jobs.job_kind("x")(handler)`);
     - a call that changes a collection reached through an import from this project
       (`service.EVENT_LISTENERS.append(f)`; `KINDS.update(...)` after `from incidents.jobs import KINDS`);
     - an assignment, augmented assignment or `del` into such an object's attribute or item
@@ -401,10 +405,14 @@ def registrations(source: str, path: Path, modules: frozenset[str]) -> list[str]
                 check_target(target)
         elif isinstance(stmt, ast.AugAssign | ast.AnnAssign):
             check_target(stmt.target)
+        already = len(found)
         value = getattr(stmt, "value", None) if isinstance(stmt, ast.Expr | ast.Assign | ast.AnnAssign) else None
         for node in ast.walk(value) if value is not None else ():
             if isinstance(node, ast.Call):
                 check(node)
+        call = stmt.value if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) else None
+        if call is not None and len(found) == already and root(call.func) in ours:
+            found.append(f"{where}:{stmt.lineno} calls {ast.unparse(call.func)} for its effect at import")
     return found
 
 
@@ -635,6 +643,11 @@ def test_the_private_walk_allows_public_names_and_a_folders_own_private_module(s
         "from app.api import bp\nbp.record(configure)",
         "from incidents import service\ntry:\n    service.HOOKS.append(f)\nexcept ImportError:\n    pass",
         "from incidents import service\nclass A:\n    service.HOOKS.append(1)",
+        "from incidents import events\nevents.at_commit('ucsc.pending_audit', link_pending)",
+        "from incidents import jobs\njobs.job_kind('audit.checkpoint', max_attempts=3)(checkpoint_job)",
+        "from incidents import jobs\n@jobs.job_kind('audit.checkpoint')\ndef checkpoint_job(ctx, job):\n    pass",
+        "from incidents.jobs import job_kind\n@job_kind('x')\ndef run(ctx, job):\n    pass",
+        "from app.api import reports\nreports.install_hooks()",
     ],
 )
 def test_the_registration_walk_catches_wiring_by_import(source):
@@ -655,6 +668,9 @@ def test_the_registration_walk_catches_wiring_by_import(source):
         ("import os\nos.environ.setdefault('X', '1')\nimport sys\nsys.path.insert(0, 'bench')", "bench.live"),
         ("from incidents import service\nif __name__ == '__main__':\n    service.HOOKS.append(main)", "bench.live"),
         ("from incidents.enums import Status\nLABELS = {s: s.value for s in Status}", "incidents.jobs"),
+        ("from incidents import jobs\nKIND = jobs.kind_name('x')\nimport logging\nlogging.basicConfig()",
+         "incidents.jobs"),
+        ("from app.api.reports import roles\n@roles('admin')\ndef view():\n    pass", "app.api.reports"),
         ("from sqlalchemy import event\ndef install(engine):\n    event.listen(engine, 'connect', f)",
          "incidents.jobs"),
     ],
