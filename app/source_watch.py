@@ -1,4 +1,4 @@
-"""The worker's silence watch over alert sources; the page to the standing body goes through the paging engine."""
+"""The worker's silence watch over alert sources; the page to the standing body goes through paging."""
 
 import asyncio
 import logging
@@ -12,7 +12,8 @@ from incidents.models import Incident
 from incidents.sources import silence
 from incidents.sources.models import Source
 from incidents.sources.windows import ts
-from playbooks import engine
+from playbooks import paging
+from playbooks.settings import Settings
 
 log = logging.getLogger("ucsc.sources")
 
@@ -24,7 +25,7 @@ def pager(config: dict[str, Any]) -> silence.Pager:
         code = config.get("STANDING_BODY")
         if not code:
             return
-        engine.create_page(
+        paging.create_page(
             session,
             incident=incident,
             body={
@@ -34,7 +35,7 @@ def pager(config: dict[str, Any]) -> silence.Pager:
             },
             run=None,
             path=None,
-            settings=engine.Settings.from_config(config),
+            settings=Settings.from_config(config),
             key=f"source-silent:{source.id}:{ts(source.silent_since)}",
         )
 

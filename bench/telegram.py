@@ -89,7 +89,7 @@ def prepare(database_url: str, api: BotAPI, burst: int) -> str:
     from incidents.access import Actor
     from incidents.enums import Role
     from incidents.models import Organisation
-    from playbooks import directory
+    from playbooks import oncall
     from playbooks import service as playbooks
     from playbooks.models import Contact, PlaybookVersion
 
@@ -121,7 +121,7 @@ def prepare(database_url: str, api: BotAPI, burst: int) -> str:
             actor = Actor(admin.id, admin.username, Role.ADMIN, admin.organisation_id)
             turn_ids = [c.id for c in turn]
             names = list(session.scalars(select(PlaybookVersion.name).distinct()))
-        directory.save_group(session=session, code="tg-bench", name_vi="Nhóm thử", name_en=None, organisation=None,
+        oncall.save_group(session=session, code="tg-bench", name_vi="Nhóm thử", name_en=None, organisation=None,
                              members=turn_ids, actor=actor)  # fmt: skip
         for name in names:  # only the bench's playbooks start on the bench's incidents
             playbooks.set_enabled(session=session, name=name, enabled=False, actor=actor)

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from incidents.base import utcnow
 from incidents.models import Organisation
-from playbooks import engine, service
+from playbooks import focal, service
 from playbooks.models import Contact, Group, GroupMember, Schedule, ScheduleMember
 
 # Fictitious people at example.vn (RFC 2606-style reserved names): a deployment replaces them through the API/CSV.
@@ -177,5 +177,5 @@ def load_demo_directory(session: Session) -> dict[str, int]:
 def load_playbooks(session: Session) -> tuple[list[str], list[str]]:
     """The shipped definitions as versions (a changed file adds a version); the names added and the errors."""
     added, errors = service.seed_definitions(session)
-    engine.schedule_focal_check(session)
+    focal.schedule_focal_check(session)
     return added, [str(e) for e in errors]

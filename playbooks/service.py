@@ -11,15 +11,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from incidents import audit, service
+from incidents import audit
 from incidents.access import Actor, can_see
 from incidents.base import utcnow
 from incidents.errors import Conflict, FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.events import record_event
 from incidents.models import Incident, Organisation
 from incidents.policy import Capability, allows, require
+from incidents.queries import get_incident
 from incidents.uow import in_transaction
-from playbooks import engine, spec
+from playbooks import oncall, paging, runs, spec, timeline
 from playbooks.models import (
     PAGE_ACKED,
     PAGE_OPEN,
@@ -34,6 +35,7 @@ from playbooks.models import (
     PlaybookVersion,
     Task,
 )
+from playbooks.settings import Settings
 
 VIA = ("api", "web", "email", "telegram", "sms", "phone")
 
@@ -123,7 +125,7 @@ def acknowledge_page(
         page.acked_by_contact_id = None if on_behalf else contact.id
         page.acked_by_user_id = actor.user_id if actor else None
         page.acked_by = f"{actor.label} (thay mặt / on behalf)" if on_behalf else contact.name
-        engine.run_event(
+        timeline.record(
             session,
             "page.acknowledged",
             incident,
@@ -137,7 +139,7 @@ def acknowledge_page(
             target=page.target,
             target_label=page.target_label,
         )
-        engine.after_ack(session, page)
+        runs.after_ack(session, page)
         return page
 
     result = in_transaction(session, work)
@@ -153,7 +155,7 @@ def request_support(
     by_contact_id: int | None = None,
     actor: Actor | None = None,
     note: str | None = None,
-    settings: engine.Settings,
+    settings: Settings,
 ) -> Page:
     """A paged responder asks for support: the next tier is paged (the working group leader, then the board)."""
 
@@ -169,7 +171,7 @@ def request_support(
             raise Forbidden("only someone this page went to asks for support on it")
         incident = session.get(Incident, page.incident_id)
         tier = "board.deputy_head" if page.escalation else "working_group.leader"
-        support = engine.create_page(
+        support = paging.create_page(
             session,
             incident=incident,
             settings=settings,
@@ -183,7 +185,7 @@ def request_support(
                 "reason_en": f"Request for support: {note or page.target_label}",
             },
         )
-        engine.run_event(
+        timeline.record(
             session,
             "page.support_requested",
             incident,
@@ -205,7 +207,7 @@ def page_target(
     incident_id: int | str,
     target: dict[str, Any],
     actor: Actor,
-    settings: engine.Settings,
+    settings: Settings,
     reason: str | None = None,
     requires_ack: bool = True,
 ) -> Page:
@@ -218,11 +220,11 @@ def page_target(
         )
 
     def work() -> Page:
-        incident = service.get_incident(session, actor, incident_id, for_update=True)
+        incident = get_incident(session, actor, incident_id, for_update=True)
         body = {keys[0]: target[keys[0]], "reason_vi": reason, "reason_en": reason}
         if "pick" in target:
             body["pick"] = target["pick"]
-        return engine.create_page(
+        return paging.create_page(
             session,
             incident=incident,
             body=body,
@@ -264,7 +266,7 @@ def complete_task(
         task.state, task.done_at, task.note = "done", utcnow(), note
         task.done_by = actor.label if actor else (contact.name if contact else "?")
         incident = session.get(Incident, task.incident_id)
-        engine.run_event(
+        timeline.record(
             session,
             "task.completed",
             incident,
@@ -290,13 +292,13 @@ def request_direction(
         raise ValidationFailed("empty question", errors=[FieldError("question_vi", "required")])
 
     def work() -> DirectionRequest:
-        incident = service.get_incident(session, actor, incident_id, for_update=True)
+        incident = get_incident(session, actor, incident_id, for_update=True)
         request = DirectionRequest(
             incident_id=incident.id, question_vi=question_vi, question_en=question_en, requested_by=actor.label
         )
         session.add(request)
         session.flush()
-        engine.run_event(session, "direction.requested", incident, actor, request_id=request.id, question=question_vi)
+        timeline.record(session, "direction.requested", incident, actor, request_id=request.id, question=question_vi)
         return request
 
     return in_transaction(session, work)
@@ -325,7 +327,7 @@ def answer_direction_request(*, session: Session, request_id: int, text: str, ac
         request.state, request.answered_at = "answered", request.answered_at or now
         session.flush()
         incident = session.get(Incident, request.incident_id)
-        engine.run_event(
+        timeline.record(
             session,
             "direction.answered",
             incident,
@@ -560,11 +562,9 @@ def list_versions(session: Session, *, actor: Actor, name: str | None = None) ->
     if name:
         stmt = select(PlaybookVersion).where(PlaybookVersion.name == name).order_by(PlaybookVersion.version)
         return list(session.scalars(stmt))
-    return engine.latest_versions(session)
+    return runs.latest_versions(session)
 
 
 def who_is_on_call(*, session: Session, organisation: str | None = None, group: str | None = None) -> list[Contact]:
     """Who a page to this organisation or group reaches now."""
-    from playbooks.directory import who_is_on_call as lookup
-
-    return lookup(session=session, organisation=organisation, group=group)
+    return oncall.who_is_on_call(session=session, organisation=organisation, group=group)

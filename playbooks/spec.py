@@ -10,14 +10,13 @@ from typing import Any
 import yaml
 
 from incidents.enums import TLP, Category, IncidentClass, Priority
+from playbooks.steps import STEPS, parse_duration
 
 DEFINITIONS = Path(__file__).resolve().parent / "definitions"
-STEP_KINDS = ("page", "notify", "task", "request_direction", "wait_for_ack")
+STEP_KINDS = tuple(STEPS)
 TARGET_KEYS = ("contact", "group", "organisation", "role", "system_operator")
 PICKS = ("default", "all", "on_call", "round_robin")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_DEPTH = 4
 
 
@@ -56,16 +55,6 @@ class Spec:
     definition: dict[str, Any]
     source: str
     digest: str
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds of "3s", "15m", "2h", "1d" or a plain number of seconds; None when malformed."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    match = _DURATION.match(str(value))
-    return float(match.group(1)) * _UNITS[match.group(2)] if match else None
 
 
 def _to_python(node: yaml.Node, path: str, lines: dict[str, int]) -> Any:

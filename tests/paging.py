@@ -1,4 +1,4 @@
-"""Helpers of the paging tests: the shipped playbooks and demo directory loaded, contacts, incidents, the engine."""
+"""Helpers of the paging tests: the shipped playbooks and demo directory loaded, contacts, incidents, the jobs."""
 
 from typing import Any
 
@@ -9,8 +9,9 @@ from sqlalchemy.orm import Session
 from app import db
 from incidents import jobs
 from incidents.models import Event, Job
-from playbooks import engine, seed
+from playbooks import runs, seed, triggers
 from playbooks.models import Contact, Page
+from playbooks.settings import Settings
 
 
 def load_shipped(app: Flask, *, demo: bool = True) -> None:
@@ -24,11 +25,11 @@ def load_shipped(app: Flask, *, demo: bool = True) -> None:
             assert errors == [], errors
 
 
-def settings(app: Flask) -> engine.Settings:
-    return engine.Settings.from_config(app.config)
+def settings(app: Flask) -> Settings:
+    return Settings.from_config(app.config)
 
 
-def run_jobs(app: Flask, kinds: tuple[str, ...] = (engine.EVALUATE, engine.CONTINUE), *, send: bool = False) -> int:
+def run_jobs(app: Flask, kinds: tuple[str, ...] = (triggers.EVALUATE, runs.CONTINUE), *, send: bool = False) -> int:
     """Run due jobs of `kinds` in this process through their real handlers (the worker's code path, no thread);
     with `send`, through the channels the configuration names (real SMTP, real HTTP)."""
     from notifiers.registry import build_notifiers

@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 from incidents import jobs
 from incidents.base import utcnow
 from incidents.models import AuditEntry, Job
-from playbooks import engine
-from playbooks.directory import on_call, organisation_contacts
+from playbooks.focal import CONFIRM, FOCAL
 from playbooks.models import Contact, Schedule
+from playbooks.oncall import on_call, organisation_contacts
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 from tests.receivers import SmtpServer
@@ -31,8 +31,8 @@ def _hourly_check(app: Flask, n: int, *, send: bool = False) -> None:
 
         s = db.session()
         with s.begin():
-            jobs.enqueue(s, engine.FOCAL, run_at=utcnow(), key=f"test-focal-{n}")
-    paging.run_jobs(app, (engine.FOCAL, engine.CONFIRM), send=send)
+            jobs.enqueue(s, FOCAL, run_at=utcnow(), key=f"test-focal-{n}")
+    paging.run_jobs(app, (FOCAL, CONFIRM), send=send)
 
 
 def _contact(client: FlaskClient, admin: dict[str, str], name: str, org: str = "vnpt", **extra: object) -> int:
@@ -63,7 +63,7 @@ def test_a_weekly_rotation_hands_over_each_monday_and_an_override_covers_leave(
     schedule = dbs.scalar(select(Schedule))
     assert on_call(schedule, MONDAY + timedelta(days=9)).id == c
     assert on_call(schedule, MONDAY + timedelta(days=10, minutes=1)).id == b
-    # Paging reads the same rule from the rows that matter now (directory._on_call_now): the same person at every
+    # Paging reads the same rule from the rows that matter now (playbooks.oncall): the same person at every
     # hand-over, inside and outside the leave.
     for hours in range(-2, 16 * 24, 7):
         at = MONDAY + timedelta(hours=hours)
@@ -128,7 +128,7 @@ def test_a_focal_point_unconfirmed_24_hours_after_a_change_is_reported_to_the_st
     assert alert.data["contacts"] == [an] and "24" in alert.note
     _hourly_check(app, 3)
     assert len(paging.events(dbs, "directory.unconfirmed")) == 1  # reported once
-    assert dbs.scalar(select(Job).where(Job.kind == engine.FOCAL, Job.state == "queued")) is not None  # the next hour
+    assert dbs.scalar(select(Job).where(Job.kind == FOCAL, Job.state == "queued")) is not None  # the next hour
     r = client.post(f"/api/v1/contacts/{an}/confirmations", headers=admin)
     assert r.status_code == 200 and r.json["confirmed_at"] is not None
 

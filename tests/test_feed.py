@@ -197,25 +197,25 @@ def test_a_playbook_start_that_fails_in_the_filing_keeps_the_filing_and_its_even
 ) -> None:
     """The filing starts its playbooks in a savepoint; a failure there (injected after the playbook's own writes)
     rolls back only the savepoint: the incident and its event stay, the worker is asked to start the playbooks."""
-    from playbooks import engine
+    from playbooks import triggers
     from playbooks.models import PlaybookRun
     from tests import paging
 
     paging.load_shipped(app, demo=True)
-    real = engine._evaluate
+    real = triggers.evaluate
 
     def fails_after_writing(session: Session, incident_id: int, settings: Any) -> Any:
         assert real(session, incident_id, settings), "the shipped playbooks start on this incident"
         raise RuntimeError("injected: a playbook failed after writing its run and events")
 
-    monkeypatch.setattr(engine, "_evaluate", fails_after_writing)
+    monkeypatch.setattr(triggers, "evaluate", fails_after_writing)
     filed = _file(client, make_token("operator"), category="ransomware")
     with sessionmaker(app.extensions["ucsc.engine"])() as s:
         kinds = list(s.scalars(select(Event.kind).where(Event.incident_id == filed["id"]).order_by(Event.id)))
         runs = s.scalar(select(func.count()).select_from(PlaybookRun).where(PlaybookRun.incident_id == filed["id"]))
         queued = s.scalar(
             text("SELECT count(*) FROM jobs WHERE kind = :kind AND incident_id = :id"),
-            {"kind": engine.EVALUATE, "id": filed["id"]},
+            {"kind": triggers.EVALUATE, "id": filed["id"]},
         )
     assert kinds[0] == "incident.created"
     assert "playbook.started" not in kinds and "page.sent" not in kinds

@@ -15,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from incidents.models import Job
-from playbooks import engine
+from playbooks.delivery import DELIVER
 from playbooks.models import Delivery, PlaybookRun
+from playbooks.steps import WAIT
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 from tests.receivers import HttpReceiver, SmtpServer, _Collect, eventually
@@ -223,14 +224,14 @@ def test_an_ack_at_two_seconds_stops_the_escalation(
     assert run.state == "done"
 
     def timer_fired() -> bool:
-        waits = paging.queued(dbs, engine.WAIT)
+        waits = paging.queued(dbs, WAIT)
         return bool(waits) and all(job.state == "done" for job in waits)
 
     # The timer ran (3 s after the page) and found nothing to escalate: an escalation would have written its
     # event, pages and deliveries in that job's transaction, so none can follow.
     eventually(timer_fired, timeout=10)
     assert paging.events(dbs, "page.escalated") == [] and paging.events(dbs, "direction.requested") == []
-    assert len(paging.queued(dbs, engine.DELIVER)) == 1 and len(paging.pages(dbs)) == 1
+    assert len(paging.queued(dbs, DELIVER)) == 1 and len(paging.pages(dbs)) == 1
     assert len(smtp.mails) == 1
 
 
@@ -249,7 +250,7 @@ def test_an_ack_committed_while_the_escalation_job_is_claimed_still_stops_it(
 
     def claimed() -> Job | None:
         dbs.rollback()
-        job = dbs.scalar(select(Job).where(Job.kind == engine.WAIT))
+        job = dbs.scalar(select(Job).where(Job.kind == WAIT))
         return job if job is not None and job.state == "running" else None
 
     job = eventually(claimed, timeout=10, interval=0.01)

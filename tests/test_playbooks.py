@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from incidents.base import utcnow
 from incidents.models import AuditEntry, Job
-from playbooks import engine, spec
+from playbooks import spec
 from playbooks.models import PlaybookRun, Task
+from playbooks.steps import WAIT
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 
@@ -244,9 +245,9 @@ def test_a_stopped_run_pages_no_more_and_a_person_may_start_it_again(
     assert stopped.status_code == 200 and stopped.json["state"] == "stopped" and stopped.json["stopped_by"] == "op1"
     assert {p.state for p in paging.pages(dbs, incident_id)} == {"cancelled"}
     # Its timer fires later and finds the run stopped: no escalation.
-    dbs.execute(update(Job).where(Job.kind == engine.WAIT).values(run_at=utcnow()))
+    dbs.execute(update(Job).where(Job.kind == WAIT).values(run_at=utcnow()))
     dbs.commit()
-    paging.run_jobs(shipped, (engine.WAIT,))
+    paging.run_jobs(shipped, (WAIT,))
     assert paging.events(dbs, "page.escalated") == []
     again = client.post(f"{URL}/{incident_id}/runs", json={"playbook": "ransomware"}, headers=operator)
     assert again.status_code == 201 and again.json["trigger"] == "manual" and again.json["version"] == 1

@@ -20,7 +20,7 @@ from app.auth import new_token
 from incidents import accounts, audit
 from incidents.enums import Role
 from incidents.models import AuditEntry, User
-from playbooks import engine
+from playbooks import links
 from playbooks.models import Contact, Page
 from tests import paging
 from tests.conftest import TokenFactory, incident_payload
@@ -303,7 +303,7 @@ def test_finding_11_the_email_states_until_when_its_ack_link_works_by_default_se
     assert stated, mail.text
     until = datetime.strptime(stated.group(1), "%H:%M %d/%m/%Y").replace(tzinfo=LOCAL)
     assert before + timedelta(days=7) - timedelta(minutes=1) <= until <= after + timedelta(days=7)
-    found = engine.read_ack_token(app.config["SECRET_KEY"], _link(mail.text).rsplit("/", 1)[1])
+    found = links.read_ack_token(app.config["SECRET_KEY"], _link(mail.text).rsplit("/", 1)[1])
     assert found is not None
     link_end = found[2]
     assert until <= link_end < until + timedelta(minutes=1), "the e-mail never states more time than the link has"

@@ -11,8 +11,8 @@ from app import db
 from app.access_log import RedactingLogger
 from incidents.models import Event, Incident, Job, Observable, Occurrence
 from incidents.sources.models import MaintenanceWindow, Source
-from playbooks.engine import EVALUATE
 from playbooks.models import Page, PlaybookRun
+from playbooks.triggers import EVALUATE
 from tests import paging
 
 PROBLEM = "application/problem+json"

@@ -1,0 +1,117 @@
+"""Reacting to incident changes: which playbooks start, in the change's own transaction or by a job.
+
+`on_events` is a listener on the incident feed (app/wiring.py adds it): it runs inside the transaction that
+records the change, so the work it queues commits with the change or not at all.
+"""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from incidents import jobs
+from incidents.enums import TERMINAL_STATUSES
+from incidents.events import drop_pending, pending_mark
+from incidents.filing import QUIET_FILING
+from incidents.uow import in_transaction
+from playbooks import runs
+from playbooks.conditions import matches
+from playbooks.models import PAGE_OPEN, RUN_RUNNING, RUN_WAITING, Page, PlaybookRun
+from playbooks.settings import Settings
+
+log = logging.getLogger("ucsc.playbooks")
+
+# Job kind: start (or stop) an incident's playbooks after a change.
+EVALUATE = "playbooks.evaluate"
+# A web process's sessions carry its paging settings here (`app/ack.py`): small filings then start their
+# playbooks in their own transaction, one worker round trip sooner; bulk filings and other processes queue a job.
+INLINE_SETTINGS = "ucsc.paging_inline"
+INLINE_MAX = 5
+# Incident fields whose change can make new playbooks match.
+TRIGGER_FIELDS = frozenset({"category", "priority", "tlp", "exercise", "affected_system"})
+
+
+def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
+    """Queue playbook work for incident changes in the writing transaction: nothing is lost if we crash after it."""
+    rows = []
+    inline = session.info.get(INLINE_SETTINGS)
+    created = sum(1 for ev in events if ev.get("kind") == "incident.created")
+    for ev in events:
+        kind, incident_id = ev.get("kind"), ev.get("incident_id")
+        if incident_id is None or not str(kind).startswith("incident."):
+            continue
+        data = ev.get("data") or {}
+        if kind == "incident.created":
+            if session.info.get(QUIET_FILING):
+                continue  # held by a maintenance window: stored and shown, but no playbook starts, so nobody is paged
+            if inline is not None and created <= INLINE_MAX and _start_inline(session, incident_id, inline):
+                continue
+            key = f"{EVALUATE}:{incident_id}:created"
+            rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, key=key, incident_id=incident_id))
+        elif (kind == "incident.updated" and TRIGGER_FIELDS & set(data.get("changes") or {})) or (
+            kind == "incident.classification_decided"
+        ):
+            rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
+        elif kind == "incident.occurrence":
+            # A repeat of the same dedup_key updates the open pages instead of paging again.
+            session.execute(
+                update(Page)
+                .where(Page.incident_id == incident_id, Page.state == PAGE_OPEN)
+                .values(occurrences=Page.occurrences + 1)
+            )
+        elif kind == "incident.status_changed" and data.get("to") in {s.value for s in TERMINAL_STATUSES}:
+            rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
+    jobs.enqueue_many(session, rows)
+
+
+def _start_inline(session: Session, incident_id: int, settings: Settings) -> bool:
+    """Start a new incident's playbooks in its filing transaction, in a savepoint: if anything in a playbook
+    fails, the filing still succeeds and the worker starts them instead (False)."""
+    mark = pending_mark(session)
+    try:
+        with session.begin_nested():
+            evaluate(session, incident_id, settings)
+    except Exception:  # a playbook must never cost a filing
+        drop_pending(session, mark)  # the savepoint's events are gone with its rows
+        log.exception("starting the playbooks of incident %s in its filing failed; the worker will", incident_id)
+        return False
+    return True
+
+
+def evaluate_incident(*, session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:
+    """Start the automatic playbooks that now match the incident (each once), or stop its runs if it ended."""
+    return in_transaction(session, lambda: evaluate(session, incident_id, settings))
+
+
+def evaluate(session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:
+    """`evaluate_incident` inside the caller's transaction."""
+    incident = runs.locked_incident(session, incident_id)
+    if incident is None:
+        return []
+    if incident.status in TERMINAL_STATUSES:
+        for run in session.scalars(
+            select(PlaybookRun).where(
+                PlaybookRun.incident_id == incident.id, PlaybookRun.state.in_((RUN_RUNNING, RUN_WAITING))
+            )
+        ):
+            runs.stop(session, run, incident, None, f"incident {incident.status}")
+        return []
+    started = []
+    for version, spec in runs.newest_for_starting(session):
+        if spec.get("trigger", "auto") != "auto" or not matches(spec.get("when"), incident):
+            continue
+        key = f"{incident.id}:{version.name}:auto"
+        if session.scalar(select(PlaybookRun.id).where(PlaybookRun.key == key)) is not None:
+            continue  # running ones continue; a playbook starts once per incident on its own
+        started.append(runs.start(session, incident, version, key, "auto", None, settings, spec))
+    return started
+
+
+def evaluate_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+    """The `playbooks.evaluate` job: an incident changed in a way that may start or stop playbooks."""
+    with ctx.sessions() as session:
+        evaluate_incident(
+            session=session, incident_id=job.payload["incident_id"], settings=Settings.from_config(ctx.config)
+        )
