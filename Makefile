@@ -79,10 +79,12 @@ format: install-test
 	$(VENV)/bin/ruff check --fix .
 
 # The web UI's catalogue: extract every string, merge into vi/en (new entries arrive untranslated), compile.
+# Then the pages' catalogue (domain paging, kept by hand beside playbooks/messages.py), compiled.
 translations: install
 	$(VENV)/bin/pybabel extract -F babel.cfg -k _l --no-location --sort-output --project UCSC -o app/translations/messages.pot .
 	$(VENV)/bin/pybabel update -i app/translations/messages.pot -d app/translations -D messages --no-fuzzy-matching
 	$(VENV)/bin/pybabel compile -d app/translations -D messages
+	$(VENV)/bin/pybabel compile -d playbooks/translations -D paging
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
