@@ -263,6 +263,8 @@ class Incident(Base):
     search_text: Mapped[str] = mapped_column(Text, default="")
 
     created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    # The owner who answers for the incident's progress (incidents.assignment); none until someone is assigned.
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -272,6 +274,7 @@ class Incident(Base):
 
     affected_system: Mapped[System | None] = relationship()
     created_by: Mapped[User] = relationship(foreign_keys=[created_by_id])
+    assignee: Mapped[User | None] = relationship(foreign_keys=[assignee_id])
     class_proposed_by: Mapped[User | None] = relationship(foreign_keys=[class_proposed_by_id])
     class_decided_by: Mapped[User | None] = relationship(foreign_keys=[class_decided_by_id])
     merged_into: Mapped["Incident | None"] = relationship(remote_side=[id])

@@ -313,10 +313,31 @@ class Task(Base):
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    # People add tasks beside the playbooks' (playbooks.tasks): for a phase of the procedure (an incident status),
+    # assigned to an account; a playbook's task has neither until someone sets them.
+    phase: Mapped[str | None] = mapped_column(String(16))
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_by: Mapped[str | None] = mapped_column(String(150))
 
     organisation: Mapped[Organisation | None] = relationship()
+    assignee: Mapped[User | None] = relationship()
+    comments: Mapped[list["TaskComment"]] = relationship(order_by="TaskComment.id")
 
     __table_args__ = (CheckConstraint("state IN ('open', 'done')", name="state"),)
+
+
+class TaskComment(Base):
+    """A remark on a task (Markdown, shown sanitised); it carries its incident so visibility needs no extra join."""
+
+    __tablename__ = "task_comments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), index=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    author: Mapped[str] = mapped_column(String(150))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class DirectionRequest(Base):

@@ -72,6 +72,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "GET /api/v1/incidents/<incident_id>": ("incident", ALL),
     "PATCH /api/v1/incidents/<incident_id>": ("incident", EDITORS),
     "PATCH /api/v1/incidents/<incident_id> #lower-tlp": ("incident", DESK),  # a PATCH to a lower TLP
+    "PATCH /api/v1/incidents/<incident_id> #assign": ("incident", DESK),  # a PATCH that names the owner
     "GET /api/v1/incidents/<incident_id>/events": ("incident", ALL),
     "GET /api/v1/incidents/<incident_id>/classification": ("incident", ALL),
     "POST /api/v1/incidents/<incident_id>/classification": ("incident", PEOPLE),  # committee decides, others propose
@@ -192,8 +193,18 @@ ROUTES: dict[str, tuple[str, str]] = {
     "GET /incidents/<ref>/reports/<kind>/<int:version>.<fmt>": ("incident", PEOPLE),
     "POST /incidents/<ref>/tasks/<int:task_id>/completion": ("incident", DESK),
     "POST /incidents/<ref>/direction-requests": ("incident", DESK),
+    "POST /incidents/<ref>/pages/<int:page_id>/acks": ("incident", DESK),  # or the person paged
+    "POST /incidents/<ref>/pages/<int:page_id>/waves": ("incident", DESK),  # page again
+    "POST /incidents/<ref>/pages/<int:page_id>/support-requests": ("incident", DESK),  # or the person paged
+    "POST /incidents/<ref>/assignee": ("incident", DESK),
+    "POST /incidents/<ref>/tasks": ("incident", EDITORS),
+    "POST /incidents/<ref>/tasks/<int:task_id>/assignee": ("incident", EDITORS),
+    "POST /incidents/<ref>/tasks/<int:task_id>/state": ("incident", DESK),  # or its assignee or organisation
+    "POST /incidents/<ref>/tasks/<int:task_id>/comments": ("incident", PEOPLE),
+    "POST /incidents/<ref>/fields": ("incident", EDITORS),
     "POST /direction-requests/<int:request_id>/directives": ("incident", "admin committee"),
     "GET /sources": ("global", DESK),  # the alert sources page
+    "GET /outbox": ("global", DESK),  # pages kept in the local outbox
     "POST /sources": ("global", DESK),
     "POST /sources/<int:source_id>": ("global", DESK),
     "POST /sources/windows": ("global", DESK),

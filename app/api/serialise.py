@@ -88,6 +88,7 @@ def incident(i: Incident, occurrences: int) -> dict[str, Any]:
         "participants": [participant(p) for p in i.participants],
         "allowed_transitions": [s.value for s in lifecycle.allowed_targets(Status(i.status))],
         "created_by": i.created_by.username,
+        "assignee": i.assignee.username if i.assignee else None,
         "created_at": ts(i.created_at),
         "updated_at": ts(i.updated_at),
         "status_changed_at": ts(i.status_changed_at),
