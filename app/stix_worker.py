@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from app.api.stix import stix_settings
 from incidents.stix import projector
 from incidents.stix.store import StixSettings
 
@@ -17,17 +18,11 @@ log = logging.getLogger("ucsc.stix.projector")
 BATCH = 200
 
 
-def _settings(config: dict[str, Any]) -> StixSettings:
-    return StixSettings(
-        base_url=str(config["BASE_URL"]), board_name=str(config["STIX_BOARD_NAME"]), push=bool(config["STIX_PUSH_URL"])
-    )
-
-
 async def run(worker: Any) -> None:
     """Project until cancelled; idle polls are one indexed read."""
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(1, thread_name_prefix="ucsc-stix")
-    settings = _settings(worker.app.config)
+    settings = stix_settings(worker.app.config)
     leader: Any = None
     try:
         while True:

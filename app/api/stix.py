@@ -1,6 +1,7 @@
 """STIX 2.1 routes: an incident as a bundle, a bulk export since a time, and importing a bundle."""
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -61,8 +62,9 @@ class AttackTechniquesRead(BaseModel):
     techniques: list[str]
 
 
-def stix_settings() -> StixSettings:
-    c = current_app.config
+def stix_settings(config: Mapping[str, Any] | None = None) -> StixSettings:
+    """The STIX settings of `config`, the current app's unless given (the projector's worker passes its app's)."""
+    c = current_app.config if config is None else config
     return StixSettings(
         base_url=str(c["BASE_URL"]), board_name=str(c["STIX_BOARD_NAME"]), push=bool(c["STIX_PUSH_URL"])
     )
