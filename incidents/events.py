@@ -186,4 +186,3 @@ def take_feed_lock(session: Session) -> None:
     if session.info.get("feed_lock_tx") is not tx:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FEED_LOCK_KEY})
         session.info["feed_lock_tx"] = tx
-
