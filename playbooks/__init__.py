@@ -1,1 +1,1 @@
-"""Playbooks: the directory of who to page, playbook definitions as data, and the engine that runs them."""
+"""Playbooks: who to page, definitions as data, and the runs, pages and deliveries that carry them out."""
