@@ -1,13 +1,24 @@
-"""What the benchmarks share: the flask CLI, the gunicorn worker's pid and CPU time, percentiles."""
+"""What the benchmarks share: scale, the flask CLI, the gunicorn worker's pid and CPU time, percentiles, reports."""
 
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# CI runs the benches at a tenth of their size only to prove they still run; targets hold at full size.
+SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
+
+
+def scaled(n: int, minimum: int = 1) -> int:
+    """`n` at this run's scale, never below `minimum`."""
+    return max(minimum, round(n * SCALE))
 
 
 def project_imports() -> None:
@@ -66,3 +77,49 @@ def percentile(sorted_values: list[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
     return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
+
+
+def target(value: float, goal: float) -> dict[str, Any]:
+    """A report's entry for a figure that must stay at or below `goal`."""
+    return {"value": value, "target": f"<= {goal:.1f}", "pass": value <= goal}
+
+
+def machine(load_before: list[float]) -> dict[str, Any]:
+    """What a report says of the machine: other work on it skews every figure, so how busy it was around the run."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def rounded(value: Any) -> Any:
+    """`value` with every float in it rounded to three places, for the JSON report."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    """Return once `url` answers 200; RuntimeError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")

@@ -34,14 +34,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _common import SCALE, machine, percentile, rounded, scaled
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
-from _common import percentile
 from _common import worker_pid as _worker_pid
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results.json"))
 CLIENTS = 16
 BULK_SIZE = 500
@@ -62,10 +61,6 @@ TARGETS = {
 }
 # A fixed, past detection time: bodies must not depend on the clock (the API refuses future times).
 DETECTED_AT = "2026-01-15T08:30:00+07:00"
-
-
-def scaled(n: int, minimum: int) -> int:
-    return max(minimum, round(n * SCALE))
 
 
 def incident_payload(n: int, tag: str) -> dict[str, Any]:
@@ -470,13 +465,7 @@ def main() -> int:
     report = {
         "scale": SCALE,
         "finished_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            # Other work on the machine skews every figure; these say how busy it was around the run.
-            "load_average_before": load_before,
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "setup": {
             "database": "sqlite (WAL, BEGIN IMMEDIATE)",
             # fsync is most of a one-incident transaction: a tmpfs would flatter both sides.
@@ -499,7 +488,7 @@ def main() -> int:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(_rounded(report), indent=2) + "\n")
+    OUTPUT.write_text(json.dumps(rounded(report), indent=2) + "\n")
     print("targets:")
     for name, t in targets.items():
         print(f"  {'pass' if t['pass'] else 'MISS'}  {name} = {t['value']:g} (target {t['target']})")
@@ -541,16 +530,6 @@ def _show(kind: str, phase: str, f: dict[str, Any]) -> None:
             line += f"; {before:.1f} before the HTTP runs, {after:.1f} after"
         line += ")"
     print(line, flush=True)
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":

@@ -33,15 +33,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from _common import SCALE, machine, percentile, project_imports, rounded, scaled, target
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
-from _common import percentile, project_imports
 from _common import worker_pid as _worker_pid
 from _live_clients import Clients
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-live.json"))
 # The tests' PostgreSQL admin URL: the bench creates (and drops) a database of its own there.
 PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -56,10 +55,6 @@ JOB_KIND = "receipt.webhook"
 FEED_SLACK_MS = 50.0
 TARGETS = {"peak_rss_mb": 200.0, "job_lag_p99_ms": 250.0}
 DETECTED_AT = "2026-01-15T08:30:00+07:00"  # a fixed, past detection time (the API refuses future ones)
-
-
-def scaled(n: int, minimum: int) -> int:
-    return max(minimum, round(n * SCALE))
 
 
 def summary(values_ms: list[float], **extra: Any) -> dict[str, Any]:
@@ -296,9 +291,9 @@ def run_backend(name: str, database_url: str, workdir: Path, receiver: WebhookRe
 
     bound = 2 * figures["bare"]["p99_ms"] + FEED_SLACK_MS
     figures["targets"] = {
-        "feed_p99_ms": _target(figures["feed"]["p99_ms"], bound),
-        "peak_rss_mb": _target(peak_rss, TARGETS["peak_rss_mb"]),
-        "job_lag_p99_ms": _target(figures["job_lag"]["p99_ms"], TARGETS["job_lag_p99_ms"]),
+        "feed_p99_ms": target(figures["feed"]["p99_ms"], bound),
+        "peak_rss_mb": target(peak_rss, TARGETS["peak_rss_mb"]),
+        "job_lag_p99_ms": target(figures["job_lag"]["p99_ms"], TARGETS["job_lag_p99_ms"]),
     }
     for kind in ("bare", "feed"):
         if figures[kind]["missing"]:
@@ -348,10 +343,6 @@ def _wait_for_jobs(engine: Any, incident_ids: list[int], timeout: float = 20.0) 
         if (finished and len(rows) >= len(incident_ids)) or time.monotonic() > deadline:
             return rows
         time.sleep(0.2)
-
-
-def _target(value: float, goal: float) -> dict[str, Any]:
-    return {"value": value, "target": f"<= {goal:.1f}", "pass": value <= goal}
 
 
 def _sqlite(workdir: Path) -> tuple[str, Any]:
@@ -419,16 +410,6 @@ def _show(name: str, f: dict[str, Any]) -> None:
     print(flush=True)
 
 
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 3)
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v) for v in value]
-    return value
-
-
 def _terminate(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop processes and drop the database
 
@@ -464,12 +445,7 @@ def main() -> int:
     report = {
         "scale": SCALE,
         "finished_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "load_average_before": load_before,
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(load_before),
         "setup": {
             "server": "gunicorn, gunicorn.conf.py (1 gevent worker), UCSC_BENCH_ROUTES=1",
             "worker": "flask --app wsgi worker (shipped settings)",
@@ -487,7 +463,7 @@ def main() -> int:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(json.dumps(_rounded(report), indent=2) + "\n")
+    OUTPUT.write_text(json.dumps(rounded(report), indent=2) + "\n")
     for e in errors:
         print("ERROR:", e)
     print(f"{'passed' if report['passed'] else 'targets missed'}; {report['seconds']} s; figures written to {OUTPUT}")

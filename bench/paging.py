@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import SCALE, free_port, percentile, wait_http
 from _common import env as _env
 from _common import flask as _flask
-from _common import percentile
 from aiosmtpd.controller import Controller
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-paging.json"))
 RATE = 5.0
 SECONDS = 40.0
@@ -69,14 +68,6 @@ def _drop_pg_database() -> None:
 
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{PG_NAME}" WITH (FORCE)')
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Arrivals:
@@ -119,22 +110,10 @@ def _receiver(arrivals: Arrivals) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", _free_port()), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def _figures(latencies: list[float], expected: int) -> dict[str, Any]:
@@ -154,12 +133,12 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ucsc-bench-paging-"))
     errors: list[str] = []
     mail_at, hook_at = Arrivals(), Arrivals()
-    smtp_port = _free_port()
+    smtp_port = free_port()
     smtp = Controller(_Sink(mail_at), hostname="127.0.0.1", port=smtp_port)
     smtp.start()
     receiver = _receiver(hook_at)
     hook_url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     database = f"sqlite:///{workdir / 'ucsc.db'}"
     if BACKEND == "postgresql":
@@ -197,7 +176,7 @@ def main() -> int:
                 stderr=subprocess.STDOUT,
             )
         )
-        _wait_http(base + "/healthz")
+        wait_http(base + "/healthz")
         client = httpx.Client(base_url=base, timeout=30)
         auth = {"Authorization": f"Bearer {admin}"}
         mail_ids, hook_ids = [], []

@@ -17,7 +17,6 @@ bench/results-sources.json (`UCSC_BENCH_OUTPUT` overrides the path).
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import SCALE, free_port, percentile, wait_http
 from _common import env as _env
 from _common import flask as _flask
-from _common import percentile
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-sources.json"))
 BACKENDS = [b for b in os.environ.get("UCSC_BENCH_BACKENDS", "sqlite,postgresql").split(",") if b]
 PG_ADMIN = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -42,24 +40,6 @@ RULES, AGENTS, ALERTS, CLIENTS = 20, 5, 2000, 16
 TARGET_RATIO = 3.0
 RETRIES = 8
 GROUPS = (["web", "attack"], ["sshd", "authentication_failed"], ["syscheck"], ["rootcheck"], ["ddos"])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def alert(n: int, rule: int, agent: int) -> dict[str, Any]:
@@ -184,7 +164,7 @@ def _verify(database: str, source_id: int, keys: int, total: int) -> dict[str, A
 def run_backend(backend: str) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"ucsc-bench-sources-{backend}-"))
     database, pg_name = _database(backend, workdir)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     environment = _env(database, UCSC_BASE_URL=base, UCSC_LOG_LEVEL="WARNING")
     server: subprocess.Popen | None = None
@@ -196,7 +176,7 @@ def run_backend(backend: str) -> dict[str, Any]:
                 [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}"],
                 cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        _wait_http(base + "/healthz")
+        wait_http(base + "/healthz")
         made = httpx.post(f"{base}/api/v1/sources", json={"kind": "wazuh", "name": "Wazuh bench"},
                           headers={"Authorization": f"Bearer {operator}"}, timeout=30)  # fmt: skip
         made.raise_for_status()

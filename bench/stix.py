@@ -29,23 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from _common import SCALE, percentile, scaled
 from _common import env as _env
 from _common import flask as _flask
-from _common import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 # The project's packages, not the benches beside this file, must answer imports (bench/telegram.py would
 # shadow python-telegram-bot, this file the STIX 1 `stix` package).
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
-SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-stix.json"))
 TARGETS = {"export_ratio": 1.5, "export_p99_s": 1.0, "import_ratio": 1.5, "taxii_page_p99_ms": 200.0}
 GREEN = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
-
-
-def scaled(n: int, minimum: int = 1) -> int:
-    return max(minimum, round(n * SCALE))
 
 
 def _indicator(i: int) -> dict[str, Any]:

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from _common import cpu_seconds, env, flask, percentile, worker_pid
+from _common import SCALE, cpu_seconds, env, flask, free_port, percentile, worker_pid
 from intake import Connection, incident_payload
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-topology.json"))
 ADMIN_URL = os.environ.get("UCSC_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REQUESTS = 3000
@@ -64,14 +63,6 @@ class _Receiver(ThreadingHTTPServer):
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Backends:
@@ -165,7 +156,7 @@ def run(instances: int, requests_count: int, receiver: _Receiver) -> dict[str, A
         hook = f"http://127.0.0.1:{receiver.server_address[1]}/receipt"
         token = flask(environment, "create-token", "bench-siem", "--role", "intake", "--webhook", hook)
         token = token.strip().splitlines()[-1]
-        ports = [_free_port() for _ in range(instances)]
+        ports = [free_port() for _ in range(instances)]
         logs = ROOT / "bench" / ".topology-logs"
         logs.mkdir(exist_ok=True)
         for port in ports:
