@@ -5,7 +5,8 @@ wire the same things, and no module registers anything when it is imported. The 
 `jobs.KINDS`) belong to the process, since the domain cannot hold an app: an app installed later, as the tests
 build many, replaces what an earlier one put there (the paging leases). What the domain reads per app rides on
 its sessions instead (`session.info`), so each app's sessions keep their own settings. The channels are the one
-list in notifiers/registry.py; the worker builds the ones the configuration enables.
+list in notifiers/registry.py (the directory and the playbook schema read their names at import); the worker
+takes the ones the configuration enables from `channels(app)`.
 """
 
 from typing import Any
@@ -17,6 +18,8 @@ from app.telegram import outbox as telegram_outbox
 from incidents import audit, deadlines, events, jobs, receipts
 from incidents.reporting import periodic
 from incidents.stix import push as stix_push
+from notifiers import registry
+from notifiers.base import Notifier
 from playbooks import delivery, focal, paging, runs, steps, triggers
 from playbooks.settings import Settings as PagingSettings
 
@@ -25,7 +28,7 @@ SESSION_INFO = "ucsc.session_info"
 
 
 def install(app: Flask) -> None:
-    """Register the listeners, at-commit writers, job kinds and channels; configure the app's sessions."""
+    """Register the listeners, at-commit writers and job kinds; configure the app's sessions."""
     config = app.config
 
     # Rows kept for the commit are written then, events first (incidents/events.py), then these in this order.
@@ -72,3 +75,9 @@ def install(app: Flask) -> None:
 def session_info(app: Flask) -> dict[str, Any]:
     """What every session of `app` carries in `session.info` (a session factory of its own starts with it)."""
     return dict(app.extensions[SESSION_INFO])
+
+
+def channels(app: Flask) -> dict[str, Notifier]:
+    """The worker's channels: each one in `registry.CHANNELS` that the configuration enables (the Telegram runtime
+    binds `telegram` to its outbox when it starts)."""
+    return registry.build_notifiers(app.config)

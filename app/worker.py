@@ -33,7 +33,6 @@ from incidents import audit, evidence, jobs
 from incidents.base import utcnow
 from incidents.reporting import periodic
 from incidents.sources import mailbox
-from notifiers.registry import build_notifiers
 
 log = logging.getLogger("ucsc.worker")
 
@@ -52,7 +51,7 @@ class Worker:
         self.poll = float(cfg["WORKER_POLL_SECONDS"])
         self.heartbeat_every = float(cfg["WORKER_HEARTBEAT_SECONDS"])
         self.grace = float(cfg["WORKER_SHUTDOWN_GRACE"])
-        self.ctx = jobs.JobContext(self.sessions, dict(cfg), build_notifiers(cfg))
+        self.ctx = jobs.JobContext(self.sessions, dict(cfg), wiring.channels(app))
         self.telegram = telegram_runtime.attach(self)  # None when Telegram is off; binds the `telegram` channel
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ucsc-job")
         # The worker's own queries (claim, heartbeat, release) get a thread of their own, so they never wait
