@@ -148,8 +148,15 @@ def file_in_session(
     systems: list[System | None] = []
     participants: list[list[tuple[int | None, int | None, str]]] = []
     system_cache: dict[str, System] = {}
-    matched = match_systems(session, [[] if item.affected_system else item.observables for item in items])
-    standing_body_id = _standing_body_id(session, settings)
+    held, matches = _open_dedup(session, actor, {item.dedup_key for item in items if item.dedup_key})
+    # A repeat only adds an occurrence: the system matching and the participants it would need as a new incident
+    # are not looked up (what it names is still validated).
+    grouped = [bool(item.dedup_key and item.dedup_key in matches) for item in items]
+    matched = match_systems(
+        session, [[] if item.affected_system or grouped[i] else item.observables for i, item in enumerate(items)]
+    )
+    needs_standing_body = any(not g or item.participants for g, item in zip(grouped, items, strict=True))
+    standing_body_id = _standing_body_id(session, settings) if needs_standing_body else None
     for i, item in enumerate(items):
         system = None
         try:
@@ -171,7 +178,6 @@ def file_in_session(
     new_rows: list[tuple[int, IncidentCreate, System | None]] = []
     open_keys: dict[int, str | None] = {}
     pending_keys: dict[str, int] = {}
-    held, matches = _open_dedup(session, actor, {item.dedup_key for item in items if item.dedup_key})
     for i, item in enumerate(items):
         key = item.dedup_key
         if key and key in pending_keys:
