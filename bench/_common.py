@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -123,3 +124,15 @@ def wait_http(url: str, timeout: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer")
+
+
+def finish(workdir: Path, errors: list[str], passed: bool, kept: str = "") -> int:
+    """Keep `workdir` (`kept` says what it holds) when asked or after an error, else remove it; the exit status."""
+    if os.environ.get("UCSC_BENCH_KEEP") or errors:
+        print(f"kept {workdir}{kept}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if errors:
+        return 2
+    # Figures at a fraction of the size are not meaningful enough to fail on; full-size runs enforce targets.
+    return 0 if passed or SCALE < 1 else 1

@@ -24,7 +24,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import SCALE, machine, percentile, rounded, scaled
+from _common import SCALE, finish, machine, percentile, rounded, scaled
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
@@ -495,14 +494,7 @@ def main() -> int:
     for e in errors:
         print("ERROR:", e)
     print(f"{report['seconds']} s; figures written to {OUTPUT}")
-    if os.environ.get("UCSC_BENCH_KEEP") or errors:
-        print(f"kept {workdir} (databases, gunicorn.log)")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if errors:
-        return 2
-    # Figures at a fraction of the size are not meaningful enough to fail on; full-size runs enforce targets.
-    return 0 if report["passed"] or SCALE < 1 else 1
+    return finish(workdir, errors, report["passed"], " (databases, gunicorn.log)")
 
 
 def _filesystem(path: Path) -> str:

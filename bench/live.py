@@ -22,7 +22,6 @@ Figures go to stdout and to bench/results-live.json (`UCSC_BENCH_OUTPUT` overrid
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _common import SCALE, machine, percentile, project_imports, rounded, scaled, target
+from _common import SCALE, finish, machine, percentile, project_imports, rounded, scaled, target
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
@@ -467,14 +466,7 @@ def main() -> int:
     for e in errors:
         print("ERROR:", e)
     print(f"{'passed' if report['passed'] else 'targets missed'}; {report['seconds']} s; figures written to {OUTPUT}")
-    if os.environ.get("UCSC_BENCH_KEEP") or errors:
-        print(f"kept {workdir} (SQLite database, gunicorn and worker logs)")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if errors:
-        return 2
-    # Figures at a fraction of the size are not meaningful enough to fail on; full-size runs enforce targets.
-    return 0 if report["passed"] or SCALE < 1 else 1
+    return finish(workdir, errors, report["passed"], " (SQLite database, gunicorn and worker logs)")
 
 
 if __name__ == "__main__":

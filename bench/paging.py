@@ -14,7 +14,6 @@ Figures go to stdout and to bench/results-paging.json (`UCSC_BENCH_OUTPUT` overr
 
 import json
 import os
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import SCALE, free_port, percentile, wait_http
+from _common import SCALE, finish, free_port, percentile, wait_http
 from _common import env as _env
 from _common import flask as _flask
 from aiosmtpd.controller import Controller
@@ -329,13 +328,7 @@ def main() -> int:
     for e in errors:
         print("ERROR:", e)
     print(f"{report['seconds']} s; figures written to {OUTPUT}")
-    if os.environ.get("UCSC_BENCH_KEEP") or errors:
-        print(f"kept {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if errors:
-        return 2
-    return 0 if report["passed"] or SCALE < 1 else 1
+    return finish(workdir, errors, report["passed"])
 
 
 if __name__ == "__main__":

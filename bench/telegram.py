@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import SCALE, percentile, scaled
 from _common import env as _env
 from _common import flask as _flask
-from _common import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 # This file is bench/telegram.py: with bench/ first on the path, `import telegram` would find it instead of
@@ -43,7 +43,6 @@ sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != P
 from tests.botapi import BotAPI  # noqa: E402 - the stand-in lives with the tests, the bench reuses it
 from tests.live import free_port  # noqa: E402
 
-SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-telegram.json"))
 PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [b.strip() for b in os.environ.get("UCSC_BENCH_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
@@ -65,10 +64,6 @@ when: {category: malware}
 steps:
   - page: {organisation: viettel, pick: all, reason_vi: Đề nghị kiểm tra}
 """
-
-
-def scaled(n: int, minimum: int) -> int:
-    return max(minimum, round(n * SCALE))
 
 
 def payload(n: int, category: str) -> dict[str, Any]:
