@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from incidents.access import Actor, can_see
+from incidents.base import MAX_ID
 from incidents.errors import Conflict, NotFound
 from incidents.models import Incident, Job
 from incidents.policy import Capability, require
@@ -38,6 +39,8 @@ def repage(*, session: Session, page_id: int, actor: Actor, settings: Settings, 
     require(actor, Capability.PAGE_BY_HAND, "only admins and operators page by hand")
 
     def work() -> Page:
+        if page_id > MAX_ID:  # beyond BIGINT: PostgreSQL would refuse the parameter, and it names nothing
+            raise NotFound(f"no page {page_id}")
         page = session.get(Page, page_id, with_for_update=True, populate_existing=True)
         if page is None or not can_see(session, actor, page.incident_id):
             raise NotFound(f"no page {page_id}")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from incidents.access import Actor, can_see
 from incidents.assignment import may_own
-from incidents.base import utcnow
+from incidents.base import MAX_ID, utcnow
 from incidents.enums import Status
 from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.events import record_event
@@ -61,6 +61,8 @@ def _owner(session: Session, username: str | None, incident_id: int) -> User | N
 
 def _locked_task(session: Session, actor: Actor, task_id: int, incident_id: int | None) -> Task:
     """The task, locked; one on an incident `actor` may not see (or on another incident) is as missing as none."""
+    if task_id > MAX_ID:  # beyond BIGINT: PostgreSQL would refuse the parameter, and it names nothing
+        raise NotFound(f"no task {task_id}")
     task = session.get(Task, task_id, with_for_update=True, populate_existing=True)
     if task is None or (incident_id is not None and task.incident_id != incident_id):
         raise NotFound(f"no task {task_id}")

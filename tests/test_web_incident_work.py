@@ -223,6 +223,9 @@ def test_every_work_form_on_an_incident_the_user_may_not_see_answers_404_and_cha
     # A page or task of another incident named under a visible one is as missing as one that never was.
     assert op.post(f"/incidents/{ref}/pages/999999/acks", data={"csrf_token": token, "note": "x"}).status_code == 404
     assert op.post(f"/incidents/{ref}/tasks/999999/state", data={"csrf_token": token, "done": "1"}).status_code == 404
+    beyond = 2**63  # no BIGINT holds it: a 404, not the database's refusal
+    for path in (f"pages/{beyond}/acks", f"pages/{beyond}/waves", f"tasks/{beyond}/comments", f"tasks/{beyond}/state"):
+        assert op.post(f"/incidents/{ref}/{path}", data={"csrf_token": token, "body": "x"}).status_code == 404, path
     # Without the form's CSRF token nothing happens at all.
     assert op.post(f"/incidents/{ref}/pages/{page.id}/acks", data={"note": "x"}).status_code == 400
     assert _page(dbs, world["id"]).state == "open"

@@ -22,6 +22,7 @@ from app.web.browser import bp, current_actor
 from app.web.views import error_page, roles
 from incidents import assignment
 from incidents.access import Actor
+from incidents.base import MAX_ID
 from incidents.changes import update_incident
 from incidents.clock import LOCAL_TZ
 from incidents.errors import Conflict, DomainError, FieldError, Forbidden, NotFound, ValidationFailed
@@ -138,6 +139,8 @@ def _incident(ref: str) -> Incident:
 
 def _page_of(incident: Incident, page_id: int) -> Any:
     """The page, if it is this incident's and visible; else NotFound (as a page that never was)."""
+    if page_id > MAX_ID:  # beyond BIGINT: PostgreSQL would refuse the parameter, and it names nothing
+        raise NotFound(f"no page {page_id}")
     page = playbooks.get_page(db.session(), current_actor(), page_id)
     if page.incident_id != incident.id:
         raise NotFound(f"no page {page_id}")
