@@ -27,6 +27,9 @@ DEFAULTS: dict[str, object] = {
     "TELEGRAM_LINK_TTL_HOURS": 168,
     "TELEGRAM_RETRY_SECONDS": 0.5,
     "SMTP_URL": None,
+    # The local outbox (docs/configuration.md): auto keeps pages there when no e-mail, Telegram or SMS is set.
+    "OUTBOX": "auto",
+    "OUTBOX_FILE": None,  # default: instance/, one per database
     "MAIL_FROM": "ucsc@localhost",
     # The [TBSC] mailbox the worker reads (docs/sources/mailbox.md); off without a URL.
     "MAILBOX_URL": None,

@@ -114,6 +114,7 @@ def app(database_url: str, app_config: dict, tmp_path: Path) -> Iterator[Flask]:
         # The receivers tests deliver to listen on loopback; tests of the outbound rule build apps without this.
         "OUTBOUND_ALLOW": LOOPBACK,
         "AUDIT_ANCHOR_FILE": str(tmp_path / "audit_anchor"),  # not the instance folder's, shared by every test
+        "OUTBOX_FILE": str(tmp_path / "outbox.jsonl"),
         **app_config,
     }
     application = create_app(config)

@@ -156,6 +156,7 @@ VIA = {
     "sms": _l("by SMS"),
     "phone": _l("by phone"),
 }
+HIDDEN_LINK = _l("[acknowledgement link, for the recipient only]")
 CHANNEL = {"email": _l("E-mail"), "telegram": "Telegram", "sms": "SMS", "webhook": "Webhook", "outbox": _l("Outbox")}
 # Notes the code writes on events, in the reader's language; other code-written notes are shown as technical detail.
 NOTES = {
