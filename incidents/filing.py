@@ -326,17 +326,15 @@ def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str
         return set(), {}
     scopes = {key: dedup_scopes(actor.organisation_id, actor.user_id, key) for key in keys}
     rows = session.execute(
-        select(Incident.id, Incident.open_dedup_key, case((visible_incidents(actor), True), else_=False)).where(
+        select(Incident, case((visible_incidents(actor), True), else_=False)).where(
             Incident.open_dedup_key.in_([scope for pair in scopes.values() for scope in pair])
         )
     ).all()
-    held = {row.open_dedup_key for row in rows}
-    visible = {row.open_dedup_key: row.id for row in rows if row[2]}
-    ids = set(visible.values())
-    loaded = {i.id: i for i in session.scalars(select(Incident).where(Incident.id.in_(ids)))} if ids else {}
+    held = {incident.open_dedup_key for incident, _ in rows}
+    visible = {incident.open_dedup_key: incident for incident, seen in rows if seen}
     # The organisation's incident first: grouping stays as wide as the filer's sight allows.
     found = {key: next((visible[s] for s in pair if s in visible), None) for key, pair in scopes.items()}
-    return held, {key: loaded[incident_id] for key, incident_id in found.items() if incident_id is not None}
+    return held, {key: incident for key, incident in found.items() if incident is not None}
 
 
 class _Filed(NamedTuple):
