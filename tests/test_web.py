@@ -17,7 +17,7 @@ from incidents.access import Actor
 from incidents.enums import Role
 from incidents.filing import FilingSettings, file_incidents
 from incidents.models import AuditEntry, BrowserSession, Incident
-from incidents.schemas import IncidentCreate, ParticipantIn
+from incidents.schemas.incidents import IncidentCreate, ParticipantIn
 from incidents.systems import list_organisations, list_systems
 from tests.web import PASSWORD, csrf, make_user, sign_in, text_of, user_row
 
@@ -244,7 +244,7 @@ def test_a_refused_transition_says_why_and_names_the_allowed_steps(app: Flask, c
     response = client.post(f"/incidents/{ref}/transitions", data={"to": "closed", "csrf_token": csrf(page.text)})
     assert response.status_code == 302
     page = client.get(f"/incidents/{ref}")
-    assert "Bị từ chối: sự cố hiện ở bước «Mới»" in page.text
+    assert "Bị từ chối: sự cố hiện ở bước «Tiếp nhận»" in page.text
     assert "Xác minh, phân loại" in page.text
     for step in ("triage", "first_response", "containment"):
         client.post(f"/incidents/{ref}/transitions", data={"to": step, "csrf_token": csrf(page.text)})
@@ -496,8 +496,8 @@ def add_contact(session, actor: Actor, **fields: object) -> None:
 
 
 def test_pages_show_who_was_paged_delivery_and_acknowledgement(app: Flask, client: FlaskClient) -> None:
-    from playbooks import engine
     from playbooks import service as playbooks
+    from playbooks.settings import Settings
 
     make_user(app, "op")
     make_user(app, "member", role="committee")
@@ -507,7 +507,7 @@ def test_pages_show_who_was_paged_delivery_and_acknowledgement(app: Flask, clien
         op = user_row(app, "op")
         actor = Actor(user_id=op.id, username="op", role=Role.OPERATOR, organisation_id=op.organisation_id)
         add_contact(s, actor, organisation="vnpt", name="Phạm Trực Ban", email="truc@vnpt.example", channels=["email"])
-        settings = engine.Settings.from_config(app.config)
+        settings = Settings.from_config(app.config)
         page = playbooks.page_target(
             session=s,
             incident_id=ref,
