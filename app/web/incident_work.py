@@ -184,7 +184,8 @@ def work_context(actor: Actor, incident: Incident) -> dict[str, Any]:
         "plan": page_actions.escalation_plan(session, actor, incident.id),
         "tasks_by_phase": [(p, by_phase[p]) for p in phases],
         "task_count": len(task_rows),
-        "owners": [u.username for u in assignment.candidates(session, actor, incident)],
+        # Called by the full page only: each candidate's visibility is a query, too many for every live refresh.
+        "owners": lambda: [u.username for u in assignment.candidates(session, actor, incident)],
         "may_assign": allows(actor, Capability.ASSIGN_INCIDENT),
         "may_page": allows(actor, Capability.PAGE_BY_HAND),
         "may_tick": lambda t: tasks.may_tick(actor, t),
