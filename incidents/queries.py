@@ -102,9 +102,9 @@ def _decode_cursor(cursor: str, query_key: str) -> tuple[datetime, int]:
     return value, last_id
 
 
-def list_incidents(session: Session, actor: Actor, query: IncidentQuery) -> tuple[list[Incident], str | None]:
-    """One page of the incidents `actor` may see, in a stable keyset order."""
-    stmt = select(Incident).where(visible_incidents(actor))
+def _filtered(stmt: Any, actor: Actor, query: IncidentQuery) -> Any:
+    """`stmt` narrowed to the incidents `actor` may see that match the query's filters."""
+    stmt = stmt.where(visible_incidents(actor))
     if query.status:
         stmt = stmt.where(Incident.status.in_([s.value for s in query.status]))
     if query.category:
@@ -123,6 +123,18 @@ def list_incidents(session: Session, actor: Actor, query: IncidentQuery) -> tupl
         for term in fold(query.q).split():
             escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             stmt = stmt.where(Incident.search_text.like(f"%{escaped}%", escape="\\"))
+    return stmt
+
+
+def count_incidents(session: Session, actor: Actor, query: IncidentQuery) -> int:
+    """How many incidents `actor` may see match the query's filters (its cursor and limit aside)."""
+    stmt = _filtered(select(func.count()).select_from(Incident), actor, query)
+    return int(session.scalar(stmt) or 0)
+
+
+def list_incidents(session: Session, actor: Actor, query: IncidentQuery) -> tuple[list[Incident], str | None]:
+    """One page of the incidents `actor` may see, in a stable keyset order."""
+    stmt = _filtered(select(Incident), actor, query)
     column = Incident.created_at if query.sort.endswith("created") else Incident.updated_at
     descending = query.sort.startswith("-")
     key = query.filter_key()

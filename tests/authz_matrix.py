@@ -179,6 +179,7 @@ ROUTES: dict[str, tuple[str, str]] = {
     "POST /directory/contacts/<int:contact_id>/telegram-link": ("global", DESK),
     "POST /directory/contacts/<int:contact_id>/telegram-unlink": ("global", DESK),
     "GET /incidents": ("global", PEOPLE),
+    "GET /incidents.csv": ("global", PEOPLE),  # what the list shows, as CSV
     "GET /incidents/new": ("global", EDITORS),
     "POST /incidents/new": ("global", EDITORS),
     "GET /incidents/<ref>": ("incident", PEOPLE),

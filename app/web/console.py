@@ -1,9 +1,12 @@
 """The operator console: incident list, the Form 03 intake form, the incident page and its actions."""
 
+import csv
+import io
 import re
 from typing import Any
+from urllib.parse import urlencode
 
-from flask import current_app, flash, redirect, request, url_for
+from flask import Response, current_app, flash, redirect, request, url_for
 from flask_babel import gettext as _
 
 from app import db
@@ -12,6 +15,7 @@ from app.web import labels
 from app.web.browser import bp, current_actor
 from app.web.views import error_page, field_errors, is_fragment, render, roles
 from incidents import audit, changes
+from incidents.base import utcnow
 from incidents.changes import classify
 from incidents.comments import add_comment, list_comments
 from incidents.enums import Status
@@ -20,7 +24,14 @@ from incidents.filing import FilingSettings, file_incidents
 from incidents.lifecycle import allowed_targets
 from incidents.participants import add_participant
 from incidents.policy import Capability, roles_with
-from incidents.queries import art9_assessment, get_incident, list_events, list_incidents, occurrence_count
+from incidents.queries import (
+    art9_assessment,
+    count_incidents,
+    get_incident,
+    list_events,
+    list_incidents,
+    occurrence_count,
+)
 from incidents.schemas.base import parse, parse_query
 from incidents.schemas.incidents import ClassificationIn, CommentCreate, IncidentCreate, ParticipantIn, TransitionIn
 from incidents.schemas.queries import IncidentQuery
@@ -43,26 +54,98 @@ def _settings() -> FilingSettings:
 @bp.route("/incidents")
 @roles(*DESK)
 def incidents() -> Any:
-    """The list with the API's own filters, sort, diacritic-insensitive search and cursor paging."""
-    args = {k: [v for v in vs if v != ""] for k, vs in request.args.lists()}
-    args = {k: vs for k, vs in args.items() if vs}
-    errors: dict[str, list[str]] = {}
-    try:
-        query = parse_query(IncidentQuery, args, _LIST_FIELDS)
-    except ValidationFailed as exc:
-        errors = field_errors(exc.errors)
-        query = IncidentQuery()
+    """The list with the API's own filters, sort, diacritic-insensitive search and cursor paging.
+
+    The filters stay in the URL; `prev` carries the cursors of the pages already passed (one per page), so
+    "previous" needs no state on the server.
+    """
+    query, errors = _list_query()
     session = db.session()
     try:
         items, next_cursor = list_incidents(session, current_actor(), query)
+        total = count_incidents(session, current_actor(), query)
     except ValidationFailed as exc:
         errors = field_errors(exc.errors)
-        items, next_cursor = [], None
-    page_args = {k: v for k, v in request.args.items() if k != "cursor"}
-    context = {"items": items, "next_cursor": next_cursor, "query": query, "errors": errors, "page_args": page_args}
+        items, next_cursor, total = [], None, 0
+    prev = request.args.getlist("prev")[-MAX_PAGES_BACK:]
+    filters = [(k, v) for k, vs in request.args.lists() if k not in ("cursor", "prev") for v in vs if v != ""]
+    context = {
+        "items": items,
+        "query": query,
+        "errors": errors,
+        "total": total,
+        "page_number": len(prev) + 1,
+        "next_href": _list_href(filters, next_cursor, [*prev, request.args.get("cursor", "")]) if next_cursor else None,
+        "prev_href": _list_href(filters, prev[-1], prev[:-1]) if prev else None,
+        "csv_href": url_for("web.incidents_csv") + ("?" + urlencode(filters) if filters else ""),
+    }
     if is_fragment():
         return render("_incident_list.html", **context)
     return render("console.html", **context)
+
+
+MAX_PAGES_BACK = 50
+CSV_MAX_ROWS = 20_000
+CSV_COLUMNS = ("ref", "title", "status", "priority", "class", "tlp", "category", "system", "owner", "detected_at")
+
+
+def _list_query() -> tuple[IncidentQuery, dict[str, list[str]]]:
+    args = {k: [v for v in vs if v != ""] for k, vs in request.args.lists() if k != "prev"}
+    args = {k: vs for k, vs in args.items() if vs}
+    try:
+        return parse_query(IncidentQuery, args, _LIST_FIELDS), {}
+    except ValidationFailed as exc:
+        return IncidentQuery(), field_errors(exc.errors)
+
+
+def _list_href(filters: list[tuple[str, str]], cursor: str, prev: list[str]) -> str:
+    pairs = [*filters, *(("prev", p) for p in prev)]
+    if cursor:
+        pairs.append(("cursor", cursor))
+    return url_for("web.incidents") + ("?" + urlencode(pairs) if pairs else "")
+
+
+def csv_cell(value: Any) -> str:
+    """A cell a spreadsheet shows as text: a leading =, +, -, @, tab or CR would start a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@bp.route("/incidents.csv")
+@roles(*DESK)
+def incidents_csv() -> Any:
+    """What the list's filters show, every page of it, under the same visibility rules as the list."""
+    query, errors = _list_query()
+    if errors:
+        return error_page(422, "; ".join(f"{f}: {' '.join(m)}" for f, m in errors.items()))
+    session = db.session()
+    actor = current_actor()
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    query = query.model_copy(update={"limit": 500, "cursor": None})
+    rows = 0
+    while rows < CSV_MAX_ROWS:
+        try:
+            items, cursor = list_incidents(session, actor, query)
+        except ValidationFailed as exc:
+            return error_page(422, "; ".join(f"{e.field}: {e.message}" for e in exc.errors))
+        for i in items:
+            writer.writerow([csv_cell(v) for v in (
+                i.ref, i.title, i.status, i.priority, i.incident_class, i.tlp, i.category,
+                i.affected_system.name if i.affected_system else "", i.assignee.username if i.assignee else "",
+                i.detected_at.isoformat() if i.detected_at else "",
+            )])  # fmt: skip
+        rows += len(items)
+        if not cursor:
+            break
+        query = query.model_copy(update={"cursor": cursor})
+    stamp = utcnow().strftime("%Y%m%d-%H%M")
+    return Response(
+        "\ufeff" + out.getvalue(),  # the BOM makes Excel read the Vietnamese as UTF-8
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="incidents-{stamp}.csv"', "Cache-Control": "no-store"},
+    )
 
 
 def _form_to_payload(form: Any) -> dict[str, Any]:

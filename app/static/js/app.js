@@ -35,14 +35,21 @@
       charts.push(new window.Chart(canvas, {
         type: canvas.getAttribute("data-chart-type") || "bar",
         data: data,
+        // data-chart-axis="y" lays the bars sideways, so long category names stay readable.
         options: {animation: false, responsive: true, maintainAspectRatio: false,
-          spanGaps: true,
-          scales: {x: {stacked: true}, y: {stacked: true, beginAtZero: true, ticks: {precision: 0}}}}
+          spanGaps: true, indexAxis: canvas.getAttribute("data-chart-axis") || "x",
+          scales: canvas.getAttribute("data-chart-axis") === "y"
+            ? {x: {beginAtZero: true, ticks: {precision: 0}}, y: {ticks: {autoSkip: false}}}
+            : {x: {stacked: true, ticks: {autoSkip: true, maxRotation: 0}},
+               y: {stacked: true, beginAtZero: true, ticks: {precision: 0}}}}
       }));
     });
   }
 
-  function refreshed() { tick(); drawCharts(); }
+  function refreshed() {
+    tick(); drawCharts();
+    document.dispatchEvent(new CustomEvent("ucsc:refreshed"));
+  }
 
   // Replace a region's content, keeping what the user is typing in it (a directive, a note) and the focus.
   function swap(el, html) {
