@@ -36,6 +36,8 @@ def test_with_no_channel_configured_pages_are_kept_in_the_outbox_the_desk_reads(
     assert "Trực ban Sở TT&amp;TT (ca 2) · Thư điện tử truc2@dic.example.vn" in text
     assert f"[{ref}] Gọi trực: Mã độc trên máy chủ" in text
     assert "/ack/" not in page.text  # the link would acknowledge as the recipient: the desk reads, not clicks
+    # The timeline says the page was kept, not delivered.
+    assert "Tin báo động được giữ trong hộp thư đi nội bộ" in text_of(client.get(f"/incidents/{ref}").text)
     member = app.test_client()
     sign_in(member, "member")
     assert member.get("/outbox").status_code == 403

@@ -72,6 +72,8 @@ NOTIFIED = {
     "network_member": _l("Member of the response network"),
     "isp": _l("Internet service provider"),
     "national_coordinator": _l("National coordinator"),
+    "owner": _l("Owner agency of the system"),
+    "specialised_unit": _l("Specialised response unit"),
 }
 CONDITION = {
     "service_interruption": _l("(a) Service interruption"),
@@ -263,6 +265,14 @@ def label(table: dict[str, Any], value: Any) -> str:
     if value is None:
         return "—"
     return str(table.get(str(value), value))
+
+
+def event(ev: Any) -> str:
+    """What an event records; a page kept in the local outbox was not delivered to anyone, and says so."""
+    data = getattr(ev, "data", None) or {}
+    if ev.kind == "page.delivered" and data.get("channel") == "outbox":
+        return str(_l("Page kept in the outbox"))
+    return label(EVENT, ev.kind)
 
 
 def actor(name: str | None, runs: Any = ()) -> str:
