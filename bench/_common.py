@@ -7,12 +7,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tests' PostgreSQL admin URL: a bench creates (and drops) a database of its own there.
+PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 # CI runs the benches at a tenth of their size only to prove they still run; targets hold at full size.
 SCALE = float(os.environ.get("UCSC_BENCH_SCALE", "1.0"))
 
@@ -136,3 +139,21 @@ def finish(workdir: Path, errors: list[str], passed: bool, kept: str = "") -> in
         return 2
     # Figures at a fraction of the size are not meaningful enough to fail on; full-size runs enforce targets.
     return 0 if passed or SCALE < 1 else 1
+
+
+def database(backend: str, workdir: Path, bench: str, sqlite_file: str) -> tuple[str, Callable[[], None]]:
+    """A fresh database of this run's own: its URL, and a callable that drops it (call it after a failure too)."""
+    if backend == "sqlite":
+        return f"sqlite:///{workdir / sqlite_file}", lambda: None
+    import psycopg
+
+    name = f"ucsc_bench_{bench}_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop

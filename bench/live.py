@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _common import SCALE, finish, machine, percentile, project_imports, rounded, scaled, target
+from _common import SCALE, database, finish, machine, percentile, project_imports, rounded, scaled, target
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
@@ -41,8 +41,6 @@ from _live_clients import Clients
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-live.json"))
-# The tests' PostgreSQL admin URL: the bench creates (and drops) a database of its own there.
-PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [b.strip() for b in os.environ.get("UCSC_BENCH_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 CLIENTS = 500
 ROUNDS = 100  # each round is one bare emit and one incident
@@ -344,32 +342,12 @@ def _wait_for_jobs(engine: Any, incident_ids: list[int], timeout: float = 20.0) 
         time.sleep(0.2)
 
 
-def _sqlite(workdir: Path) -> tuple[str, Any]:
-    return f"sqlite:///{workdir / 'live.db'}", lambda: None
-
-
-def _postgresql(_workdir: Path) -> tuple[str, Any]:
-    """A fresh database of this run's own; the returned callable drops it (also after a failure)."""
-    import psycopg
-
-    name = f"ucsc_bench_live_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
-
-
 def _run_on(name: str, workdir: Path, receiver: WebhookReceiver) -> dict[str, Any]:
     """Make the backend's database, run the bench on it, and drop it (also after a failure)."""
-    makers = {"sqlite": _sqlite, "postgresql": _postgresql}
-    if name not in makers:
-        raise ValueError(f"unknown backend {name!r} in UCSC_BENCH_BACKENDS (known: {', '.join(makers)})")
-    url, drop = makers[name](workdir)
+    known = ("sqlite", "postgresql")
+    if name not in known:
+        raise ValueError(f"unknown backend {name!r} in UCSC_BENCH_BACKENDS (known: {', '.join(known)})")
+    url, drop = database(name, workdir, "live", "live.db")
     try:
         received = receiver.received
         figures = run_backend(name, url, workdir, receiver)

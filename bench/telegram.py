@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import SCALE, percentile, scaled
+from _common import SCALE, database, percentile, scaled
 from _common import env as _env
 from _common import flask as _flask
 
@@ -44,7 +44,6 @@ from tests.botapi import BotAPI  # noqa: E402 - the stand-in lives with the test
 from tests.live import free_port  # noqa: E402
 
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results-telegram.json"))
-PG_ADMIN_URL = os.environ.get("UCSC_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [b.strip() for b in os.environ.get("UCSC_BENCH_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 TOKEN = "700000001:BENCH-token_abc"  # noqa: S105 - the stand-in's token
 RATE = 5.0  # incidents per second in the turn phase
@@ -362,23 +361,6 @@ def _target(value: float, goal: float) -> dict[str, Any]:
     return {"value": value, "target": goal, "pass": value == value and value <= goal}
 
 
-def _database(name: str, workdir: Path) -> tuple[str, Any]:
-    if name == "sqlite":
-        return f"sqlite:///{workdir / 'bench.db'}", lambda: None
-    import psycopg
-
-    db_name = f"ucsc_bench_telegram_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{db_name}"')
-
-    def drop() -> None:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
-
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}", drop
-
-
 def _show(name: str, f: dict[str, Any]) -> None:
     first, bare, burst = f["first_send"], f["bare_send"], f["burst"]
     print(f"[{name}] incident filed -> first sendMessage ({first['samples']} incidents at {RATE:g}/s, "
@@ -406,7 +388,7 @@ def main() -> int:
     report: dict[str, Any] = {"scale": SCALE, "backends": {}, "errors": []}
     for name in BACKENDS:
         workdir = Path(tempfile.mkdtemp(prefix=f"ucsc-bench-telegram-{name}-"))
-        url, drop = _database(name, workdir)
+        url, drop = database(name, workdir, "telegram", "bench.db")
         try:
             figures = run_backend(name, url, workdir)
         except Exception as exc:  # the run's failure is reported as an error, with the logs kept
