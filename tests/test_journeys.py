@@ -226,3 +226,13 @@ def test_three_journeys(
     expect(member.locator("body")).to_have_class("board wall")
     shot(member, f"journey-c-wall-390-{lang}")
     clean(member, server, f"board in wall mode ({lang})")
+
+    # The opt-in alert: once turned on, a new P1 arriving by the live feed is announced (tone and notification).
+    member.click("#toggle-alert")
+    expect(member.locator("#toggle-alert")).to_have_attribute("aria-pressed", "true")
+    answer = requests.post(
+        f"{server.url}/api/v1/incidents", headers=siem, timeout=10,
+        json={"title": f"SIEM: P1 {lang}", "category": "dos", "priority": "P1", "tlp": "amber"},
+    )  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    expect(member.locator("body")).to_have_attribute("data-alerted", answer.json()["ref"], timeout=5_000)
