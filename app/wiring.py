@@ -21,7 +21,6 @@ from incidents.stix import push as stix_push
 from notifiers import registry
 from notifiers.base import Notifier
 from playbooks import delivery, focal, paging, runs, steps, triggers
-from playbooks.settings import Settings as PagingSettings
 
 # The app's extension holding what its session factories put in `session.info` (the worker's too).
 SESSION_INFO = "ucsc.session_info"
@@ -64,12 +63,7 @@ def install(app: Flask) -> None:
     # the worker's included, follows its deadline rules and pages the standing body on a warning.
     info: dict[str, Any] = {deadlines.SETTINGS: deadline_paging.settings(config)}
     app.extensions[SESSION_INFO] = info
-    web = dict(info)
-    if config.get("PAGING_START_INLINE", True):
-        # A filing in the web starts its playbooks in its own transaction; the worker's sessions leave that to
-        # the evaluate job.
-        web[triggers.INLINE_SETTINGS] = PagingSettings.from_config(config)
-    app.extensions["ucsc.sessionmaker"].configure(info=web)
+    app.extensions["ucsc.sessionmaker"].configure(info=dict(info))
 
 
 def session_info(app: Flask) -> dict[str, Any]:

@@ -119,16 +119,6 @@ def _defer(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     session.info.setdefault(PENDING_EVENTS, []).extend(rows)
 
 
-def pending_mark(session: Session) -> int:
-    """How many events wait for this transaction's commit: a savepoint notes it, and drops back to it when it
-    rolls back (`drop_pending`)."""
-    return len(session.info.get(PENDING_EVENTS, ()))
-
-
-def drop_pending(session: Session, mark: int) -> None:
-    del session.info.get(PENDING_EVENTS, [])[mark:]
-
-
 def write_pending(session: Session) -> None:
     """Write the transaction's events (and audit rows) last, so the feed lock (PostgreSQL) is held only from
     their INSERT to the commit, not for the whole transaction: writers then overlap, and ids still become visible
@@ -149,7 +139,7 @@ def write_pending(session: Session) -> None:
 
 def forget_pending(session: Session, transaction: Any) -> None:
     """The transaction is over (its rows were written at commit, or rolled back): nothing waits any more. A
-    savepoint's end is not the transaction's: whoever rolls one back drops its rows (`drop_pending`)."""
+    savepoint's end is not the transaction's (nothing writes events in one)."""
     if transaction.parent is None:
         for key in (PENDING_EVENTS, *_AT_COMMIT):
             session.info.pop(key, None)

@@ -1,7 +1,9 @@
-"""Reacting to incident changes: which playbooks start, in the change's own transaction or by a job.
+"""Reacting to incident changes: which playbooks start, always by a job the worker runs.
 
 `on_events` is a listener on the incident feed (app/wiring.py adds it): it runs inside the transaction that
-records the change, so the work it queues commits with the change or not at all.
+records the change and writes only the `playbooks.evaluate` job, so the trigger commits with the change or not at
+all, and the filing's write transaction carries no playbook work (a failing playbook cannot cost a filing). The
+worker starts the playbooks, marking the job done in the same transaction as the runs it starts.
 """
 
 import logging
@@ -13,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from incidents import jobs
 from incidents.enums import TERMINAL_STATUSES
-from incidents.events import drop_pending, pending_mark
 from incidents.filing import QUIET_FILING
 from incidents.uow import in_transaction
 from playbooks import runs
@@ -32,10 +33,6 @@ _COUNT_OCCURRENCE = (
 
 # Job kind: start (or stop) an incident's playbooks after a change.
 EVALUATE = "playbooks.evaluate"
-# A web process's sessions carry its paging settings here (`app/ack.py`): small filings then start their
-# playbooks in their own transaction, one worker round trip sooner; bulk filings and other processes queue a job.
-INLINE_SETTINGS = "ucsc.paging_inline"
-INLINE_MAX = 5
 # Incident fields whose change can make new playbooks match.
 TRIGGER_FIELDS = frozenset({"category", "priority", "tlp", "exercise", "affected_system"})
 
@@ -43,8 +40,6 @@ TRIGGER_FIELDS = frozenset({"category", "priority", "tlp", "exercise", "affected
 def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
     """Queue playbook work for incident changes in the writing transaction: nothing is lost if we crash after it."""
     rows = []
-    inline = session.info.get(INLINE_SETTINGS)
-    created = sum(1 for ev in events if ev.get("kind") == "incident.created")
     for ev in events:
         kind, incident_id = ev.get("kind"), ev.get("incident_id")
         if incident_id is None or not str(kind).startswith("incident."):
@@ -53,8 +48,6 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
         if kind == "incident.created":
             if session.info.get(QUIET_FILING):
                 continue  # held by a maintenance window: stored and shown, but no playbook starts, so nobody is paged
-            if inline is not None and created <= INLINE_MAX and _start_inline(session, incident_id, inline):
-                continue
             key = f"{EVALUATE}:{incident_id}:created"
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, key=key, incident_id=incident_id))
         elif (kind == "incident.updated" and TRIGGER_FIELDS & set(data.get("changes") or {})) or (
@@ -67,20 +60,6 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
         elif kind == "incident.status_changed" and data.get("to") in {s.value for s in TERMINAL_STATUSES}:
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
     jobs.enqueue_many(session, rows)
-
-
-def _start_inline(session: Session, incident_id: int, settings: Settings) -> bool:
-    """Start a new incident's playbooks in its filing transaction, in a savepoint: if anything in a playbook
-    fails, the filing still succeeds and the worker starts them instead (False)."""
-    mark = pending_mark(session)
-    try:
-        with session.begin_nested():
-            evaluate(session, incident_id, settings)
-    except Exception:  # a playbook must never cost a filing
-        drop_pending(session, mark)  # the savepoint's events are gone with its rows
-        log.exception("starting the playbooks of incident %s in its filing failed; the worker will", incident_id)
-        return False
-    return True
 
 
 def evaluate_incident(*, session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:
@@ -114,7 +93,13 @@ def evaluate(session: Session, incident_id: int, settings: Settings) -> list[Pla
 
 def evaluate_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     """The `playbooks.evaluate` job: an incident changed in a way that may start or stop playbooks."""
+    settings = Settings.from_config(ctx.config)
+
+    def start() -> None:
+        # The runs and the job's end commit together: a crash before the commit leaves the job to be claimed
+        # again, and the run keys make a start that did commit count once.
+        evaluate(session, job.payload["incident_id"], settings)
+        jobs.finish(session, job)
+
     with ctx.sessions() as session:
-        evaluate_incident(
-            session=session, incident_id=job.payload["incident_id"], settings=Settings.from_config(ctx.config)
-        )
+        in_transaction(session, start)

@@ -2,6 +2,7 @@
 buttons, owner, tasks and Markdown, without sideways scrolling on a phone (screenshots in UCSC_SHOTS_DIR)."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from flask import Flask
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests import paging
-from tests.live import LiveServer
+from tests.live import LiveServer, WorkerProcess
 from tests.test_browser import (  # noqa: F401 - the module's server, browser and app fixtures
     ARTIFACTS,
     bapp,
@@ -41,6 +42,16 @@ def desk(bapp: Flask) -> Flask:  # noqa: F811
     return bapp
 
 
+@pytest.fixture(scope="module")
+def worker(server: LiveServer, database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:  # noqa: F811
+    """The worker starts a filing's playbooks, so the page the test works exists."""
+    folder = tmp_path_factory.mktemp("browser-worker")
+    env = {"UCSC_OUTBOX_FILE": str(folder / "outbox.jsonl"), "UCSC_BASE_URL": server.url}
+    process = WorkerProcess(database, folder / "worker.log", env).start()
+    yield
+    process.stop()
+
+
 def _shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -59,6 +70,7 @@ def _file_other(page: Page, server: LiveServer, title: str) -> str:  # noqa: F81
 def test_the_incident_page_is_worked_at_1366_and_390_px(
     lang: str,
     desk: Flask,
+    worker: None,
     server: LiveServer,  # noqa: F811
     browser: Browser,  # noqa: F811
     contexts: list[BrowserContext],  # noqa: F811
