@@ -49,30 +49,35 @@ def assign(*, session: Session, incident_id: int | str, assignee: str | None, ac
 
     def work() -> Incident:
         incident = get_incident(session, actor, incident_id, for_update=True)
-        user = check_assignee(session, actor, incident, assignee)
-        new_id = user.id if user else None
-        if incident.assignee_id == new_id:
-            return incident
-        before = incident.assignee.username if incident.assignee else None
-        incident.assignee_id = new_id
-        incident.updated_at = utcnow()
-        record_event(
-            session,
-            kind="incident.assigned",
-            actor=actor,
-            incident=incident,
-            data={
-                "ref": incident.ref,
-                "status": str(incident.status),
-                "from": before,
-                "to": user.username if user else None,
-            },
-        )
-        session.flush()
-        session.refresh(incident, ["assignee"])
+        set_owner(session, actor, incident, assignee)
         return incident
 
     return in_transaction(session, work)
+
+
+def set_owner(session: Session, actor: Actor, incident: Incident, assignee: str | None) -> None:
+    """`assign` inside the caller's write transaction, on an incident it holds locked."""
+    user = check_assignee(session, actor, incident, assignee)
+    new_id = user.id if user else None
+    if incident.assignee_id == new_id:
+        return
+    before = incident.assignee.username if incident.assignee else None
+    incident.assignee_id = new_id
+    incident.updated_at = utcnow()
+    record_event(
+        session,
+        kind="incident.assigned",
+        actor=actor,
+        incident=incident,
+        data={
+            "ref": incident.ref,
+            "status": str(incident.status),
+            "from": before,
+            "to": user.username if user else None,
+        },
+    )
+    session.flush()
+    session.refresh(incident, ["assignee"])
 
 
 def candidates(session: Session, actor: Actor, incident: Incident) -> list[User]:

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from incidents import lifecycle
+from incidents import assignment, lifecycle
 from incidents.access import Actor, check_tlp_change, may_edit
 from incidents.base import utcnow
 from incidents.enums import TERMINAL_STATUSES, IncidentClass, Status
@@ -30,12 +30,16 @@ def _require_editor(actor: Actor) -> None:
 
 
 def update_incident(*, session: Session, incident_id: int | str, data: IncidentUpdate, actor: Actor) -> Incident:
-    """Change an incident's fields; one `incident.updated` event lists what changed."""
+    """Change an incident's fields; one `incident.updated` event lists what changed, and a new owner one
+    `incident.assigned`: all in one transaction, so a refused owner leaves the other fields unchanged."""
     _require_editor(actor)
 
     def work() -> Incident:
         incident = locked_incident(session, actor, incident_id)
         fields = set(data.model_fields_set)
+        if "assignee" in fields:
+            fields.discard("assignee")
+            assignment.set_owner(session, actor, incident, data.assignee)
         before = str(incident.tlp)
         if "tlp" in fields:
             check_tlp_change(actor, before, data.tlp)

@@ -10,7 +10,7 @@ from app.api import serialise as out
 from app.api.operations import body, limits, operation, raw_json_body
 from app.auth import current_actor, limit_intake
 from app.errors import ApiError
-from incidents import assignment, audit, queries
+from incidents import audit, queries
 from incidents import comments as incident_comments
 from incidents.access import Actor
 from incidents.changes import add_observables, classify, transition, update_incident
@@ -183,17 +183,7 @@ def patch_incident(incident_id: str) -> Response:
     data = body(IncidentUpdate)
     actor = current_actor()
     session = db.session()
-    fields = set(data.model_fields_set)
-    if "assignee" in fields:
-        # The owner is checked before anything is written, so a refused owner leaves the other fields unchanged;
-        # it is then saved in a transaction of its own, after the fields.
-        require(actor, Capability.ASSIGN_INCIDENT, "only the standing body (operators) or an admin assigns an owner")
-        assignment.check_assignee(session, actor, queries.get_incident(session, actor, incident_id), data.assignee)
-    incident = None
-    if fields - {"assignee"}:
-        incident = update_incident(session=session, incident_id=incident_id, data=data, actor=actor)
-    if "assignee" in fields:
-        incident = assignment.assign(session=session, incident_id=incident_id, assignee=data.assignee, actor=actor)
+    incident = update_incident(session=session, incident_id=incident_id, data=data, actor=actor)
     return _read(str(incident.id))
 
 
@@ -330,9 +320,7 @@ def list_participants(incident_id: str) -> Response:
 )
 def post_participant(incident_id: str) -> tuple[Response, int]:
     data = body(ParticipantIn)
-    participant = add_participant(
-        session=db.session(), incident_id=incident_id, data=data, actor=current_actor()
-    )
+    participant = add_participant(session=db.session(), incident_id=incident_id, data=data, actor=current_actor())
     return jsonify(out.participant(participant)), 201
 
 
