@@ -125,6 +125,14 @@ DEFAULTS: dict[str, object] = {
     "PERIODIC_REMINDER_DAYS": 7,
     "REPORT_BOARD_NAME": "BAN CHỈ ĐẠO ỨNG CỨU SỰ CỐ AN TOÀN THÔNG TIN MẠNG TỈNH THANH HÓA",
     "REPORT_MEMBER_CODE": "",
+    # The place a report is dated at ("<place>, ngày ..."), and Form 03's recipients by Decision 05 Art. 11.5:
+    # who sends (operator | specialised_unit | board) and the names of the bodies it goes to.
+    "REPORT_PLACE": "Thanh Hóa",
+    "REPORT_SENDER": "operator",
+    "REPORT_SPECIALISED_UNIT": "Đơn vị chuyên trách ứng cứu sự cố tỉnh Thanh Hóa",
+    "REPORT_NATIONAL_COORDINATOR": "Cơ quan điều phối quốc gia về ứng cứu sự cố",
+    "REPORT_UPPER_BOARD": "Ban Chỉ đạo quốc gia về ứng cứu sự cố",
+    "REPORT_NATIONAL_LEVEL": "Cơ quan điều phối quốc gia về ứng cứu sự cố",
 }
 
 

@@ -22,7 +22,7 @@ from incidents import jobs
 from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.clock import LOCAL_TZ
-from incidents.enums import IncidentClass, Status
+from incidents.enums import IncidentClass, NotifiedParty, Status
 from incidents.events import record_event
 from incidents.models import Incident
 from incidents.queries import get_incident
@@ -50,6 +50,12 @@ class Rule:
     warn_minutes: float
     source: str = ""
     profile: str = ""
+    # The parties that must all be ticked as notified before "notified" meets the rule; none: any ticked party.
+    parties: tuple[str, ...] = ()
+
+    def notified_enough(self, ticked: Iterable[str] | None) -> bool:
+        ticked = set(ticked or ())
+        return bool(ticked) and set(self.parties) <= ticked
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,10 @@ def parse_rules(source: dict[str, Any], profiles: Iterable[str]) -> Rules:
                 warn_minutes=float(item.get("warn_minutes", 0)),
                 source=str(item.get("source") or ""),
                 profile=profile,
+                parties=tuple(str(p) for p in item.get("parties") or []),
             )
+            if any(p not in {n.value for n in NotifiedParty} for p in rule.parties):
+                raise ValueError(f"{where}.parties: a list of {', '.join(NotifiedParty)}")
             if rule.start not in STARTS:
                 raise ValueError(f"{where}.start: one of {', '.join(STARTS)}")
             if not met_by or any(m not in MET_BY for m in met_by):
@@ -214,7 +223,11 @@ def _start(session: Session, incident: Incident, rule: Rule, at: datetime, rules
 
 
 def _meet(session: Session, incident: Incident, what: str, at: datetime, rules: Rules) -> None:
-    codes = [r.code for r in rules.rules if what in r.met_by]
+    codes = [
+        r.code
+        for r in rules.rules
+        if what in r.met_by and (what != "notified" or r.notified_enough(incident.notified_parties))
+    ]
     if not codes:
         return
     clocks = session.scalars(
@@ -295,7 +308,7 @@ def _start_created(session: Session, incident_ids: list[int], rules: Rules) -> N
             if start is None:
                 continue
             due = rules.due(rule, start)
-            met = "notified" in rule.met_by and bool(row.notified_parties)
+            met = "notified" in rule.met_by and rule.notified_enough(row.notified_parties)
             values.append({
                 "incident_id": row.id, "rule": rule.code, "started_at": start, "warn_at": rules.warn(rule, start, due),
                 "due_at": due, "state": "met" if met else "running", "met_at": row.created_at if met else None,

@@ -86,11 +86,14 @@ class DetectionMethod(StrEnum):
 
 
 class NotifiedParty(StrEnum):
-    """Form 03's "already notified": network member, ISP, national coordinator."""
+    """Form 03's "already notified" (network member, ISP, national coordinator), and the owner and the specialised
+    unit Decision 05 Art. 11.1.a asks to be notified with the coordinator."""
 
     NETWORK_MEMBER = "network_member"
     ISP = "isp"
     NATIONAL_COORDINATOR = "national_coordinator"
+    OWNER = "owner"
+    SPECIALISED_UNIT = "specialised_unit"
 
 
 class ObservableType(StrEnum):

@@ -178,6 +178,7 @@ def incident_payload(**overrides: object) -> dict:
         "reporter": {
             "name": "Nguyễn Văn A",
             "organisation": "Sở TT&TT",
+            "address": "Số 1 Lê Lợi, TP Thanh Hóa",
             "phone": "0237000000",
             "email": "a@example.vn",
         },

@@ -140,6 +140,8 @@ def test_long_fields_missing_optional_data_and_vietnamese_text_never_break_rende
         "category": "ransomware",
         "priority": "P1",
         "detected_at": "2026-10-01T23:59:00+07:00",
+        # Form 04 cannot go out without the reporter's address, phone and e-mail; nothing else is given.
+        "reporter": {"organisation": "Sở Y tế", "address": "Thanh Hóa", "phone": "0237", "email": "a@example.vn"},
     }
     r = client.post(URL, json=bare, headers=operator)
     assert r.status_code == 201, r.json

@@ -49,6 +49,18 @@ class PeriodicQuery(RangeQuery):
     format: Literal["docx", "pdf", "csv", "json"] = "pdf"
 
 
+def routing() -> dict[str, str]:
+    """Form 03's sender and the names of the bodies it is routed to, from configuration."""
+    c = current_app.config
+    return {
+        "sender": c["REPORT_SENDER"],
+        "specialised_unit": c["REPORT_SPECIALISED_UNIT"],
+        "national_coordinator": c["REPORT_NATIONAL_COORDINATOR"],
+        "upper_board": c["REPORT_UPPER_BOARD"],
+        "national_level": c["REPORT_NATIONAL_LEVEL"],
+    }
+
+
 def _file(data: bytes, media: str, filename: str) -> Response:
     response = Response(data, mimetype=media.split(";")[0])
     if ";" in media:
@@ -76,6 +88,7 @@ def post_report(incident_id: str, kind: str) -> tuple[Response, int]:
         data=data,
         actor=current_actor(),
         standing_body=current_app.config["STANDING_BODY"],
+        routing=routing(),
     )
     return jsonify(reports.as_dict(report)), 201
 
@@ -105,7 +118,7 @@ def get_report(incident_id: str, kind: str) -> Response:
     actor = current_actor()
     session = db.session()
     incident, report = reports.get_report(session, actor, incident_id, kind, query.version)
-    doc = reports.document(report, current_app.config["REPORT_BOARD_NAME"])
+    doc = reports.document(report, current_app.config["REPORT_BOARD_NAME"], current_app.config["REPORT_PLACE"])
     data = render.docx_bytes(doc) if query.format == "docx" else render.pdf_bytes(doc)
     name = f"{report.reference.replace('/', '_')}.{query.format}"
     audit.record_read(session, actor=actor, incident=incident, what=f"report:{kind}", source_ip=request.remote_addr)
@@ -158,6 +171,7 @@ def get_periodic() -> Response:
     doc = periodic.document(
         summary,
         board_name=current_app.config["REPORT_BOARD_NAME"],
+        place=current_app.config["REPORT_PLACE"],
         organisation=organisation,
         member_code=current_app.config["REPORT_MEMBER_CODE"],
     )

@@ -1,28 +1,52 @@
-"""Evidence, reports and deadline clocks on the incident page, and response metrics on the board."""
+"""Evidence, reports and deadline clocks on the incident page, response metrics on the board, and Form 05."""
 
 import json
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from flask import Response, current_app, flash, redirect, request, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import select
 
 from app import db
 from app.api.evidence import content_disposition, store
 from app.api.operations import limits
+from app.api.reports import routing
 from app.web.browser import bp, current_actor
+from app.web.views import render as render_page
 from app.web.views import roles
 from incidents import deadlines, evidence, metrics
 from incidents.access import Actor
+from incidents.enums import Category
 from incidents.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from incidents.models import Incident
+from incidents.models import Incident, Organisation
 from incidents.policy import Capability, roles_with
-from incidents.reporting import render, reports
+from incidents.reporting import periodic, render, reports
 from incidents.schemas.base import parse
 
 DESK = roles_with(Capability.READ_RESPONSE)
 EDITORS = roles_with(Capability.EDIT_INCIDENT)
+PERIODIC_READERS = roles_with(Capability.READ_PERIODIC_REPORTS)
 MEDIA = {"docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "pdf": "application/pdf"}
+PERIODIC_MEDIA = {**MEDIA, "csv": "text/csv; charset=utf-8"}
+# Form 04's mandatory reporter fields, as the incident page names them.
+MISSING_REPORTER = {
+    "reporter.address": _l(
+        "Form 04 needs the address of the reporting organisation or person: add it to the incident first."
+    ),
+    "reporter.phone": _l(
+        "Form 04 needs the phone of the reporting organisation or person: add it to the incident first."
+    ),
+    "reporter.email": _l(
+        "Form 04 needs the e-mail of the reporting organisation or person: add it to the incident first."
+    ),
+}
+PRESETS = {"h1": _l("First half-year"), "h2": _l("Second half-year"), "year": _l("Whole year")}
+PERIODIC_HEADER = (
+    _l("No."), _l("Incident or attack type"), _l("Count"), _l("Handled alone"), _l("With domestic help"),
+    _l("With foreign help"), _l("National support requested"), _l("Estimated damage (VND)"),
+)  # fmt: skip
 
 
 def records_context(actor: Actor, incident: Incident) -> dict[str, Any]:
@@ -155,8 +179,16 @@ def make_report(ref: str, kind: str) -> Any:
             data=data,
             actor=current_actor(),
             standing_body=current_app.config["STANDING_BODY"],
+            routing=routing(),
         )
-    except (Forbidden, ValidationFailed, NotFound) as exc:
+    except ValidationFailed as exc:
+        missing = [MISSING_REPORTER[e.field] for e in exc.errors if e.field in MISSING_REPORTER]
+        if not missing:
+            return _refused(exc, ref, "#reports")
+        for message in missing:
+            flash(str(message), "error")
+        return _back(ref, "#reports")
+    except (Forbidden, NotFound) as exc:
         return _refused(exc, ref, "#reports")
     flash(_("Report %(reference)s made.", reference=report.reference), "ok")
     return _back(ref, "#reports")
@@ -171,8 +203,81 @@ def download_report(ref: str, kind: str, version: int, fmt: str) -> Any:
         _incident, report = reports.get_report(db.session(), current_actor(), ref, kind, version)
     except NotFound:
         return Response(status=404)
-    doc = reports.document(report, current_app.config["REPORT_BOARD_NAME"])
+    doc = reports.document(report, current_app.config["REPORT_BOARD_NAME"], current_app.config["REPORT_PLACE"])
     data = render.docx_bytes(doc) if fmt == "docx" else render.pdf_bytes(doc)
     response = Response(data, mimetype=MEDIA[fmt])
     response.headers["Content-Disposition"] = content_disposition(f"{report.reference.replace('/', '_')}.{fmt}")
+    return response
+
+
+def _period(args: Any, today: date) -> tuple[date, date, str | None, int, str | None]:
+    """The range asked for: explicit `from`/`to`, else a preset of a year; with the preset and an error, if any."""
+    try:
+        year = min(max(int(args.get("year") or today.year), 1971), 9998)
+    except ValueError:
+        year = today.year
+    preset = args.get("preset") if args.get("preset") in PRESETS else None
+    if args.get("from") or args.get("to"):
+        try:
+            start = date.fromisoformat(args.get("from") or f"{year}-01-01")
+            end = date.fromisoformat(args.get("to") or today.isoformat())
+        except ValueError:
+            return date(year, 1, 1), date(year, 6, 30), "h1", year, str(_("Dates are written YYYY-MM-DD."))
+        if start > end:
+            return start, end, None, year, str(_("The start date must not be after the end date."))
+        if (end - start).days > 3660:
+            return start, end, None, year, str(_("A range of at most ten years."))
+        if start.year < 1971 or end.year > 9998:
+            return start, end, None, year, str(_("Dates are written YYYY-MM-DD."))
+        return start, end, None, year, None
+    preset = preset or ("h1" if today.month <= 6 else "year")
+    start = date(year, 7, 1) if preset == "h2" else date(year, 1, 1)
+    end = date(year, 6, 30) if preset == "h1" else date(year, 12, 31)
+    return start, end, preset, year, None
+
+
+@bp.route("/reports/periodic")
+@roles(*PERIODIC_READERS)
+def periodic_page() -> Any:
+    """Form 05 for operators and the board: half-year and year presets, any range, and the files to send."""
+    today = datetime.now(deadlines.LOCAL_TZ).date()
+    start, end, preset, year, error = _period(request.args, today)
+    summary = None
+    if error is None:
+        summary = periodic.summarise(session=db.session(), actor=current_actor(), start=start, end=end)
+    rows = []
+    if summary is not None:
+        for n, category in enumerate(Category, start=1):
+            r = summary.rows[category.value]
+            rows.append({"n": n, "category": category.value, **r})
+    return render_page(
+        "reports_periodic.html", start=start, end=end, preset=preset, year=year, error=error, summary=summary,
+        rows=rows, presets=PRESETS, header=PERIODIC_HEADER, money=periodic.money,
+    )  # fmt: skip
+
+
+@bp.route("/reports/periodic.<fmt>")
+@roles(*PERIODIC_READERS)
+def periodic_file(fmt: str) -> Any:
+    if fmt not in PERIODIC_MEDIA:
+        return Response(status=404)
+    today = datetime.now(deadlines.LOCAL_TZ).date()
+    start, end, _preset, _year, error = _period(request.args, today)
+    if error is not None:
+        flash(error, "error")
+        return redirect(url_for("web.periodic_page"))
+    session = db.session()
+    summary = periodic.summarise(session=session, actor=current_actor(), start=start, end=end)
+    if fmt == "csv":
+        data = periodic.csv_text(summary).encode("utf-8-sig")
+    else:
+        config = current_app.config
+        organisation = session.scalar(select(Organisation).where(Organisation.code == config["STANDING_BODY"]))
+        doc = periodic.document(summary, board_name=config["REPORT_BOARD_NAME"], place=config["REPORT_PLACE"],
+                                organisation=organisation, member_code=config["REPORT_MEMBER_CODE"])  # fmt: skip
+        data = render.docx_bytes(doc) if fmt == "docx" else render.pdf_bytes(doc)
+    response = Response(data, mimetype=PERIODIC_MEDIA[fmt].split(";")[0])
+    response.headers["Content-Type"] = PERIODIC_MEDIA[fmt]
+    response.headers["Content-Disposition"] = content_disposition(f"BC05_{start:%Y%m%d}_{end:%Y%m%d}.{fmt}")
+    response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -120,7 +120,7 @@ def summarise(*, session: Session, actor: Actor, start: date, end: date) -> Summ
     return Summary(start, end, rows, domestic, foreign, recommendations)
 
 
-def _money(value: int) -> str:
+def money(value: int) -> str:
     return f"{value:,}".replace(",", ".")
 
 
@@ -128,13 +128,15 @@ def table_rows(summary: Summary) -> list[list[str]]:
     out = []
     for n, category in enumerate(Category, start=1):
         r = summary.rows[category.value]
-        out.append([str(n), CATEGORY_VI[category], *[str(r[c]) for c in COLUMNS[:-1]], _money(r["damage"])])
+        out.append([str(n), CATEGORY_VI[category], *[str(r[c]) for c in COLUMNS[:-1]], money(r["damage"])])
     t = summary.totals
-    out.append(["", "Tổng cộng", *[str(t[c]) for c in COLUMNS[:-1]], _money(t["damage"])])
+    out.append(["", "Tổng cộng", *[str(t[c]) for c in COLUMNS[:-1]], money(t["damage"])])
     return out
 
 
-def document(summary: Summary, *, board_name: str, organisation: Organisation | None, member_code: str) -> dict:
+def document(
+    summary: Summary, *, board_name: str, place: str, organisation: Organisation | None, member_code: str
+) -> dict:
     span = "06 tháng" if (summary.end - summary.start).days < 200 else "01 năm"
     period = f"Từ ngày {summary.start:%d/%m/%Y} đến ngày {summary.end:%d/%m/%Y}"
     return {
@@ -143,7 +145,7 @@ def document(summary: Summary, *, board_name: str, organisation: Organisation | 
         "basis": "(Ban hành kèm theo Thông tư số 20/2017/TT-BTTTT ngày 12/9/2017)",
         "title": "BÁO CÁO TỔNG HỢP TÌNH HÌNH TIẾP NHẬN VÀ XỬ LÝ SỰ CỐ",
         "reference": f"Kỳ báo cáo: {span} · {period}",
-        "dated": "Thanh Hóa, ngày " + utcnow().astimezone(LOCAL_TZ).strftime("%d tháng %m năm %Y"),
+        "dated": f"{place}, ngày " + utcnow().astimezone(LOCAL_TZ).strftime("%d tháng %m năm %Y"),
         "exercise": False,
         "sections": [
             {"number": "0", "title": "THÔNG TIN ĐƠN VỊ BÁO CÁO", "rows": [

@@ -14,6 +14,24 @@ from typing import Any
 FONT_DIR = Path(__file__).with_name("fonts")
 DOCX_FONT = "Times New Roman"
 DOCX_SIZE, DOCX_TITLE_SIZE = 13, 14
+# A4 with Decree 30/2020 Appendix I's margins (top and bottom 20-25 mm, left 30-35 mm, right 15-20 mm): the
+# narrowest the decree allows, so the label/value tables keep as much width as they can.
+PAGE_MM = (210, 297)
+MARGINS_MM = {"top": 20, "bottom": 20, "left": 30, "right": 15}
+# Form 05's ten-row table: share of the text width per column (number, category, four counts, damage). The
+# category names are the longest text and the damage a 15-digit amount; the counts are short.
+MATRIX_SHARES = (0.055, 0.25, 0.08, 0.08, 0.12, 0.10, 0.12, 0.195)
+
+
+def recipient_lines(doc: dict[str, Any]) -> list[str]:
+    """ "Kính gửi" and "Đồng gửi" lines, when the document names recipients."""
+    found = doc.get("recipients") or {}
+    lines = []
+    if found.get("to"):
+        lines.append("Kính gửi: " + "; ".join(found["to"]))
+    if found.get("cc"):
+        lines.append("Đồng gửi: " + "; ".join(found["cc"]))
+    return lines
 
 
 # XML 1.0 holds no C0 control but tab, line feed and carriage return (nor U+FFFE, U+FFFF): a SIEM's raw log line
@@ -32,12 +50,14 @@ def docx_bytes(doc: dict[str, Any]) -> bytes:
     from docx.enum.table import WD_TABLE_ALIGNMENT
     from docx.enum.text import WD_ALIGN_PARAGRAPH
     from docx.oxml.ns import qn
-    from docx.shared import Cm, Pt
+    from docx.shared import Cm, Mm, Pt
 
     d = Document()
     for section in d.sections:
-        section.left_margin, section.right_margin = Cm(3), Cm(2)
-        section.top_margin, section.bottom_margin = Cm(2), Cm(2)
+        section.page_width, section.page_height = Mm(PAGE_MM[0]), Mm(PAGE_MM[1])
+        section.left_margin, section.right_margin = Mm(MARGINS_MM["left"]), Mm(MARGINS_MM["right"])
+        section.top_margin, section.bottom_margin = Mm(MARGINS_MM["top"]), Mm(MARGINS_MM["bottom"])
+    text_width_mm = PAGE_MM[0] - MARGINS_MM["left"] - MARGINS_MM["right"]
     style = d.styles["Normal"]
     style.font.name, style.font.size = DOCX_FONT, Pt(DOCX_SIZE)
     # East Asian and complex-script slots too, or Word falls back to another font for some letters.
@@ -62,6 +82,8 @@ def docx_bytes(doc: dict[str, Any]) -> bytes:
     para(doc["title"], bold=True, size=DOCX_TITLE_SIZE, center=True)
     para(doc["reference"], center=True)
     para(doc["dated"], italic=True, center=True)
+    for line in recipient_lines(doc):
+        para(line)
     for section in doc["sections"]:
         para(f"{section['number']}. {section['title']}", bold=True)
         if "rows" in section:
@@ -71,18 +93,28 @@ def docx_bytes(doc: dict[str, Any]) -> bytes:
             for label, value in section["rows"]:
                 cells = table.add_row().cells
                 cells[0].text, cells[1].text = xml_safe(label), xml_safe(value)
-                cells[0].width, cells[1].width = Cm(6), Cm(10)
+                cells[0].width, cells[1].width = Cm(6), Mm(text_width_mm - 60)
         elif "table" in section:
             header, rows = section["table"]["header"], section["table"]["rows"]
             table = d.add_table(rows=1, cols=len(header))
             table.style = "Table Grid"
+            table.autofit = False
+            shares = MATRIX_SHARES if len(header) == len(MATRIX_SHARES) else (1 / len(header),) * len(header)
+            widths = [Mm(text_width_mm * share) for share in shares]
             for cell, text in zip(table.rows[0].cells, header, strict=True):
                 cell.text = xml_safe(text)
                 for run in cell.paragraphs[0].runs:
-                    run.bold = True
+                    run.bold, run.font.size = True, Pt(10)
             for row in rows:
                 for cell, text in zip(table.add_row().cells, row, strict=True):
                     cell.text = xml_safe(text)
+                    for run in cell.paragraphs[0].runs:
+                        run.font.size = Pt(11)
+            # Word reads the width from every cell, not from the column alone.
+            for column, width in zip(table.columns, widths, strict=True):
+                column.width = width
+                for cell in column.cells:
+                    cell.width = width
         if section.get("text") is not None:
             para(section["text"])
     para("")
@@ -98,7 +130,7 @@ def docx_bytes(doc: dict[str, Any]) -> bytes:
 _CSS = """
 @font-face { font-family: "UCSC Serif"; src: url("%(regular)s"); font-weight: normal; }
 @font-face { font-family: "UCSC Serif"; src: url("%(bold)s"); font-weight: bold; }
-@page { size: A4; margin: 20mm 20mm 20mm 30mm;
+@page { size: A4; margin: %(top)smm %(right)smm %(bottom)smm %(left)smm;
         @bottom-center { content: counter(page) "/" counter(pages); font-family: "UCSC Serif"; font-size: 9pt; } }
 html { font-family: "UCSC Serif"; font-size: 12pt; line-height: 1.3; }
 .center { text-align: center; margin: 0; }
@@ -110,7 +142,11 @@ table { width: 100%%; border-collapse: collapse; table-layout: fixed; }
 td, th { border: 0.6pt solid black; padding: 3pt 4pt; vertical-align: top;
          white-space: pre-wrap; overflow-wrap: anywhere; word-break: break-word; }
 td.label { width: 38%%; }
-table.matrix td, table.matrix th { font-size: 9pt; }
+table.matrix td, table.matrix th { font-size: 8.5pt; padding: 2pt 3pt;
+                                   overflow-wrap: normal; word-break: normal; hyphens: none; }
+table.matrix th { font-size: 8pt; }
+table.matrix td.number { text-align: right; white-space: nowrap; }
+.recipient { margin: 2pt 0; }
 .signature { text-align: right; margin-top: 14pt; }
 .note { font-size: 9pt; font-style: italic; margin-top: 12pt; }
 """
@@ -125,6 +161,7 @@ def html_text(doc: dict[str, Any]) -> str:
     css = _CSS % {
         "regular": (FONT_DIR / "DejaVuSerif.ttf").as_uri(),
         "bold": (FONT_DIR / "DejaVuSerif-Bold.ttf").as_uri(),
+        **MARGINS_MM,
     }
     parts = [
         f'<!doctype html><html lang="vi"><head><meta charset="utf-8"><title>{e(doc["title"])}</title>',
@@ -140,6 +177,7 @@ def html_text(doc: dict[str, Any]) -> str:
         f"<h1>{e(doc['title'])}</h1>",
         f'<p class="center">{e(doc["reference"])}</p>',
         f'<p class="center"><i>{e(doc["dated"])}</i></p>',
+        *(f'<p class="recipient">{e(line)}</p>' for line in recipient_lines(doc)),
     ]
     for section in doc["sections"]:
         parts.append(f"<h2>{e(section['number'])}. {e(section['title'])}</h2>")
@@ -150,11 +188,19 @@ def html_text(doc: dict[str, Any]) -> str:
             ]
             parts.append("</table>")
         elif "table" in section:
-            parts.append('<table class="matrix"><thead><tr>')
-            parts += [f"<th>{e(h)}</th>" for h in section["table"]["header"]]
+            header = section["table"]["header"]
+            shares = MATRIX_SHARES if len(header) == len(MATRIX_SHARES) else (1 / len(header),) * len(header)
+            parts.append('<table class="matrix"><colgroup>')
+            parts += [f'<col style="width: {share * 100:.1f}%">' for share in shares]
+            parts.append("</colgroup><thead><tr>")
+            parts += [f"<th>{e(h)}</th>" for h in header]
             parts.append("</tr></thead><tbody>")
             for row in section["table"]["rows"]:
-                parts.append("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>")
+                cells = [
+                    f"<td>{e(str(c))}</td>" if i == 1 else f'<td class="number">{e(str(c))}</td>'
+                    for i, c in enumerate(row)
+                ]
+                parts.append("<tr>" + "".join(cells) + "</tr>")
             parts.append("</tbody></table>")
         if section.get("text") is not None:
             parts.append(f'<p style="white-space: pre-wrap">{e(section["text"])}</p>')

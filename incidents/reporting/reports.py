@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from incidents.access import Actor, tlp_allows
 from incidents.base import utcnow
 from incidents.clock import LOCAL_TZ
-from incidents.enums import Category, DetectionMethod, NotifiedParty
-from incidents.errors import NotFound
+from incidents.enums import Category, DetectionMethod, IncidentClass, NotifiedParty, SeriousCondition
+from incidents.errors import FieldError, NotFound, ValidationFailed
 from incidents.events import record_event
-from incidents.models import Incident, Organisation
+from incidents.models import Event, Incident, Organisation
 from incidents.policy import Capability, require
 from incidents.queries import get_incident
 from incidents.records import Evidence, Report
@@ -50,7 +50,29 @@ NOTIFIED_VI = {
     NotifiedParty.NETWORK_MEMBER: "Thành viên mạng lưới ứng cứu sự cố chịu trách nhiệm",
     NotifiedParty.ISP: "Doanh nghiệp cung cấp dịch vụ viễn thông, Internet trực tiếp",
     NotifiedParty.NATIONAL_COORDINATOR: "Cơ quan điều phối quốc gia",
+    NotifiedParty.OWNER: "Cơ quan chủ quản hệ thống thông tin",
+    NotifiedParty.SPECIALISED_UNIT: "Đơn vị chuyên trách ứng cứu sự cố",
 }
+CONDITION_VI = {
+    SeriousCondition.SERVICE_INTERRUPTION: "(a) Gián đoạn dịch vụ",
+    SeriousCondition.STATE_SECRETS: "(b) Có thể lộ bí mật nhà nước",
+    SeriousCondition.DATA_INTEGRITY: "(c) Mất toàn vẹn dữ liệu quan trọng không khôi phục được",
+    SeriousCondition.LOSS_OF_CONTROL: "(d) Mất quyền điều khiển hệ thống",
+    SeriousCondition.SPREAD: "(đ) Có nguy cơ lan rộng sang hệ thống cấp độ 4, 5 khác",
+}
+CLASS_VI = {IncidentClass.ORDINARY: "Thông thường", IncidentClass.SERIOUS: "Nghiêm trọng"}
+# Decision 05 Art. 11.5: whom a report goes to, by who sends it; the parties' names are configuration.
+ROUTES = {
+    "operator": (("owner", "specialised_unit"), ("national_coordinator",)),
+    "specialised_unit": (("owner", "upper_board", "national_coordinator"), ()),
+    "board": (("national_level",), ()),
+}
+# Form 04 cannot go out without these (the form marks them (*)): the field each is filed under.
+END_REPORT_MANDATORY = (
+    ("reporter_address", "reporter.address", "the reporter's address"),
+    ("reporter_phone", "reporter.phone", "the reporter's phone"),
+    ("reporter_email", "reporter.email", "the reporter's e-mail"),
+)
 HANDLED_BY_VI = {
     "self": "Tự xử lý",
     "domestic": "Có sự hỗ trợ của tổ chức trong nước",
@@ -125,6 +147,54 @@ def _attachments(session: Session, incident: Incident) -> str:
     return _v([f"{e.filename} ({e.kind}, {e.size} byte, SHA-256 {e.sha256})" for e in items])
 
 
+def _proposal(incident: Incident) -> str:
+    """Who proposed the serious class, when, on which Art. 9 conditions and why; "Không" when nobody did."""
+    if incident.class_proposed_at is None:
+        return "Không"
+    who = incident.class_proposed_by.username if incident.class_proposed_by else NONE
+    conditions = [CONDITION_VI.get(SeriousCondition(c), str(c)) for c in incident.serious_conditions or []]
+    lines = [f"Người đề xuất: {who}, lúc {local(incident.class_proposed_at)}", *conditions]
+    if incident.class_proposal_note:
+        lines.append(f"Lý do: {incident.class_proposal_note}")
+    return "\n".join(lines)
+
+
+def _decision(incident: Incident) -> str:
+    """The class decided, by whom and when; an ordinary incident nobody decided on says so."""
+    label = CLASS_VI.get(IncidentClass(incident.incident_class), str(incident.incident_class))
+    if incident.class_decided_at is None:
+        return f"{label} (chưa có quyết định nâng lên nghiêm trọng)"
+    who = incident.class_decided_by.username if incident.class_decided_by else NONE
+    lines = [label, f"Người quyết định: {who}, lúc {local(incident.class_decided_at)}"]
+    if incident.class_decision_note:
+        lines.append(f"Ý kiến: {incident.class_decision_note}")
+    return "\n".join(lines)
+
+
+def recipients(incident: Incident, routing: dict[str, str]) -> dict[str, list[str]]:
+    """Form 03's "Kính gửi" and "Đồng gửi" for the sender `routing["sender"]` (operator by default)."""
+    to, cc = ROUTES.get(routing.get("sender") or "operator", ROUTES["operator"])
+    owner = incident.affected_system.owner if incident.affected_system else None
+    names = {**routing, "owner": owner.name_vi if owner else "Cơ quan chủ quản hệ thống thông tin"}
+    return {"to": [names.get(p) or p for p in to], "cc": [names.get(p) or p for p in cc]}
+
+
+def _end_reporter(incident: Incident) -> None:
+    """Refuse Form 04 when a mandatory reporter field is missing, naming the field."""
+    missing = [FieldError(field, f"Form 04 needs {what}: add it to the incident")
+               for attribute, field, what in END_REPORT_MANDATORY if not getattr(incident, attribute)]  # fmt: skip
+    if missing:
+        raise ValidationFailed("the end report lacks mandatory reporter details", errors=missing)
+
+
+def _directives(session: Session, incident: Incident) -> str:
+    """The board's directives given on the incident, oldest first, with who gave them and when."""
+    events = session.scalars(
+        select(Event).where(Event.incident_id == incident.id, Event.kind == "direction.answered").order_by(Event.id)
+    ).all()
+    return _v([f"{local(e.at)} · {e.actor}: {(e.data or {}).get('directive') or e.note}" for e in events])
+
+
 def initial_sections(session: Session, incident: Incident, data: ReportCreate, reported_at: datetime) -> list[dict]:
     """Form 03's twelve sections, numbered and labelled as Circular 20 Appendix I prints them."""
     method = incident.detection_method
@@ -180,6 +250,9 @@ def initial_sections(session: Session, incident: Incident, data: ReportCreate, r
             ["Mức độ chia sẻ", TLP_VI.get(str(incident.tlp), str(incident.tlp))],
         ]},
         {"number": "11", "title": "KIẾN NGHỊ, ĐỀ XUẤT HỖ TRỢ", "rows": [
+            ["Vượt quá khả năng xử lý của đơn vị", _box(bool(incident.beyond_capacity), "Có")],
+            ["Đề xuất nâng lên sự cố nghiêm trọng", _proposal(incident)],
+            ["Quyết định phân loại", _decision(incident)],
             ["Kiến nghị, đề xuất", _v(incident.support_requested or data.recommendations)],
         ]},
         {"number": "12", "title": "THỜI GIAN THỰC HIỆN BÁO CÁO SỰ CỐ (*)", "rows": [
@@ -197,10 +270,11 @@ def end_sections(
     s = incident.affected_system
     return [
         {"number": "1", "title": "THÔNG TIN VỀ TỔ CHỨC/CÁ NHÂN BÁO CÁO", "rows": [
-            ["Tên tổ chức/cá nhân báo cáo (*)", _v(standing.name_vi if standing else None)],
-            ["Địa chỉ (*)", _v(standing.address if standing else None)],
-            ["Điện thoại (*)", _v(standing.phone if standing else None)],
-            ["Email (*)", _v(standing.email if standing else None)],
+            ["Tên tổ chức/cá nhân báo cáo (*)", _v(incident.reporter_organisation or incident.reporter_name
+                                                  or (standing.name_vi if standing else None))],
+            ["Địa chỉ (*)", _v(incident.reporter_address)],
+            ["Điện thoại (*)", _v(incident.reporter_phone)],
+            ["Email (*)", _v(incident.reporter_email)],
         ]},
         {"number": "2", "title": "KÝ HIỆU BÁO CÁO BAN ĐẦU SỰ CỐ", "rows": [
             ["Số ký hiệu báo cáo ban đầu", initial.reference if initial else "Không có báo cáo ban đầu"],
@@ -218,13 +292,16 @@ def end_sections(
             ["Số hiệu sự cố", incident.ref],
             ["Tên sự cố", _v(incident.title)],
             ["Loại sự cố", CATEGORY_VI.get(Category(incident.category), str(incident.category))],
+            ["Phân loại sự cố", CLASS_VI.get(IncidentClass(incident.incident_class), str(incident.incident_class))],
             ["Mô tả", _v(incident.description)],
             ["Dấu hiệu nhận biết (observables)", _observables(incident)],
         ]},
         {"number": "5", "title": "THỜI ĐIỂM PHÁT HIỆN SỰ CỐ (*)", "rows": [
             ["Ngày, giờ phát hiện (*)", local(incident.detected_at)],
+            ["Ngày kết thúc ứng phó (*)", local(incident.resolved_at)[:10] if incident.resolved_at else NONE],
         ]},
         {"number": "6", "title": "KẾT QUẢ XỬ LÝ SỰ CỐ", "rows": [
+            ["Ý kiến chỉ đạo của Ban Chỉ đạo", _directives(session, incident)],
             ["Kết quả xử lý", _v(data.handling_result or incident.resolution)],
             ["Hình thức xử lý", HANDLED_BY_VI[data.handled_by]],
             ["Tổ chức hỗ trợ", _v(helpers)],
@@ -251,7 +328,14 @@ def latest(session: Session, incident_id: int, kind: str, version: int | None = 
 
 
 def create_report(
-    *, session: Session, incident_id: int | str, kind: str, data: ReportCreate, actor: Actor, standing_body: str | None
+    *,
+    session: Session,
+    incident_id: int | str,
+    kind: str,
+    data: ReportCreate,
+    actor: Actor,
+    standing_body: str | None,
+    routing: dict[str, str] | None = None,
 ) -> Report:
     """Freeze a new version of the incident's Form 03 or 04 and put it on the timeline (one transaction)."""
     require(actor, Capability.MAKE_REPORTS, f"the role {actor.role} may not make reports")
@@ -260,6 +344,8 @@ def create_report(
 
     def work() -> Report:
         incident = get_incident(session, actor, incident_id, for_update=True)
+        if kind == "end":
+            _end_reporter(incident)
         version = (
             session.scalar(
                 select(func.max(Report.version)).where(Report.incident_id == incident.id, Report.kind == kind)
@@ -291,6 +377,7 @@ def create_report(
                 # A version freezes the incident's text: it stays under the TLP it was reported at.
                 "tlp": str(incident.tlp),
                 "outcome": data.model_dump(mode="json"),
+                **({"recipients": recipients(incident, routing or {})} if kind == "initial" else {}),
             },
         )
         session.add(report)
@@ -350,7 +437,7 @@ def frozen_tlp(report: Report) -> str | None:
     return next((_TLP_BY_LABEL[row[1]] for row in rows if row[0] == "Mức độ chia sẻ" and row[1] in _TLP_BY_LABEL), None)
 
 
-def document(report: Report, board_name: str) -> dict[str, Any]:
+def document(report: Report, board_name: str, place: str) -> dict[str, Any]:
     """What the renderers lay out: heading, title, reference, the frozen sections and the signature line."""
     kind = report.kind
     return {
@@ -359,7 +446,8 @@ def document(report: Report, board_name: str) -> dict[str, Any]:
         "basis": "(Ban hành kèm theo Thông tư số 20/2017/TT-BTTTT ngày 12/9/2017)",
         "title": "BÁO CÁO BAN ĐẦU SỰ CỐ MẠNG" if kind == "initial" else "BÁO CÁO KẾT THÚC ỨNG PHÓ SỰ CỐ",
         "reference": f"Số: {report.reference}",
-        "dated": "Thanh Hóa, ngày " + report.reported_at.astimezone(LOCAL_TZ).strftime("%d tháng %m năm %Y"),
+        "dated": f"{place}, ngày " + report.reported_at.astimezone(LOCAL_TZ).strftime("%d tháng %m năm %Y"),
+        "recipients": report.data.get("recipients"),
         "exercise": bool(report.data.get("exercise")),
         "sections": report.data.get("sections") or [],
         "signature": ["NGƯỜI BÁO CÁO", "(Ký, ghi rõ họ tên, đóng dấu)"],
