@@ -500,10 +500,6 @@ def walked() -> dict[Path, str]:
     }
 
 
-RESTRUCTURING = pytest.mark.xfail(strict=False, reason="restructuring in progress")
-
-
-@RESTRUCTURING
 def test_no_import_cycle_inside_a_package():
     modules, sources = tree_modules(), walked()
     by_package: dict[str, dict[Path, str]] = {}
@@ -516,7 +512,6 @@ def test_no_import_cycle_inside_a_package():
     assert cycles == [], "\n".join(cycles)
 
 
-@RESTRUCTURING
 def test_no_module_takes_another_modules_private_names():
     modules, sources = tree_modules(), walked()
     assert "incidents.models" in modules and any(p.parts[-2] == "bench" for p in sources)
@@ -524,14 +519,12 @@ def test_no_module_takes_another_modules_private_names():
     assert found == [], "\n".join(found)
 
 
-@RESTRUCTURING
 def test_nothing_registers_at_import_time_outside_the_wiring_module():
     modules, sources = tree_modules(), walked()
     found = [v for path, source in sources.items() for v in registrations(source, path, modules)]
     assert found == [], "\n".join(found)
 
 
-@RESTRUCTURING
 def test_no_module_is_over_600_lines_outside_migrations_and_tests():
     sources = walked()
     assert any(p.parts[-2] == "bench" for p in sources)
