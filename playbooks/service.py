@@ -124,7 +124,7 @@ def acknowledge_page(
         page.ack_on_behalf = on_behalf
         page.acked_by_contact_id = None if on_behalf else contact.id
         page.acked_by_user_id = actor.user_id if actor else None
-        page.acked_by = f"{actor.label} (thay mặt / on behalf)" if on_behalf else contact.name
+        page.acked_by = actor.label if on_behalf else contact.name  # ack_on_behalf says it was on their behalf
         timeline.record(
             session,
             "page.acknowledged",

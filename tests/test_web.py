@@ -526,9 +526,9 @@ def test_pages_show_who_was_paged_delivery_and_acknowledgement(app: Flask, clien
     with app.app_context():
         playbooks.acknowledge_page(session=db.session(), page_id=page_id, actor=actor, note="Đã gọi điện xác nhận")
     text = text_of(client.get(f"/incidents/{ref}").text)
-    assert "op (thay mặt / on behalf) đã nhận xử lý" in text and "Đã xác nhận" in text
+    assert "op đã nhận xử lý thay mặt người được báo động" in text and "Đã xác nhận" in text
     board = member.get("/board").text
-    assert "op (thay mặt / on behalf) đã nhận xử lý" in text_of(board)
+    assert "op đã nhận xử lý thay mặt người được báo động" in text_of(board)
     # The acknowledgement counts towards this week's time to acknowledge (a median of one sample).
     assert "Chưa có tin báo động nào được xác nhận" not in board
     assert re.search(r'id="ack-minutes"><li>Tuần từ \d{4}-\d{2}-\d{2}: <strong>\d+\.\d</strong> phút', board)
