@@ -89,7 +89,6 @@ DEFAULTS: dict[str, object] = {
     "PAGING_LEASE_SECONDS": 30,
     "FOCAL_POINT_CONFIRM_HOURS": 24,
     "ACK_LINK_TTL_HOURS": 168,  # an e-mail's acknowledgement link works this long after it was sent
-    "PAGING_START_INLINE": True,
     # Observability: `json` logs one object per line with the request id; /metrics behind a token if set
     "LOG_FORMAT": "text",
     "METRICS_TOKEN": None,
@@ -105,8 +104,6 @@ DEFAULTS: dict[str, object] = {
     "LOGIN_FORGET_SECONDS": 3600,
     "TRUSTED_PROXIES": 0,  # proxy hops whose X-Forwarded-For/-Proto are believed (1 behind the documented nginx)
     "WEB_SESSION_SECONDS": 43200,
-    "BOARD_REPORT_HOURS": 6,
-    "BOARD_RESPONSE_HOURS": 33,
     # STIX 2.1 and TAXII 2.1 (docs/stix.md)
     "STIX_BOARD_NAME": "Ban Chỉ đạo ứng cứu sự cố an toàn thông tin mạng tỉnh Thanh Hóa",
     "STIX_DEFAULT_TLP": "amber",
