@@ -68,6 +68,31 @@ class Category(StrEnum):
     OTHER = "other"
 
 
+# Each category's name, the one table every page, message and form reads: the Vietnamese is the row of Circular 20's
+# Form 05 (domain.md), the English its translation. Names are data here, not catalogue entries, so that the legal
+# wording cannot drift between the web, Telegram, e-mail and the reports.
+CATEGORY_NAMES: dict[str, tuple[str, str]] = {
+    Category.DOS: ("Từ chối dịch vụ", "Denial of service (DoS/DDoS)"),
+    Category.PHISHING: ("Tấn công giả mạo", "Spoofing / phishing"),
+    Category.MALWARE: ("Tấn công sử dụng mã độc", "Malware"),
+    Category.UNAUTHORIZED_ACCESS: ("Truy cập trái phép, chiếm quyền điều khiển", "Unauthorised access, takeover"),
+    Category.DEFACEMENT: ("Thay đổi giao diện", "Defacement"),
+    Category.RANSOMWARE: ("Mã hóa phần mềm, dữ liệu, thiết bị", "Ransomware, encryption"),
+    Category.DESTRUCTION: ("Phá hoại thông tin, dữ liệu, phần mềm", "Destruction of data or software"),
+    Category.DATA_THEFT: ("Nghe trộm, gián điệp, lấy cắp thông tin, dữ liệu", "Eavesdropping, data theft"),
+    Category.COMBINED: ("Tấn công tổng hợp sử dụng kết hợp nhiều hình thức", "Combined multi-vector attack"),
+    Category.OTHER: ("Các hình thức tấn công khác", "Other attack"),
+}
+
+
+def category_name(category: str, language: str) -> str:
+    """A category's name in `language` ("en", else Vietnamese); an unknown code is shown as it is."""
+    names = CATEGORY_NAMES.get(str(category))
+    if names is None:
+        return str(category)
+    return names[1] if language == "en" else names[0]
+
+
 class Role(StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"

@@ -23,7 +23,7 @@ from babel.support import NullTranslations, Translations
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.warnings import PTBDeprecationWarning
 
-from incidents.enums import tlp_above
+from incidents.enums import category_name, tlp_above
 from notifiers.base import DeliveryFailed, Message
 
 CHANNEL = "telegram"
@@ -49,12 +49,6 @@ def _(message: str) -> str:
 
 
 BUTTON_LABELS = {ACK: _("Acknowledge"), SUPPORT: _("Request support"), DONE: _("Report done")}
-CATEGORY_LABELS = {
-    "dos": _("Denial of service"), "phishing": _("Phishing"), "malware": _("Malware"),
-    "unauthorized_access": _("Unauthorised access"), "defacement": _("Defacement"), "ransomware": _("Ransomware"),
-    "destruction": _("Destruction of data or systems"), "data_theft": _("Data theft"),
-    "combined": _("Combined attack"), "other": _("Other"),
-}  # fmt: skip
 CLASS_LABELS = {"ordinary": _("ordinary"), "serious": _("serious")}
 
 
@@ -149,7 +143,7 @@ class Renderer:
         lines.append(f"{head} {esc(_cap(view.title, 'title'))}")
         facts = []
         if view.category:
-            facts.append((t("Category"), t(CATEGORY_LABELS.get(view.category, view.category))))
+            facts.append((t("Category"), category_name(view.category, self.language)))
         if view.priority:
             facts.append((t("Priority"), view.priority))
         if view.incident_class:

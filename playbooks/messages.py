@@ -12,9 +12,10 @@ from pathlib import Path
 
 from babel.support import NullTranslations, Translations
 
-from incidents.enums import tlp_above
+from incidents.enums import category_name, tlp_above
 from incidents.models import Incident, System
 from notifiers.base import Message
+from notifiers.telegram import CLASS_LABELS
 from playbooks.links import ack_link_until, ack_url, confirm_url, local_time
 from playbooks.models import Contact, Page
 from playbooks.settings import Settings
@@ -49,10 +50,16 @@ def catalogue(language: str) -> NullTranslations:
 
 
 def _page_lines(t: Callable[[str], str], incident: Incident, page: Page, reason: str | None, link: str, until: str,
-                *, drill: str, restricted: bool) -> list[str]:  # fmt: skip
+                *, drill: str, restricted: bool, language: str) -> list[str]:  # fmt: skip
     system: System | None = incident.affected_system
     tlp = str(incident.tlp).upper()
-    facts = {"category": incident.category, "priority": incident.priority, "class": incident.incident_class}
+    # Category and class by their names in the page's language, as the Telegram renderer shows them, not as codes.
+    category, incident_class = str(incident.category), str(incident.incident_class)
+    facts = {
+        "category": category_name(category, language),
+        "priority": incident.priority,
+        "class": t(CLASS_LABELS.get(incident_class, incident_class)),
+    }
     return [
         f"{drill} {t(PAGED) % {'ref': incident.ref}}".strip(),
         *(
@@ -84,7 +91,8 @@ def compose(page: Page, incident: Incident, contact: Contact, channel: str, wave
     again = "" if not wave else f" ({t(REPEAT)})" if en else f" ({t(REPEAT)} / {REPEAT})"
     shown = title or "TLP:" + str(incident.tlp).upper()
     subject = f"{drill} {t(SUBJECT) % {'ref': incident.ref, 'title': shown, 'again': again}}".strip()
-    lines = _page_lines(t, incident, page, reason, link, local_time(until), drill=drill, restricted=restricted)
+    lines = _page_lines(t, incident, page, reason, link, local_time(until), drill=drill, restricted=restricted,
+                        language="en" if en else "vi")  # fmt: skip
     if not en:
         summary = f"{DRILL + ' ' if incident.exercise else ''}Page for incident {incident.ref}. Acknowledge: {link}"
         lines += ["", summary, UNTIL % {"time": local_time(until)}]

@@ -28,7 +28,7 @@ def view(**overrides: object) -> tg.PageView:
 def test_a_page_in_vietnamese_names_everything_asked_with_user_text_escaped() -> None:
     text = tg.Renderer(TRANSLATIONS).page(view())
     visible = parse_html(text)  # what Telegram's HTML parser accepts
-    for part in ("TH-2026-00042", "Tấn công <DDoS> & \"giả mạo\"", "Loại sự cố: Tấn công từ chối dịch vụ",
+    for part in ("TH-2026-00042", "Tấn công <DDoS> & \"giả mạo\"", "Loại sự cố: Từ chối dịch vụ",
                  "Mức ưu tiên: P1", "Phân loại: nghiêm trọng", "Hệ thống bị sự cố: Cổng <DVC>", "TLP: AMBER",
                  "Đề nghị (VNPT): Lọc lưu lượng <tấn công> & báo cáo", "Mở sự cố"):  # fmt: skip
         assert part in visible, part
@@ -116,4 +116,4 @@ def test_every_bot_string_has_a_vietnamese_translation() -> None:
     with (TRANSLATIONS / "vi" / "LC_MESSAGES" / "telegram.po").open("rb") as fp:
         catalogue = {m.id: m.string for m in read_po(fp) if m.id}
     missing = sorted(m for m in found if not catalogue.get(m))
-    assert len(found) > 40 and missing == []
+    assert len(found) > 30 and missing == []  # category names are data (incidents.enums), not bot strings

@@ -35,6 +35,8 @@ def test_with_no_channel_configured_pages_are_kept_in_the_outbox_the_desk_reads(
     # Who (a demo duty officer), on which channel with the address, and the page's own text.
     assert "Trực ban Sở TT&amp;TT (ca 2) · Thư điện tử truc2@dic.example.vn" in text
     assert f"[{ref}] Gọi trực: Mã độc trên máy chủ" in text
+    # The page names the category and class in Vietnamese, not by their codes.
+    assert "Loại: Tấn công sử dụng mã độc · ưu tiên P1 · phân loại thông thường" in text
     assert "/ack/" not in page.text  # the link would acknowledge as the recipient: the desk reads, not clicks
     # The timeline says the page was kept, not delivered.
     assert "Tin báo động được giữ trong hộp thư đi nội bộ" in text_of(client.get(f"/incidents/{ref}").text)

@@ -4,8 +4,10 @@ import re
 from datetime import datetime
 from typing import Any
 
-from flask_babel import format_datetime, get_locale
+from flask_babel import LazyString, format_datetime, get_locale
 from flask_babel import lazy_gettext as _l
+
+from incidents.enums import CATEGORY_NAMES, category_name
 
 # The procedure's words: an incident is first received (tiếp nhận), then verified and classified.
 STATUS = {
@@ -34,18 +36,7 @@ ACTION = {
     "rejected": _l("Reject: not an incident"),
     "merged": _l("Merge as duplicate"),
 }
-CATEGORY = {
-    "dos": _l("Denial of service (DoS/DDoS)"),
-    "phishing": _l("Spoofing / phishing"),
-    "malware": _l("Malware"),
-    "unauthorized_access": _l("Unauthorised access, takeover"),
-    "defacement": _l("Defacement"),
-    "ransomware": _l("Ransomware, encryption"),
-    "destruction": _l("Destruction of data or software"),
-    "data_theft": _l("Eavesdropping, data theft"),
-    "combined": _l("Combined multi-vector attack"),
-    "other": _l("Other attack"),
-}
+CATEGORY = {code: LazyString(lambda code=code: category_name(code, str(get_locale()))) for code in CATEGORY_NAMES}
 PRIORITY = {"P1": _l("P1 critical"), "P2": _l("P2 high"), "P3": _l("P3 medium"), "P4": _l("P4 low")}
 CLASS = {"ordinary": _l("Ordinary"), "serious": _l("Serious")}
 TLP = {

@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 from incidents.access import Actor, tlp_allows
 from incidents.base import utcnow
 from incidents.clock import LOCAL_TZ
-from incidents.enums import Category, DetectionMethod, IncidentClass, NotifiedParty, SeriousCondition
+from incidents.enums import (
+    CATEGORY_NAMES,
+    Category,
+    DetectionMethod,
+    IncidentClass,
+    NotifiedParty,
+    SeriousCondition,
+)
 from incidents.errors import FieldError, NotFound, ValidationFailed
 from incidents.events import record_event
 from incidents.models import Event, Incident, Organisation
@@ -28,18 +35,7 @@ from incidents.uow import in_transaction
 KINDS = ("initial", "end")
 FORM_NO = {"initial": "03", "end": "04"}
 
-CATEGORY_VI = {
-    Category.DOS: "Từ chối dịch vụ",
-    Category.PHISHING: "Tấn công giả mạo",
-    Category.MALWARE: "Tấn công sử dụng mã độc",
-    Category.UNAUTHORIZED_ACCESS: "Truy cập trái phép, chiếm quyền điều khiển",
-    Category.DEFACEMENT: "Thay đổi giao diện",
-    Category.RANSOMWARE: "Mã hóa phần mềm, dữ liệu, thiết bị",
-    Category.DESTRUCTION: "Phá hoại thông tin, dữ liệu, phần mềm",
-    Category.DATA_THEFT: "Nghe trộm, gián điệp, lấy cắp thông tin, dữ liệu",
-    Category.COMBINED: "Tấn công tổng hợp sử dụng kết hợp nhiều hình thức",
-    Category.OTHER: "Các hình thức tấn công khác",
-}
+CATEGORY_VI = {Category(code): names[0] for code, names in CATEGORY_NAMES.items()}
 DETECTION_VI = {
     DetectionMethod.IDS: "Qua hệ thống phát hiện xâm nhập (IDS)",
     DetectionMethod.LOG_REVIEW: "Qua kiểm tra dữ liệu nhật ký (log)",
@@ -161,7 +157,8 @@ def _proposal(incident: Incident) -> str:
 
 def _decision(incident: Incident) -> str:
     """The class decided, by whom and when; an ordinary incident nobody decided on says so."""
-    label = CLASS_VI.get(IncidentClass(incident.incident_class), str(incident.incident_class))
+    decided = incident.incident_class or IncidentClass.ORDINARY  # a form drafted before the incident is stored
+    label = CLASS_VI.get(IncidentClass(decided), str(decided))
     if incident.class_decided_at is None:
         return f"{label} (chưa có quyết định nâng lên nghiêm trọng)"
     who = incident.class_decided_by.username if incident.class_decided_by else NONE
