@@ -18,17 +18,15 @@ from incidents.errors import Conflict, NotFound
 from incidents.models import Incident, Job
 from incidents.policy import Capability, require
 from incidents.uow import in_transaction
-from playbooks import timeline
-from playbooks.delivery import queue_delivery
 from playbooks.models import (
     PAGE_OPEN,
-    RECIPIENT_PAGED,
     RUN_WAITING,
     Delivery,
     Page,
     PlaybookRun,
     RunStep,
 )
+from playbooks.paging import send_again
 from playbooks.settings import Settings
 from playbooks.spec import TARGET_KEYS
 from playbooks.steps import WAIT, parse_duration, step_at, step_kind
@@ -47,25 +45,8 @@ def repage(*, session: Session, page_id: int, actor: Actor, settings: Settings, 
         if page.state != PAGE_OPEN:
             raise Conflict(f"the page is {page.state}")
         incident = session.get(Incident, page.incident_id)
-        wave = page.waves
-        page.waves += 1
-        for recipient in page.recipients:
-            if recipient.state == RECIPIENT_PAGED:
-                queue_delivery(session, page, recipient.contact, wave, settings)
-        timeline.record(
-            session,
-            "page.sent",
-            incident,
-            actor,
-            note=(note or "").strip() or None,
-            page_id=page.id,
-            target=page.target,
-            target_label=page.target_label,
-            escalation=page.escalation,
-            wave=wave,
-            repage=True,
-            via="web",
-        )
+        send_again(session, page, incident, actor, settings, note=(note or "").strip() or None,
+                   escalation=page.escalation, via="web")  # fmt: skip
         return page
 
     return in_transaction(session, work)

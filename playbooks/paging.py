@@ -199,24 +199,23 @@ def repage(session: Session, run: PlaybookRun, incident: Incident, settings: Set
         select(Page).where(Page.run_id == run.id, Page.state == PAGE_OPEN, Page.requires_ack.is_(True))
     ).all()
     for page in pages:
-        wave = page.waves
-        page.waves += 1
-        for recipient in page.recipients:
-            if recipient.state == RECIPIENT_PAGED:
-                queue_delivery(session, page, recipient.contact, wave, settings)
-        timeline.record(
-            session,
-            "page.sent",
-            incident,
-            None,
-            page_id=page.id,
-            target=page.target,
-            target_label=page.target_label,
-            escalation=True,
-            wave=wave,
-            repage=True,
-            run_id=run.id,
-        )
+        send_again(session, page, incident, None, settings, escalation=True, run_id=run.id)
+
+
+def send_again(
+    session: Session, page: Page, incident: Incident, actor: Actor | None, settings: Settings, **recorded: Any
+) -> int:
+    """Page everyone who has not acknowledged yet once more, as a new wave on each one's first channel; its number."""
+    wave = page.waves
+    page.waves += 1
+    for recipient in page.recipients:
+        if recipient.state == RECIPIENT_PAGED:
+            queue_delivery(session, page, recipient.contact, wave, settings)
+    timeline.record(
+        session, "page.sent", incident, actor, page_id=page.id, target=page.target, target_label=page.target_label,
+        wave=wave, repage=True, **recorded,
+    )  # fmt: skip
+    return wave
 
 
 def send_digest(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
