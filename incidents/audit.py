@@ -240,7 +240,6 @@ def _count_so_far(session: Session) -> int:
     return int(newest.data["count"]) + 1 + since
 
 
-
 @dataclass(frozen=True)
 class Anchor:
     """The latest checkpoint as kept outside the database: the row, its hash, the count through it, signed."""
@@ -400,7 +399,6 @@ def checkpoint_job(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     with ctx.sessions() as session:
         checkpoint(session, actor="worker", anchor_file=Path(anchor_file) if anchor_file else None, only_if_new=True)
         in_transaction(session, lambda: schedule_checkpoint(session, ctx.config, after=utcnow()))
-
 
 
 def as_dict(entry: Any) -> dict[str, Any]:

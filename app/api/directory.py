@@ -197,9 +197,7 @@ def post_schedule() -> tuple[Response, int]:
 )
 def post_override(code: str) -> tuple[Response, int]:
     data = body(OverrideBody)
-    override = oncall.add_override(
-        session=db.session(), schedule_code=code, actor=current_actor(), **data.model_dump()
-    )
+    override = oncall.add_override(session=db.session(), schedule_code=code, actor=current_actor(), **data.model_dump())
     return jsonify({"id": override.id, "contact_id": override.contact_id}), 201
 
 
