@@ -206,6 +206,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "POST /direction-requests/<int:request_id>/directives": ("incident", "admin committee"),
     "GET /sources": ("global", DESK),  # the alert sources page
     "GET /outbox": ("global", DESK),  # pages kept in the local outbox
+    "GET /reports/periodic": ("global", "admin operator committee"),  # Form 05 on the web
+    "GET /reports/periodic.<fmt>": ("global", "admin operator committee"),
     "POST /sources": ("global", DESK),
     "POST /sources/<int:source_id>": ("global", DESK),
     "POST /sources/windows": ("global", DESK),

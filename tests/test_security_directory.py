@@ -199,7 +199,8 @@ def test_finding_5_paging_use_cases_answer_404_on_an_incident_the_caller_may_not
     assert ghost.status_code == 404 and ghost.json["title"] == attempts["support"].json["title"]
 
     # A run on the red incident is as missing as a run that never was, and stays running.
-    [run] = client.get(f"{API}/incidents/{incident_id}/runs", headers=operator).json["items"]  # started on filing
+    paging.run_jobs(app)  # the worker starts the filing's playbooks
+    [run] = client.get(f"{API}/incidents/{incident_id}/runs", headers=operator).json["items"]
     stop = client.delete(f"{API}/runs/{run['id']}", headers=outsider)
     assert stop.status_code == 404 and stop.json["detail"] == f"no run {run['id']}", stop.json
     assert client.delete(f"{API}/runs/999999", headers=outsider).json["detail"] == "no run 999999"
