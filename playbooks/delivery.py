@@ -4,6 +4,7 @@ The send happens with no transaction open; its outcome is recorded in a second t
 is retried with backoff, then the person's next channel gets the page.
 """
 
+from dataclasses import replace
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -14,7 +15,7 @@ from incidents.base import utcnow
 from incidents.models import Incident
 from incidents.uow import in_transaction
 from notifiers import outbox, registry
-from notifiers.base import DeliveryFailed, Message, Queued
+from notifiers.base import DeliveryFailed, Queued
 from playbooks import timeline
 from playbooks.messages import compose
 from playbooks.models import (
@@ -119,15 +120,8 @@ def deliver(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
         if page.state == PAGE_CANCELLED:
             _give_up(ctx, delivery_id, "the page was cancelled")
             return
-        message = compose(page, incident, contact, delivery.channel, delivery.wave, settings)
-        message = Message(
-            to=delivery.address,
-            subject=message.subject,
-            text=message.text,
-            key=message.key,
-            data=message.data,
-            secret=message.secret,
-        )
+        message = replace(compose(page, incident, contact, delivery.channel, delivery.wave, settings),
+                          to=delivery.address)  # fmt: skip
         channel = delivery.channel
     notifier = ctx.notifiers.get(channel)
     if notifier is None:

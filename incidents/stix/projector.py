@@ -55,21 +55,23 @@ class _Stored:
     tlp: str
 
 
+# What a stored version is read as (`_Stored`), for the incident's own objects and the shared ones alike.
+_STORED_COLUMNS = (
+    StixObject.id,
+    StixObject.key,
+    StixObject.stix_id,
+    StixObject.created,
+    StixObject.modified,
+    StixObject.body,
+    StixObject.tlp,
+)
+
+
 def _stored(session: Session, incident_id: int, shared_keys: Sequence[str]) -> tuple[dict, dict]:
     """Latest stored version per key of the incident's own objects, and stored shared objects by (key, tlp)."""
     own: dict[str, _Stored] = {}
     rows = session.execute(
-        select(
-            StixObject.id,
-            StixObject.key,
-            StixObject.stix_id,
-            StixObject.created,
-            StixObject.modified,
-            StixObject.body,
-            StixObject.tlp,
-        )
-        .where(StixObject.incident_id == incident_id)
-        .order_by(StixObject.id)
+        select(*_STORED_COLUMNS).where(StixObject.incident_id == incident_id).order_by(StixObject.id)
     )
     for row in rows:
         own[row.key] = _Stored(row.id, row.stix_id, row.created, row.modified, row.body, row.tlp)
@@ -77,15 +79,7 @@ def _stored(session: Session, incident_id: int, shared_keys: Sequence[str]) -> t
     keys = list(shared_keys)
     for i in range(0, len(keys), 500):
         rows = session.execute(
-            select(
-                StixObject.id,
-                StixObject.key,
-                StixObject.stix_id,
-                StixObject.created,
-                StixObject.modified,
-                StixObject.body,
-                StixObject.tlp,
-            )
+            select(*_STORED_COLUMNS)
             .where(StixObject.key.in_(keys[i : i + 500]), StixObject.incident_id.is_(None))
             .order_by(StixObject.id)
         )
