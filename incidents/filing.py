@@ -5,11 +5,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, case, insert, select
+from sqlalchemy import Table, bindparam, case, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from incidents import receipts
 from incidents.access import Actor, visible_incidents
@@ -75,6 +76,8 @@ class FilingResult:
     location: str | None = None
     replayed: bool = False
     incident_ids: list[int] = field(default_factory=list)
+    # The open incidents the filing grouped into, as loaded (a `then` reads them without asking again).
+    grouped_into: dict[int, Incident] = field(default_factory=dict, repr=False)
 
 
 def file_incidents(
@@ -93,38 +96,50 @@ def file_incidents(
     with it or not at all.
     """
     require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
+    return in_transaction(
+        session, lambda: file_in_transaction(session, items, actor, settings, idempotency, bulk=bulk, then=then)
+    )
 
-    def work() -> FilingResult:
-        if idempotency is not None:
-            replay = _idempotent_replay(session, idempotency)
-            if replay is not None:
-                return replay
-        result = file_in_session(session, items, actor, settings, bulk)
-        if then is not None:
-            then(result)
-        if idempotency is not None:
-            now = utcnow()
-            session.add(
-                IdempotencyKey(
-                    token_id=idempotency.token_id,
-                    key=idempotency.key,
-                    request_hash=idempotency.request_hash,
-                    status_code=result.status_code,
-                    body=result.body,
-                    location=result.location,
-                    created_at=now,
-                    expires_at=now + IDEMPOTENCY_TTL,
-                )
-            )
-        return result
 
-    return in_transaction(session, work)
+def file_in_transaction(
+    session: Session,
+    items: Sequence[IncidentCreate],
+    actor: Actor,
+    settings: FilingSettings,
+    idempotency: IdempotencyClaim | None,
+    *,
+    bulk: bool = False,
+    then: Callable[[FilingResult], None] | None = None,
+) -> FilingResult:
+    """`file_incidents` inside the caller's write transaction (an alert source reads its source and windows in it)."""
+    require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
+    if idempotency is not None:
+        replay = _idempotent_replay(session, idempotency)
+        if replay is not None:
+            return replay
+    result = file_in_session(session, items, actor, settings, bulk)
+    if then is not None:
+        then(result)
+    if idempotency is not None:
+        now = utcnow()
+        session.execute(
+            _insert_rows(IdempotencyKey.__table__),
+            {
+                "token_id": idempotency.token_id,
+                "key": idempotency.key,
+                "request_hash": idempotency.request_hash,
+                "status_code": result.status_code,
+                "body": result.body,
+                "location": result.location,
+                "created_at": now,
+                "expires_at": now + IDEMPOTENCY_TTL,
+            },
+        )
+    return result
 
 
 def _idempotent_replay(session: Session, claim: IdempotencyClaim) -> FilingResult | None:
-    row = session.scalar(
-        select(IdempotencyKey).where(IdempotencyKey.token_id == claim.token_id, IdempotencyKey.key == claim.key)
-    )
+    row = session.scalar(_idempotency_row(), {"token_id": claim.token_id, "key": claim.key})
     if row is None:
         return None
     if row.expires_at < utcnow():
@@ -246,10 +261,12 @@ def file_in_session(
     bodies = [_filing_body(inc, was_created, counts[inc.id]) for inc, was_created in outcomes]
     any_created = any(was_created for _, was_created in outcomes)
     ids = [inc.id for inc, _ in outcomes]
+    grouped_into = {incident.id: incident for incident in matches.values()}
     if bulk:
-        return FilingResult(201 if any_created else 200, {"items": bodies}, None, incident_ids=ids)
+        return FilingResult(201 if any_created else 200, {"items": bodies}, None, incident_ids=ids,
+                            grouped_into=grouped_into)  # fmt: skip
     location = f"/api/v1/incidents/{outcomes[0][0].id}"
-    return FilingResult(201 if any_created else 200, bodies[0], location, incident_ids=ids)
+    return FilingResult(201 if any_created else 200, bodies[0], location, incident_ids=ids, grouped_into=grouped_into)
 
 
 def _insert_incidents(
@@ -325,11 +342,7 @@ def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str
     if not keys:
         return set(), {}
     scopes = {key: dedup_scopes(actor.organisation_id, actor.user_id, key) for key in keys}
-    rows = session.execute(
-        select(Incident, case((visible_incidents(actor), True), else_=False)).where(
-            Incident.open_dedup_key.in_([scope for pair in scopes.values() for scope in pair])
-        )
-    ).all()
+    rows = session.execute(_open_dedup_query(actor), {"scopes": [s for pair in scopes.values() for s in pair]}).all()
     held = {incident.open_dedup_key for incident, _ in rows}
     visible = {incident.open_dedup_key: incident for incident, seen in rows if seen}
     # The organisation's incident first: grouping stays as wide as the filer's sight allows.
@@ -345,10 +358,6 @@ class _Filed(NamedTuple):
     status: str
 
 
-def _occurrence(incident: Incident, item: IncidentCreate, actor: Actor, now: datetime) -> Occurrence:
-    return Occurrence(**_occurrence_values(incident.id, item, actor, now))
-
-
 def _occurrence_values(incident_id: int, item: IncidentCreate, actor: Actor, now: datetime) -> dict[str, Any]:
     return {
         "incident_id": incident_id,
@@ -362,8 +371,11 @@ def _occurrence_values(incident_id: int, item: IncidentCreate, actor: Actor, now
 
 
 def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, actor: Actor, now: datetime) -> None:
-    session.add(_occurrence(incident, item, actor, now))
-    incident.updated_at = now
+    session.execute(_insert_rows(Occurrence.__table__), _occurrence_values(incident.id, item, actor, now))
+    # A Core UPDATE, and the loaded object told without becoming dirty: a dirty incident would make every later
+    # statement of the transaction autoflush it through the unit of work (most of a repeat's CPU).
+    session.execute(_touch_incident(), {"of_incident": incident.id, "at": now})
+    set_committed_value(incident, "updated_at", now)
     record_event(
         session,
         kind="incident.occurrence",
@@ -413,6 +425,28 @@ def _ref_counter_upsert(dialect: str) -> Any:
         .values(prefix=bindparam("prefix"), year=bindparam("year"), value=bindparam("count"))
         .on_conflict_do_update(index_elements=["prefix", "year"], set_={"value": table.c.value + bindparam("count")})
         .returning(table.c.value)
+    )
+
+
+@cache
+def _touch_incident() -> Any:
+    table = Incident.__table__
+    return update(table).where(table.c.id == bindparam("of_incident")).values(updated_at=bindparam("at"))
+
+
+@cache
+def _idempotency_row() -> Any:
+    return select(IdempotencyKey).where(
+        IdempotencyKey.token_id == bindparam("token_id"), IdempotencyKey.key == bindparam("key")
+    )
+
+
+@lru_cache(maxsize=1024)
+def _open_dedup_query(actor: Actor) -> Any:
+    """The open incidents holding any of the `scopes`, each with whether `actor` may see it (per actor, like
+    visible_incidents: the clause depends on the actor's fields alone)."""
+    return select(Incident, case((visible_incidents(actor), True), else_=False)).where(
+        Incident.open_dedup_key.in_(bindparam("scopes", expanding=True))
     )
 
 

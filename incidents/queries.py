@@ -3,9 +3,10 @@
 import base64
 import json
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from incidents.access import Actor, tlp_clause, visible_incidents
@@ -60,12 +61,18 @@ def occurrence_counts(session: Session, ids: list[int]) -> dict[int, int]:
 
 
 def _occurrence_counts(session: Session, ids: list[int]) -> dict[int, int]:
-    rows = session.execute(
+    rows = session.execute(_occurrence_counts_query(), {"ids": sorted(set(ids))})
+    return {incident_id: count for incident_id, count in rows}  # noqa: C416 - Rows are not pairs to dict()
+
+
+@cache
+def _occurrence_counts_query() -> Any:
+    # Built once: a repeat's answer counts its incident's occurrences, and building costs more than running it.
+    return (
         select(Occurrence.incident_id, func.count())
-        .where(Occurrence.incident_id.in_(set(ids)))
+        .where(Occurrence.incident_id.in_(bindparam("ids", expanding=True)))
         .group_by(Occurrence.incident_id)
     )
-    return {incident_id: count for incident_id, count in rows}  # noqa: C416 - Rows are not pairs to dict()
 
 
 def list_events(session: Session, actor: Actor, incident_id: int | str, *, after: int, limit: int) -> list[Event]:

@@ -4,18 +4,25 @@ the notices (resolved) it carries to the incidents they concern."""
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from pydantic import PrivateAttr
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from incidents.access import Actor, visible_incidents
 from incidents.base import utcnow
 from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from incidents.events import record_event
-from incidents.filing import QUIET_FILING, FilingResult, FilingSettings, IdempotencyClaim, dedup_scopes, file_incidents
+from incidents.filing import (
+    QUIET_FILING,
+    FilingResult,
+    FilingSettings,
+    IdempotencyClaim,
+    dedup_scopes,
+    file_in_transaction,
+)
 from incidents.models import ApiToken, Incident
 from incidents.policy import Capability, require
 from incidents.schemas.base import DEFAULT_LIMITS, Limits, parse
@@ -67,9 +74,15 @@ def ingest(
     require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
     if kind not in HTTP_KINDS:
         raise NotFound(f"no source kind {kind!r}; use one of {', '.join(sorted(HTTP_KINDS))}")
-    source = source_for(session, kind=kind, actor=actor)
-    alerts = formats.parse(kind, payload, formats.mapping_for(kind, source.mapping))
-    results = [_one(session, source, alert, actor, settings, limits) for alert in alerts]
+
+    def work() -> list[IngestResult]:
+        # One write transaction for the payload: its source, windows and every alert it carries (Alertmanager
+        # sends several) are read and written together, all or nothing.
+        source = source_for(session, kind=kind, actor=actor)
+        alerts = formats.parse(kind, payload, formats.mapping_for(kind, source.mapping))
+        return [_one(session, source, alert, actor, settings, limits) for alert in alerts]
+
+    results = in_transaction(session, work)
     if len(results) == 1:
         return results[0]
     codes = {r.status_code for r in results}
@@ -79,27 +92,25 @@ def ingest(
 
 
 def source_for(session: Session, *, kind: str, actor: Actor) -> Source:
-    """The source of `kind` that `actor`'s token posts for; the first alert registers it, named after the token."""
+    """The source of `kind` that `actor`'s token posts for, inside the caller's write transaction; the first alert
+    registers it, named after the token (two first alerts that race: the unique index refuses one, whose
+    transaction runs again and finds the other's)."""
     if actor.token_id is None:
         raise Forbidden("alert sources post with an API token")
-    found = _find(session, kind, actor.token_id)
-    if found is None:
-        try:
-            found = in_transaction(
-                session, lambda: _find(session, kind, actor.token_id) or _register(session, kind, actor)
-            )
-        except IntegrityError:  # two first alerts raced: the other registered it
-            session.rollback()
-            found = _find(session, kind, actor.token_id)
-    if found is None:
-        raise AssertionError("a registered source vanished")
+    found = _find(session, kind, actor.token_id) or _register(session, kind, actor)
     if not found.active:
         raise Forbidden(f"the source {found.name!r} is switched off; an admin or operator may switch it on")
     return found
 
 
 def _find(session: Session, kind: str, token_id: int) -> Source | None:
-    return session.scalar(select(Source).where(Source.kind == kind, Source.token_id == token_id))
+    return session.scalar(_source_by_token(), {"kind": kind, "token_id": token_id})
+
+
+@cache
+def _source_by_token() -> Any:
+    # Built once: every alert looks its source up, and building the statement costs more than running it.
+    return select(Source).where(Source.kind == bindparam("kind"), Source.token_id == bindparam("token_id"))
 
 
 def _register(session: Session, kind: str, actor: Actor) -> Source:
@@ -133,7 +144,8 @@ def _one(
         claim = IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=alert.digest())
 
     def then(result: FilingResult) -> None:
-        incident = session.get_one(Incident, result.incident_ids[0])
+        first = result.incident_ids[0]
+        incident = result.grouped_into.get(first) or session.get_one(Incident, first)
         touch(session, source.id, now)
         if alert.attack_techniques:
             record_attack_techniques(session, actor, incident, alert.attack_techniques)
@@ -149,9 +161,7 @@ def _one(
     if window is not None:
         session.info[QUIET_FILING] = True
     try:
-        filed = file_incidents(
-            session=session, items=[item], actor=actor, settings=settings, idempotency=claim, then=then
-        )
+        filed = file_in_transaction(session, [item], actor, settings, claim, then=then)
     finally:
         session.info.pop(QUIET_FILING, None)
     return IngestResult(filed.status_code, filed.body, filed.location, filed.replayed, filed.incident_ids)
@@ -177,25 +187,21 @@ def _incident(alert: Alert, limits: Limits) -> SourcedIncident:
 def _resolve(session: Session, source: Source, alert: Alert, actor: Actor) -> IngestResult:
     """Record on the open incident that the sender saw its alert end; recovery stays a person's decision."""
     now = utcnow()
-
-    def work() -> IngestResult:
-        touch(session, source.id, now)
-        incident = open_incident(session, actor, alert.dedup_key) if alert.dedup_key else None
-        if incident is None:
-            return IngestResult(202, {"id": None, "notice": RESOLVED, "applied": False})
-        incident.updated_at = now
-        ended = alert.context.get("endsAt")
-        record_event(
-            session, kind=RESOLVED_EVENT, actor=actor, incident=incident, at=now,
-            note=f"{source.kind}: the alert ended" + (f" at {ended}" if ended else ""),
-            data={"ref": incident.ref, "status": str(incident.status), "source": source.name,
-                  "dedup_key": alert.dedup_key, "ended_at": alert.context.get("endsAt")},
-        )  # fmt: skip
-        body = {"id": incident.id, "ref": incident.ref, "status": str(incident.status), "notice": RESOLVED,
-                "applied": True}  # fmt: skip
-        return IngestResult(202, body, f"/api/v1/incidents/{incident.id}", incident_ids=[incident.id])
-
-    return in_transaction(session, work)
+    touch(session, source.id, now)
+    incident = open_incident(session, actor, alert.dedup_key) if alert.dedup_key else None
+    if incident is None:
+        return IngestResult(202, {"id": None, "notice": RESOLVED, "applied": False})
+    incident.updated_at = now
+    ended = alert.context.get("endsAt")
+    record_event(
+        session, kind=RESOLVED_EVENT, actor=actor, incident=incident, at=now,
+        note=f"{source.kind}: the alert ended" + (f" at {ended}" if ended else ""),
+        data={"ref": incident.ref, "status": str(incident.status), "source": source.name,
+              "dedup_key": alert.dedup_key, "ended_at": alert.context.get("endsAt")},
+    )  # fmt: skip
+    body = {"id": incident.id, "ref": incident.ref, "status": str(incident.status), "notice": RESOLVED,
+            "applied": True}  # fmt: skip
+    return IngestResult(202, body, f"/api/v1/incidents/{incident.id}", incident_ids=[incident.id])
 
 
 def open_incident(session: Session, actor: Actor, dedup_key: str) -> Incident | None:

@@ -2,10 +2,11 @@
 
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Annotated
+from functools import cache
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, StringConstraints
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from incidents import audit
@@ -37,23 +38,27 @@ def suppressing(
     session: Session, source: Source | None, dedup_key: str | None, now: datetime
 ) -> MaintenanceWindow | None:
     """The active window that holds an alert of `source` with `dedup_key` at `now`, if any."""
-    scope = MaintenanceWindow.source_id.is_(None)
-    if source is not None:
-        scope = or_(scope, MaintenanceWindow.source_id == source.id)
-    candidates = session.scalars(
-        select(MaintenanceWindow)
-        .where(
-            MaintenanceWindow.ends_at > now,
-            MaintenanceWindow.starts_at <= now,
-            MaintenanceWindow.cancelled_at.is_(None),
-            scope,
-        )
-        .order_by(MaintenanceWindow.id)
-    )
+    source_id = source.id if source is not None else None
+    candidates = session.scalars(_in_force_for_source(), {"now": now, "source_id": source_id})
     for window in candidates:
         if window.dedup_pattern is None or (dedup_key is not None and fnmatchcase(dedup_key, window.dedup_pattern)):
             return window
     return None
+
+
+@cache
+def _in_force_for_source() -> Any:
+    """Windows in force at :now for every source or for :source_id (built once: each alert asks)."""
+    return (
+        select(MaintenanceWindow)
+        .where(
+            MaintenanceWindow.ends_at > bindparam("now"),
+            MaintenanceWindow.starts_at <= bindparam("now"),
+            MaintenanceWindow.cancelled_at.is_(None),
+            or_(MaintenanceWindow.source_id.is_(None), MaintenanceWindow.source_id == bindparam("source_id")),
+        )
+        .order_by(MaintenanceWindow.id)
+    )
 
 
 def active(session: Session, now: datetime | None = None) -> list[MaintenanceWindow]:

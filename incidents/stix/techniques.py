@@ -1,8 +1,10 @@
 """MITRE ATT&CK techniques of an incident: events on its timeline, exported as attack-pattern objects."""
 
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from incidents.access import Actor, may_edit
@@ -20,10 +22,18 @@ MAX_TECHNIQUES = 100
 
 def attack_techniques(session: Session, incident_id: int) -> tuple[str, ...]:
     """The MITRE ATT&CK technique ids given to an incident, first added first: its timeline is their record."""
-    rows = session.scalars(
-        select(Event.data).where(Event.incident_id == incident_id, Event.kind == TECHNIQUES_ADDED).order_by(Event.id)
-    )
+    rows = session.scalars(_techniques_events(), {"incident_id": incident_id})
     return tuple(dict.fromkeys(t for data in rows for t in (data or {}).get("techniques", [])))
+
+
+@cache
+def _techniques_events() -> Any:
+    # Built once: every alert that names techniques (Wazuh's rule.mitre.id) asks what its incident has.
+    return (
+        select(Event.data)
+        .where(Event.incident_id == bindparam("incident_id"), Event.kind == TECHNIQUES_ADDED)
+        .order_by(Event.id)
+    )
 
 
 def add_attack_techniques(
