@@ -1,7 +1,6 @@
 """Filing incidents: one or a batch, new incidents or occurrences of open ones with the same dedup_key."""
 
 import hashlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -9,7 +8,8 @@ from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, bindparam, case, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
 from incidents import receipts
@@ -32,12 +32,13 @@ from incidents.models import (
 )
 from incidents.participants import resolve_participants
 from incidents.policy import Capability, require
-from incidents.queries import occurrence_counts
 from incidents.schemas.incidents import IncidentCreate
 from incidents.systems import match_systems, system_by_code
 from incidents.uow import in_transaction
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# In session.info: the (token, key) pairs whose INSERT met an existing row, so the next attempt looks them up.
+IDEMPOTENCY_COLLIDED = "ucsc.idempotency_collided"
 
 
 # Set in session.info by a filing that must page nobody (an alert inside a maintenance window): the listeners
@@ -113,7 +114,10 @@ def file_in_transaction(
 ) -> FilingResult:
     """`file_incidents` inside the caller's write transaction (an alert source reads its source and windows in it)."""
     require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
-    if idempotency is not None:
+    # A key is looked up only once its INSERT collided: most keys are new (a SIEM's alert id), and the unique index
+    # finds the others. The collision rolls the transaction back, and `in_transaction` runs it again, looking first.
+    seen = session.info.setdefault(IDEMPOTENCY_COLLIDED, set())
+    if idempotency is not None and (idempotency.token_id, idempotency.key) in seen:
         replay = _idempotent_replay(session, idempotency)
         if replay is not None:
             return replay
@@ -122,19 +126,21 @@ def file_in_transaction(
         then(result)
     if idempotency is not None:
         now = utcnow()
-        session.execute(
-            _insert_rows(IdempotencyKey.__table__),
-            {
-                "token_id": idempotency.token_id,
-                "key": idempotency.key,
-                "request_hash": idempotency.request_hash,
-                "status_code": result.status_code,
-                "body": result.body,
-                "location": result.location,
-                "created_at": now,
-                "expires_at": now + IDEMPOTENCY_TTL,
-            },
-        )
+        row = {
+            "token_id": idempotency.token_id,
+            "key": idempotency.key,
+            "request_hash": idempotency.request_hash,
+            "status_code": result.status_code,
+            "body": result.body,
+            "location": result.location,
+            "created_at": now,
+            "expires_at": now + IDEMPOTENCY_TTL,
+        }
+        try:
+            session.execute(_insert_rows(IdempotencyKey.__table__), row)
+        except IntegrityError:
+            seen.add((idempotency.token_id, idempotency.key))
+            raise
     return result
 
 
@@ -190,6 +196,7 @@ def file_in_session(
         raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
 
     outcomes: list[tuple[_Filed, bool]] = []
+    counts: dict[int, int] = {}  # occurrence counts after this filing, of the incidents it added occurrences to
     new_rows: list[tuple[int, IncidentCreate, System | None]] = []
     open_keys: dict[int, str | None] = {}
     pending_keys: dict[str, int] = {}
@@ -200,7 +207,7 @@ def file_in_session(
             continue
         existing = matches.get(key) if key else None
         if existing is not None:
-            _add_occurrence(session, existing, item, actor, now)
+            counts[existing.id] = _add_occurrence(session, existing, item, actor, now)
             outcomes.append((_Filed(existing.id, existing.ref, existing.status), False))
         else:
             if key:
@@ -248,17 +255,12 @@ def file_in_session(
     for i, (filed, _) in enumerate(outcomes):
         if filed is None:
             first, _row = created[pending_keys[items[i].dedup_key]]
-            _add_occurrence(session, session.get_one(Incident, first.id), items[i], actor, now)
+            counts[first.id] = _add_occurrence(session, session.get_one(Incident, first.id), items[i], actor, now)
             outcomes[i] = (first, False)
     session.flush()
 
-    # A new incident's occurrences are all in this filing; only older incidents need counting.
-    new_ids = {filed.id for filed, _ in created.values()}
-    counts = Counter(inc.id for inc, _ in outcomes if inc.id in new_ids)
-    older = [inc.id for inc, _ in outcomes if inc.id not in new_ids]
-    if older:
-        counts.update(occurrence_counts(session, older))
-    bodies = [_filing_body(inc, was_created, counts[inc.id]) for inc, was_created in outcomes]
+    # Each occurrence added answered its incident's new count; a new incident without repeats here has its first.
+    bodies = [_filing_body(inc, was_created, counts.get(inc.id, 1)) for inc, was_created in outcomes]
     any_created = any(was_created for _, was_created in outcomes)
     ids = [inc.id for inc, _ in outcomes]
     grouped_into = {incident.id: incident for incident in matches.values()}
@@ -292,6 +294,7 @@ def _insert_incidents(
             "notified_parties": [p.value for p in item.notified_parties or []],
             "dedup_key": item.dedup_key,
             "open_dedup_key": open_keys.get(i),
+            "occurrence_count": 1,
             "created_by_id": actor.user_id, "created_at": now, "updated_at": now, "status_changed_at": now,
         }  # fmt: skip
         # The columns apply_fields(incident, item, {*FORM_FIELDS, "reporter", "contact"}) would set.
@@ -370,11 +373,12 @@ def _occurrence_values(incident_id: int, item: IncidentCreate, actor: Actor, now
     }
 
 
-def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, actor: Actor, now: datetime) -> None:
+def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, actor: Actor, now: datetime) -> int:
+    """Add an occurrence to an open incident; its occurrence count after it."""
     session.execute(_insert_rows(Occurrence.__table__), _occurrence_values(incident.id, item, actor, now))
     # A Core UPDATE, and the loaded object told without becoming dirty: a dirty incident would make every later
     # statement of the transaction autoflush it through the unit of work (most of a repeat's CPU).
-    session.execute(_touch_incident(), {"of_incident": incident.id, "at": now})
+    count = session.execute(_count_occurrence(), {"of_incident": incident.id, "at": now}).scalar_one()
     set_committed_value(incident, "updated_at", now)
     record_event(
         session,
@@ -384,6 +388,7 @@ def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, 
         at=now,
         data={"ref": incident.ref, "status": str(incident.status), "detected_at": jsonable(item.detected_at)},
     )
+    return count
 
 
 def _filing_body(incident: _Filed, created: bool, occurrences: int) -> dict[str, Any]:
@@ -429,9 +434,14 @@ def _ref_counter_upsert(dialect: str) -> Any:
 
 
 @cache
-def _touch_incident() -> Any:
+def _count_occurrence() -> Any:
     table = Incident.__table__
-    return update(table).where(table.c.id == bindparam("of_incident")).values(updated_at=bindparam("at"))
+    return (
+        update(table)
+        .where(table.c.id == bindparam("of_incident"))
+        .values(updated_at=bindparam("at"), occurrence_count=table.c.occurrence_count + 1)
+        .returning(table.c.occurrence_count)
+    )
 
 
 @cache
@@ -445,8 +455,12 @@ def _idempotency_row() -> Any:
 def _open_dedup_query(actor: Actor) -> Any:
     """The open incidents holding any of the `scopes`, each with whether `actor` may see it (per actor, like
     visible_incidents: the clause depends on the actor's fields alone)."""
-    return select(Incident, case((visible_incidents(actor), True), else_=False)).where(
-        Incident.open_dedup_key.in_(bindparam("scopes", expanding=True))
+    # Only what grouping reads (an event's ref, status and TLP): hydrating the incident's forty columns (its
+    # description and search text among them) cost more than the query.
+    return (
+        select(Incident, case((visible_incidents(actor), True), else_=False))
+        .where(Incident.open_dedup_key.in_(bindparam("scopes", expanding=True)))
+        .options(load_only(Incident.ref, Incident.status, Incident.tlp, Incident.open_dedup_key, Incident.updated_at))
     )
 
 

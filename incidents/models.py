@@ -260,6 +260,9 @@ class Incident(Base):
     dedup_key: Mapped[str | None] = mapped_column(String(200))
     # Holds "<organisation id>:<dedup_key>" while the incident is open; the unique index settles races.
     open_dedup_key: Mapped[str | None] = mapped_column(String(230), unique=True)
+    # Occurrences filed into it, its first included: counted as each is written (incidents/filing.py), so a repeat's
+    # answer and the lists read a column instead of counting rows.
+    occurrence_count: Mapped[int] = mapped_column(default=0, server_default="0")
     search_text: Mapped[str] = mapped_column(Text, default="")
 
     created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))

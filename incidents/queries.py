@@ -3,10 +3,9 @@
 import base64
 import json
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from incidents.access import Actor, tlp_clause, visible_incidents
@@ -14,7 +13,7 @@ from incidents.base import MAX_ID
 from incidents.enums import SeriousCondition
 from incidents.errors import FieldError, NotFound, ValidationFailed
 from incidents.fields import jsonable
-from incidents.models import Event, Incident, Occurrence, Participant, System
+from incidents.models import Event, Incident, Participant, System
 from incidents.schemas.queries import IncidentQuery
 from incidents.text import fold
 
@@ -53,26 +52,14 @@ def locked_incident(session: Session, actor: Actor, incident_id: int | str) -> I
 
 
 def occurrence_count(session: Session, incident_id: int) -> int:
-    return session.scalar(select(func.count()).where(Occurrence.incident_id == incident_id)) or 0
+    return session.scalar(select(Incident.occurrence_count).where(Incident.id == incident_id)) or 0
 
 
 def occurrence_counts(session: Session, ids: list[int]) -> dict[int, int]:
-    return _occurrence_counts(session, ids) if ids else {}
-
-
-def _occurrence_counts(session: Session, ids: list[int]) -> dict[int, int]:
-    rows = session.execute(_occurrence_counts_query(), {"ids": sorted(set(ids))})
+    if not ids:
+        return {}
+    rows = session.execute(select(Incident.id, Incident.occurrence_count).where(Incident.id.in_(set(ids))))
     return {incident_id: count for incident_id, count in rows}  # noqa: C416 - Rows are not pairs to dict()
-
-
-@cache
-def _occurrence_counts_query() -> Any:
-    # Built once: a repeat's answer counts its incident's occurrences, and building costs more than running it.
-    return (
-        select(Occurrence.incident_id, func.count())
-        .where(Occurrence.incident_id.in_(bindparam("ids", expanding=True)))
-        .group_by(Occurrence.incident_id)
-    )
 
 
 def list_events(session: Session, actor: Actor, incident_id: int | str, *, after: int, limit: int) -> list[Event]:
