@@ -29,7 +29,7 @@ from incidents.schemas.base import DEFAULT_LIMITS, Limits, parse
 from incidents.schemas.incidents import IncidentCreate
 from incidents.sources import formats, windows
 from incidents.sources.formats import RESOLVED, Alert
-from incidents.sources.models import Source, SourceKind
+from incidents.sources.models import MaintenanceWindow, Source, SourceKind
 from incidents.stix.techniques import record_attack_techniques
 from incidents.uow import in_transaction
 
@@ -78,9 +78,10 @@ def ingest(
     def work() -> list[IngestResult]:
         # One write transaction for the payload: its source, windows and every alert it carries (Alertmanager
         # sends several) are read and written together, all or nothing.
-        source = source_for(session, kind=kind, actor=actor)
+        now = utcnow()
+        source, in_force = source_for(session, kind=kind, actor=actor, now=now)
         alerts = formats.parse(kind, payload, formats.mapping_for(kind, source.mapping))
-        return [_one(session, source, alert, actor, settings, limits) for alert in alerts]
+        return [_one(session, source, in_force, alert, actor, settings, limits, now) for alert in alerts]
 
     results = in_transaction(session, work)
     if len(results) == 1:
@@ -91,26 +92,33 @@ def ingest(
     return IngestResult(status, {"items": [r.body for r in results]}, incident_ids=ids)
 
 
-def source_for(session: Session, *, kind: str, actor: Actor) -> Source:
-    """The source of `kind` that `actor`'s token posts for, inside the caller's write transaction; the first alert
-    registers it, named after the token (two first alerts that race: the unique index refuses one, whose
-    transaction runs again and finds the other's)."""
+def source_for(session: Session, *, kind: str, actor: Actor, now: datetime) -> tuple[Source, list[MaintenanceWindow]]:
+    """The source of `kind` that `actor`'s token posts for, with the windows in force for it at `now`, inside the
+    caller's write transaction; the first alert registers it, named after the token (two first alerts that race:
+    the unique index refuses one, whose transaction runs again and finds the other's)."""
     if actor.token_id is None:
         raise Forbidden("alert sources post with an API token")
-    found = _find(session, kind, actor.token_id) or _register(session, kind, actor)
+    rows = session.execute(_source_with_windows(), {"kind": kind, "token_id": actor.token_id, "now": now}).all()
+    if rows:
+        found, in_force = rows[0][0], [window for _, window in rows if window is not None]
+    else:
+        found = _register(session, kind, actor)
+        in_force = windows.in_force_for_source(session, found.id, now)
     if not found.active:
         raise Forbidden(f"the source {found.name!r} is switched off; an admin or operator may switch it on")
-    return found
-
-
-def _find(session: Session, kind: str, token_id: int) -> Source | None:
-    return session.scalar(_source_by_token(), {"kind": kind, "token_id": token_id})
+    return found, in_force
 
 
 @cache
-def _source_by_token() -> Any:
-    # Built once: every alert looks its source up, and building the statement costs more than running it.
-    return select(Source).where(Source.kind == bindparam("kind"), Source.token_id == bindparam("token_id"))
+def _source_with_windows() -> Any:
+    # One query, built once: every alert reads its source and the windows that may hold it.
+    held = MaintenanceWindow.source_id.is_(None) | (MaintenanceWindow.source_id == Source.id)
+    return (
+        select(Source, MaintenanceWindow)
+        .outerjoin(MaintenanceWindow, windows.in_force_for(held))
+        .where(Source.kind == bindparam("kind"), Source.token_id == bindparam("token_id"))
+        .order_by(MaintenanceWindow.id)
+    )
 
 
 def _register(session: Session, kind: str, actor: Actor) -> Source:
@@ -125,13 +133,19 @@ def _register(session: Session, kind: str, actor: Actor) -> Source:
 
 
 def _one(
-    session: Session, source: Source, alert: Alert, actor: Actor, settings: FilingSettings, limits: Limits
+    session: Session,
+    source: Source,
+    in_force: list[MaintenanceWindow],
+    alert: Alert,
+    actor: Actor,
+    settings: FilingSettings,
+    limits: Limits,
+    now: datetime,
 ) -> IngestResult:
     if alert.status == RESOLVED:
-        return _resolve(session, source, alert, actor)
+        return _resolve(session, source, alert, actor, now)
     item = _incident(alert, limits)
-    now = utcnow()
-    window = windows.suppressing(session, source, alert.dedup_key, now)
+    window = windows.holding(in_force, alert.dedup_key)
     # The occurrence keeps what the sender said beyond the filing (labels, rule, agent, Grafana's fields).
     payload = {**item.model_dump(mode="json", exclude_defaults=True), "source": {"name": source.name,
                "kind": source.kind, "context": alert.context}}  # fmt: skip
@@ -184,9 +198,8 @@ def _incident(alert: Alert, limits: Limits) -> SourcedIncident:
         ) from None
 
 
-def _resolve(session: Session, source: Source, alert: Alert, actor: Actor) -> IngestResult:
+def _resolve(session: Session, source: Source, alert: Alert, actor: Actor, now: datetime) -> IngestResult:
     """Record on the open incident that the sender saw its alert end; recovery stays a person's decision."""
-    now = utcnow()
     touch(session, source.id, now)
     incident = open_incident(session, actor, alert.dedup_key) if alert.dedup_key else None
     if incident is None:

@@ -1,12 +1,12 @@
 """Maintenance windows and snoozes: which alerts are stored without paging anyone."""
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
-from functools import cache
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AwareDatetime, Field, StringConstraints
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from incidents import audit
@@ -34,31 +34,30 @@ class WindowCreate(Strict):
     approved_by: Name = Field(description="Who approved it (a name and title; recorded as given).")
 
 
-def suppressing(
-    session: Session, source: Source | None, dedup_key: str | None, now: datetime
-) -> MaintenanceWindow | None:
-    """The active window that holds an alert of `source` with `dedup_key` at `now`, if any."""
-    source_id = source.id if source is not None else None
-    candidates = session.scalars(_in_force_for_source(), {"now": now, "source_id": source_id})
+def in_force_for_source(session: Session, source_id: int | None, now: datetime) -> list[MaintenanceWindow]:
+    """The windows in force at `now` for every source or for `source_id`, oldest first."""
+    stmt = select(MaintenanceWindow).where(in_force_for(MaintenanceWindow.source_id.is_(None) | (
+        MaintenanceWindow.source_id == bindparam("source_id")))).order_by(MaintenanceWindow.id)  # fmt: skip
+    return list(session.scalars(stmt, {"now": now, "source_id": source_id}))
+
+
+def in_force_for(scope: ColumnElement[bool]) -> ColumnElement[bool]:
+    """Windows in force at the statement's :now whose source matches `scope` (an alert's intake joins it to its
+    source's row, so one query reads both)."""
+    return and_(
+        MaintenanceWindow.ends_at > bindparam("now"),
+        MaintenanceWindow.starts_at <= bindparam("now"),
+        MaintenanceWindow.cancelled_at.is_(None),
+        scope,
+    )
+
+
+def holding(candidates: Iterable[MaintenanceWindow], dedup_key: str | None) -> MaintenanceWindow | None:
+    """The first of the windows in force that holds an alert with `dedup_key`, if any."""
     for window in candidates:
         if window.dedup_pattern is None or (dedup_key is not None and fnmatchcase(dedup_key, window.dedup_pattern)):
             return window
     return None
-
-
-@cache
-def _in_force_for_source() -> Any:
-    """Windows in force at :now for every source or for :source_id (built once: each alert asks)."""
-    return (
-        select(MaintenanceWindow)
-        .where(
-            MaintenanceWindow.ends_at > bindparam("now"),
-            MaintenanceWindow.starts_at <= bindparam("now"),
-            MaintenanceWindow.cancelled_at.is_(None),
-            or_(MaintenanceWindow.source_id.is_(None), MaintenanceWindow.source_id == bindparam("source_id")),
-        )
-        .order_by(MaintenanceWindow.id)
-    )
 
 
 def active(session: Session, now: datetime | None = None) -> list[MaintenanceWindow]:
