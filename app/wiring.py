@@ -15,7 +15,7 @@ from flask import Flask
 
 from app import deadline_paging
 from app.telegram import outbox as telegram_outbox
-from incidents import audit, deadlines, events, jobs, receipts
+from incidents import audit, deadlines, events, followup, jobs, receipts
 from incidents.reporting import periodic
 from incidents.stix import push as stix_push
 from notifiers import registry
@@ -52,6 +52,9 @@ def install(app: Flask) -> None:
     # its own new job per attempt (PAGING_RETRY_*), so its job rarely fails.
     paging_lease = float(config.get("PAGING_LEASE_SECONDS") or 30)
     jobs.register(triggers.EVALUATE, triggers.evaluate_job, max_attempts=10, lease_seconds=paging_lease)
+    # A filing's one job: its clocks and receipts, then these steps (incidents/followup.py).
+    jobs.register(followup.FILED, followup.run, max_attempts=10, lease_seconds=paging_lease)
+    followup.add_step(triggers.start_filed)
     jobs.register(steps.WAIT, runs.wait_job, max_attempts=10, lease_seconds=paging_lease)
     jobs.register(runs.CONTINUE, runs.continue_job, max_attempts=10, lease_seconds=paging_lease)
     jobs.register(delivery.DELIVER, delivery.deliver, max_attempts=3, lease_seconds=paging_lease)

@@ -24,7 +24,7 @@ from incidents.base import utcnow
 from incidents.clock import LOCAL_TZ
 from incidents.enums import IncidentClass, NotifiedParty, Status
 from incidents.events import record_event
-from incidents.models import Incident
+from incidents.models import Event, Incident
 from incidents.queries import get_incident
 from incidents.records import DeadlineClock
 from incidents.uow import in_transaction
@@ -274,25 +274,47 @@ def _event(
 
 
 def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
-    """Start, meet or stop clocks as the incident's events are written (inside the writing transaction)."""
-    mine = [e for e in events if e.get("incident_id") is not None and _relevant(e)]
+    """Meet, stop or start later clocks as the incident's events are written (inside the writing transaction); a
+    new incident's clocks are started by the worker (`start_filed`), not by its filing."""
+    mine = [e for e in events if e.get("incident_id") is not None and e["kind"] in _CHANGES]
     if not mine:
         return
     rules = rules_of(session)
-    created = [e for e in mine if e["kind"] == "incident.created"]
-    if created:
-        _start_created(session, [e["incident_id"] for e in created], rules)
     for event in mine:
-        if event["kind"] == "incident.created":
-            continue
         incident = session.get(Incident, event["incident_id"])
         if incident is None:
             continue
         _apply(session, incident, event, rules)
 
 
+def start_filed(session: Session, incident_ids: Sequence[int]) -> None:
+    """Start the clocks of newly filed incidents (the worker, after the filing's commit; the caller holds their
+    rows locked): one INSERT for a batch, then the changes recorded since the filing, applied in order, as they
+    were when the clocks did not exist yet."""
+    if not incident_ids:
+        return
+    rules = rules_of(session)
+    _start_created(session, list(incident_ids), rules)
+    later = session.execute(
+        select(Event.incident_id, Event.kind, Event.at, Event.data)
+        .where(Event.incident_id.in_(incident_ids), Event.kind.in_(_CHANGES))
+        .order_by(Event.id)
+    ).all()
+    for event in later:
+        incident = session.get(Incident, event.incident_id)
+        if incident is not None:
+            _apply(session, incident, {"kind": event.kind, "at": event.at, "data": event.data}, rules)
+
+
 def _start_created(session: Session, incident_ids: list[int], rules: Rules) -> None:
-    """Clocks of newly filed incidents, in one INSERT and one batch of jobs (a bulk filing brings 500)."""
+    """Clocks of newly filed incidents, in one INSERT and one batch of jobs (a bulk filing brings 500); a clock a
+    change started meanwhile (an escalation) is left as it is."""
+    have = {
+        (incident_id, rule)
+        for incident_id, rule in session.execute(
+            select(DeadlineClock.incident_id, DeadlineClock.rule).where(DeadlineClock.incident_id.in_(incident_ids))
+        )
+    }
     rows = session.execute(
         select(
             Incident.id, Incident.created_at, Incident.detected_at, Incident.beyond_capacity,
@@ -305,7 +327,7 @@ def _start_created(session: Session, incident_ids: list[int], rules: Rules) -> N
         for rule in rules.rules:
             start = {"created": row.created_at, "detected": row.detected_at,
                      "escalated": row.created_at if escalated else None}.get(rule.start)  # fmt: skip
-            if start is None:
+            if start is None or (row.id, rule.code) in have:
                 continue
             due = rules.due(rule, start)
             met = "notified" in rule.met_by and rule.notified_enough(row.notified_parties)
@@ -332,16 +354,11 @@ def _start_created(session: Session, incident_ids: list[int], rules: Rules) -> N
     )  # fmt: skip
 
 
-def _relevant(event: dict[str, Any]) -> bool:
-    kind = event["kind"]
-    return kind in (
-        "incident.created",
-        "incident.status_changed",
-        "incident.updated",
-        "incident.classification_proposed",
-        "incident.classification_decided",
-        "report.created",
-    )
+# The changes that meet, stop or start clocks after the filing.
+_CHANGES = frozenset({
+    "incident.status_changed", "incident.updated", "incident.classification_proposed",
+    "incident.classification_decided", "report.created",
+})  # fmt: skip
 
 
 def _apply(session: Session, incident: Incident, event: dict[str, Any], rules: Rules) -> None:

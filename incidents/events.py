@@ -5,7 +5,8 @@ imports them; rows other modules keep for the commit (audit entries) are written
 are registered by app/wiring.py, as are this module's own Session listeners (`install`).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -135,6 +136,21 @@ def write_pending(session: Session) -> None:
             take_feed_lock(session)
             locked = True
         writer(session, rows)
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A savepoint whose rollback also drops the events and at-commit rows recorded inside it (they wait in
+    `session.info` for the commit, beyond the savepoint's reach)."""
+    kept = {key: len(session.info.get(key) or ()) for key in (PENDING_EVENTS, *_AT_COMMIT)}
+    try:
+        with session.begin_nested():
+            yield
+    except BaseException:
+        for key, length in kept.items():
+            if key in session.info:
+                del session.info[key][length:]
+        raise
 
 
 def forget_pending(session: Session, transaction: Any) -> None:

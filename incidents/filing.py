@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, load_only
 from sqlalchemy.orm.attributes import set_committed_value
 
-from incidents import receipts
+from incidents import followup
 from incidents.access import Actor, visible_incidents
 from incidents.base import utcnow
 from incidents.clock import LOCAL_TZ
@@ -245,11 +245,13 @@ def file_in_session(
         )
     if events:
         record_events(session, events)
-        receipts.enqueue_receipts(
+        # Clocks, receipts and playbooks are the worker's, from this one job that commits with the filing.
+        followup.enqueue(
             session,
-            [(filed.id, row["reporter_email"]) for filed, row in created.values()],
+            [filed.id for filed, _ in created.values()],
             token_id=actor.token_id,
-            by_email=settings.receipts_by_email,
+            receipts_by_email=settings.receipts_by_email,
+            quiet=bool(session.info.get(QUIET_FILING)),
         )
     # Repeats of a key first seen earlier in this same batch become occurrences of that new incident.
     for i, (filed, _) in enumerate(outcomes):

@@ -16,7 +16,7 @@ from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.models import Incident, Organisation
 from incidents.queries import occurrence_count
-from incidents.uow import in_transaction
+from incidents.uow import in_transaction, transaction_memo
 from notifiers import registry
 from notifiers.base import DeliveryFailed, Message
 from playbooks import messages, oncall, timeline
@@ -65,12 +65,21 @@ def resolve_target(
         org_id = oncall.system_operator_id(incident)
         org = session.get(Organisation, org_id) if org_id else None
     else:
-        org = session.scalar(select(Organisation).where(Organisation.code == body["organisation"]))
+        by_code = transaction_memo(session, "organisation_by_code")
+        if body["organisation"] not in by_code:
+            by_code[body["organisation"]] = session.scalar(
+                select(Organisation).where(Organisation.code == body["organisation"])
+            )
+        org = by_code[body["organisation"]]
     kind = "system_operator" if body.get("system_operator") else "organisation"
     if org is None:
         return kind, str(body.get("organisation") or "operator"), "?", [], links
     links["organisation_id"] = org.id
-    return kind, org.code, org.name_vi, oncall.organisation_contacts(session, org.id, pick=pick, at=now), links
+    # Who is on call is read once per organisation in a transaction: a batch of filings pages from one reading.
+    on_call = transaction_memo(session, "organisation_contacts")
+    if (org.id, pick) not in on_call:
+        on_call[org.id, pick] = oncall.organisation_contacts(session, org.id, pick=pick, at=now)
+    return kind, org.code, org.name_vi, list(on_call[org.id, pick]), links
 
 
 def create_page(

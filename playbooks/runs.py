@@ -20,7 +20,7 @@ from incidents.errors import Conflict, FieldError, NotFound, ValidationFailed
 from incidents.models import Incident
 from incidents.policy import Capability, require
 from incidents.queries import get_incident
-from incidents.uow import in_transaction
+from incidents.uow import in_transaction, transaction_memo
 from playbooks import timeline
 from playbooks.conditions import matches
 from playbooks.models import (
@@ -58,7 +58,14 @@ def latest_versions(session: Session) -> list[PlaybookVersion]:
 
 
 def newest_for_starting(session: Session) -> list[tuple[PlaybookVersion, dict[str, Any]]]:
-    """The newest version of each enabled playbook with its definition."""
+    """The newest version of each enabled playbook with its definition (read once in a transaction)."""
+    memo = transaction_memo(session, "newest_for_starting")
+    if "versions" not in memo:
+        memo["versions"] = _newest_for_starting(session)
+    return memo["versions"]
+
+
+def _newest_for_starting(session: Session) -> list[tuple[PlaybookVersion, dict[str, Any]]]:
     newest = select(PlaybookVersion.name, func.max(PlaybookVersion.version).label("v")).group_by(PlaybookVersion.name)
     sub = newest.subquery()
     stmt = (

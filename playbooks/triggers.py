@@ -1,10 +1,10 @@
-"""Reacting to incident changes: which playbooks start, always by a job the worker runs.
+"""Reacting to incident changes: which playbooks start, always in the worker.
 
-`on_events` is a listener on the incident feed (app/wiring.py adds it): it runs inside the transaction that
-records the change and writes only the `playbooks.evaluate` job, so the trigger commits with the change or not at
-all, and the filing's write transaction carries no playbook work (a failing playbook cannot cost a filing). The
-worker starts the playbooks, marking the job done in the same transaction as the runs it starts.
-"""
+A new incident's playbooks start in its filing's follow-up job (`start_filed`, a step of incidents/followup.py).
+A later change that may start or stop some (`on_events`, a listener on the incident feed that app/wiring.py adds)
+writes only a `playbooks.evaluate` job inside the transaction that records it, so the trigger commits with the
+change or not at all, and no write transaction of the web carries playbook work (a failing playbook cannot cost a
+filing). The worker starts the playbooks, ending the job in the same transaction as the runs it starts."""
 
 import logging
 from collections.abc import Sequence
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from incidents import jobs
 from incidents.enums import TERMINAL_STATUSES
-from incidents.filing import QUIET_FILING
+from incidents.events import savepoint
 from incidents.uow import in_transaction
 from playbooks import runs
 from playbooks.conditions import matches
@@ -47,12 +47,7 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
         if incident_id is None or not str(kind).startswith("incident."):
             continue
         data = ev.get("data") or {}
-        if kind == "incident.created":
-            if session.info.get(QUIET_FILING):
-                continue  # held by a maintenance window: stored and shown, but no playbook starts, so nobody is paged
-            key = f"{EVALUATE}:{incident_id}:created"
-            rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, key=key, incident_id=incident_id))
-        elif (kind == "incident.updated" and TRIGGER_FIELDS & set(data.get("changes") or {})) or (
+        if (kind == "incident.updated" and TRIGGER_FIELDS & set(data.get("changes") or {})) or (
             kind == "incident.classification_decided"
         ):
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
@@ -62,6 +57,24 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
         elif kind == "incident.status_changed" and data.get("to") in {s.value for s in TERMINAL_STATUSES}:
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
     jobs.enqueue_many(session, rows)
+
+
+def start_filed(session: Session, incident_ids: Sequence[int], quiet: bool, config: dict[str, Any]) -> None:
+    """The playbooks of newly filed incidents: a step of the filing's follow-up job (incidents/followup.py), in its
+    transaction. A filing held by a maintenance window (`quiet`) is stored and shown, but pages nobody. Each
+    incident's start is a savepoint: one that fails leaves the others started, and retries on its own job."""
+    if quiet:
+        return
+    settings = Settings.from_config(config)
+    for incident_id in incident_ids:
+        try:
+            with savepoint(session):
+                evaluate(session, incident_id, settings)
+        except Exception:
+            log.exception("playbooks of incident %s did not start with its filing; retrying on their own", incident_id)
+            key = f"{EVALUATE}:{incident_id}:created"
+            jobs.enqueue_many(session, [jobs.job_values(EVALUATE, {"incident_id": incident_id}, key=key,
+                                                        incident_id=incident_id)])  # fmt: skip
 
 
 def evaluate_incident(*, session: Session, incident_id: int, settings: Settings) -> list[PlaybookRun]:

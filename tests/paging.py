@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import db
-from incidents import jobs
+from incidents import followup, jobs
 from incidents.models import Event, Job
 from playbooks import runs, seed, triggers
 from playbooks.models import Contact, Page
@@ -29,7 +29,9 @@ def settings(app: Flask) -> Settings:
     return Settings.from_config(app.config)
 
 
-def run_jobs(app: Flask, kinds: tuple[str, ...] = (triggers.EVALUATE, runs.CONTINUE), *, send: bool = False) -> int:
+def run_jobs(
+    app: Flask, kinds: tuple[str, ...] = (followup.FILED, triggers.EVALUATE, runs.CONTINUE), *, send: bool = False
+) -> int:
     """Run due jobs of `kinds` in this process through their real handlers (the worker's code path, no thread);
     with `send`, through the channels the configuration names (real SMTP, real HTTP)."""
     from notifiers.registry import build_notifiers

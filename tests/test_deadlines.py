@@ -6,10 +6,11 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from incidents import deadlines
+from incidents import deadlines, followup
 from incidents.models import Event, Job
 from incidents.records import DeadlineClock
 from playbooks.models import Page
+from tests import paging
 from tests.conftest import incident_payload
 
 URL = "/api/v1/incidents"
@@ -21,8 +22,10 @@ def at(text: str) -> datetime:
 
 
 def file(client, headers, **overrides) -> dict:
+    """File, then run the filing's follow-up job as the worker would after the commit: it starts the clocks."""
     r = client.post(URL, json=incident_payload(**overrides), headers=headers)
     assert r.status_code == 201, r.json
+    assert paging.run_jobs(client.application, (followup.FILED,)) == 1
     return r.json
 
 

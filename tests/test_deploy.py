@@ -64,9 +64,9 @@ def test_metrics_count_requests_intake_outcomes_and_read_jobs_and_incidents_from
         queued_for = set(session.execute(select(Job.kind, Job.incident_id)).all())
     assert by_status == {"new": 1}
     assert got[("ucsc_incidents", (("status", "new"),))] == 1.0
-    # The filing queued the checks of its deadline clocks and the start of its playbooks (its token names no
-    # webhook: no receipt job), and the collector counts jobs by state straight from the table.
-    assert queued_for == {("deadline.check", created.json["id"]), ("playbooks.evaluate", created.json["id"])}
+    # The filing queued its one follow-up job (clocks, receipts, playbooks: the worker's), and the collector counts
+    # jobs by state straight from the table.
+    assert queued_for == {("incidents.filed", created.json["id"])}
     jobs_metric = {labels[0][1]: v for (name, labels), v in got.items() if name == "ucsc_jobs"}
     assert jobs_metric == {"queued": float(jobs_by_state["queued"])}
     assert set(jobs_by_state) == {"queued"}

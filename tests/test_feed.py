@@ -195,8 +195,11 @@ def test_without_the_feed_lock_a_first_writer_committing_last_is_skipped(app: Fl
 def test_a_playbook_start_that_fails_in_the_filing_keeps_the_filing_and_its_events(
     app: Flask, client: FlaskClient, make_token: TokenFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The filing starts its playbooks in a savepoint; a failure there (injected after the playbook's own writes)
-    rolls back only the savepoint: the incident and its event stay, the worker is asked to start the playbooks."""
+    """The filing starts no playbook: its follow-up job does, each incident in a savepoint. A failure there
+    (injected after the playbook's own writes) rolls back only that savepoint: the incident, its event and its
+    deadline clocks stay, and the playbooks retry on a job of their own, which starts them once the fault is gone."""
+    from incidents import followup
+    from incidents.records import DeadlineClock
     from playbooks import triggers
     from playbooks.models import PlaybookRun
     from tests import paging
@@ -210,17 +213,33 @@ def test_a_playbook_start_that_fails_in_the_filing_keeps_the_filing_and_its_even
 
     monkeypatch.setattr(triggers, "evaluate", fails_after_writing)
     filed = _file(client, make_token("operator"), category="ransomware")
-    with sessionmaker(app.extensions["ucsc.engine"])() as s:
-        kinds = list(s.scalars(select(Event.kind).where(Event.incident_id == filed["id"]).order_by(Event.id)))
-        runs = s.scalar(select(func.count()).select_from(PlaybookRun).where(PlaybookRun.incident_id == filed["id"]))
-        queued = s.scalar(
-            text("SELECT count(*) FROM jobs WHERE kind = :kind AND incident_id = :id"),
-            {"kind": triggers.EVALUATE, "id": filed["id"]},
-        )
-    assert kinds[0] == "incident.created"
+
+    def census() -> tuple[list[str], int, int, dict[str, str]]:
+        with sessionmaker(app.extensions["ucsc.engine"])() as s:
+            kinds = list(s.scalars(select(Event.kind).where(Event.incident_id == filed["id"]).order_by(Event.id)))
+            count = lambda model: s.scalar(  # noqa: E731
+                select(func.count()).select_from(model).where(model.incident_id == filed["id"])
+            )
+            rows = s.execute(text("SELECT kind, state FROM jobs WHERE kind IN (:a, :b)"),
+                             {"a": followup.FILED, "b": triggers.EVALUATE})  # fmt: skip
+            jobs = {kind: state for kind, state in rows}  # noqa: C416 - Rows are not pairs to dict()
+            return kinds, count(PlaybookRun), count(DeadlineClock), jobs
+
+    kinds, runs, clocks, jobs = census()
+    assert kinds == ["incident.created"] and runs == 0 and clocks == 0
+    assert jobs == {followup.FILED: "queued"}  # the filing's one job, nothing else
+
+    assert paging.run_jobs(app, (followup.FILED,)) == 1
+    kinds, runs, clocks, jobs = census()
     assert "playbook.started" not in kinds and "page.sent" not in kinds
-    assert runs == 0
-    assert queued == 1
+    assert runs == 0 and clocks > 0
+    assert jobs == {followup.FILED: "done", triggers.EVALUATE: "queued"}
+
+    monkeypatch.setattr(triggers, "evaluate", real)
+    assert paging.run_jobs(app, (triggers.EVALUATE,)) == 1
+    kinds, runs, clocks, jobs = census()
+    assert "playbook.started" in kinds and runs > 0
+    assert jobs == {followup.FILED: "done", triggers.EVALUATE: "done"}
 
 
 @pytest.fixture

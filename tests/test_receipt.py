@@ -11,8 +11,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from incidents import jobs, receipts
+from incidents import followup, jobs, receipts
 from incidents.models import Event, Job
+from tests import paging
 from tests.conftest import TokenFactory, incident_payload
 from tests.receivers import HttpReceiver, SmtpServer, eventually, give_webhook
 
@@ -72,6 +73,8 @@ def test_the_reporter_gets_an_email_receipt_with_the_reference_and_status_link(
     r = client.post(URL, json=incident_payload(title=TITLE), headers=operator)
     assert r.status_code == 201, r.json
     incident_id, ref = r.json["id"], r.json["ref"]
+    assert _jobs(session) == []  # the filing's follow-up job queues the receipt, in the worker
+    assert paging.run_jobs(app, (followup.FILED,)) == 1
     [job] = _jobs(session)
     assert (job.kind, job.idempotency_key, job.incident_id) == (
         receipts.EMAIL,
@@ -109,13 +112,14 @@ def test_without_smtp_url_no_email_receipt_is_queued(
 
 
 def test_a_reporter_without_an_address_gets_no_email_job(
-    smtp: SmtpServer, client: FlaskClient, session: Session, operator: dict[str, str]
+    smtp: SmtpServer, app: Flask, client: FlaskClient, session: Session, operator: dict[str, str]
 ) -> None:
     reporter = {"name": "Trần Thị B", "organisation": "Sở Y tế", "phone": "0237111111"}
     items = [incident_payload(reporter=reporter), incident_payload(title="Có địa chỉ")]
     r = client.post(f"{URL}/bulk", json={"incidents": items}, headers=operator)
     assert r.status_code == 201, r.json
     second = r.json["items"][1]["id"]
+    assert paging.run_jobs(app, (followup.FILED,)) == 1  # one follow-up job for the whole bulk filing
     assert [(j.kind, j.incident_id) for j in _jobs(session)] == [(receipts.EMAIL, second)]
 
 

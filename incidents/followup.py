@@ -1,0 +1,78 @@
+"""What a filing leaves to the worker: one durable job per filing, whatever its size.
+
+A filing's transaction writes the incidents, their rows, their events and one `incidents.filed` job that names
+them, and nothing else: the caller's `201` does not wait for bookkeeping it does not need. The worker runs the
+job set-based, in one transaction that also ends the job: the deadline clocks of every incident it names (one
+INSERT), their receipts (one INSERT of jobs), then the steps other packages register (`add_step`, from
+app/wiring.py: the playbooks). A crash before that commit leaves the job to be claimed again, and nothing it
+wrote stays; a step that fails for one incident is that step's to isolate (playbooks retry it on a job of their
+own), so the clocks of the other incidents in a batch still start.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from incidents import deadlines, jobs, receipts
+from incidents.models import Incident
+from incidents.uow import in_transaction
+
+FILED = "incidents.filed"
+
+# A step gets the session, the incidents' ids (locked, in id order), whether the filing pages nobody (an alert
+# held by a maintenance window) and the worker's configuration.
+Step = Callable[[Session, Sequence[int], bool, dict[str, Any]], None]
+
+_STEPS: list[Step] = []
+
+
+def add_step(step: Step) -> None:
+    """Run `step` for every filing the worker follows up, after the clocks and receipts (app/wiring.py)."""
+    if step not in _STEPS:
+        _STEPS.append(step)
+
+
+def enqueue(
+    session: Session, incident_ids: Sequence[int], *, token_id: int | None, receipts_by_email: bool, quiet: bool
+) -> None:
+    """The filing's one job, in its transaction."""
+    if not incident_ids:
+        return
+    payload = {"incident_ids": list(incident_ids), "token_id": token_id, "receipts_by_email": receipts_by_email,
+               "quiet": quiet}  # fmt: skip
+    jobs.enqueue_many(session, [jobs.job_values(FILED, payload, incident_id=incident_ids[0])])
+
+
+def follow_up(session: Session, payload: dict[str, Any], config: dict[str, Any]) -> None:
+    """Start the clocks, queue the receipts and run the registered steps for the incidents of one filing, inside
+    the caller's transaction."""
+    ids = sorted(payload["incident_ids"])
+    # Locked in id order, as every writer of incidents locks them: a change being made to one of them waits for
+    # this commit (or this waits for it), so the clocks start from the incident as it then is.
+    rows = session.execute(
+        select(Incident.id, Incident.reporter_email).where(Incident.id.in_(ids)).order_by(Incident.id)
+        .with_for_update(key_share=True)
+    ).all()  # fmt: skip
+    found = [row.id for row in rows]
+    deadlines.start_filed(session, found)
+    receipts.enqueue_receipts(
+        session,
+        [(row.id, row.reporter_email) for row in rows],
+        token_id=payload.get("token_id"),
+        by_email=bool(payload.get("receipts_by_email")),
+    )
+    for step in _STEPS:
+        step(session, found, bool(payload.get("quiet")), config)
+
+
+def run(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
+    """The `incidents.filed` job: its work and its end commit together."""
+
+    def work() -> None:
+        follow_up(session, job.payload, ctx.config)
+        jobs.finish(session, job)
+
+    with ctx.sessions() as session:
+        in_transaction(session, work)
