@@ -173,6 +173,38 @@ def test_an_escalated_incident_starts_the_initial_report_clock_and_review_starts
     assert session.scalar(select(DeadlineClock).where(DeadlineClock.incident_id == other["id"])) is not None
 
 
+def test_clocks_started_after_changes_made_before_the_worker_ran_reflect_those_changes(client, operator, session):
+    """The worker starts a filing's clocks after its commit: what happened to the incident in between (an escalation,
+    a triage, a rejection) is applied to them in order, at the times it happened, as if the clocks had existed."""
+    post = lambda path, body: client.post(f"{URL}/{path}", json=body, headers=operator)  # noqa: E731
+    ids = []
+    for _ in range(2):
+        r = client.post(URL, json=incident_payload(), headers=operator)
+        assert r.status_code == 201
+        ids.append(r.json["id"])
+    worked, rejected = ids
+    assert post(f"{worked}/transitions", {"to": "triage"}).status_code == 200
+    assert client.patch(f"{URL}/{worked}", json={"beyond_capacity": True}, headers=operator).status_code == 200
+    assert post(f"{rejected}/transitions", {"to": "rejected"}).status_code == 200
+    # Before the worker: only the clock the escalation itself started.
+    assert set(clocks(client, operator, worked)) == {"initial_report_urgent"}
+    assert clocks(client, operator, rejected) == {}
+    urgent = clocks(client, operator, worked)["initial_report_urgent"]
+    assert paging.run_jobs(client.application, (followup.FILED,)) == 2
+    session.rollback()  # requests share the fixture's session here: end its snapshot from before the worker ran
+
+    got = clocks(client, operator, worked)
+    triaged_at = session.scalar(
+        select(Event.at).where(Event.incident_id == worked, Event.kind == "incident.status_changed")
+    )
+    assert got["receipt_ack"]["state"] == "met" and at(got["receipt_ack"]["met_at"]) == triaged_at.astimezone(UTC)
+    assert got["initial_report_urgent"] == urgent  # the escalation started it; the job left it as it was
+    assert set(got) == {"receipt_ack", "notification", "press_report_6h", "press_response_33h", "initial_report_urgent"}
+    assert {rule: c["state"] for rule, c in clocks(client, operator, rejected).items()} == {
+        "receipt_ack": "met", "notification": "stopped", "press_report_6h": "stopped", "press_response_33h": "stopped",
+    }  # fmt: skip
+
+
 def test_deadlines_of_an_incident_the_reader_may_not_see_are_404(client, operator, make_token):
     incident = file(client, operator, tlp="red")
     assert client.get(f"{URL}/{incident['id']}/deadlines", headers=make_token("committee")).status_code == 404
