@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import SCALE, finish, machine, percentile, rounded, scaled
+from _common import SCALE, database, finish, machine, percentile, rounded, scaled
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
@@ -57,7 +57,13 @@ TARGETS = {
     "single_ratio_to_baseline": 0.4,
     "single_p99_ms_at_half_rate": 150.0,
     "bulk_ratio_to_baseline": 0.5,
+    # PostgreSQL, gunicorn.conf.py as shipped (one gevent worker), then the same with a second worker.
+    "postgresql_single_incidents_per_s": 150.0,
+    "postgresql_second_worker_gain": 1.1,
 }
+BACKENDS = [b for b in os.environ.get("UCSC_BENCH_BACKENDS", "sqlite,postgresql").split(",") if b]
+PG_SATURATION = 4000  # per worker count; PostgreSQL shares the 2 cores with gunicorn, so fewer than SQLite's
+PG_BASELINE = 3000  # Core baseline on PostgreSQL, half before and half after
 # A fixed, past detection time: bodies must not depend on the clock (the API refuses future times).
 DETECTED_AT = "2026-01-15T08:30:00+07:00"
 
@@ -333,6 +339,83 @@ def extra_rows_per_incident(db_path: Path, created_by: str) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------- the run
 
 
+def run_postgresql(workdir: Path) -> dict[str, Any]:
+    """Single filings on PostgreSQL: with gunicorn.conf.py as shipped (one gevent worker), then with a second
+    worker (GUNICORN_CMD_ARGS), against the same Core baseline on a database of its own, in this run."""
+    from tests.live import LiveServer
+
+    server_url, drop_server = database("postgresql", workdir, "intake", "")
+    baseline_url, drop_baseline = database("postgresql", workdir, "intake_baseline", "")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        for url in (server_url, baseline_url):
+            _flask(_env(url), "init-db")
+            token = _flask(_env(url), "create-token", "bench", "--role", "intake").strip().splitlines()[-1]
+        token = _flask(_env(server_url), "create-token", "bench-pg", "--role", "intake").strip().splitlines()[-1]
+        n_base = scaled(PG_BASELINE, 200) // 2
+        halves = [run_baseline(baseline_url, incidents=n_base, per_transaction=1, tag="pg1")]
+        counter = itertools.count(step=1_000_000)
+        runs: dict[str, Any] = {}
+        for workers in (1, 2):
+            env = {"UCSC_SECRET_KEY": "bench", "GUNICORN_CMD_ARGS": f"--workers {workers}"}
+            server = LiveServer(server_url, workdir / f"gunicorn-pg-{workers}.log", env=env)
+            server.start()
+            try:
+                pids = _worker_pids(server.process.pid, workers)
+
+                def load(requests: int, pids: list[int] = pids, port: int = server.port) -> dict[str, Any]:
+                    spec = {"port": port, "token": token, "bulk": False, "requests": requests, "rate": None,
+                            "path": "/api/v1/incidents", "connections": CLIENTS, "first": next(counter),
+                            "tag": "p"}  # fmt: skip
+                    cpu0 = sum(_cpu_seconds(p) for p in pids)
+                    figures = pool.submit(run_load, spec).result()
+                    figures["server_cpu_seconds"] = sum(_cpu_seconds(p) for p in pids) - cpu0
+                    figures["incidents_per_s"] = figures["ok"] / figures["seconds"]
+                    figures["requests_per_s"] = figures["incidents_per_s"]
+                    figures["client_cpu_cores"] = figures["client_cpu_seconds"] / figures["seconds"]
+                    figures["server_cpu_cores"] = figures["server_cpu_seconds"] / figures["seconds"]
+                    figures["web_cpu_ms_per_filing"] = figures["server_cpu_seconds"] / max(1, figures["ok"]) * 1000
+                    return figures
+
+                load(scaled(200, 50))  # warm-up: imports, caches, the pool's connections
+                runs[f"workers_{workers}"] = saturation = load(scaled(PG_SATURATION, 200))
+                _show("single", f"postgresql, {workers} gevent worker(s), {CLIENTS} clients", saturation)
+            finally:
+                server.stop()
+        halves.append(run_baseline(baseline_url, incidents=n_base, per_transaction=1, tag="pg2"))
+    finally:
+        pool.shutdown()
+        drop_server()
+        drop_baseline()
+    incidents, seconds = sum(h["incidents"] for h in halves), sum(h["seconds"] for h in halves)
+    baseline = {"incidents": incidents, "per_transaction": 1, "transactions": incidents, "seconds": seconds,
+                "incidents_per_s": incidents / seconds,
+                "incidents_per_s_before_and_after": [h["incidents_per_s"] for h in halves]}  # fmt: skip
+    _show("single", "postgresql baseline, 1 per transaction", baseline)
+    one, two = runs["workers_1"], runs["workers_2"]
+    result = {
+        **runs,
+        "baseline": baseline,
+        "ratio_to_baseline": one["incidents_per_s"] / baseline["incidents_per_s"],
+        "second_worker_gain": two["incidents_per_s"] / one["incidents_per_s"],
+    }
+    print(f"  single postgresql: ratio to baseline {result['ratio_to_baseline']:.2f}x, "
+          f"second worker {result['second_worker_gain']:.2f}x, web CPU {one['web_cpu_ms_per_filing']:.2f} ms "
+          f"a filing with one worker, {two['web_cpu_ms_per_filing']:.2f} ms with two")  # fmt: skip
+    return result
+
+
+def _worker_pids(arbiter: int, count: int, timeout: float = 10.0) -> list[int]:
+    """The pids of gunicorn's `count` workers under `arbiter`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [int(c) for c in Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()]
+        if len(children) >= count:
+            return children
+        time.sleep(0.05)
+    raise RuntimeError(f"gunicorn started fewer than {count} workers")
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     from tests.live import LiveServer
@@ -431,6 +514,13 @@ def main() -> int:
         _show(kind, f"baseline, {r['baseline']['per_transaction']} per transaction", r["baseline"])
         print(f"  {kind:6} ratio to baseline: {r['ratio_to_baseline']:.2f}x")
 
+    postgresql: dict[str, Any] | None = None
+    if "postgresql" in BACKENDS:
+        try:
+            postgresql = run_postgresql(workdir)
+        except Exception as exc:  # reported, and the targets it measures fail
+            restarts.append(f"postgresql: {type(exc).__name__}: {exc}")
+
     rows = {"api": rows_per_incident(server_db, "bench"), "baseline": rows_per_incident(baseline_db, "bench")}
     extra_rows = extra_rows_per_incident(server_db, "bench")
     rows["api"].pop("incidents")
@@ -443,6 +533,9 @@ def main() -> int:
         "single_p99_ms_at_half_rate": results["single"]["open_loop"]["p99_ms"],
         "bulk_ratio_to_baseline": results["bulk"]["ratio_to_baseline"],
     }
+    if postgresql is not None:
+        figures["postgresql_single_incidents_per_s"] = postgresql["workers_1"]["incidents_per_s"]
+        figures["postgresql_second_worker_gain"] = postgresql["second_worker_gain"]
     targets = {
         name: {
             "value": round(figures[name], 3),
@@ -450,6 +543,7 @@ def main() -> int:
             "pass": figures[name] <= goal if name.endswith("_ms_at_half_rate") else figures[name] >= goal,
         }
         for name, goal in TARGETS.items()
+        if name in figures
     }
     errors = [
         f"{kind} {phase}: {r['requests'] - r['ok']} of {r['requests']} requests did not get 201 "
@@ -481,8 +575,9 @@ def main() -> int:
         "extra_rows_per_incident": extra_rows,
         "single": results["single"],
         "bulk": results["bulk"],
+        "postgresql": postgresql,
         "targets": targets,
-        "passed": all(t["pass"] for t in targets.values()),
+        "passed": all(t["pass"] for t in targets.values()) and len(targets) == len(TARGETS),
         "errors": errors,
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -27,6 +27,8 @@ EVENTS_CHANNEL = "ucsc_events"  # PostgreSQL NOTIFY channel: wakes the other pro
 FEED_LOCK_KEY = 0x55435343  # "UCSC"
 # Events recorded in a transaction wait here until its commit (`write_pending`).
 PENDING_EVENTS = "ucsc.pending_events"
+# The channels to NOTIFY when the transaction commits (PostgreSQL), sent in one statement (`notify_at_commit`).
+NOTIFY_PENDING = "ucsc.notify_pending"
 
 Listener = Callable[[Session, Sequence[dict[str, Any]]], None]
 Writer = Callable[[Session, list[Any]], None]
@@ -133,9 +135,30 @@ def write_pending(session: Session) -> None:
             continue
         if not locked:
             session.flush()
+            if key == PENDING_EVENTS:
+                notify_at_commit(session, EVENTS_CHANNEL)  # sent with the lock, one round trip for both
             take_feed_lock(session)
             locked = True
         writer(session, rows)
+    _send_notifies(session)
+
+
+def notify_at_commit(session: Session, channel: str) -> None:
+    """NOTIFY `channel` when this transaction commits (PostgreSQL): the channels a transaction names are sent in
+    one statement at its end, with the feed lock when it takes it (a filing's jobs and events: one round trip)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    session.info.setdefault(NOTIFY_PENDING, set()).add(channel)
+
+
+def _send_notifies(session: Session, *before: str) -> None:
+    """One SELECT: the `before` expressions (the feed lock), then a pg_notify for each channel still to name."""
+    channels = sorted(session.info.pop(NOTIFY_PENDING, set()))
+    if not before and not channels:
+        return
+    calls = [*before, *(f"pg_notify(:c{i}, '')" for i in range(len(channels)))]
+    session.execute(text("SELECT " + ", ".join(calls)), {f"c{i}": c for i, c in enumerate(channels)} | {
+        "k": FEED_LOCK_KEY})  # fmt: skip
 
 
 @contextmanager
@@ -157,7 +180,7 @@ def forget_pending(session: Session, transaction: Any) -> None:
     """The transaction is over (its rows were written at commit, or rolled back): nothing waits any more. A
     savepoint's end is not the transaction's (nothing writes events in one)."""
     if transaction.parent is None:
-        for key in (PENDING_EVENTS, *_AT_COMMIT):
+        for key in (PENDING_EVENTS, NOTIFY_PENDING, *_AT_COMMIT):
             session.info.pop(key, None)
 
 
@@ -172,13 +195,9 @@ def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def _wrote_events(session: Session) -> None:
-    """Flag the session for this process's tailer and, on PostgreSQL, NOTIFY the others' (sent at commit)."""
+    """Flag the session for this process's tailer and, on PostgreSQL, NOTIFY the others' (at commit: named with
+    the feed lock, which every writer of events takes first)."""
     session.info[EVENTS_WRITTEN] = True
-    session.connection()
-    tx = session.get_transaction()
-    if session.get_bind().dialect.name == "postgresql" and session.info.get("notified_tx") is not tx:
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": EVENTS_CHANNEL})
-        session.info["notified_tx"] = tx
 
 
 def take_feed_lock(session: Session) -> None:
@@ -190,5 +209,6 @@ def take_feed_lock(session: Session) -> None:
     session.connection()  # begin the transaction if need be: with none, `tx` would be None and match no key
     tx = session.get_transaction()
     if session.info.get("feed_lock_tx") is not tx:
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": FEED_LOCK_KEY})
+        notify_at_commit(session, EVENTS_CHANNEL)  # whoever takes the lock writes events or STIX objects
+        _send_notifies(session, "pg_advisory_xact_lock(:k)")
         session.info["feed_lock_tx"] = tx

@@ -14,12 +14,12 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, or_, select, text, update
+from sqlalchemy import Engine, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from incidents.base import utcnow
-from incidents.events import record_event
+from incidents.events import notify_at_commit, record_event
 from incidents.models import IdempotencyKey, Incident, Job, WorkerHeartbeat
 
 log = logging.getLogger("ucsc.jobs")
@@ -121,12 +121,8 @@ def enqueue_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Add jobs (rows from `job_values`) with one INSERT in the caller's transaction."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    session.execute(_insert_job(dialect), list(rows))
-    tx = session.get_transaction()
-    if dialect == "postgresql" and session.info.get("jobs_notified_tx") is not tx:
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})  # sent at commit
-        session.info["jobs_notified_tx"] = tx
+    session.execute(_insert_job(session.get_bind().dialect.name), list(rows))
+    notify_at_commit(session, JOBS_CHANNEL)  # wakes the workers when this commits
     session.info[JOBS_WRITTEN] = True
 
 
