@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -157,3 +158,48 @@ def database(backend: str, workdir: Path, bench: str, sqlite_file: str) -> tuple
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+class PostgresCPU:
+    """CPU of the PostgreSQL backends connected to one database, sampled so short-lived ones still count."""
+
+    def __init__(self, admin_url: str, database: str) -> None:
+        self.admin_url, self.database = admin_url, database
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self, conn: Any) -> None:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))]
+        for pid in pids:
+            try:
+                cpu = cpu_seconds(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            self.first.setdefault(pid, cpu if pid in self.baseline else 0.0)
+            self.last[pid] = cpu
+
+    def _run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            while not self._stop.wait(0.1):
+                self._sample(conn)
+            self._sample(conn)
+
+    def start(self) -> "PostgresCPU":
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            self.baseline = {
+                r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))
+            }
+            self._sample(conn)
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.last[pid] - self.first[pid] for pid in self.last)

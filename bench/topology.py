@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from _common import SCALE, cpu_seconds, env, flask, free_port, percentile, worker_pid
+from _common import SCALE, PostgresCPU, cpu_seconds, env, flask, free_port, percentile, worker_pid
 from intake import Connection, incident_payload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,47 +63,6 @@ class _Receiver(ThreadingHTTPServer):
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)
-
-
-class _Backends:
-    """CPU of the PostgreSQL backends connected to one database, sampled so short-lived ones still count."""
-
-    def __init__(self, admin_url: str, database: str) -> None:
-        self.admin_url, self.database = admin_url, database
-        self.first: dict[int, float] = {}
-        self.last: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self, conn: psycopg.Connection) -> None:
-        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))]
-        for pid in pids:
-            try:
-                cpu = cpu_seconds(pid)
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            self.first.setdefault(pid, cpu if pid in self.baseline else 0.0)
-            self.last[pid] = cpu
-
-    def _run(self) -> None:
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            while not self._stop.wait(0.1):
-                self._sample(conn)
-            self._sample(conn)
-
-    def start(self) -> "_Backends":
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            self.baseline = {
-                r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))
-            }
-            self._sample(conn)
-        self._thread.start()
-        return self
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return sum(self.last[pid] - self.first[pid] for pid in self.last)
 
 
 def _load(ports: list[int], token: str, first: int, count: int) -> dict[str, Any]:
@@ -174,7 +133,7 @@ def run(instances: int, requests_count: int, receiver: _Receiver) -> dict[str, A
         _load(ports, token, 0, max(20, requests_count // 20))  # warm-up: connections, pools, caches
         time.sleep(1.0)
         received_before = receiver.count
-        backends = _Backends(ADMIN_URL, database).start()
+        backends = PostgresCPU(ADMIN_URL, database).start()
         web_before = [cpu_seconds(pid) for pid in web_pids]
         load = _load(ports, token, 1_000_000, requests_count)
         web_cpu = sum(cpu_seconds(pid) - before for pid, before in zip(web_pids, web_before, strict=True))
