@@ -62,13 +62,7 @@ def flask(environment: dict[str, str], *args: str) -> str:
 
 def worker_pid(arbiter: int, timeout: float = 10.0) -> int:
     """The pid of gunicorn's (only) worker under `arbiter`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.05)
-    raise RuntimeError("gunicorn started no worker")
+    return worker_pids(arbiter, 1, timeout)[0]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -203,3 +197,24 @@ class PostgresCPU:
         self._stop.set()
         self._thread.join()
         return sum(self.last[pid] - self.first[pid] for pid in self.last)
+
+
+def filesystem(path: Path) -> str:
+    """The type of the file system holding `path`, from /proc/mounts (Linux)."""
+    best, kind = "", "unknown"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, fstype, *_ = line.split()
+        if str(path).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind
+
+
+def worker_pids(arbiter: int, count: int, timeout: float = 10.0) -> list[int]:
+    """The pids of gunicorn's `count` workers under `arbiter`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [int(c) for c in Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()]
+        if len(children) >= count:
+            return children
+        time.sleep(0.05)
+    raise RuntimeError(f"gunicorn started fewer than {count} workers")

@@ -33,11 +33,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import PG_ADMIN_URL, SCALE, PostgresCPU, database, finish, machine, percentile, rounded, scaled
+from _common import (
+    PG_ADMIN_URL,
+    SCALE,
+    PostgresCPU,
+    database,
+    filesystem,
+    finish,
+    machine,
+    percentile,
+    rounded,
+    scaled,
+    worker_pids,
+)
 from _common import cpu_seconds as _cpu_seconds
 from _common import env as _env
 from _common import flask as _flask
 from _common import worker_pid as _worker_pid
+from _intake_rows import extra_rows_per_incident, rows_per_incident
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = Path(os.environ.get("UCSC_BENCH_OUTPUT", ROOT / "bench" / "results.json"))
@@ -293,49 +306,6 @@ def _baseline_incident(ref: str, p: dict[str, Any], user_id: int, detected: date
     }  # fmt: skip
 
 
-def rows_per_incident(db_path: Path, created_by: str) -> dict[str, float]:
-    """Rows each incident of `created_by` brought with it, to show the baseline writes what the API writes."""
-    import sqlite3
-
-    con = sqlite3.connect(db_path)
-    try:
-        (user_id,) = con.execute("SELECT id FROM users WHERE username = ?", (created_by,)).fetchone()
-        (count,) = con.execute("SELECT count(*) FROM incidents WHERE created_by_id = ?", (user_id,)).fetchone()
-        out = {"incidents": count}
-        # The filing's own rows; its `incident.created` event is the foundation's, later events are the work it
-        # causes (playbook runs, pages), which extra_rows_per_incident reports and the baseline does not model.
-        for table, where in (("observables", ""), ("participants", ""), ("occurrences", ""),
-                             ("events", " AND kind = 'incident.created'")):  # fmt: skip
-            (n,) = con.execute(
-                f"SELECT count(*) FROM {table} WHERE incident_id IN "
-                f"(SELECT id FROM incidents WHERE created_by_id = ?){where}",
-                (user_id,),
-            ).fetchone()
-            out[table] = round(n / count, 3) if count else 0.0
-        return out
-    finally:
-        con.close()
-
-
-def extra_rows_per_incident(db_path: Path, created_by: str) -> dict[str, float]:
-    """Rows the filing transaction adds beyond the foundation's (playbooks, pages, deadline clocks, jobs)."""
-    import sqlite3
-
-    con = sqlite3.connect(db_path)
-    try:
-        (user_id,) = con.execute("SELECT id FROM users WHERE username = ?", (created_by,)).fetchone()
-        mine = "incident_id IN (SELECT id FROM incidents WHERE created_by_id = ?)"
-        (count,) = con.execute("SELECT count(*) FROM incidents WHERE created_by_id = ?", (user_id,)).fetchone()
-        out = {}
-        for table, where in (("events", " AND kind <> 'incident.created'"), ("jobs", ""), ("pages", ""),
-                             ("deadline_clocks", "")):  # fmt: skip
-            (n,) = con.execute(f"SELECT count(*) FROM {table} WHERE {mine}{where}", (user_id,)).fetchone()
-            out[table] = round(n / count, 3) if count else 0.0
-        return out
-    finally:
-        con.close()
-
-
 # ---------------------------------------------------------------------------------------------- the run
 
 
@@ -361,7 +331,7 @@ def run_postgresql(workdir: Path) -> dict[str, Any]:
             server = LiveServer(server_url, workdir / f"gunicorn-pg-{workers}.log", env=env)
             server.start()
             try:
-                pids = _worker_pids(server.process.pid, workers)
+                pids = worker_pids(server.process.pid, workers)
 
                 def load(requests: int, pids: list[int] = pids, port: int = server.port) -> dict[str, Any]:
                     spec = {"port": port, "token": token, "bulk": False, "requests": requests, "rate": None,
@@ -412,17 +382,6 @@ def run_postgresql(workdir: Path) -> dict[str, Any]:
           f"{one['total_cpu_ms_per_filing']:.2f} ms and {two['total_cpu_ms_per_filing']:.2f} ms "
           f"({result['second_worker_cpu_ratio']:.2f}x)")  # fmt: skip
     return result
-
-
-def _worker_pids(arbiter: int, count: int, timeout: float = 10.0) -> list[int]:
-    """The pids of gunicorn's `count` workers under `arbiter`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = [int(c) for c in Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()]
-        if len(children) >= count:
-            return children
-        time.sleep(0.05)
-    raise RuntimeError(f"gunicorn started fewer than {count} workers")
 
 
 def main() -> int:
@@ -571,7 +530,7 @@ def main() -> int:
         "setup": {
             "database": "sqlite (WAL, BEGIN IMMEDIATE)",
             # fsync is most of a one-incident transaction: a tmpfs would flatter both sides.
-            "database_filesystem": _filesystem(workdir),
+            "database_filesystem": filesystem(workdir),
             "sqlite_synchronous": os.environ.get("UCSC_SQLITE_SYNCHRONOUS", "FULL"),
             "server": "gunicorn, gunicorn.conf.py (1 gevent worker, access log on)",
             "client": "separate process, http.client keep-alive threads",
@@ -599,16 +558,6 @@ def main() -> int:
         print("ERROR:", e)
     print(f"{report['seconds']} s; figures written to {OUTPUT}")
     return finish(workdir, errors, report["passed"], " (databases, gunicorn.log)")
-
-
-def _filesystem(path: Path) -> str:
-    """The type of the file system holding `path`, from /proc/mounts (Linux)."""
-    best, kind = "", "unknown"
-    for line in Path("/proc/mounts").read_text().splitlines():
-        _, mount, fstype, *_ = line.split()
-        if str(path).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
-            best, kind = mount, fstype
-    return kind
 
 
 def _show(kind: str, phase: str, f: dict[str, Any]) -> None:
