@@ -25,7 +25,7 @@ from playbooks.settings import Settings
 log = logging.getLogger("ucsc.playbooks")
 # A repeat counts on its incident's open pages: a Core statement built once, as a repeat is the cheapest filing,
 # on the table's own columns: the mapped attributes would make it an ORM-enabled UPDATE, which first looks for
-# pages to synchronise in a session that holds none (a third of a repeat's CPU, bench/sources.py).
+# pages to synchronise in a session that holds none (13 % of a repeat's CPU, bench/sources.py).
 _PAGES = Page.__table__
 _COUNT_OCCURRENCE = (
     update(_PAGES)
