@@ -379,7 +379,7 @@ def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, 
     """Add an occurrence to an open incident; its occurrence count after it."""
     session.execute(_insert_rows(Occurrence.__table__), _occurrence_values(incident.id, item, actor, now))
     # A Core UPDATE, and the loaded object told without becoming dirty: a dirty incident would make every later
-    # statement of the transaction autoflush it through the unit of work (most of a repeat's CPU).
+    # statement of the transaction autoflush it through the unit of work (a tenth of a repeat's CPU, profiled).
     count = session.execute(_count_occurrence(), {"of_incident": incident.id, "at": now}).scalar_one()
     set_committed_value(incident, "updated_at", now)
     record_event(

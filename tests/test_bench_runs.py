@@ -44,7 +44,11 @@ def test_intake_benchmark_runs_at_a_tenth_of_its_size_and_writes_its_figures(tmp
         "single_ratio_to_baseline",
         "single_p99_ms_at_half_rate",
         "bulk_ratio_to_baseline",
+        "postgresql_single_incidents_per_s",
+        "postgresql_second_worker_gain",
     }
+    assert report["postgresql"]["workers_1"]["ok"] == report["postgresql"]["workers_1"]["requests"] > 0
+    assert report["postgresql"]["second_worker_cpu_ratio"] > 0
     assert all({"value", "target", "pass"} <= t.keys() for t in report["targets"].values())
     assert isinstance(report["passed"], bool)
     assert "targets:" in run.stdout and "ratio to baseline" in run.stdout

@@ -10,7 +10,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from app import db
+from incidents import followup
 from incidents.models import AuditEntry
+from tests import paging
 from tests.web import csrf, make_user, sign_in, text_of
 
 
@@ -25,6 +27,7 @@ def file_incident(client: FlaskClient) -> str:
             "tlp": "amber", "detected_at": "2026-11-20T08:30"}  # fmt: skip
     response = client.post("/incidents/new", data=form)
     assert response.status_code == 302, response.text
+    assert paging.run_jobs(client.application, (followup.FILED,)) == 1  # the worker starts its clocks
     return response.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
 
 

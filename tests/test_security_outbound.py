@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import db
-from incidents import jobs
+from incidents import followup, jobs
 from incidents.models import ApiToken
 from incidents.stix.push import enqueue_push
 from playbooks.delivery import DELIVER
@@ -273,6 +273,7 @@ def test_finding_9_receipts_to_a_token_webhook_are_refused_when_it_now_resolves_
     give_webhook(session, siem, f"http://siem.rebind.test:{port}/hook", "s")
     resolver("siem.rebind.test", ["10.9.8.7"])
     assert client.post("/api/v1/incidents", json=incident_payload(), headers=siem).status_code == 201
+    assert paging.run_jobs(app, (followup.FILED,)) == 1  # the filing's follow-up queues the receipt
     with pytest.raises(jobs.PermanentError, match=r"10\.9\.8\.7.*private"):
         paging.run_jobs(app, (receipts.WEBHOOK,), send=True)
     assert receiver.deliveries == []

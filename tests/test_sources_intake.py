@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from gunicorn.config import Config
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app import db
 from app.access_log import RedactingLogger
@@ -352,3 +352,28 @@ def test_gunicorns_error_log_redacts_a_key_in_the_uri_of_a_request_that_failed(c
     logger.error("Error handling request %s %s", "POST", "/api/v1/sources/wazuh?a=1&KEY=ucsc_s3cr3t")
     err = capsys.readouterr().err
     assert "ucsc_s3cr3t" not in err and err.count("key=[redacted]") + err.count("KEY=[redacted]") == 2
+
+
+def test_a_payload_whose_second_alert_is_refused_files_none_of_its_alerts(app, client, intake):
+    """A payload is one transaction: an alert the source's mapping cannot file (a priority that does not exist)
+    refuses the whole payload with its field, and the alert before it, valid alone, is not written either."""
+    first = client.post("/api/v1/sources/alertmanager", json=alertmanager("firing", "1111"), headers=intake)
+    assert first.status_code == 201
+    with app.app_context():
+        s = db.session()
+        with s.begin():
+            s.scalars(select(Source)).one().mapping = {"severity_priority": {"bogus": "P9"}}
+        before = (s.scalar(select(func.count()).select_from(Incident)),
+                  s.scalar(select(func.count()).select_from(Occurrence)))  # fmt: skip
+    payload = alertmanager("firing", "2222")
+    bad = copy.deepcopy(payload["alerts"][0]) | {"fingerprint": "3333"}
+    bad["labels"] = bad["labels"] | {"severity": "bogus", "alertname": "DiskFull"}
+    payload["alerts"].append(bad)
+    r = client.post("/api/v1/sources/alertmanager", json=payload, headers=intake)
+    assert r.status_code == 422 and r.headers["Content-Type"] == "application/problem+json"
+    assert [e["field"] for e in r.get_json()["errors"]] == ["mapping.priority"]
+    with app.app_context():
+        s = db.session()
+        after = (s.scalar(select(func.count()).select_from(Incident)),
+                 s.scalar(select(func.count()).select_from(Occurrence)))  # fmt: skip
+    assert after == before
