@@ -151,14 +151,16 @@ def notify_at_commit(session: Session, channel: str) -> None:
     session.info.setdefault(NOTIFY_PENDING, set()).add(channel)
 
 
-def _send_notifies(session: Session, *before: str) -> None:
-    """One SELECT: the `before` expressions (the feed lock), then a pg_notify for each channel still to name."""
+def _send_notifies(session: Session, *, lock: bool = False) -> None:
+    """One SELECT: the feed lock if `lock`, then a pg_notify for each channel still to name."""
     channels = sorted(session.info.pop(NOTIFY_PENDING, set()))
-    if not before and not channels:
+    if not lock and not channels:
         return
-    calls = [*before, *(f"pg_notify(:c{i}, '')" for i in range(len(channels)))]
-    session.execute(text("SELECT " + ", ".join(calls)), {f"c{i}": c for i, c in enumerate(channels)} | {
-        "k": FEED_LOCK_KEY})  # fmt: skip
+    calls = (["pg_advisory_xact_lock(:k)"] if lock else []) + [f"pg_notify(:c{i}, '')" for i in range(len(channels))]
+    params: dict[str, Any] = {f"c{i}": channel for i, channel in enumerate(channels)}
+    if lock:
+        params["k"] = FEED_LOCK_KEY
+    session.execute(text("SELECT " + ", ".join(calls)), params)
 
 
 @contextmanager
@@ -210,5 +212,5 @@ def take_feed_lock(session: Session) -> None:
     tx = session.get_transaction()
     if session.info.get("feed_lock_tx") is not tx:
         notify_at_commit(session, EVENTS_CHANNEL)  # whoever takes the lock writes events or STIX objects
-        _send_notifies(session, "pg_advisory_xact_lock(:k)")
+        _send_notifies(session, lock=True)
         session.info["feed_lock_tx"] = tx
