@@ -62,6 +62,8 @@ DEFAULTS: dict[str, object] = {
     "WORKER_HEARTBEAT_SECONDS": 5.0,
     "WORKER_STALE_SECONDS": 30.0,
     "WORKER_SHUTDOWN_GRACE": 10.0,
+    # Filings whose follow-up (clocks, receipts, playbooks) one transaction takes along when they queue up
+    "FOLLOWUP_BATCH": 20,
     "NOTIFY_TIMEOUT": 10.0,
     # Internal targets (CIDRs, host names; comma-separated) that webhooks and the TAXII push may reach
     "OUTBOUND_ALLOW": "",

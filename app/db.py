@@ -1,9 +1,11 @@
 """The engine and sessions: SQLite in WAL mode with BEGIN IMMEDIATE writes, or PostgreSQL through psycopg."""
 
+import time
 from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from incidents.base import Base
@@ -42,9 +44,38 @@ def _tune_sqlite(engine: Engine, busy_timeout: float, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # A write takes the lock at BEGIN, so it waits (busy_timeout) instead of failing at its first write.
-        mode = "IMMEDIATE" if connection.get_execution_options().get("ucsc_write") else "DEFERRED"
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        # A write takes the lock at BEGIN, so it waits instead of failing at its first write.
+        if connection.get_execution_options().get("ucsc_write"):
+            _begin_immediate(connection, busy_timeout)
+        else:
+            connection.exec_driver_sql("BEGIN DEFERRED")
+
+
+# The pauses between tries for SQLite's write lock: from the first to the longest, doubling.
+_LOCK_PAUSES = (0.0005, 0.004)
+
+
+def _begin_immediate(connection: Any, busy_timeout: float) -> None:
+    """BEGIN IMMEDIATE, waiting for the write lock in pauses of our own instead of SQLite's busy handler. That
+    handler sleeps in the C library: under gevent the whole web process stops while one request waits, and its
+    pauses grow to 100 ms, so a writer that keeps coming back (the worker's threads) wins the lock over it for
+    seconds. Here a waiting request yields to the others and tries again within a few milliseconds."""
+    raw = connection.connection.dbapi_connection
+    raw.execute("PRAGMA busy_timeout=0")
+    deadline = time.monotonic() + busy_timeout
+    pause = _LOCK_PAUSES[0]
+    try:
+        while True:
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LOCK_PAUSES[1])
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
 
 
 def init_app(app: Flask) -> None:

@@ -351,8 +351,6 @@ def bench_intake_with_projector(errors: list[str]) -> dict[str, Any]:
                 figures["projector_caught_up_s"] = _wait_projected(url, n)
                 if figures["projector_caught_up_s"] is None:
                     errors.append("the projector did not catch up: " + (tmp / "worker.log").read_text()[-1500:])
-                if figures["projector_caught_up_s"] is None:
-                    errors.append("the projector did not catch up: " + (tmp / "worker.log").read_text()[-1500:])
             results[mode] = figures
         finally:
             for proc in (web, worker):

@@ -197,28 +197,7 @@ def _start(session: Session, incident: Incident, rule: Rule, at: datetime, rules
     )
     session.add(clock)
     session.flush()
-    # A clock that is already late (an incident filed days after its detection) checks now, in filing order:
-    # queued at its long-past due time it would jump ahead of every delivery due meanwhile and starve them.
-    now = utcnow()
-    jobs.enqueue_many(
-        session,
-        [
-            jobs.job_values(
-                CHECK,
-                {"clock_id": clock.id},
-                run_at=max(clock.warn_at, now),
-                key=f"{CHECK}:{clock.id}:warn",
-                incident_id=incident.id,
-            ),
-            jobs.job_values(
-                CHECK,
-                {"clock_id": clock.id},
-                run_at=max(clock.due_at, now),
-                key=f"{CHECK}:{clock.id}:due",
-                incident_id=incident.id,
-            ),
-        ],
-    )
+    jobs.enqueue_many(session, _check_jobs(clock.id, incident.id, clock.warn_at, clock.due_at, utcnow()))
     return clock
 
 
@@ -341,17 +320,24 @@ def _start_created(session: Session, incident_ids: list[int], rules: Rules) -> N
         DeadlineClock.id, DeadlineClock.incident_id, sort_by_parameter_order=True
     )
     inserted = session.execute(returning, values).all()
-    # As in `_start`: a clock already late at filing checks now, in filing order, not ahead of every delivery.
     now = utcnow()
-    jobs.enqueue_many(
-        session,
-        [
-            jobs.job_values(CHECK, {"clock_id": r.id}, run_at=max(v[when], now), key=f"{CHECK}:{r.id}:{name}",
-                            incident_id=r.incident_id)
-            for r, v in zip(inserted, values, strict=True) if v["state"] == "running"
-            for name, when in (("warn", "warn_at"), ("due", "due_at"))
-        ],
-    )  # fmt: skip
+    jobs.enqueue_many(session, [
+        job for r, v in zip(inserted, values, strict=True) if v["state"] == "running"
+        for job in _check_jobs(r.id, r.incident_id, v["warn_at"], v["due_at"], now)
+    ])  # fmt: skip
+
+
+def _check_jobs(clock_id: int, incident_id: int, warn_at: datetime, due_at: datetime, now: datetime) -> list[Any]:
+    """A running clock's checks, at its warning and due times. A clock that is already late (an incident filed
+    days after its detection) checks now, in filing order: queued at its long-past due time it would jump ahead
+    of every delivery due meanwhile and starve them; one already past due gets no warning check, which would find
+    it breached."""
+    times = [("due", due_at)] if due_at <= now else [("warn", warn_at), ("due", due_at)]
+    return [
+        jobs.job_values(CHECK, {"clock_id": clock_id}, run_at=max(when, now), key=f"{CHECK}:{clock_id}:{name}",
+                        incident_id=incident_id)
+        for name, when in times
+    ]  # fmt: skip
 
 
 # The changes that meet, stop or start clocks after the filing.
@@ -409,39 +395,45 @@ def _stop(session: Session, incident: Incident, at: datetime) -> None:
 
 def check(*, session: Session, clock_id: int, now: datetime) -> str | None:
     """Warn or breach one clock if `now` has reached its time; returns what happened (one transaction)."""
+    return in_transaction(session, lambda: _check(session, clock_id, now))
 
-    def work() -> str | None:
-        clock = session.scalar(
-            select(DeadlineClock)
-            .where(DeadlineClock.id == clock_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        if clock is None or clock.state not in OPEN_STATES:
-            return None
-        incident = session.get(Incident, clock.incident_id)
-        if incident is None:
-            return None
-        if now >= clock.due_at:
-            _breach(session, incident, clock, now)
-            return "breached"
-        if now >= clock.warn_at and clock.state == "running":
-            clock.state, clock.warned_at = "warned", now
-            settings = settings_of(session)
-            _event(session, incident, clock, settings.rules, "deadline.warning", now, alert=True)
-            rule = settings.rules.get(clock.rule)
-            if rule is not None and settings.on_warning is not None:
-                settings.on_warning(session, incident, clock, rule)
-            return "warned"
+
+def _check(session: Session, clock_id: int, now: datetime) -> str | None:
+    clock = session.scalar(
+        select(DeadlineClock)
+        .where(DeadlineClock.id == clock_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if clock is None or clock.state not in OPEN_STATES:
         return None
-
-    return in_transaction(session, work)
+    incident = session.get(Incident, clock.incident_id)
+    if incident is None:
+        return None
+    if now >= clock.due_at:
+        _breach(session, incident, clock, now)
+        return "breached"
+    if now >= clock.warn_at and clock.state == "running":
+        clock.state, clock.warned_at = "warned", now
+        settings = settings_of(session)
+        _event(session, incident, clock, settings.rules, "deadline.warning", now, alert=True)
+        rule = settings.rules.get(clock.rule)
+        if rule is not None and settings.on_warning is not None:
+            settings.on_warning(session, incident, clock, rule)
+        return "warned"
+    return None
 
 
 def run_check(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
-    """The `deadline.check` job: look at one clock again at its warning or due time."""
+    """The `deadline.check` job: look at one clock again at its warning or due time; the job ends in the same
+    transaction."""
+
+    def work() -> None:
+        _check(session, int(job.payload["clock_id"]), utcnow())
+        jobs.finish(session, job)
+
     with ctx.sessions() as session:
-        check(session=session, clock_id=int(job.payload["clock_id"]), now=utcnow())
+        in_transaction(session, work)
 
 
 def clocks_of(session: Session, actor: Actor, incident_id: int | str) -> list[DeadlineClock]:

@@ -198,6 +198,32 @@ def finish(session: Session, job: ClaimedJob) -> bool:
     return ok
 
 
+def absorb(session: Session, job: ClaimedJob, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` more due jobs of `job`'s kind, marked done in the caller's write transaction, their payloads
+    oldest first: a handler that does several jobs' work in one transaction takes them along (`job` itself is
+    ended by `finish`). They commit or roll back with that work; a rolled-back batch leaves them queued, and a
+    retried job takes none along, so one that keeps failing does not hold back the others."""
+    if limit <= 0 or job.attempts > 1:
+        return []
+    now = utcnow()
+    rows = session.execute(
+        select(Job.id, Job.payload)
+        .where(Job.kind == job.kind, Job.state == QUEUED, Job.run_at <= now, Job.id != job.id)
+        .order_by(Job.run_at, Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return []
+    session.execute(
+        update(Job)
+        .where(Job.id.in_([row.id for row in rows]))
+        .values(state=DONE, attempts=Job.attempts + 1, leased_by=job.worker, started_at=now, finished_at=now)
+    )
+    _count_run(session, job.worker, len(rows))
+    return [dict(row.payload) for row in rows]
+
+
 def _done(session: Session, job: ClaimedJob, worker: str) -> bool:
     done = session.execute(
         update(Job)
@@ -262,9 +288,9 @@ def backoff(attempts: int, *, base: float = 2.0, cap: float = 900.0) -> timedelt
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not a secret
 
 
-def _count_run(session: Session, worker: str) -> None:
+def _count_run(session: Session, worker: str, runs: int = 1) -> None:
     session.execute(
-        update(WorkerHeartbeat).where(WorkerHeartbeat.name == worker).values(jobs_run=WorkerHeartbeat.jobs_run + 1)
+        update(WorkerHeartbeat).where(WorkerHeartbeat.name == worker).values(jobs_run=WorkerHeartbeat.jobs_run + runs)
     )
 
 

@@ -75,6 +75,25 @@ def test_sqlite_write_locked_longer_than_busy_timeout_answers_503_and_writes_not
     assert int(after.json["ref"].rsplit("-", 1)[1]) == int(first.json["ref"].rsplit("-", 1)[1]) + 1
 
 
+def test_sqlite_write_waits_for_a_lock_released_within_busy_timeout_and_keeps_the_timeout(tmp_path):
+    """A write polls for the write lock in short pauses of its own (app/db.py), so it gets the lock soon after
+    another writer lets go, and the connection's busy_timeout is what it was for every other statement."""
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'lock.db'}", busy_timeout=2.0)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    holder = sqlite3.connect(tmp_path / "lock.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+    started = time.monotonic()
+    with engine.connect().execution_options(ucsc_write=True) as conn, conn.begin():
+        waited = time.monotonic() - started
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2000
+    assert 0.25 <= waited < 1.0, waited
+    holder.close()
+    engine.dispose()
+
+
 @POSTGRES
 def test_postgres_backend_terminated_mid_write_answers_503_and_rolls_back(app, client, database_url, make_token):
     headers = make_token("operator")

@@ -256,6 +256,34 @@ def test_release_gives_leases_back_due_at_once_with_attempts_restored(session: S
     assert [j.idempotency_key for j in claim(session, TWO)] == ["a", "b"]
 
 
+def test_absorb_takes_due_queued_jobs_of_the_kind_along_in_the_callers_transaction(session: Session) -> None:
+    now = utcnow()
+    for n in range(4):
+        enqueue(session, key=f"k{n}", run_at=now - timedelta(seconds=10 - n))
+    enqueue(session, key="later", run_at=now + timedelta(minutes=5))
+    [job] = claim(session, ONE, limit=1)
+    assert job.idempotency_key == "k0"
+
+    # Rolled back with the work that took them: still queued, untouched.
+    with pytest.raises(RuntimeError), write(session):
+        assert len(jobs.absorb(session, job, 2)) == 2
+        raise RuntimeError("the batch failed")
+    assert [(r.state, r.attempts) for r in rows(session)][1:] == [(jobs.QUEUED, 0)] * 4
+
+    with write(session):
+        taken = jobs.absorb(session, job, 2)
+    assert taken == [{"n": 1}, {"n": 1}]
+    k0, k1, k2, k3, later = rows(session)
+    for row in (k1, k2):  # the oldest two, done with the job that took them, by its worker
+        assert (row.state, row.attempts, row.leased_by) == (jobs.DONE, 1, ONE) and row.finished_at is not None
+    assert (k0.state, k3.state, later.state) == (jobs.RUNNING, jobs.QUEUED, jobs.QUEUED)
+    # A job on a retry takes none along: a batch that keeps failing does not hold the others back.
+    retried = jobs.ClaimedJob(**{**job.__dict__, "attempts": 2})
+    with write(session):
+        assert jobs.absorb(session, retried, 10) == []
+    assert rows(session)[3].state == jobs.QUEUED
+
+
 def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
     for attempts in range(1, 16):
         ceiling = min(900.0, 2.0 * 2 ** (attempts - 1))
