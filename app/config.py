@@ -62,8 +62,9 @@ DEFAULTS: dict[str, object] = {
     "WORKER_HEARTBEAT_SECONDS": 5.0,
     "WORKER_STALE_SECONDS": 30.0,
     "WORKER_SHUTDOWN_GRACE": 10.0,
-    # Filings whose follow-up (clocks, receipts, playbooks) one transaction takes along when they queue up
-    "FOLLOWUP_BATCH": 20,
+    # Due jobs of one kind the worker runs in one transaction when they queue up (a filing's follow-up, deadline
+    # checks): one claim and one write transaction for a storm instead of one each
+    "JOB_BATCH": 20,
     "NOTIFY_TIMEOUT": 10.0,
     # Internal targets (CIDRs, host names; comma-separated) that webhooks and the TAXII push may reach
     "OUTBOUND_ALLOW": "",

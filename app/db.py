@@ -1,6 +1,7 @@
 """The engine and sessions: SQLite in WAL mode with BEGIN IMMEDIATE writes, or PostgreSQL through psycopg."""
 
 import time
+import weakref
 from typing import Any
 
 from flask import Flask, current_app, g
@@ -51,8 +52,18 @@ def _tune_sqlite(engine: Engine, busy_timeout: float, synchronous: str) -> None:
             connection.exec_driver_sql("BEGIN DEFERRED")
 
 
-# The pauses between tries for SQLite's write lock: from the first to the longest, doubling.
+# The pauses between tries for SQLite's write lock: from the first to the longest, doubling. A process that gives
+# way (the worker) tries less often, so a request waiting at the same time gets the lock first.
 _LOCK_PAUSES = (0.0005, 0.004)
+_GIVING_WAY = (0.004, 0.03)
+_giving_way: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+def give_way(engine: Engine) -> None:
+    """This process's writers on `engine` give way to the web's: the worker's transactions (follow-up batches,
+    deadline checks, the projector) can wait a few milliseconds; a SIEM's request waiting for its 201 should
+    not."""
+    _giving_way.add(engine)
 
 
 def _begin_immediate(connection: Any, busy_timeout: float) -> None:
@@ -63,7 +74,8 @@ def _begin_immediate(connection: Any, busy_timeout: float) -> None:
     raw = connection.connection.dbapi_connection
     raw.execute("PRAGMA busy_timeout=0")
     deadline = time.monotonic() + busy_timeout
-    pause = _LOCK_PAUSES[0]
+    first, longest = _GIVING_WAY if connection.engine in _giving_way else _LOCK_PAUSES
+    pause = first
     try:
         while True:
             try:
@@ -73,7 +85,7 @@ def _begin_immediate(connection: Any, busy_timeout: float) -> None:
                 if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
                     raise
             time.sleep(pause)
-            pause = min(pause * 2, _LOCK_PAUSES[1])
+            pause = min(pause * 2, longest)
     finally:
         raw.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
 

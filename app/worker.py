@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import source_watch, stix_worker, wiring
+from app import db, source_watch, stix_worker, wiring
 from app.observability import log_config
 from app.telegram import outbox as telegram_outbox
 from app.telegram import runtime as telegram_runtime
@@ -45,6 +45,7 @@ class Worker:
         self.app = app
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.engine = app.extensions["ucsc.engine"]
+        db.give_way(self.engine)  # SQLite: requests waiting for the write lock get it before this process
         info = wiring.session_info(app)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, autobegin=True, info=info)
         self.threads = int(cfg["WORKER_THREADS"])

@@ -76,8 +76,8 @@ def follow_up(session: Session, payloads: Sequence[dict[str, Any]], config: dict
 
 def run(ctx: jobs.JobContext, job: jobs.ClaimedJob) -> None:
     """The `incidents.filed` job: its work and its end commit together, with the filings queued behind it (up to
-    FOLLOWUP_BATCH in all), whose organisations, on-call and playbooks the transaction then reads once."""
-    more = int(ctx.config.get("FOLLOWUP_BATCH", 1)) - 1
+    JOB_BATCH in all), whose organisations, on-call and playbooks the transaction then reads once."""
+    more = int(ctx.config.get("JOB_BATCH", 1)) - 1
 
     def work() -> None:
         follow_up(session, [job.payload, *jobs.absorb(session, job, more)], ctx.config)

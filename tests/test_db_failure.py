@@ -94,6 +94,42 @@ def test_sqlite_write_waits_for_a_lock_released_within_busy_timeout_and_keeps_th
     engine.dispose()
 
 
+def test_a_request_waiting_for_the_sqlite_lock_gets_it_before_a_worker_that_gives_way(tmp_path):
+    """The worker's writers try for the lock less often (db.give_way): when a writer lets go, a request that was
+    waiting beside one of them gets it first, even though the worker began waiting earlier."""
+    path = tmp_path / "lock.db"
+    web, worker = (db.make_engine(f"sqlite:///{path}", busy_timeout=5.0) for _ in range(2))
+    db.give_way(worker)
+    with web.begin() as conn:
+        conn.execute(text("CREATE TABLE t (who TEXT)"))
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def write(engine, who: str) -> None:
+        with engine.connect().execution_options(ucsc_write=True) as conn, conn.begin():
+            conn.execute(text("INSERT INTO t VALUES (:who)"), {"who": who})
+            time.sleep(0.05)  # the other waiter is still waiting when this commits
+
+    firsts = []
+    for n in range(5):
+        holder.execute("BEGIN IMMEDIATE")
+        # Let go at a moment out of step with the worker's pauses, a different one each round.
+        threading.Timer(0.3 + 0.007 * n, lambda: holder.execute("COMMIT")).start()
+        waiting = [threading.Thread(target=write, args=(worker, "worker"))]
+        waiting[0].start()
+        time.sleep(0.05)
+        waiting.append(threading.Thread(target=write, args=(web, "web")))
+        waiting[1].start()
+        for thread in waiting:
+            thread.join(10)
+        with web.connect() as conn:
+            firsts.append(conn.execute(text("SELECT who FROM t ORDER BY rowid DESC LIMIT 2")).scalars().all()[-1])
+    holder.close()
+    web.dispose()
+    worker.dispose()
+    # Chance decides only when both try within the same few milliseconds: most rounds go to the request.
+    assert firsts.count("web") >= 3, firsts
+
+
 @POSTGRES
 def test_postgres_backend_terminated_mid_write_answers_503_and_rolls_back(app, client, database_url, make_token):
     headers = make_token("operator")

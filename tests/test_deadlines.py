@@ -208,7 +208,7 @@ def test_clocks_started_after_changes_made_before_the_worker_ran_reflect_those_c
 
 def test_one_follow_up_job_starts_the_clocks_of_the_filings_queued_behind_it(client, operator, session):
     """A storm of single filings is followed up in batches: the first job claimed takes the queued ones along in its
-    transaction (FOLLOWUP_BATCH in all), and their jobs end with it."""
+    transaction (JOB_BATCH in all), and their jobs end with it."""
     ids = [client.post(URL, json=incident_payload(), headers=operator).json["id"] for _ in range(3)]
     app = client.application
     with app.app_context():
