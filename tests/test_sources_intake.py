@@ -129,6 +129,19 @@ def test_wazuh_repeats_group_by_rule_and_agent_and_a_resent_alert_id_is_a_replay
         assert len(db.session().scalars(select(Occurrence).where(Occurrence.incident_id == first["id"])).all()) == 2
 
 
+def test_repeats_add_only_techniques_their_incident_lacks_and_one_it_lacks_is_never_skipped(app, client, intake):
+    """A repeat naming the techniques its incident has adds nothing (and need not read its timeline again); one
+    naming a new technique adds it, however many repeats came before."""
+    first = client.post("/api/v1/sources/wazuh", json=wazuh("5.1"), headers=intake).get_json()
+    for n in range(2, 5):
+        assert client.post("/api/v1/sources/wazuh", json=wazuh(f"5.{n}"), headers=intake).status_code == 200
+    wider = wazuh("5.5", mitre={"id": ["T1190", "T1110"], "tactic": ["Credential Access"], "technique": ["Brute"]})
+    assert client.post("/api/v1/sources/wazuh", json=wider, headers=intake).status_code == 200
+    assert client.post("/api/v1/sources/wazuh", json=wazuh("5.6"), headers=intake).status_code == 200
+    added = [e.data["techniques"] for e in events_of(app, first["id"]) if e.kind.endswith("techniques_added")]
+    assert added == [["T1190", "T1059.004"], ["T1110"]]
+
+
 def test_the_shuffle_integration_message_groups_with_the_raw_alert_of_the_same_rule_and_agent(client, intake):
     raw = client.post("/api/v1/sources/wazuh", json=wazuh("2.1"), headers=intake).get_json()
     alert = wazuh("2.2")

@@ -30,7 +30,7 @@ from incidents.schemas.incidents import IncidentCreate
 from incidents.sources import formats, windows
 from incidents.sources.formats import RESOLVED, Alert
 from incidents.sources.models import MaintenanceWindow, Source, SourceKind
-from incidents.stix.techniques import record_attack_techniques
+from incidents.stix import techniques
 from incidents.uow import in_transaction
 
 # The kinds that post over HTTP; the mailbox is polled by the worker.
@@ -161,8 +161,8 @@ def _one(
         first = result.incident_ids[0]
         incident = result.grouped_into.get(first) or session.get_one(Incident, first)
         touch(session, source.id, now)
-        if alert.attack_techniques:
-            record_attack_techniques(session, actor, incident, alert.attack_techniques)
+        if alert.attack_techniques and not techniques.nothing_to_add(session, incident, alert.attack_techniques):
+            techniques.record_attack_techniques(session, actor, incident, alert.attack_techniques)
         if window is not None:
             record_event(
                 session, kind=SUPPRESSED_EVENT, actor=actor, incident=incident, at=now,

@@ -1,5 +1,7 @@
 """MITRE ATT&CK techniques of an incident: events on its timeline, exported as attack-pattern objects."""
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -18,6 +20,31 @@ from incidents.uow import in_transaction
 
 TECHNIQUES_ADDED = "incident.attack_techniques_added"
 MAX_TECHNIQUES = 100
+
+
+# Techniques each recent incident is known to have had at a commit, per database: an incident's techniques only
+# ever grow (they are events), so an alert naming none beyond them has nothing to add, and its incident's timeline
+# need not be read again (a Wazuh rule repeats its techniques with every alert). Keyed by id and ref, which a
+# database never reuses.
+_KNOWN: "weakref.WeakKeyDictionary[Any, OrderedDict[tuple[int, str], frozenset[str]]]" = weakref.WeakKeyDictionary()
+_KNOWN_MAX = 4096
+
+
+def nothing_to_add(session: Session, incident: Incident, techniques: Sequence[str]) -> bool:
+    """True when `incident` is known to have every one of `techniques` already (False: look)."""
+    known = _KNOWN.get(session.get_bind(), {}).get((incident.id, incident.ref))
+    return known is not None and known.issuperset(techniques)
+
+
+def _remember(session: Session, incident: Incident, have: Sequence[str]) -> None:
+    # `have` was read from committed events (this transaction's wait in session.info until its commit), so it stays
+    # true whether or not this transaction commits.
+    known = _KNOWN.setdefault(session.get_bind(), OrderedDict())
+    key = (incident.id, incident.ref)
+    known[key] = frozenset(have)
+    known.move_to_end(key)
+    while len(known) > _KNOWN_MAX:
+        known.popitem(last=False)
 
 
 def attack_techniques(session: Session, incident_id: int) -> tuple[str, ...]:
@@ -61,6 +88,7 @@ def record_attack_techniques(
 ) -> tuple[str, ...]:
     """Add valid technique ids to `incident` inside the caller's transaction (its caller decided who may)."""
     have = attack_techniques(session, incident.id)
+    _remember(session, incident, have)
     added = [t for t in dict.fromkeys(techniques) if t not in have]
     if len(have) + len(added) > MAX_TECHNIQUES:
         raise ValidationFailed(
