@@ -71,6 +71,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def host_cpu() -> tuple[int, int]:
+    """The whole machine's busy and total CPU time so far, in clock ticks, from /proc/stat (Linux): the share of
+    the cores a run kept busy is the busy difference over the total difference."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks[:8]) - idle, sum(ticks[:8])
+
+
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an already sorted list."""
     if not sorted_values:

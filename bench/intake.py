@@ -40,6 +40,7 @@ from _common import (
     database,
     filesystem,
     finish,
+    host_cpu,
     machine,
     percentile,
     rounded,
@@ -339,7 +340,11 @@ def run_postgresql(workdir: Path) -> dict[str, Any]:
                             "tag": "p"}  # fmt: skip
                     cpu0 = sum(_cpu_seconds(p) for p in pids)
                     backends = PostgresCPU(PG_ADMIN_URL, server_url.rsplit("/", 1)[1]).start()
+                    host0 = host_cpu()
                     figures = pool.submit(run_load, spec).result()
+                    host1 = host_cpu()
+                    # How much of the machine the run kept busy: near 1, a second worker has no core to run on.
+                    figures["host_cpu_busy"] = (host1[0] - host0[0]) / max(1, host1[1] - host0[1])
                     figures["server_cpu_seconds"] = sum(_cpu_seconds(p) for p in pids) - cpu0
                     figures["postgres_cpu_seconds"] = backends.stop()
                     figures["total_cpu_ms_per_filing"] = (
@@ -377,7 +382,8 @@ def run_postgresql(workdir: Path) -> dict[str, Any]:
         "second_worker_cpu_ratio": two["total_cpu_ms_per_filing"] / one["total_cpu_ms_per_filing"],
     }
     print(f"  single postgresql: ratio to baseline {result['ratio_to_baseline']:.2f}x, "
-          f"second worker {result['second_worker_gain']:.2f}x; web CPU {one['web_cpu_ms_per_filing']:.2f} ms "
+          f"second worker {result['second_worker_gain']:.2f}x (the host's cores busy {one['host_cpu_busy']:.0%} "
+          f"with one worker, {two['host_cpu_busy']:.0%} with two); web CPU {one['web_cpu_ms_per_filing']:.2f} ms "
           f"a filing with one worker, {two['web_cpu_ms_per_filing']:.2f} ms with two; web + PostgreSQL "
           f"{one['total_cpu_ms_per_filing']:.2f} ms and {two['total_cpu_ms_per_filing']:.2f} ms "
           f"({result['second_worker_cpu_ratio']:.2f}x)")  # fmt: skip
