@@ -8,7 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
+from sqlalchemy import select
 
+from incidents.models import Event, Incident
+from incidents.text import fold
 from tests.conftest import incident_payload
 
 URL = "/api/v1/incidents"
@@ -263,6 +266,30 @@ def test_bulk_files_500_incidents_in_one_request(client, operator):
     stored = listed(client, operator)
     assert len(stored) == 500
     assert {i["title"] for i in stored} == {f"Cảnh báo {n}" for n in range(500)}
+
+
+def test_references_are_gapless_in_filing_order_and_everything_the_filing_wrote_carries_them(client, operator, session):
+    """On PostgreSQL the references are taken last in the filing (the counter's row lock is what filings wait
+    for): the incidents go in under placeholders, and the answer, the stored rows, the search text, the events
+    and an in-batch repeat's occurrence event all end with the real reference, numbered in filing order."""
+    single = client.post(URL, json=incident_payload(title="Một"), headers=operator)
+    assert single.status_code == 201
+    items = [incident_payload(title=f"Lô {n}", dedup_key=f"k{n % 3}") for n in range(5)]
+    r = client.post(f"{URL}/bulk", json={"incidents": items}, headers=operator)
+    assert r.status_code == 201, r.json
+    answered = [single.json["ref"], *dict.fromkeys(item["ref"] for item in r.json["items"])]
+    numbers = [int(ref.rsplit("-", 1)[1]) for ref in answered]
+    assert numbers == list(range(numbers[0], numbers[0] + 4)), answered  # 1 + 3 new, the repeats grouped
+    session.rollback()
+    stored = dict(session.execute(select(Incident.id, Incident.ref)).all())
+    assert sorted(stored.values()) == sorted(answered)
+    for incident_id, ref in stored.items():
+        assert fold(ref) in session.scalar(select(Incident.search_text).where(Incident.id == incident_id))
+    found = client.get(URL, query_string={"q": answered[2]}, headers=operator).json["items"]
+    assert [i["ref"] for i in found] == [answered[2]]
+    for event in session.scalars(select(Event).where(Event.incident_id.is_not(None))):
+        if "ref" in event.data:
+            assert event.data["ref"] == stored[event.incident_id], (event.kind, event.data)
 
 
 def test_bulk_with_one_invalid_item_writes_nothing_and_names_the_item(client, operator):
