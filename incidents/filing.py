@@ -375,13 +375,8 @@ def _take_refs_last(
     filing's last statements: what the filing already recorded (its answer, its events, an in-batch repeat's
     incident) is given the reference too."""
     refs = dict(zip((filed.ref for filed in placed), _allocate_refs(session, settings, len(placed)), strict=True))
-    table = Incident.__table__
     session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"))
-        .values(ref=bindparam("b_ref"), search_text=func.replace(table.c.search_text, bindparam("b_from"),
-                                                                 bindparam("b_to")))
-        .execution_options(synchronize_session=False),
+        _give_refs(),
         [{"b_id": filed.id, "b_ref": refs[filed.ref], "b_from": fold(filed.ref), "b_to": fold(refs[filed.ref])}
          for filed in placed],
     )  # fmt: skip
@@ -397,6 +392,18 @@ def _take_refs_last(
         if held is not None:
             set_committed_value(held, "ref", refs[filed.ref])
             session.expire(held, ["search_text"])
+
+
+@cache
+def _give_refs() -> Any:
+    """Placeholder references replaced by real ones, in the row and in its search text."""
+    table = Incident.__table__
+    return (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(ref=bindparam("b_ref"), search_text=func.replace(table.c.search_text, bindparam("b_from"),
+                                                                 bindparam("b_to")))
+    )  # fmt: skip
 
 
 class _Filed(NamedTuple):

@@ -3,6 +3,7 @@
 from typing import Any
 
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,6 +13,7 @@ from incidents.models import Event, Job
 from playbooks import runs, seed, triggers
 from playbooks.models import Contact, Page
 from playbooks.settings import Settings
+from tests.conftest import incident_payload
 
 
 def load_shipped(app: Flask, *, demo: bool = True) -> None:
@@ -50,6 +52,15 @@ def run_jobs(
                 jobs.KINDS[job.kind].handler(ctx, job)
                 jobs.complete(session, job, "test")
                 ran += 1
+
+
+def file_followed_up(client: FlaskClient, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
+    """File one incident by the API, then run its follow-up job as the worker would after the commit: it starts
+    the deadline clocks and queues the receipts. The filing's answer."""
+    r = client.post("/api/v1/incidents", json=incident_payload(**overrides), headers=headers)
+    assert r.status_code == 201, r.json
+    assert run_jobs(client.application, (followup.FILED,)) == 1
+    return r.json
 
 
 def events(session: Session, kind: str | None = None, incident_id: int | None = None) -> list[Event]:

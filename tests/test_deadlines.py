@@ -22,11 +22,7 @@ def at(text: str) -> datetime:
 
 
 def file(client, headers, **overrides) -> dict:
-    """File, then run the filing's follow-up job as the worker would after the commit: it starts the clocks."""
-    r = client.post(URL, json=incident_payload(**overrides), headers=headers)
-    assert r.status_code == 201, r.json
-    assert paging.run_jobs(client.application, (followup.FILED,)) == 1
-    return r.json
+    return paging.file_followed_up(client, headers, **overrides)
 
 
 def clocks(client, headers, incident_id) -> dict[str, dict]:

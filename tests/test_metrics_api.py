@@ -4,23 +4,18 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
-from incidents import deadlines, followup, metrics
+from incidents import deadlines, metrics
 from incidents.models import Incident, Organisation
 from incidents.records import DeadlineClock
 from playbooks.models import Page
 from tests import paging
-from tests.conftest import incident_payload
 
 URL = "/api/v1/incidents"
 BASE = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # Monday 08:00 local
 
 
 def file(client, headers, **overrides) -> int:
-    """File, then run the filing's follow-up job as the worker would: it starts the deadline clocks."""
-    r = client.post(URL, json=incident_payload(**overrides), headers=headers)
-    assert r.status_code == 201, r.json
-    assert paging.run_jobs(client.application, (followup.FILED,)) == 1  # the worker starts its clocks
-    return r.json["id"]
+    return paging.file_followed_up(client, headers, **overrides)["id"]
 
 
 def test_metrics_median_and_p90_by_category_and_organisation_leave_drills_out(client, operator, session):

@@ -9,11 +9,9 @@ import pytest
 from sqlalchemy import update
 
 from app import db
-from incidents import followup
 from incidents.clock import LOCAL_TZ
 from incidents.models import System
 from tests import paging
-from tests.conftest import incident_payload
 from tests.test_reports import docx_cells, make_report
 from tests.test_web import file_as
 from tests.web import csrf, make_user, sign_in, text_of
@@ -32,11 +30,7 @@ def app_config():
 
 
 def file(client, headers, **overrides) -> dict:
-    """File, then run the filing's follow-up job as the worker would: it starts the deadline clocks."""
-    r = client.post(URL, json=incident_payload(**overrides), headers=headers)
-    assert r.status_code == 201, r.json
-    assert paging.run_jobs(client.application, (followup.FILED,)) == 1  # the worker starts its clocks
-    return r.json
+    return paging.file_followed_up(client, headers, **overrides)
 
 
 def paragraphs(data: bytes) -> list[str]:
