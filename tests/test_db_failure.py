@@ -195,6 +195,33 @@ def test_postgres_pool_exhausted_answers_503_not_401(app, client, make_token):
 
 
 @POSTGRES
+def test_postgres_pings_a_pooled_connection_only_after_it_sat_idle(app, client, database_url, make_token,
+                                                                   monkeypatch):  # fmt: skip
+    headers = make_token("operator")
+    assert client.post("/api/v1/incidents", json=incident_payload(), headers=headers).status_code == 201
+    dialect = app.extensions["ucsc.engine"].dialect
+    pings = []
+    real_ping = dialect.do_ping
+    monkeypatch.setattr(dialect, "do_ping", lambda conn: pings.append(conn) or real_ping(conn))
+    for _ in range(3):  # one request after another: the connection was in use a moment ago
+        assert client.post("/api/v1/incidents", json=incident_payload(), headers=headers).status_code == 201
+    assert pings == []
+    # The server cuts the pooled connection while it sits idle (a restart, an idle timeout): the next request is
+    # served on a new one, not answered 503.
+    with _admin_pg() as admin:
+        cut = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND pid <> "
+            "pg_backend_pid()", [_pg_database(database_url)],
+        ).fetchone()[0]  # fmt: skip
+    assert cut >= 1
+    time.sleep(db.PING_AFTER_IDLE + 0.2)
+    before = _rows(app)["incidents"]
+    assert client.post("/api/v1/incidents", json=incident_payload(), headers=headers).status_code == 201
+    assert len(pings) >= 1
+    assert _rows(app)["incidents"] == before + 1
+
+
+@POSTGRES
 def test_postgres_refusing_connections_answers_503_not_401(app, client, database_url, make_token):
     warm = make_token("operator")
     assert client.post("/api/v1/incidents", json=incident_payload(), headers=warm).status_code == 201
