@@ -1,14 +1,16 @@
 """Filing incidents: one or a batch, new incidents or occurrences of open ones with the same dedup_key."""
 
 import hashlib
+import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, case, func, insert, select, update
+from sqlalchemy import Table, bindparam, case, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, load_only
 from sqlalchemy.orm.attributes import set_committed_value
@@ -40,6 +42,9 @@ from incidents.text import fold
 from incidents.uow import in_transaction
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# How long a process trusts the standing body's id by code (an organisation re-coded by an admin: this long at most).
+STANDING_BODY_SECONDS = 30.0
+_STANDING_BODIES: "weakref.WeakKeyDictionary[Any, dict[str, tuple[int, float]]]" = weakref.WeakKeyDictionary()
 # In session.info: the (token, key) pairs whose INSERT met an existing row, so the next attempt looks them up.
 IDEMPOTENCY_COLLIDED = "ucsc.idempotency_collided"
 
@@ -372,14 +377,16 @@ def _take_refs_last(
     session: Session, settings: FilingSettings, placed: Sequence["_Filed"], outcomes: list[tuple["_Filed", bool]]
 ) -> None:
     """Give the incidents inserted under placeholders their references from the counter, in filing order, as the
-    filing's last statements: what the filing already recorded (its answer, its events, an in-batch repeat's
-    incident) is given the reference too."""
-    refs = dict(zip((filed.ref for filed in placed), _allocate_refs(session, settings, len(placed)), strict=True))
-    session.execute(
-        _give_refs(),
-        [{"b_id": filed.id, "b_ref": refs[filed.ref], "b_from": fold(filed.ref), "b_to": fold(refs[filed.ref])}
-         for filed in placed],
-    )  # fmt: skip
+    filing's last statement (one round trip: the counter's bump and the rows' new references and search text):
+    what the filing already recorded (its answer, its events, an in-batch repeat's incident) is given them too."""
+    year = datetime.now(LOCAL_TZ).year
+    given = session.execute(
+        _bump_counter_and_give_refs(),
+        {"prefix": settings.ref_prefix, "year": year, "count": len(placed), "folded": fold(f"{settings.ref_prefix}-{year}-"),
+         "ids": [filed.id for filed in placed], "placeholders": [fold(filed.ref) for filed in placed]},
+    ).all()  # fmt: skip
+    by_id = dict(given)
+    refs = {filed.ref: by_id[filed.id] for filed in placed}
     for i, (filed, was_created) in enumerate(outcomes):
         if filed.ref in refs:
             outcomes[i] = (filed._replace(ref=refs[filed.ref]), was_created)
@@ -395,15 +402,30 @@ def _take_refs_last(
 
 
 @cache
-def _give_refs() -> Any:
-    """Placeholder references replaced by real ones, in the row and in its search text."""
-    table = Incident.__table__
-    return (
-        update(table)
-        .where(table.c.id == bindparam("b_id"))
-        .values(ref=bindparam("b_ref"), search_text=func.replace(table.c.search_text, bindparam("b_from"),
-                                                                 bindparam("b_to")))
-    )  # fmt: skip
+def _bump_counter_and_give_refs() -> Any:
+    """PostgreSQL: this local year's counter bumped by `count` (the row is created by a year's first filing, and
+    stays locked to the commit), and the incidents `ids`, in that order, given the references it hands out, in
+    place of their `placeholders` in the row and in its folded search text. Numbers keep at least five digits, as
+    `_allocate_refs` writes them."""
+    return text(
+        """
+        WITH counter AS (
+            INSERT INTO ref_counters (prefix, year, value) VALUES (:prefix, :year, :count)
+            ON CONFLICT (prefix, year) DO UPDATE SET value = ref_counters.value + EXCLUDED.value
+            RETURNING value
+        ), given AS (
+            SELECT t.id, t.placeholder, (counter.value - :count + t.n)::text AS number
+            FROM counter, unnest(CAST(:ids AS bigint[]), CAST(:placeholders AS text[])) WITH ORDINALITY
+                AS t(id, placeholder, n)
+        )
+        UPDATE incidents
+        SET ref = :prefix || '-' || :year || '-' || lpad(given.number, greatest(5, length(given.number)), '0'),
+            search_text = replace(incidents.search_text, given.placeholder,
+                                  :folded || lpad(given.number, greatest(5, length(given.number)), '0'))
+        FROM given WHERE incidents.id = given.id
+        RETURNING incidents.id, incidents.ref
+        """
+    )
 
 
 class _Filed(NamedTuple):
@@ -455,9 +477,18 @@ def _filing_body(incident: _Filed, created: bool, occurrences: int) -> dict[str,
 
 
 def _standing_body_id(session: Session, settings: FilingSettings) -> int | None:
+    """The standing body's organisation id, kept per database for `STANDING_BODY_SECONDS`: every new incident names
+    it lead, and a query per filing for a row that changes only when an admin re-codes it was a round trip each."""
     if not settings.standing_body:
         return None
-    return session.scalar(_organisation_id_by_code(), {"code": settings.standing_body})
+    known = _STANDING_BODIES.setdefault(session.get_bind(), {})
+    hit = known.get(settings.standing_body)
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    found = session.scalar(_organisation_id_by_code(), {"code": settings.standing_body})
+    if found is not None:  # a standing body still to be created is looked for again next time
+        known[settings.standing_body] = (found, time.monotonic() + STANDING_BODY_SECONDS)
+    return found
 
 
 def _allocate_refs(session: Session, settings: FilingSettings, count: int) -> list[str]:
