@@ -192,7 +192,7 @@ def _insert_statement() -> Any:
 
 
 def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
-    session.execute(_insert_statement(), rows)
+    session.connection().execute(_insert_statement(), rows)
     _wrote_events(session)
 
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Table, bindparam, case, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
@@ -85,8 +85,8 @@ class FilingResult:
     location: str | None = None
     replayed: bool = False
     incident_ids: list[int] = field(default_factory=list)
-    # The open incidents the filing grouped into, as loaded (a `then` reads them without asking again).
-    grouped_into: dict[int, Incident] = field(default_factory=dict, repr=False)
+    # The open incidents the filing grouped into, as read (a `then` reads them without asking again).
+    grouped_into: dict[int, "OpenIncident"] = field(default_factory=dict, repr=False)
 
 
 def file_incidents(
@@ -145,7 +145,7 @@ def file_in_transaction(
             "expires_at": now + IDEMPOTENCY_TTL,
         }
         try:
-            session.execute(_insert_rows(IdempotencyKey.__table__), row)
+            session.connection().execute(_insert_rows(IdempotencyKey.__table__), row)
         except IntegrityError:
             seen.add((idempotency.token_id, idempotency.key))
             raise
@@ -272,8 +272,9 @@ def file_in_session(
     # Repeats of a key first seen earlier in this same batch become occurrences of that new incident.
     for i, (filed, _) in enumerate(outcomes):
         if filed is None:
-            first, _row = created[pending_keys[items[i].dedup_key]]
-            counts[first.id] = _add_occurrence(session, session.get_one(Incident, first.id), items[i], actor, now)
+            first, row = created[pending_keys[items[i].dedup_key]]
+            opened = OpenIncident(first.id, first.ref, first.status, row["tlp"], row["open_dedup_key"])
+            counts[first.id] = _add_occurrence(session, opened, items[i], actor, now)
             outcomes[i] = (first, False)
     session.flush()
     if late and created:
@@ -360,17 +361,28 @@ def dedup_scopes(organisation_id: int, user_id: int, key: str) -> tuple[str, str
     return f"{organisation_id}:{key}", f"u{user_id}:{key}"
 
 
-def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str], dict[str, Incident]]:
+def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str], dict[str, "OpenIncident"]]:
     """Which scoped keys are held by open incidents, and for each dedup key the open incident `actor` may see."""
     if not keys:
         return set(), {}
     scopes = {key: dedup_scopes(actor.organisation_id, actor.user_id, key) for key in keys}
     rows = session.execute(_open_dedup_query(actor), {"scopes": [s for pair in scopes.values() for s in pair]}).all()
-    held = {incident.open_dedup_key for incident, _ in rows}
-    visible = {incident.open_dedup_key: incident for incident, seen in rows if seen}
+    held = {row.open_dedup_key for row in rows}
+    visible = {row.open_dedup_key: OpenIncident(*row[:-1]) for row in rows if row.seen}
     # The organisation's incident first: grouping stays as wide as the filer's sight allows.
     found = {key: next((visible[s] for s in pair if s in visible), None) for key, pair in scopes.items()}
     return held, {key: incident for key, incident in found.items() if incident is not None}
+
+
+class OpenIncident(NamedTuple):
+    """An open incident a repeat groups into, as grouping reads it: its answer and its event need no more (an ORM
+    object's hydration cost more than the query), and `record_event` takes it as it takes an incident."""
+
+    id: int
+    ref: str
+    status: str
+    tlp: str
+    open_dedup_key: str
 
 
 def _take_refs_last(
@@ -382,8 +394,9 @@ def _take_refs_last(
     year = datetime.now(LOCAL_TZ).year
     given = session.execute(
         _bump_counter_and_give_refs(),
-        {"prefix": settings.ref_prefix, "year": year, "count": len(placed), "folded": fold(f"{settings.ref_prefix}-{year}-"),
-         "ids": [filed.id for filed in placed], "placeholders": [fold(filed.ref) for filed in placed]},
+        {"prefix": settings.ref_prefix, "year": year, "count": len(placed),
+         "folded": fold(f"{settings.ref_prefix}-{year}-"), "ids": [filed.id for filed in placed],
+         "placeholders": [fold(filed.ref) for filed in placed]},
     ).all()  # fmt: skip
     by_id = dict(given)
     refs = {filed.ref: by_id[filed.id] for filed in placed}
@@ -437,24 +450,32 @@ class _Filed(NamedTuple):
 
 
 def _occurrence_values(incident_id: int, item: IncidentCreate, actor: Actor, now: datetime) -> dict[str, Any]:
+    # An alert source's filing (incidents/sources/ingest.py) names its source, whether a window held it, and the
+    # payload it keeps (the filing and what the sender said beyond it).
+    fields = getattr(item, "occurrence_fields", {})
     return {
         "incident_id": incident_id,
         "received_at": now,
         "detected_at": item.detected_at,
         "created_by_id": actor.user_id,
-        "payload": item.model_dump(mode="json", exclude_defaults=True),
-        # An alert source's filing (incidents/sources/ingest.py) names its source and whether a window held it.
-        **getattr(item, "occurrence_fields", {}),
+        "payload": fields["payload"] if "payload" in fields else item.model_dump(mode="json", exclude_defaults=True),
+        **fields,
     }
 
 
-def _add_occurrence(session: Session, incident: Incident, item: IncidentCreate, actor: Actor, now: datetime) -> int:
+def _add_occurrence(
+    session: Session, incident: "Incident | OpenIncident", item: IncidentCreate, actor: Actor, now: datetime
+) -> int:
     """Add an occurrence to an open incident; its occurrence count after it."""
-    session.execute(_insert_rows(Occurrence.__table__), _occurrence_values(incident.id, item, actor, now))
-    # A Core UPDATE, and the loaded object told without becoming dirty: a dirty incident would make every later
+    # Core statements on the transaction's connection (the session's execute adds its own layer to each, for
+    # nothing here), and the loaded object told without becoming dirty: a dirty incident would make every later
     # statement of the transaction autoflush it through the unit of work (a tenth of a repeat's CPU, profiled).
-    count = session.execute(_count_occurrence(), {"of_incident": incident.id, "at": now}).scalar_one()
-    set_committed_value(incident, "updated_at", now)
+    connection = session.connection()
+    connection.execute(_insert_rows(Occurrence.__table__), _occurrence_values(incident.id, item, actor, now))
+    count = connection.execute(_count_occurrence(), {"of_incident": incident.id, "at": now}).scalar_one()
+    held = session.identity_map.get(identity_key(Incident, incident.id))
+    if held is not None:
+        set_committed_value(held, "updated_at", now)
     record_event(
         session,
         kind="incident.occurrence",
@@ -539,13 +560,10 @@ def _idempotency_row() -> Any:
 def _open_dedup_query(actor: Actor) -> Any:
     """The open incidents holding any of the `scopes`, each with whether `actor` may see it (per actor, like
     visible_incidents: the clause depends on the actor's fields alone)."""
-    # Only what grouping reads (an event's ref, status and TLP): hydrating the incident's forty columns (its
-    # description and search text among them) cost more than the query.
-    return (
-        select(Incident, case((visible_incidents(actor), True), else_=False))
-        .where(Incident.open_dedup_key.in_(bindparam("scopes", expanding=True)))
-        .options(load_only(Incident.ref, Incident.status, Incident.tlp, Incident.open_dedup_key, Incident.updated_at))
-    )
+    return select(
+        Incident.id, Incident.ref, Incident.status, Incident.tlp, Incident.open_dedup_key,
+        case((visible_incidents(actor), True), else_=False).label("seen"),
+    ).where(Incident.open_dedup_key.in_(bindparam("scopes", expanding=True)))  # fmt: skip
 
 
 @cache

@@ -53,7 +53,7 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
         elif kind == "incident.occurrence":
             # A repeat of the same dedup_key updates the open pages instead of paging again.
-            session.execute(_COUNT_OCCURRENCE, {"of_incident": incident_id})
+            session.connection().execute(_COUNT_OCCURRENCE, {"of_incident": incident_id})
         elif kind == "incident.status_changed" and data.get("to") in {s.value for s in TERMINAL_STATUSES}:
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
     jobs.enqueue_many(session, rows)

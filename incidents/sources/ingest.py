@@ -5,11 +5,13 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import PrivateAttr
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from incidents.access import Actor, visible_incidents
 from incidents.base import utcnow
@@ -92,18 +94,44 @@ def ingest(
     return IngestResult(status, {"items": [r.body for r in results]}, incident_ids=ids)
 
 
-def source_for(session: Session, *, kind: str, actor: Actor, now: datetime) -> tuple[Source, list[MaintenanceWindow]]:
+class SourceRead(NamedTuple):
+    """What an alert reads of its source: a row, not an ORM object (whose hydration, with the windows', cost more
+    than the query; bench/sources.py)."""
+
+    id: int
+    kind: str
+    name: str
+    mapping: dict[str, Any]
+    active: bool
+    last_seen_at: datetime | None
+    silent_since: datetime | None
+
+
+class WindowRead(NamedTuple):
+    """What an alert reads of a maintenance window in force (`windows.holding` and the suppressed event)."""
+
+    id: int
+    reason: str
+    dedup_pattern: str | None
+
+
+def source_for(
+    session: Session, *, kind: str, actor: Actor, now: datetime
+) -> tuple[SourceRead, list[WindowRead | MaintenanceWindow]]:
     """The source of `kind` that `actor`'s token posts for, with the windows in force for it at `now`, inside the
     caller's write transaction; the first alert registers it, named after the token (two first alerts that race:
     the unique index refuses one, whose transaction runs again and finds the other's)."""
     if actor.token_id is None:
         raise Forbidden("alert sources post with an API token")
     rows = session.execute(_source_with_windows(), {"kind": kind, "token_id": actor.token_id, "now": now}).all()
+    in_force: list[WindowRead | MaintenanceWindow]
     if rows:
-        found, in_force = rows[0][0], [window for _, window in rows if window is not None]
+        found = SourceRead(*rows[0][: len(SourceRead._fields)])
+        in_force = [WindowRead(*row[len(SourceRead._fields) :]) for row in rows if row[-3] is not None]
     else:
-        found = _register(session, kind, actor)
-        in_force = windows.in_force_for_source(session, found.id, now)
+        registered = _register(session, kind, actor)
+        found = SourceRead(*(getattr(registered, name) for name in SourceRead._fields))
+        in_force = list(windows.in_force_for_source(session, registered.id, now))
     if not found.active:
         raise Forbidden(f"the source {found.name!r} is switched off; an admin or operator may switch it on")
     return found, in_force
@@ -113,8 +141,10 @@ def source_for(session: Session, *, kind: str, actor: Actor, now: datetime) -> t
 def _source_with_windows() -> Any:
     # One query, built once: every alert reads its source and the windows that may hold it.
     held = MaintenanceWindow.source_id.is_(None) | (MaintenanceWindow.source_id == Source.id)
+    columns = [getattr(Source, name) for name in SourceRead._fields]
+    columns += [getattr(MaintenanceWindow, name) for name in WindowRead._fields]
     return (
-        select(Source, MaintenanceWindow)
+        select(*columns)
         .outerjoin(MaintenanceWindow, windows.in_force_for(held))
         .where(Source.kind == bindparam("kind"), Source.token_id == bindparam("token_id"))
         .order_by(MaintenanceWindow.id)
@@ -134,8 +164,8 @@ def _register(session: Session, kind: str, actor: Actor) -> Source:
 
 def _one(
     session: Session,
-    source: Source,
-    in_force: list[MaintenanceWindow],
+    source: SourceRead,
+    in_force: list[WindowRead | MaintenanceWindow],
     alert: Alert,
     actor: Actor,
     settings: FilingSettings,
@@ -160,9 +190,10 @@ def _one(
     def then(result: FilingResult) -> None:
         first = result.incident_ids[0]
         incident = result.grouped_into.get(first) or session.get_one(Incident, first)
-        touch(session, source.id, now)
+        touch(session, source, now)
         if alert.attack_techniques and not techniques.nothing_to_add(session, incident, alert.attack_techniques):
-            techniques.record_attack_techniques(session, actor, incident, alert.attack_techniques)
+            loaded = session.get_one(Incident, first)  # the grouped-into incident is read, not loaded
+            techniques.record_attack_techniques(session, actor, loaded, alert.attack_techniques)
         if window is not None:
             record_event(
                 session, kind=SUPPRESSED_EVENT, actor=actor, incident=incident, at=now,
@@ -198,9 +229,9 @@ def _incident(alert: Alert, limits: Limits) -> SourcedIncident:
         ) from None
 
 
-def _resolve(session: Session, source: Source, alert: Alert, actor: Actor, now: datetime) -> IngestResult:
+def _resolve(session: Session, source: SourceRead, alert: Alert, actor: Actor, now: datetime) -> IngestResult:
     """Record on the open incident that the sender saw its alert end; recovery stays a person's decision."""
-    touch(session, source.id, now)
+    touch(session, source, now)
     incident = open_incident(session, actor, alert.dedup_key) if alert.dedup_key else None
     if incident is None:
         return IngestResult(202, {"id": None, "notice": RESOLVED, "applied": False})
@@ -229,15 +260,29 @@ def open_incident(session: Session, actor: Actor, dedup_key: str) -> Incident | 
     return next((found[s] for s in scopes if s in found), None)
 
 
-def touch(session: Session, source_id: int, now: datetime) -> None:
-    """Note that a source spoke; a source that was silent records its return."""
-    source = session.get_one(Source, source_id)
+def touch(session: Session, source: "Source | SourceRead", now: datetime) -> None:
+    """Note that a source spoke; a source that was silent records its return. `source` as loaded or as read."""
+    values: dict[str, Any] = {}
     if source.silent_since is not None:
         record_event(
             session, kind=RETURNED_EVENT, actor=None, at=now,
             data={"source_id": source.id, "source": source.name, "kind": source.kind,
                   "silent_since": source.silent_since.isoformat()},
         )  # fmt: skip
-        source.silent_since = None
+        values["silent_since"] = None
     if source.last_seen_at is None or now - source.last_seen_at >= TOUCH_EVERY:
-        source.last_seen_at = now
+        values["last_seen_at"] = now
+    if not values:
+        return
+    # A Core UPDATE: the row need not be loaded; a loaded one is told, without becoming dirty.
+    session.connection().execute(_touch_statement(tuple(values)), {"of_source": source.id, **values})
+    held = session.identity_map.get(identity_key(Source, source.id))
+    for name, value in values.items():
+        if held is not None:
+            set_committed_value(held, name, value)
+
+
+@cache
+def _touch_statement(names: tuple[str, ...]) -> Any:
+    table = Source.__table__
+    return update(table).where(table.c.id == bindparam("of_source")).values({n: bindparam(n) for n in names})

@@ -249,7 +249,7 @@ def _file(
     row: list[MailboxMessage] = []
 
     def then(result: FilingResult) -> None:
-        touch(session, source.id, now)
+        touch(session, source, now)
         record = MailboxMessage(source_id=source.id, message_key=mail.key, outcome="incident",
                                 incident_id=result.incident_ids[0], complete=not mail.attachments)  # fmt: skip
         session.add(record)
@@ -274,7 +274,7 @@ def _comment(
     row: list[MailboxMessage] = []
 
     def then(comment: Any) -> None:
-        touch(session, source.id, utcnow())
+        touch(session, source, utcnow())
         record = MailboxMessage(source_id=source.id, message_key=mail.key, outcome="comment",
                                 incident_id=comment.incident_id, comment_id=comment.id,
                                 complete=not mail.attachments)  # fmt: skip
