@@ -8,6 +8,8 @@ An expired lease is claimed again, so a job is run at least once; never twice wh
 
 import logging
 import random
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, or_, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -288,23 +291,51 @@ def backoff(attempts: int, *, base: float = 2.0, cap: float = 900.0) -> timedelt
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not a secret
 
 
+# The jobs a process's workers ran whose outcomes committed, not yet added to their heartbeat rows: each job's
+# transaction adding one to its worker's row made that row the worker's hottest lock (PostgreSQL: its threads and
+# the Telegram leader queued on it for seconds under load, bench/telegram.py), so the beat adds them instead.
+_RUNS_IN_TRANSACTION = "ucsc.jobs_run"
+_runs_committed: Counter[str] = Counter()
+_runs_lock = threading.Lock()
+
+
 def _count_run(session: Session, worker: str, runs: int = 1) -> None:
-    session.execute(
-        update(WorkerHeartbeat).where(WorkerHeartbeat.name == worker).values(jobs_run=WorkerHeartbeat.jobs_run + runs)
-    )
+    """Count `runs` for `worker` if this transaction commits (`_runs_kept`); its next beat records them."""
+    session.info.setdefault(_RUNS_IN_TRANSACTION, Counter())[worker] += runs
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _runs_kept(session: Session) -> None:
+    counted = session.info.pop(_RUNS_IN_TRANSACTION, None)
+    if counted:
+        with _runs_lock:
+            _runs_committed.update(counted)
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _runs_dropped(session: Session) -> None:
+    session.info.pop(_RUNS_IN_TRANSACTION, None)
 
 
 def beat(session: Session, worker: str, *, started: datetime | None = None, stopped: bool = False) -> None:
-    """Stamp this worker's heartbeat row (created on first beat)."""
+    """Stamp this worker's heartbeat row (created on first beat) and add the jobs it ran since the last beat."""
     now = utcnow()
-    with session.begin():
-        session.connection(execution_options={"ucsc_write": True})
-        row = session.get(WorkerHeartbeat, worker)
-        if row is None:
-            session.add(WorkerHeartbeat(name=worker, started_at=started or now, beat_at=now, jobs_run=0))
-        else:
-            row.beat_at = now
-            row.stopped_at = now if stopped else None
+    with _runs_lock:
+        runs = _runs_committed.pop(worker, 0)
+    try:
+        with session.begin():
+            session.connection(execution_options={"ucsc_write": True})
+            row = session.get(WorkerHeartbeat, worker)
+            if row is None:
+                session.add(WorkerHeartbeat(name=worker, started_at=started or now, beat_at=now, jobs_run=runs))
+            else:
+                row.beat_at = now
+                row.stopped_at = now if stopped else None
+                row.jobs_run += runs
+    except BaseException:
+        with _runs_lock:
+            _runs_committed[worker] += runs  # the next beat adds them
+        raise
 
 
 def health(engine: Engine) -> dict[str, Any]:
