@@ -32,6 +32,7 @@ def install(app: Flask) -> None:
 
     # Rows kept for the commit are written then, events first (incidents/events.py), then these in this order.
     events.install()
+    jobs.install()  # a job's run counts once its outcome commits (incidents/jobs.py)
     events.at_commit(audit.PENDING, audit.link_pending)
 
     # Listeners on every recorded event, in this order (the web's until now: playbooks, then clocks), inside the

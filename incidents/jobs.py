@@ -304,7 +304,14 @@ def _count_run(session: Session, worker: str, runs: int = 1) -> None:
     session.info.setdefault(_RUNS_IN_TRANSACTION, Counter())[worker] += runs
 
 
-@sa_event.listens_for(Session, "after_commit")
+def install() -> None:
+    """Have every Session keep the runs it counted when it commits and drop them when it rolls back (registered by
+    app/wiring.py)."""
+    for name, listener in (("after_commit", _runs_kept), ("after_rollback", _runs_dropped)):
+        if not sa_event.contains(Session, name, listener):
+            sa_event.listen(Session, name, listener)
+
+
 def _runs_kept(session: Session) -> None:
     counted = session.info.pop(_RUNS_IN_TRANSACTION, None)
     if counted:
@@ -312,7 +319,6 @@ def _runs_kept(session: Session) -> None:
             _runs_committed.update(counted)
 
 
-@sa_event.listens_for(Session, "after_rollback")
 def _runs_dropped(session: Session) -> None:
     session.info.pop(_RUNS_IN_TRANSACTION, None)
 
