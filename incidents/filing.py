@@ -366,7 +366,11 @@ def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str
     if not keys:
         return set(), {}
     scopes = {key: dedup_scopes(actor.organisation_id, actor.user_id, key) for key in keys}
-    rows = session.execute(_open_dedup_query(actor), {"scopes": [s for pair in scopes.values() for s in pair]}).all()
+    # Columns, not objects: read on the transaction's connection, once what the session holds is written (what
+    # autoflush would have done), without the ORM's execute layer.
+    session.flush()
+    params = {"scopes": [s for pair in scopes.values() for s in pair]}
+    rows = session.connection().execute(_open_dedup_query(actor), params).all()
     held = {row.open_dedup_key for row in rows}
     visible = {row.open_dedup_key: OpenIncident(*row[:-1]) for row in rows if row.seen}
     # The organisation's incident first: grouping stays as wide as the filer's sight allows.

@@ -238,3 +238,17 @@ def test_finding_7c_parallel_tries_from_one_address_cannot_outrun_the_count(app:
         statuses = sorted(pool.map(attempt, range(len(browsers))))
     # Each try is counted before its password is checked: five are checked, the rest wait.
     assert statuses == [401] * 5 + [429] * 7
+
+
+def test_a_rotated_secret_key_signs_sessions_anew_and_drops_the_old_key_when_it_leaves_the_fallbacks(app: Flask) -> None:
+    """The session cookie's serializer is built once per set of keys (app/web/browser.CookieSessions): a key rotated
+    in a running process must still be obeyed, the old key honoured only while SECRET_KEY_FALLBACKS names it."""
+    make_user(app, "rotor", role="operator")
+    browser = client_at(app, REAL_USER)
+    assert sign_in(browser, "rotor").status_code == 302
+    assert browser.get("/incidents").status_code == 200
+    old = app.config["SECRET_KEY"]
+    app.config.update(SECRET_KEY="a-new-key-" + "x" * 32, SECRET_KEY_FALLBACKS=[old])
+    assert browser.get("/incidents").status_code == 200  # signed with the old key, still a fallback
+    app.config["SECRET_KEY_FALLBACKS"] = []
+    assert browser.get("/incidents").status_code == 302  # the old key is gone: the cookie no longer signs anyone in

@@ -14,6 +14,7 @@ def init_app(app: Flask) -> None:
     app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
     if str(app.config["BASE_URL"]).startswith("https://"):
         app.config["SESSION_COOKIE_SECURE"] = True
+    app.session_interface = browser.CookieSessions()
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False  # checked in this blueprint only: the API uses bearer tokens
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # the token lives as long as the session
     app.config["BABEL_DEFAULT_LOCALE"] = "vi"

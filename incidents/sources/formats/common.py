@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +150,17 @@ def parse_time(raw: Any) -> datetime | None:
 
 def observable(kind: ObservableType, value: str, hashes: dict[str, str] | None = None) -> dict[str, Any] | None:
     """The observable if its value is valid for its type; a sender's odd value ("any", "-") is left in context."""
+    found = _checked_observable(kind, value, tuple(sorted(hashes.items())) if hashes else None)
+    if found is None:
+        return None
+    return {**found, "hashes": dict(found["hashes"])} if "hashes" in found else dict(found)  # the caller's own
+
+
+@lru_cache(maxsize=4096)
+def _checked_observable(kind: ObservableType, value: str, hashes: tuple[tuple[str, str], ...] | None) -> Any:
+    # A storm of alerts names the same agent and addresses again and again: each is checked once.
     try:
-        obs = ObservableIn(type=kind, value=value, hashes=hashes)
+        obs = ObservableIn(type=kind, value=value, hashes=dict(hashes) if hashes else None)
     except ValueError:
         return None
     return obs.model_dump(mode="json", exclude_none=True)
