@@ -240,7 +240,7 @@ def test_finding_7c_parallel_tries_from_one_address_cannot_outrun_the_count(app:
     assert statuses == [401] * 5 + [429] * 7
 
 
-def test_a_rotated_secret_key_signs_sessions_anew_and_drops_the_old_key_when_it_leaves_the_fallbacks(app: Flask) -> None:
+def test_a_rotated_secret_key_is_obeyed_and_the_old_key_only_while_a_fallback(app: Flask) -> None:
     """The session cookie's serializer is built once per set of keys (app/web/browser.CookieSessions): a key rotated
     in a running process must still be obeyed, the old key honoured only while SECRET_KEY_FALLBACKS names it."""
     make_user(app, "rotor", role="operator")
