@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from incidents.access import Actor
 from incidents.base import utcnow
@@ -242,9 +243,18 @@ def group_contacts(session: Session, group: Group, *, pick: str, at: datetime) -
     if pick == "round_robin":
         if not members:
             return []
-        chosen = members[group.next_turn % len(members)]
-        group.next_turn = (group.next_turn + 1) % len(members)
-        return [chosen]
+        # The turn is taken by one UPDATE ... RETURNING, the group's row locked from there to the commit: only a
+        # page in turn locks it (a lock taken when the group was read held every page to the group, in any pick,
+        # for the whole playbook start: bench/telegram's PostgreSQL waits).
+        table = Group.__table__
+        turn = session.execute(
+            update(table)
+            .where(table.c.id == group.id)
+            .values(next_turn=(table.c.next_turn + 1) % len(members))
+            .returning(table.c.next_turn)
+        ).scalar_one()
+        set_committed_value(group, "next_turn", turn)
+        return [members[(turn - 1) % len(members)]]
     if pick != "all":
         on_duty = _on_call_now(session, at=at, group_id=group.id)
         if on_duty is not None:

@@ -305,3 +305,33 @@ def test_a_run_asking_for_a_version_beyond_any_stored_one_is_refused_not_a_500(
     r = client.post(f"{URL}/{incident_id}/runs", json={"playbook": "ransomware", "version": version}, headers=operator)
     assert r.status_code == 422, r.json
     assert [e["field"] for e in r.json["errors"]] == ["version"]
+
+
+def test_a_group_paged_in_turn_reaches_its_members_one_after_another_and_starts_again(
+    shipped: Flask, client: FlaskClient, dbs: Session, make_token: TokenFactory, operator: dict[str, str]
+) -> None:
+    admin = make_token("admin")
+    members = []
+    for name in ("turn-a", "turn-b", "turn-c"):
+        r = client.post("/api/v1/contacts", json={"organisation": "vnpt", "name": name, "email": f"{name}@x.vn",
+                                                 "channels": ["email"]}, headers=admin)  # fmt: skip
+        assert r.status_code == 201, r.json
+        members.append(r.json["id"])
+    r = client.post("/api/v1/groups", json={"code": "turn-desk", "name_vi": "Trực lần lượt", "members": members},
+                    headers=admin)  # fmt: skip
+    assert r.status_code == 201, r.json
+    source = (
+        "name: in-turn\ntitle_vi: Gọi lần lượt\nwhen: {category: phishing}\n"
+        "steps:\n  - page: {group: turn-desk, pick: round_robin, reason_vi: Đề nghị kiểm tra}\n"
+    )
+    yaml = {**admin, "Content-Type": "application/yaml"}
+    assert client.post("/api/v1/playbooks", data=source.encode(), headers=yaml).status_code == 201
+    reached = []
+    for n in range(5):  # one at a time: each filing's playbook starts before the next is filed
+        r = client.post(URL, json=incident_payload(category="phishing", title=f"Lừa đảo {n}"), headers=operator)
+        assert r.status_code == 201, r.json
+        paging.run_jobs(shipped)
+        [page] = [p for p in paging.pages(dbs, r.json["id"]) if p.target == "turn-desk"]
+        reached.append([recipient.contact_id for recipient in page.recipients])
+    a, b, c = members
+    assert reached == [[a], [b], [c], [a], [b]]
