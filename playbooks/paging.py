@@ -52,7 +52,8 @@ def resolve_target(
         links["organisation_id"] = contact.organisation_id if contact else None
         return "contact", str(body["contact"]), contact.name if contact else "?", [contact] if usable else [], links
     if "group" in body:
-        group = session.scalar(select(Group).where(Group.code == body["group"]))
+        found = select(Group).where(Group.code == body["group"])
+        group = session.scalar(found.execution_options(populate_existing=True))
         if group is None:
             return "group", body["group"], body["group"], [], links
         links["group_id"], links["organisation_id"] = group.id, group.organisation_id

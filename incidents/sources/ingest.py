@@ -125,8 +125,8 @@ def source_for(
         raise Forbidden("alert sources post with an API token")
     # A Core read on the transaction's connection: the ORM's execute layer cost more than the query (nothing is
     # pending this early in the transaction, so there is nothing to flush first).
-    rows = session.connection().execute(_source_with_windows(), {"kind": kind, "token_id": actor.token_id, "now": now})
-    rows = rows.all()
+    params = {"kind": kind, "token_id": actor.token_id, "now": now}
+    rows = session.connection().execute(_source_with_windows(), params).all()
     in_force: list[WindowRead | MaintenanceWindow]
     if rows:
         found = SourceRead(*rows[0][: len(SourceRead._fields)])
