@@ -7,17 +7,16 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, case, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
+from incidents import filing_statements as statements
 from incidents import followup
-from incidents.access import Actor, visible_incidents
+from incidents.access import Actor
 from incidents.base import utcnow
 from incidents.clock import LOCAL_TZ
 from incidents.enums import IncidentClass, Status
@@ -29,9 +28,7 @@ from incidents.models import (
     Incident,
     Observable,
     Occurrence,
-    Organisation,
     Participant,
-    RefCounter,
     System,
 )
 from incidents.participants import resolve_participants
@@ -145,7 +142,7 @@ def file_in_transaction(
             "expires_at": now + IDEMPOTENCY_TTL,
         }
         try:
-            session.connection().execute(_insert_rows(IdempotencyKey.__table__), row)
+            session.connection().execute(statements.insert_rows(IdempotencyKey.__table__), row)
         except IntegrityError:
             seen.add((idempotency.token_id, idempotency.key))
             raise
@@ -153,7 +150,7 @@ def file_in_transaction(
 
 
 def _idempotent_replay(session: Session, claim: IdempotencyClaim) -> FilingResult | None:
-    row = session.scalar(_idempotency_row(), {"token_id": claim.token_id, "key": claim.key})
+    row = session.scalar(statements.idempotency_row(), {"token_id": claim.token_id, "key": claim.key})
     if row is None:
         return None
     if row.expires_at < utcnow():
@@ -328,7 +325,7 @@ def _insert_incidents(
                 row[f"{name}_{sub}"] = getattr(person, sub) if person is not None else None
         row["search_text"] = search_text_of(row, item.observables, system)
         values.append(row)
-    ids = session.execute(_insert_incidents_returning_ids(), values).scalars().all()
+    ids = session.execute(statements.insert_incidents_returning_ids(), values).scalars().all()
     observables: list[dict[str, Any]] = []
     people: list[dict[str, Any]] = []
     occurrences: list[dict[str, Any]] = []
@@ -345,7 +342,7 @@ def _insert_incidents(
         occurrences.append(_occurrence_values(incident_id, item, actor, now))
     for model, rows in ((Observable, observables), (Participant, people), (Occurrence, occurrences)):
         if rows:
-            session.execute(_insert_rows(model.__table__), rows)
+            session.execute(statements.insert_rows(model.__table__), rows)
     return {
         i: (_Filed(incident_id, row["ref"], row["status"]), row)
         for incident_id, row, (i, _, _) in zip(ids, values, new_rows, strict=True)
@@ -371,7 +368,7 @@ def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str
     session.flush()
     values = [s for pair in scopes.values() for s in pair]
     params = {f"s{i}": value for i, value in enumerate(values)} if len(values) == 2 else {"scopes": values}
-    rows = session.connection().execute(_open_dedup_query(actor, len(values) == 2), params).all()
+    rows = session.connection().execute(statements.open_dedup_query(actor, len(values) == 2), params).all()
     held = {row.open_dedup_key for row in rows}
     visible = {row.open_dedup_key: OpenIncident(*row[:-1]) for row in rows if row.seen}
     # The organisation's incident first: grouping stays as wide as the filer's sight allows.
@@ -398,7 +395,7 @@ def _take_refs_last(
     what the filing already recorded (its answer, its events, an in-batch repeat's incident) is given them too."""
     year = datetime.now(LOCAL_TZ).year
     given = session.execute(
-        _bump_counter_and_give_refs(),
+        statements.bump_counter_and_give_refs(),
         {"prefix": settings.ref_prefix, "year": year, "count": len(placed),
          "folded": fold(f"{settings.ref_prefix}-{year}-"), "ids": [filed.id for filed in placed],
          "placeholders": [fold(filed.ref) for filed in placed]},
@@ -417,33 +414,6 @@ def _take_refs_last(
         if held is not None:
             set_committed_value(held, "ref", refs[filed.ref])
             session.expire(held, ["search_text"])
-
-
-@cache
-def _bump_counter_and_give_refs() -> Any:
-    """PostgreSQL: this local year's counter bumped by `count` (the row is created by a year's first filing, and
-    stays locked to the commit), and the incidents `ids`, in that order, given the references it hands out, in
-    place of their `placeholders` in the row and in its folded search text. Numbers keep at least five digits, as
-    `_allocate_refs` writes them."""
-    return text(
-        """
-        WITH counter AS (
-            INSERT INTO ref_counters (prefix, year, value) VALUES (:prefix, :year, :count)
-            ON CONFLICT (prefix, year) DO UPDATE SET value = ref_counters.value + EXCLUDED.value
-            RETURNING value
-        ), given AS (
-            SELECT t.id, t.placeholder, (counter.value - :count + t.n)::text AS number
-            FROM counter, unnest(CAST(:ids AS bigint[]), CAST(:placeholders AS text[])) WITH ORDINALITY
-                AS t(id, placeholder, n)
-        )
-        UPDATE incidents
-        SET ref = :prefix || '-' || :year || '-' || lpad(given.number, greatest(5, length(given.number)), '0'),
-            search_text = replace(incidents.search_text, given.placeholder,
-                                  :folded || lpad(given.number, greatest(5, length(given.number)), '0'))
-        FROM given WHERE incidents.id = given.id
-        RETURNING incidents.id, incidents.ref
-        """
-    )
 
 
 class _Filed(NamedTuple):
@@ -481,10 +451,10 @@ def _add_occurrence(
         # One round trip: the occurrence goes in within the statement that counts it.
         params = {f"o_{name}": value for name, value in {"source_id": None, "suppressed": False, **values}.items()}
         params.update(of_incident=incident.id, at=now)
-        count = connection.execute(_add_and_count_occurrence(), params).scalar_one()
+        count = connection.execute(statements.add_and_count_occurrence(), params).scalar_one()
     else:
-        connection.execute(_insert_rows(Occurrence.__table__), values)
-        count = connection.execute(_count_occurrence(), {"of_incident": incident.id, "at": now}).scalar_one()
+        connection.execute(statements.insert_rows(Occurrence.__table__), values)
+        count = connection.execute(statements.count_occurrence(), {"of_incident": incident.id, "at": now}).scalar_one()
     held = session.identity_map.get(identity_key(Incident, incident.id))
     if held is not None:
         set_committed_value(held, "updated_at", now)
@@ -518,7 +488,7 @@ def _standing_body_id(session: Session, settings: FilingSettings) -> int | None:
     hit = known.get(settings.standing_body)
     if hit is not None and hit[1] > time.monotonic():
         return hit[0]
-    found = session.scalar(_organisation_id_by_code(), {"code": settings.standing_body})
+    found = session.scalar(statements.organisation_id_by_code(), {"code": settings.standing_body})
     if found is not None:  # a standing body still to be created is looked for again next time
         known[settings.standing_body] = (found, time.monotonic() + STANDING_BODY_SECONDS)
     return found
@@ -527,82 +497,6 @@ def _standing_body_id(session: Session, settings: FilingSettings) -> int | None:
 def _allocate_refs(session: Session, settings: FilingSettings, count: int) -> list[str]:
     """Take `count` references from this local year's counter, in the creating transaction."""
     year = datetime.now(LOCAL_TZ).year
-    stmt = _ref_counter_upsert(session.get_bind().dialect.name)
+    stmt = statements.ref_counter_upsert(session.get_bind().dialect.name)
     last = session.execute(stmt, {"prefix": settings.ref_prefix, "year": year, "count": count}).scalar_one()
     return [f"{settings.ref_prefix}-{year}-{n:05d}" for n in range(last - count + 1, last + 1)]
-
-
-# The statements of the intake path are built once: building and cache-keying a statement costs more
-# than SQLite takes to run it (bench/intake.py).
-@cache
-def _ref_counter_upsert(dialect: str) -> Any:
-    """One statement: the first filing of a year creates the counter row, every later one bumps it (row-locked)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert
-    table = RefCounter.__table__
-    return (
-        upsert(table)
-        .values(prefix=bindparam("prefix"), year=bindparam("year"), value=bindparam("count"))
-        .on_conflict_do_update(index_elements=["prefix", "year"], set_={"value": table.c.value + bindparam("count")})
-        .returning(table.c.value)
-    )
-
-
-@cache
-def _count_occurrence() -> Any:
-    table = Incident.__table__
-    return (
-        update(table)
-        .where(table.c.id == bindparam("of_incident"))
-        .values(updated_at=bindparam("at"), occurrence_count=table.c.occurrence_count + 1)
-        .returning(table.c.occurrence_count)
-    )
-
-
-@cache
-def _add_and_count_occurrence() -> Any:
-    """PostgreSQL: `_count_occurrence` with the occurrence's INSERT in a WITH (run once, whether or not read)."""
-    table = Occurrence.__table__
-    columns = ("incident_id", "received_at", "detected_at", "created_by_id", "payload", "source_id", "suppressed")
-    added = insert(table).values({name: bindparam(f"o_{name}", type_=table.c[name].type) for name in columns})
-    return _count_occurrence().add_cte(added.cte("added_occurrence"))
-
-
-@cache
-def _idempotency_row() -> Any:
-    return select(IdempotencyKey).where(
-        IdempotencyKey.token_id == bindparam("token_id"), IdempotencyKey.key == bindparam("key")
-    )
-
-
-@lru_cache(maxsize=1024)
-def _open_dedup_query(actor: Actor, one_key: bool) -> Any:
-    """The open incidents holding any of the `scopes`, each with whether `actor` may see it (per actor, like
-    visible_incidents: the clause depends on the actor's fields alone). One key's two scopes are two plain
-    parameters: an expanding IN is rendered anew at every execution (9 % of an alert repeat's CPU on PostgreSQL,
-    py-spy); a batch's keys use it."""
-    scopes = [bindparam("s0"), bindparam("s1")] if one_key else bindparam("scopes", expanding=True)
-    return select(
-        Incident.id, Incident.ref, Incident.status, Incident.tlp, Incident.open_dedup_key,
-        case((visible_incidents(actor), True), else_=False).label("seen"),
-    ).where(Incident.open_dedup_key.in_(scopes))  # fmt: skip
-
-
-@cache
-def _organisation_id_by_code() -> Any:
-    organisations = Organisation.__table__
-    return select(organisations.c.id).where(organisations.c.code == bindparam("code"))
-
-
-@cache
-def _insert_rows(table: Table) -> Any:
-    """A Core INSERT of `table`: its rows are keyed by column name (`class`, not `incident_class`)."""
-    return insert(table)
-
-
-@cache
-def _insert_incidents_returning_ids() -> Any:
-    table = Incident.__table__
-    return insert(table).returning(table.c.id, sort_by_parameter_order=True)
