@@ -18,6 +18,7 @@ import pytest
 import requests
 from flask import Flask
 from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Error as PlaywrightError
 
 from app import create_app, db
 from app.auth import new_token
@@ -110,6 +111,19 @@ def clean(page: Page, server: LiveServer, where: str) -> None:
     assert not found, f"{where}: {found}"
 
 
+def scroll_to(page: Page, selector: str) -> None:
+    """Scroll a live region into view: the feed may swap the region for its fresh copy between Playwright finding
+    the element and scrolling to it ("not attached to the DOM", seen in CI), and then the fresh copy is the one."""
+    for _ in range(5):
+        try:
+            page.locator(selector).scroll_into_view_if_needed()
+            return
+        except PlaywrightError as exc:
+            if "not attached" not in str(exc):
+                raise
+    page.locator(selector).scroll_into_view_if_needed()
+
+
 def file_on_web(page: Page, server: LiveServer, title: str, category: str = "other") -> str:
     page.goto(f"{server.url}/incidents/new")
     page.fill("[name='reporter.name']", "Nguyễn Văn A")
@@ -184,7 +198,7 @@ def test_three_journeys(
     op.fill("#pages input[name=note]", "Chị Lan báo qua điện thoại" if lang == "vi" else "Lan called in")
     ack.click()
     expect(op.locator(".flash.ok")).to_have_text(words["ack_done"])
-    op.locator("#pages").scroll_into_view_if_needed()
+    scroll_to(op, "#pages")
     shot(op, f"journey-b-acknowledged-{lang}")
 
     # The operator asks the board for direction on the SIEM's incident.
@@ -215,7 +229,7 @@ def test_three_journeys(
     member.locator("#directions form button[type=submit]").first.click()
     member.wait_for_load_state("load")
     expect(member.locator("#directions")).to_contain_text(words["directive"])
-    member.locator("#directions").scroll_into_view_if_needed()
+    scroll_to(member, "#directions")
     shot(member, f"journey-c-directive-390-{lang}")
     clean(member, server, f"incident page, committee ({lang})")
 
