@@ -29,6 +29,8 @@ FEED_LOCK_KEY = 0x55435343  # "UCSC"
 PENDING_EVENTS = "ucsc.pending_events"
 # The channels to NOTIFY when the transaction commits (PostgreSQL), sent in one statement (`notify_at_commit`).
 NOTIFY_PENDING = "ucsc.notify_pending"
+# The transaction that took the feed lock (PostgreSQL), so it is taken once.
+_FEED_LOCK_TX = "feed_lock_tx"
 
 Listener = Callable[[Session, Sequence[dict[str, Any]]], None]
 Writer = Callable[[Session, list[Any]], None]
@@ -211,9 +213,8 @@ def _insert_events_locking(session: Session, rows: list[dict[str, Any]]) -> bool
     earlier in the transaction), and nothing done."""
     if session.get_bind().dialect.name != "postgresql":
         return False
-    session.connection()
-    tx = session.get_transaction()
-    if session.info.get("feed_lock_tx") is tx:
+    tx = _without_feed_lock(session)
+    if tx is None:
         return False
     notify_at_commit(session, EVENTS_CHANNEL)
     channels = sorted(session.info.pop(NOTIFY_PENDING, set()))
@@ -221,7 +222,7 @@ def _insert_events_locking(session: Session, rows: list[dict[str, Any]]) -> bool
     # Each row's statement takes the lock again (it stacks, to the commit) and names the same channels (PostgreSQL
     # sends a channel once a transaction): harmless, and psycopg pipelines a batch's rows in one round trip.
     session.connection().execute(_insert_events_with_lock(len(channels)), [{**row, **params} for row in rows])
-    session.info["feed_lock_tx"] = tx
+    session.info[_FEED_LOCK_TX] = tx
     _wrote_events(session)
     return True
 
@@ -251,9 +252,16 @@ def take_feed_lock(session: Session) -> None:
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":
         return  # SQLite writes run under BEGIN IMMEDIATE: one writer, commits in id order already.
-    session.connection()  # begin the transaction if need be: with none, `tx` would be None and match no key
-    tx = session.get_transaction()
-    if session.info.get("feed_lock_tx") is not tx:
+    tx = _without_feed_lock(session)
+    if tx is not None:
         notify_at_commit(session, EVENTS_CHANNEL)  # whoever takes the lock writes events or STIX objects
         _send_notifies(session, lock=True)
-        session.info["feed_lock_tx"] = tx
+        session.info[_FEED_LOCK_TX] = tx
+
+
+def _without_feed_lock(session: Session) -> Any:
+    """The session's transaction (begun if need be: with none, it would be None and match no key) if it does not
+    hold the feed lock yet; None if it does."""
+    session.connection()
+    tx = session.get_transaction()
+    return None if session.info.get(_FEED_LOCK_TX) is tx else tx
