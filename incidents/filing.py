@@ -84,6 +84,8 @@ class FilingResult:
     incident_ids: list[int] = field(default_factory=list)
     # The open incidents the filing grouped into, as read (a `then` reads them without asking again).
     grouped_into: dict[int, "OpenIncident"] = field(default_factory=dict, repr=False)
+    # Each item's answer, in order (a bulk filing's body lists them; alerts filed together answer one each).
+    bodies: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 def file_incidents(
@@ -121,35 +123,45 @@ def file_in_transaction(
     require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
     # A key is looked up only once its INSERT collided: most keys are new (a SIEM's alert id), and the unique index
     # finds the others. The collision rolls the transaction back, and `in_transaction` runs it again, looking first.
-    seen = session.info.setdefault(IDEMPOTENCY_COLLIDED, set())
-    if idempotency is not None and (idempotency.token_id, idempotency.key) in seen:
-        replay = _idempotent_replay(session, idempotency)
+    if idempotency is not None:
+        replay = idempotent_replay(session, idempotency)
         if replay is not None:
             return replay
     result = file_in_session(session, items, actor, settings, bulk)
     if then is not None:
         then(result)
     if idempotency is not None:
-        now = utcnow()
-        row = {
-            "token_id": idempotency.token_id,
-            "key": idempotency.key,
-            "request_hash": idempotency.request_hash,
-            "status_code": result.status_code,
-            "body": result.body,
-            "location": result.location,
-            "created_at": now,
-            "expires_at": now + IDEMPOTENCY_TTL,
-        }
-        try:
-            session.connection().execute(statements.insert_rows(IdempotencyKey.__table__), row)
-        except IntegrityError:
-            seen.add((idempotency.token_id, idempotency.key))
-            raise
+        record_claims(session, [(idempotency, result)])
     return result
 
 
-def _idempotent_replay(session: Session, claim: IdempotencyClaim) -> FilingResult | None:
+def idempotent_replay(session: Session, claim: IdempotencyClaim) -> FilingResult | None:
+    """The stored answer to `claim`'s key, if this transaction has met one (IdempotencyMismatch: another body)."""
+    if (claim.token_id, claim.key) not in session.info.get(IDEMPOTENCY_COLLIDED, ()):
+        return None
+    return _stored_answer(session, claim)
+
+
+def record_claims(session: Session, answered: Sequence[tuple[IdempotencyClaim, FilingResult]]) -> None:
+    """Store each key with the answer its request got, in one INSERT. A key stored already (a retry racing its
+    first post) fails the statement; the transaction's next attempt looks these keys up first."""
+    now = utcnow()
+    rows = [
+        {"token_id": claim.token_id, "key": claim.key, "request_hash": claim.request_hash,
+         "status_code": result.status_code, "body": result.body, "location": result.location, "created_at": now,
+         "expires_at": now + IDEMPOTENCY_TTL}
+        for claim, result in answered
+    ]  # fmt: skip
+    if not rows:
+        return
+    try:
+        session.connection().execute(statements.insert_rows(IdempotencyKey.__table__), rows)
+    except IntegrityError:
+        session.info.setdefault(IDEMPOTENCY_COLLIDED, set()).update((c.token_id, c.key) for c, _ in answered)
+        raise
+
+
+def _stored_answer(session: Session, claim: IdempotencyClaim) -> FilingResult | None:
     row = session.scalar(statements.idempotency_row(), {"token_id": claim.token_id, "key": claim.key})
     if row is None:
         return None
@@ -201,7 +213,7 @@ def file_in_session(
         raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
 
     outcomes: list[tuple[_Filed, bool]] = []
-    counts: dict[int, int] = {}  # occurrence counts after this filing, of the incidents it added occurrences to
+    counts: dict[int, int] = {}  # each item's incident's occurrence count after the item, of items that added one
     new_rows: list[tuple[int, IncidentCreate, System | None]] = []
     open_keys: dict[int, str | None] = {}
     pending_keys: dict[str, int] = {}
@@ -212,7 +224,7 @@ def file_in_session(
             continue
         existing = matches.get(key) if key else None
         if existing is not None:
-            counts[existing.id] = _add_occurrence(session, existing, item, actor, now)
+            counts[i] = _add_occurrence(session, existing, item, actor, now)
             outcomes.append((_Filed(existing.id, existing.ref, existing.status), False))
         else:
             if key:
@@ -271,22 +283,19 @@ def file_in_session(
         if filed is None:
             first, row = created[pending_keys[items[i].dedup_key]]
             opened = OpenIncident(first.id, first.ref, first.status, row["tlp"], row["open_dedup_key"])
-            counts[first.id] = _add_occurrence(session, opened, items[i], actor, now)
+            counts[i] = _add_occurrence(session, opened, items[i], actor, now)
             outcomes[i] = (first, False)
     session.flush()
     if late and created:
         _take_refs_last(session, settings, [filed for filed, _ in created.values()], outcomes)
 
-    # Each occurrence added answered its incident's new count; a new incident without repeats here has its first.
-    bodies = [_filing_body(inc, was_created, counts.get(inc.id, 1)) for inc, was_created in outcomes]
-    any_created = any(was_created for _, was_created in outcomes)
+    # Each occurrence answers its incident's count after it; a new incident answers its first.
+    bodies = [_filing_body(inc, was_created, counts.get(i, 1)) for i, (inc, was_created) in enumerate(outcomes)]
+    status = 201 if any(was_created for _, was_created in outcomes) else 200
     ids = [inc.id for inc, _ in outcomes]
     grouped_into = {incident.id: incident for incident in matches.values()}
-    if bulk:
-        return FilingResult(201 if any_created else 200, {"items": bodies}, None, incident_ids=ids,
-                            grouped_into=grouped_into)  # fmt: skip
-    location = f"/api/v1/incidents/{outcomes[0][0].id}"
-    return FilingResult(201 if any_created else 200, bodies[0], location, incident_ids=ids, grouped_into=grouped_into)
+    body, location = ({"items": bodies}, None) if bulk else (bodies[0], f"/api/v1/incidents/{outcomes[0][0].id}")
+    return FilingResult(status, body, location, incident_ids=ids, grouped_into=grouped_into, bodies=bodies)
 
 
 def _insert_incidents(

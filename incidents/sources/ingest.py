@@ -2,6 +2,7 @@
 the notices (resolved) it carries to the incidents they concern."""
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
@@ -15,15 +16,18 @@ from sqlalchemy.orm.util import identity_key
 
 from incidents.access import Actor, visible_incidents
 from incidents.base import utcnow
-from incidents.errors import FieldError, Forbidden, NotFound, ValidationFailed
+from incidents.errors import DomainError, FieldError, Forbidden, IdempotencyMismatch, NotFound, ValidationFailed
 from incidents.events import record_event
 from incidents.filing import (
     QUIET_FILING,
     FilingResult,
     FilingSettings,
     IdempotencyClaim,
+    OpenIncident,
     dedup_scopes,
-    file_in_transaction,
+    file_in_session,
+    idempotent_replay,
+    record_claims,
 )
 from incidents.models import ApiToken, Incident
 from incidents.policy import Capability, require
@@ -63,6 +67,32 @@ class IngestResult:
     incident_ids: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AlertPost:
+    """One request to the intake of alert sources: its kind, payload and caller, apart from any transaction."""
+
+    kind: str
+    payload: Any
+    actor: Actor
+    settings: FilingSettings
+    limits: Limits = DEFAULT_LIMITS
+
+
+class Deferred(Exception):
+    """A post that cannot share this transaction (it repeats an idempotency key another post of it claims): it
+    runs in a transaction of its own once this one has committed, and finds the other's answer."""
+
+
+Outcome = IngestResult | Exception
+
+
+def admit(post: AlertPost) -> None:
+    """What is refused before any transaction: a role that may not file, a kind there is no intake for."""
+    require(post.actor, Capability.FILE_INCIDENT, "your role may not file incidents")
+    if post.kind not in HTTP_KINDS:
+        raise NotFound(f"no source kind {post.kind!r}; use one of {', '.join(sorted(HTTP_KINDS))}")
+
+
 def ingest(
     *,
     session: Session,
@@ -72,20 +102,172 @@ def ingest(
     settings: FilingSettings,
     limits: Limits = DEFAULT_LIMITS,
 ) -> IngestResult:
-    """File the alerts of one payload from the source that `actor`'s token posts for (registered on first use)."""
-    require(actor, Capability.FILE_INCIDENT, "your role may not file incidents")
-    if kind not in HTTP_KINDS:
-        raise NotFound(f"no source kind {kind!r}; use one of {', '.join(sorted(HTTP_KINDS))}")
+    """File the alerts of one payload from the source that `actor`'s token posts for (registered on first use), in
+    a write transaction of its own: its source, windows and every alert it carries (Alertmanager sends several)
+    are read and written together, all or nothing."""
+    post = AlertPost(kind, payload, actor, settings, limits)
+    admit(post)
+    return ingest_alone(session, post)
 
-    def work() -> list[IngestResult]:
-        # One write transaction for the payload: its source, windows and every alert it carries (Alertmanager
-        # sends several) are read and written together, all or nothing.
-        now = utcnow()
-        source, in_force = source_for(session, kind=kind, actor=actor, now=now)
-        alerts = formats.parse(kind, payload, formats.mapping_for(kind, source.mapping))
-        return [_one(session, source, in_force, alert, actor, settings, limits, now) for alert in alerts]
 
-    results = in_transaction(session, work)
+def ingest_alone(session: Session, post: AlertPost) -> IngestResult:
+    """`post` filed in a write transaction of its own; its error raised."""
+    outcome = in_transaction(session, lambda: file_posts(session, [post]))[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def file_posts(session: Session, posts: Sequence[AlertPost]) -> list[Outcome]:
+    """File the alerts of `posts` inside the caller's write transaction, each post's answer or error in order.
+
+    Posts that arrived together share one transaction (app/api/sources.py): their source and windows are read
+    once, their alerts filed together (one dedup read, the events in one INSERT) and committed at once. A post
+    refused before anything of it is written (a malformed payload, a switched-off source, an idempotency key used
+    with another body) gets its error and the others go on; an error while writing raises, for all of them.
+    """
+    now = utcnow()
+    outcomes: list[Outcome | None] = [None] * len(posts)
+    sources: dict[tuple[str, int | None], tuple[SourceRead, list[WindowRead | MaintenanceWindow]]] = {}
+    claimed: dict[tuple[int, str], int] = {}  # each idempotency key of this transaction, by the post claiming it
+    planned: list[tuple[int, SourceRead, list[_Planned]]] = []
+    for i, post in enumerate(posts):
+        try:
+            if (post.kind, post.actor.token_id) not in sources:
+                sources[(post.kind, post.actor.token_id)] = source_for(
+                    session, kind=post.kind, actor=post.actor, now=now
+                )
+            source, in_force = sources[(post.kind, post.actor.token_id)]
+            alerts = formats.parse(post.kind, post.payload, formats.mapping_for(post.kind, source.mapping))
+            plans = [_plan(session, source, in_force, alert, post) for alert in alerts]
+            _claim_once(i, plans, claimed)
+        except (DomainError, Deferred) as exc:  # nothing of this post is written yet
+            outcomes[i] = exc
+            continue
+        planned.append((i, source, plans))
+    _file_planned(session, [(posts[i], source, plans) for i, source, plans in planned], now)
+    for i, _, plans in planned:
+        outcomes[i] = _combined([plan.result for plan in plans if plan.result is not None])
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+@dataclass
+class _Planned:
+    """One alert of a post, read and checked, to be filed (or, a notice, applied) with the others."""
+
+    alert: Alert
+    item: "SourcedIncident | None" = None  # None: a notice (resolved)
+    window: "WindowRead | MaintenanceWindow | None" = None
+    claim: IdempotencyClaim | None = None
+    result: IngestResult | None = None  # a replay's, from the start; the others' once filed
+    echo: "_Planned | None" = None  # an alert repeating an idempotency key an earlier alert of its post claimed
+
+
+def _plan(
+    session: Session, source: "SourceRead", in_force: "list[WindowRead | MaintenanceWindow]", alert: Alert,
+    post: AlertPost,
+) -> _Planned:  # fmt: skip
+    if alert.status == RESOLVED:
+        return _Planned(alert)
+    item = _incident(alert, post.limits)
+    window = windows.holding(in_force, alert.dedup_key)
+    # The occurrence keeps what the sender said beyond the filing (labels, rule, agent, Grafana's fields).
+    payload = {**item.model_dump(mode="json", exclude_defaults=True), "source": {"name": source.name,
+               "kind": source.kind, "context": alert.context}}  # fmt: skip
+    item.occurrence_fields.update(source_id=source.id, suppressed=window is not None, payload=payload)
+    claim = None
+    if alert.idempotency_key:
+        key = alert.idempotency_key
+        if len(key) > 255:
+            key = f"{source.kind}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+        claim = IdempotencyClaim(token_id=post.actor.token_id or 0, key=key, request_hash=alert.digest())
+    plan = _Planned(alert, item, window, claim)
+    if claim is not None and (replay := idempotent_replay(session, claim)) is not None:
+        plan.result = IngestResult(replay.status_code, replay.body, replay.location, True)
+    return plan
+
+
+def _claim_once(post: int, plans: list[_Planned], claimed: dict[tuple[int, str], int]) -> None:
+    """Each idempotency key is filed once in a transaction: a later alert of the same post with the same key
+    answers as the first did; a post repeating another post's key waits for that one to commit (Deferred)."""
+    first: dict[tuple[int, str], _Planned] = {}
+    for plan in plans:
+        if plan.claim is None or plan.result is not None:
+            continue
+        key = (plan.claim.token_id, plan.claim.key)
+        if claimed.get(key, post) != post:
+            raise Deferred(plan.claim.key)
+        if key in first:
+            if first[key].claim.request_hash != plan.claim.request_hash:  # type: ignore[union-attr]
+                raise IdempotencyMismatch(
+                    "this Idempotency-Key was first used with another request",
+                    errors=[FieldError("Idempotency-Key", "already used with a different body")],
+                )
+            plan.echo = first[key]
+            continue
+        first[key] = plan
+    claimed.update(dict.fromkeys(first, post))
+
+
+def _file_planned(session: Session, posts: "list[tuple[AlertPost, SourceRead, list[_Planned]]]", now: datetime) -> None:
+    """Apply the notices and file the alerts of the posts, giving each plan its result."""
+    filings: dict[tuple[Actor, bool], list[tuple[AlertPost, SourceRead, _Planned]]] = {}
+    for post, source, plans in posts:
+        for plan in plans:
+            if plan.item is None:
+                plan.result = _resolve(session, source, plan.alert, post.actor, now)
+            elif plan.result is None and plan.echo is None:
+                filings.setdefault((post.actor, plan.window is not None), []).append((post, source, plan))
+    touched: set[int] = set()
+    answered: list[tuple[IdempotencyClaim, FilingResult]] = []
+    for (actor, quiet), group in filings.items():
+        # In dedup-key order, so transactions filing into the same incidents lock them in the same order.
+        group.sort(key=lambda g: g[2].alert.dedup_key or "")
+        if quiet:
+            session.info[QUIET_FILING] = True
+        try:
+            filed = file_in_session(session, [plan.item for _, _, plan in group], actor, group[0][0].settings, False)
+        finally:
+            session.info.pop(QUIET_FILING, None)
+        for (_, source, plan), body in zip(group, filed.bodies, strict=True):
+            if source.id not in touched:
+                touch(session, source, now)
+                touched.add(source.id)
+            _record_alert(session, source, plan, actor, filed.grouped_into.get(body["id"]) or body["id"], now)
+            body["suppressed"] = plan.window is not None
+            result = FilingResult(201 if body["created"] else 200, body, f"/api/v1/incidents/{body['id']}")
+            plan.result = IngestResult(result.status_code, body, result.location, incident_ids=[body["id"]])
+            if plan.claim is not None:
+                answered.append((plan.claim, result))
+    record_claims(session, answered)
+    for _, _, plans in posts:
+        for plan in plans:
+            if plan.echo is not None and plan.echo.result is not None:
+                echoed = plan.echo.result
+                plan.result = IngestResult(echoed.status_code, echoed.body, echoed.location, True)
+
+
+def _record_alert(
+    session: Session, source: "SourceRead", plan: _Planned, actor: Actor, filed: "OpenIncident | int", now: datetime
+) -> None:
+    """What an alert adds beyond its filing: its ATT&CK techniques, and the event of a window holding it."""
+    incident = filed if not isinstance(filed, int) else session.get_one(Incident, filed)
+    alert, window = plan.alert, plan.window
+    if alert.attack_techniques and not techniques.nothing_to_add(session, incident, alert.attack_techniques):
+        loaded = session.get_one(Incident, incident.id)  # the grouped-into incident is read, not loaded
+        techniques.record_attack_techniques(session, actor, loaded, alert.attack_techniques)
+    if window is not None:
+        record_event(
+            session, kind=SUPPRESSED_EVENT, actor=actor, incident=incident, at=now,
+            note=window.reason,
+            data={"ref": incident.ref, "status": str(incident.status), "window_id": window.id,
+                  "source": source.name, "dedup_key": alert.dedup_key},
+        )  # fmt: skip
+
+
+def _combined(results: list[IngestResult]) -> IngestResult:
+    """One post's answer: its one alert's, or its alerts' listed (201 if any opened an incident, else 200 if any
+    was grouped, else 202)."""
     if len(results) == 1:
         return results[0]
     codes = {r.status_code for r in results}
@@ -163,56 +345,6 @@ def _register(session: Session, kind: str, actor: Actor) -> Source:
     session.add(source)
     session.flush()
     return source
-
-
-def _one(
-    session: Session,
-    source: SourceRead,
-    in_force: list[WindowRead | MaintenanceWindow],
-    alert: Alert,
-    actor: Actor,
-    settings: FilingSettings,
-    limits: Limits,
-    now: datetime,
-) -> IngestResult:
-    if alert.status == RESOLVED:
-        return _resolve(session, source, alert, actor, now)
-    item = _incident(alert, limits)
-    window = windows.holding(in_force, alert.dedup_key)
-    # The occurrence keeps what the sender said beyond the filing (labels, rule, agent, Grafana's fields).
-    payload = {**item.model_dump(mode="json", exclude_defaults=True), "source": {"name": source.name,
-               "kind": source.kind, "context": alert.context}}  # fmt: skip
-    item.occurrence_fields.update(source_id=source.id, suppressed=window is not None, payload=payload)
-    claim = None
-    if alert.idempotency_key:
-        key = alert.idempotency_key
-        if len(key) > 255:
-            key = f"{source.kind}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
-        claim = IdempotencyClaim(token_id=actor.token_id or 0, key=key, request_hash=alert.digest())
-
-    def then(result: FilingResult) -> None:
-        first = result.incident_ids[0]
-        incident = result.grouped_into.get(first) or session.get_one(Incident, first)
-        touch(session, source, now)
-        if alert.attack_techniques and not techniques.nothing_to_add(session, incident, alert.attack_techniques):
-            loaded = session.get_one(Incident, first)  # the grouped-into incident is read, not loaded
-            techniques.record_attack_techniques(session, actor, loaded, alert.attack_techniques)
-        if window is not None:
-            record_event(
-                session, kind=SUPPRESSED_EVENT, actor=actor, incident=incident, at=now,
-                note=window.reason,
-                data={"ref": incident.ref, "status": str(incident.status), "window_id": window.id,
-                      "source": source.name, "dedup_key": alert.dedup_key},
-            )  # fmt: skip
-        result.body["suppressed"] = window is not None
-
-    if window is not None:
-        session.info[QUIET_FILING] = True
-    try:
-        filed = file_in_transaction(session, [item], actor, settings, claim, then=then)
-    finally:
-        session.info.pop(QUIET_FILING, None)
-    return IngestResult(filed.status_code, filed.body, filed.location, filed.replayed, filed.incident_ids)
 
 
 def _incident(alert: Alert, limits: Limits) -> SourcedIncident:

@@ -1,0 +1,141 @@
+"""Alerts posted together share a write transaction (group commit): each still gets the answer it would alone."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from app import db
+from app.api.sources import GROUP_COMMIT
+from app.auth import check_token
+from incidents.errors import ValidationFailed
+from incidents.filing import FilingSettings
+from incidents.models import IdempotencyKey, Incident, Occurrence
+from incidents.sources import ingest
+from incidents.uow import GroupCommit, in_transaction
+from tests.test_sources_intake import wazuh
+
+URL = "/api/v1/sources/wazuh"
+
+
+@pytest.fixture
+def intake(make_token):
+    return make_token("intake", username="siem")
+
+
+def _agent(body: dict, name: str) -> dict:
+    body["agent"] = {"id": name[-3:], "name": name}
+    return body
+
+
+def test_posts_filed_in_one_transaction_each_answer_as_alone_and_a_refused_one_costs_the_others_nothing(app, intake):
+    with app.test_request_context():
+        actor, _ = check_token(intake["Authorization"].removeprefix("Bearer "))
+        settings = FilingSettings()
+        bad = wazuh("b.9")
+        bad["rule"]["level"] = "high"
+        posts = [
+            ingest.AlertPost("wazuh", body, actor, settings)
+            for body in (
+                wazuh("b.1"),  # opens an incident
+                wazuh("b.2"),  # a repeat of it, in the same transaction
+                bad,  # refused: its level is not a number
+                wazuh("b.1"),  # another post with b.1's alert id: waits for b.1's commit
+                _agent(wazuh("b.3"), "mail-001"),  # another agent: an incident of its own
+            )
+        ]
+        session = db.session()
+        opened, grouped, refused, deferred, other = in_transaction(session, lambda: ingest.file_posts(session, posts))
+        assert (opened.status_code, opened.body["occurrence_count"]) == (201, 1)
+        assert grouped.status_code == 200
+        assert (grouped.body["id"], grouped.body["occurrence_count"]) == (opened.body["id"], 2)
+        assert isinstance(refused, ValidationFailed) and refused.errors[0].field.startswith("rule.level")
+        assert isinstance(deferred, ingest.Deferred)
+        assert other.status_code == 201 and other.body["id"] != opened.body["id"]
+        # Run alone afterwards, the deferred post finds b.1's answer.
+        replay = ingest.ingest_alone(session, posts[3])
+        assert replay.replayed and replay.body == opened.body
+        counted = dict(session.execute(select(Occurrence.incident_id, func.count()).group_by(Occurrence.incident_id)))
+        assert counted == {opened.body["id"]: 2, other.body["id"]: 1}
+        assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 3
+
+
+def test_a_storm_from_sixteen_senders_shares_transactions_and_loses_or_doubles_nothing(app, intake):
+    senders, per_sender, keys = 16, 6, 8
+    barrier = threading.Barrier(senders)
+
+    def send(n: int) -> list[tuple[int, dict]]:
+        client = app.test_client()
+        barrier.wait()
+        answers = []
+        for k in range(per_sender):
+            body = _agent(wazuh(f"s.{n}.{k}"), f"agent-{(n * per_sender + k) % keys:03d}")
+            answers.append(client.post(URL, json=body, headers=intake))
+        answers.append(client.post(URL, json=body, headers=intake))  # the last one sent again: a replay
+        return [(r.status_code, r.get_json()) for r in answers]
+
+    with ThreadPoolExecutor(senders) as pool:
+        answers = [a for sent in pool.map(send, range(senders)) for a in sent]
+    codes = [code for code, _ in answers]
+    assert codes.count(201) == keys and codes.count(200) == len(answers) - keys, answers
+    # Each sender's last answer came twice: once filed, once replayed, the same.
+    assert all(answers[i * (per_sender + 1) + per_sender] == answers[i * (per_sender + 1) + per_sender - 1]
+               for i in range(senders))  # fmt: skip
+    with app.app_context():
+        session = db.session()
+        assert session.scalar(select(func.count()).select_from(Incident)) == keys
+        assert session.scalar(select(func.count()).select_from(Occurrence)) == senders * per_sender
+        assert sorted(session.scalars(select(Incident.occurrence_count))) == sorted(
+            [senders * per_sender // keys] * keys
+        )
+    # Each incident's answers counted its occurrences one by one: no count was given twice.
+    by_incident: dict[int, list[int]] = {}
+    for i, (_, body) in enumerate(answers):
+        if i % (per_sender + 1) != per_sender:
+            by_incident.setdefault(body["id"], []).append(body["occurrence_count"])
+    assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in by_incident.values())
+    shared = app.extensions[GROUP_COMMIT]
+    assert shared.jobs == len(answers) and shared.transactions < shared.jobs
+
+
+def test_a_shared_transaction_that_fails_runs_each_of_its_jobs_alone(app):
+    gate, started = threading.Event(), threading.Event()
+    alone: list[str] = []
+
+    def run_batch(session, jobs):
+        if jobs == ["first"]:
+            started.set()
+            gate.wait(10)  # the others queue meanwhile, to share the next transaction
+        if "poison" in jobs:
+            raise RuntimeError("the shared transaction failed")
+        return [job.upper() for job in jobs]
+
+    def run_alone(session, job):
+        alone.append(job)
+        if job == "poison":
+            raise ValueError("poison alone")
+        return job.upper() + " alone"
+
+    shared = GroupCommit(run_batch, run_alone)
+
+    def submit(job):
+        with app.app_context():
+            try:
+                return shared.submit(db.session(), job)
+            except ValueError as exc:
+                return str(exc)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(submit, "first")
+        assert started.wait(10)
+        later = [pool.submit(submit, job) for job in ("poison", "third")]
+        deadline = time.monotonic() + 10
+        while len(shared._queue) < 2 and time.monotonic() < deadline:  # both queued behind the first
+            time.sleep(0.01)
+        gate.set()
+        assert first.result(10) == "FIRST"
+        assert [f.result(10) for f in later] == ["poison alone", "THIRD alone"]
+    assert sorted(alone) == ["poison", "third"]
+    assert (shared.transactions, shared.jobs) == (2, 3)
