@@ -4,6 +4,7 @@ import hashlib
 import time
 import uuid
 import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from incidents.base import utcnow
 from incidents.clock import LOCAL_TZ
 from incidents.enums import IncidentClass, Status
 from incidents.errors import FieldError, IdempotencyMismatch, ValidationFailed
-from incidents.events import PENDING_EVENTS, event_values, record_event, record_events
+from incidents.events import PENDING_EVENTS, event_values, record_events
 from incidents.fields import FORM_FIELDS, PERSON_FIELDS, jsonable, search_text_of, unique_observables
 from incidents.models import (
     IdempotencyKey,
@@ -213,7 +214,7 @@ def file_in_session(
         raise ValidationFailed(f"{len(errors)} invalid field(s)", errors=errors)
 
     outcomes: list[tuple[_Filed, bool]] = []
-    counts: dict[int, int] = {}  # each item's incident's occurrence count after the item, of items that added one
+    adds: list[tuple[int, OpenIncident]] = []  # the items that add an occurrence, with the incident they add it to
     new_rows: list[tuple[int, IncidentCreate, System | None]] = []
     open_keys: dict[int, str | None] = {}
     pending_keys: dict[str, int] = {}
@@ -224,7 +225,7 @@ def file_in_session(
             continue
         existing = matches.get(key) if key else None
         if existing is not None:
-            counts[i] = _add_occurrence(session, existing, item, actor, now)
+            adds.append((i, existing))
             outcomes.append((_Filed(existing.id, existing.ref, existing.status), False))
         else:
             if key:
@@ -282,15 +283,16 @@ def file_in_session(
     for i, (filed, _) in enumerate(outcomes):
         if filed is None:
             first, row = created[pending_keys[items[i].dedup_key]]
-            opened = OpenIncident(first.id, first.ref, first.status, row["tlp"], row["open_dedup_key"])
-            counts[i] = _add_occurrence(session, opened, items[i], actor, now)
+            adds.append((i, OpenIncident(first.id, first.ref, first.status, row["tlp"], row["open_dedup_key"])))
             outcomes[i] = (first, False)
+    counts = _add_occurrences(session, [(incident, items[i]) for i, incident in adds], actor, now) if adds else []
+    counts_by_item = dict(zip((i for i, _ in adds), counts, strict=True))
     session.flush()
     if late and created:
         _take_refs_last(session, settings, [filed for filed, _ in created.values()], outcomes)
 
     # Each occurrence answers its incident's count after it; a new incident answers its first.
-    bodies = [_filing_body(inc, was_created, counts.get(i, 1)) for i, (inc, was_created) in enumerate(outcomes)]
+    bodies = [_filing_body(inc, created, counts_by_item.get(i, 1)) for i, (inc, created) in enumerate(outcomes)]
     status = 201 if any(was_created for _, was_created in outcomes) else 200
     ids = [inc.id for inc, _ in outcomes]
     grouped_into = {incident.id: incident for incident in matches.values()}
@@ -447,35 +449,43 @@ def _occurrence_values(incident_id: int, item: IncidentCreate, actor: Actor, now
     }
 
 
-def _add_occurrence(
-    session: Session, incident: "Incident | OpenIncident", item: IncidentCreate, actor: Actor, now: datetime
-) -> int:
-    """Add an occurrence to an open incident; its occurrence count after it."""
-    # Core statements on the transaction's connection (the session's execute adds its own layer to each, for
-    # nothing here), and the loaded object told without becoming dirty: a dirty incident would make every later
-    # statement of the transaction autoflush it through the unit of work (a tenth of a repeat's CPU, profiled).
+def _add_occurrences(
+    session: Session, adds: Sequence[tuple["OpenIncident", IncidentCreate]], actor: Actor, now: datetime
+) -> list[int]:
+    """Add an occurrence of each item to its open incident; each one's count after it, in order."""
+    # Core statements on the transaction's connection, set-based (alerts filed together add theirs at once), and a
+    # loaded incident told without becoming dirty: a dirty incident would make every later statement of the
+    # transaction autoflush it through the unit of work (a tenth of a repeat's CPU, profiled).
     connection = session.connection()
-    values = _occurrence_values(incident.id, item, actor, now)
-    if connection.dialect.name == "postgresql":
+    rows = [_occurrence_values(incident.id, item, actor, now) for incident, item in adds]
+    added = Counter(incident.id for incident, _ in adds)
+    if connection.dialect.name == "postgresql" and len(rows) == 1:
         # One round trip: the occurrence goes in within the statement that counts it.
-        params = {f"o_{name}": value for name, value in {"source_id": None, "suppressed": False, **values}.items()}
-        params.update(of_incident=incident.id, at=now)
-        count = connection.execute(statements.add_and_count_occurrence(), params).scalar_one()
+        params = {f"o_{name}": value for name, value in {"source_id": None, "suppressed": False, **rows[0]}.items()}
+        after = dict(connection.execute(statements.add_and_count_occurrence(), {**params, "of_incident":
+                                        rows[0]["incident_id"], "at": now}).all())  # fmt: skip
     else:
-        connection.execute(statements.insert_rows(Occurrence.__table__), values)
-        count = connection.execute(statements.count_occurrence(), {"of_incident": incident.id, "at": now}).scalar_one()
-    held = session.identity_map.get(identity_key(Incident, incident.id))
-    if held is not None:
-        set_committed_value(held, "updated_at", now)
-    record_event(
-        session,
-        kind="incident.occurrence",
-        actor=actor,
-        incident=incident,
-        at=now,
-        data={"ref": incident.ref, "status": str(incident.status), "detected_at": jsonable(item.detected_at)},
-    )
-    return count
+        connection.execute(statements.insert_rows(Occurrence.__table__), rows)
+        after = {}
+        for n in set(added.values()):
+            ids = [incident_id for incident_id, k in added.items() if k == n]
+            after.update(connection.execute(statements.count_occurrences(), {"ids": ids, "n": n, "at": now}).all())
+    for incident_id in added:
+        held = session.identity_map.get(identity_key(Incident, incident_id))
+        if held is not None:
+            set_committed_value(held, "updated_at", now)
+    # The incident's count before these, then one more for each of its occurrences here, in order.
+    counts, seen = [], Counter[int]()
+    for incident, _ in adds:
+        seen[incident.id] += 1
+        counts.append(after[incident.id] - added[incident.id] + seen[incident.id])
+    events = []
+    for incident, item in adds:
+        data = {"ref": incident.ref, "status": str(incident.status), "detected_at": jsonable(item.detected_at)}
+        events.append(event_values(kind="incident.occurrence", actor=actor, incident_id=incident.id,
+                                   tlp=incident.tlp, at=now, data=data))  # fmt: skip
+    record_events(session, events)
+    return counts
 
 
 def _filing_body(incident: _Filed, created: bool, occurrences: int) -> dict[str, Any]:

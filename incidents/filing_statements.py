@@ -54,23 +54,31 @@ def ref_counter_upsert(dialect: str) -> Any:
 
 
 @cache
-def count_occurrence() -> Any:
+def count_occurrences() -> Any:
+    """Add `n` occurrences to each incident of `ids`: their counts after it."""
     table = Incident.__table__
     return (
         update(table)
-        .where(table.c.id == bindparam("of_incident"))
-        .values(updated_at=bindparam("at"), occurrence_count=table.c.occurrence_count + 1)
-        .returning(table.c.occurrence_count)
+        .where(table.c.id.in_(bindparam("ids", expanding=True)))
+        .values(updated_at=bindparam("at"), occurrence_count=table.c.occurrence_count + bindparam("n"))
+        .returning(table.c.id, table.c.occurrence_count)
     )
 
 
 @cache
 def add_and_count_occurrence() -> Any:
-    """PostgreSQL: `count_occurrence` with the occurrence's INSERT in a WITH (run once, whether or not read)."""
+    """PostgreSQL, one occurrence: its INSERT in a WITH of the UPDATE that counts it (one round trip)."""
     table = Occurrence.__table__
+    incidents = Incident.__table__
     columns = ("incident_id", "received_at", "detected_at", "created_by_id", "payload", "source_id", "suppressed")
     added = insert(table).values({name: bindparam(f"o_{name}", type_=table.c[name].type) for name in columns})
-    return count_occurrence().add_cte(added.cte("added_occurrence"))
+    return (
+        update(incidents)
+        .where(incidents.c.id == bindparam("of_incident"))
+        .values(updated_at=bindparam("at"), occurrence_count=incidents.c.occurrence_count + 1)
+        .returning(incidents.c.id, incidents.c.occurrence_count)
+        .add_cte(added.cte("added_occurrence"))
+    )
 
 
 @cache

@@ -7,6 +7,7 @@ change or not at all, and no write transaction of the web carries playbook work 
 filing). The worker starts the playbooks, ending the job in the same transaction as the runs it starts."""
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ _PAGES = Page.__table__
 _COUNT_OCCURRENCE = (
     update(_PAGES)
     .where(_PAGES.c.incident_id == bindparam("of_incident"), _PAGES.c.state == PAGE_OPEN)
-    .values(occurrences=_PAGES.c.occurrences + 1)
+    .values(occurrences=_PAGES.c.occurrences + bindparam("n"))
 )
 
 # Job kind: start (or stop) an incident's playbooks after a change.
@@ -42,6 +43,7 @@ TRIGGER_FIELDS = frozenset({"category", "priority", "tlp", "exercise", "affected
 def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
     """Queue playbook work for incident changes in the writing transaction: nothing is lost if we crash after it."""
     rows = []
+    occurrences: Counter[int] = Counter()
     for ev in events:
         kind, incident_id = ev.get("kind"), ev.get("incident_id")
         if incident_id is None or not str(kind).startswith("incident."):
@@ -52,10 +54,14 @@ def on_events(session: Session, events: Sequence[dict[str, Any]]) -> None:
         ):
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
         elif kind == "incident.occurrence":
-            # A repeat of the same dedup_key updates the open pages instead of paging again.
-            session.connection().execute(_COUNT_OCCURRENCE, {"of_incident": incident_id})
+            occurrences[incident_id] += 1
         elif kind == "incident.status_changed" and data.get("to") in {s.value for s in TERMINAL_STATUSES}:
             rows.append(jobs.job_values(EVALUATE, {"incident_id": incident_id}, incident_id=incident_id))
+    if occurrences:
+        # A repeat of the same dedup_key updates the open pages instead of paging again (alerts filed together:
+        # one statement for all their incidents).
+        counted = [{"of_incident": incident_id, "n": n} for incident_id, n in occurrences.items()]
+        session.connection().execute(_COUNT_OCCURRENCE, counted)
     jobs.enqueue_many(session, rows)
 
 

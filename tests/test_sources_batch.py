@@ -57,7 +57,8 @@ def test_posts_filed_in_one_transaction_each_answer_as_alone_and_a_refused_one_c
         # Run alone afterwards, the deferred post finds b.1's answer.
         replay = ingest.ingest_alone(session, posts[3])
         assert replay.replayed and replay.body == opened.body
-        counted = dict(session.execute(select(Occurrence.incident_id, func.count()).group_by(Occurrence.incident_id)))
+        per_incident = select(Occurrence.incident_id, func.count()).group_by(Occurrence.incident_id)
+        counted = dict(session.execute(per_incident).all())
         assert counted == {opened.body["id"]: 2, other.body["id"]: 1}
         assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 3
 
