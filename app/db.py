@@ -2,7 +2,8 @@
 
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event
@@ -10,6 +11,10 @@ from sqlalchemy.exc import InvalidatePoolError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from incidents.base import Base
+from incidents.uow import GroupCommit
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 __all__ = ["Base", "engine", "init_app", "make_engine", "session"]
 
@@ -142,6 +147,16 @@ def session() -> Session:
     if "db_session" not in g:
         g.db_session = current_app.extensions["ucsc.sessionmaker"]()
     return g.db_session
+
+
+def group_commit(name: str, run_batch: Callable[[Session, Sequence[J]], Sequence[R | Exception]],
+                 run_alone: Callable[[Session, J], R]) -> GroupCommit[J, R]:  # fmt: skip
+    """The app's group commit called `name` (one per kind of request that may share a transaction), made at its
+    first use."""
+    found = current_app.extensions.get(name)
+    if found is None:
+        found = current_app.extensions.setdefault(name, GroupCommit(run_batch, run_alone))
+    return found
 
 
 def _close_session(_exc: BaseException | None) -> None:

@@ -179,7 +179,13 @@ def _stored_answer(session: Session, claim: IdempotencyClaim) -> FilingResult | 
 
 
 def file_in_session(
-    session: Session, items: Sequence[IncidentCreate], actor: Actor, settings: FilingSettings, bulk: bool
+    session: Session,
+    items: Sequence[IncidentCreate],
+    actor: Actor,
+    settings: FilingSettings,
+    bulk: bool,
+    *,
+    followup_each: bool = False,
 ) -> FilingResult:
     now = utcnow()
     errors: list[FieldError] = []
@@ -278,6 +284,7 @@ def file_in_session(
             token_id=actor.token_id,
             receipts_by_email=settings.receipts_by_email,
             quiet=bool(session.info.get(QUIET_FILING)),
+            each=followup_each,
         )
     # Repeats of a key first seen earlier in this same batch become occurrences of that new incident.
     for i, (filed, _) in enumerate(outcomes):

@@ -36,14 +36,23 @@ def add_step(step: Step) -> None:
 
 
 def enqueue(
-    session: Session, incident_ids: Sequence[int], *, token_id: int | None, receipts_by_email: bool, quiet: bool
+    session: Session,
+    incident_ids: Sequence[int],
+    *,
+    token_id: int | None,
+    receipts_by_email: bool,
+    quiet: bool,
+    each: bool = False,
 ) -> None:
-    """The filing's one job, in its transaction."""
+    """The filing's one job, in its transaction; with `each`, one job per incident (filings that shared a
+    transaction follow up as they would alone: the worker takes JOB_BATCH of them at a time, not JOB_BATCH
+    transactions' worth, and a transaction holding SQLite's write lock that long would hold the web back)."""
     if not incident_ids:
         return
-    payload = {"incident_ids": list(incident_ids), "token_id": token_id, "receipts_by_email": receipts_by_email,
-               "quiet": quiet}  # fmt: skip
-    jobs.enqueue_many(session, [jobs.job_values(FILED, payload, incident_id=incident_ids[0])])
+    settings = {"token_id": token_id, "receipts_by_email": receipts_by_email, "quiet": quiet}
+    groups = [[i] for i in incident_ids] if each else [list(incident_ids)]
+    rows = [jobs.job_values(FILED, {"incident_ids": ids, **settings}, incident_id=ids[0]) for ids in groups]
+    jobs.enqueue_many(session, rows)
 
 
 def follow_up(session: Session, payloads: Sequence[dict[str, Any]], config: dict[str, Any]) -> None:

@@ -60,21 +60,19 @@ class GroupCommit(Generic[J, R]):
 
     `run_batch(session, jobs)` runs inside the transaction and gives one outcome per job: a result, or an exception
     that is that job's alone (raised to its request). If the transaction fails as a whole, each of its jobs runs
-    again alone through `run_alone(session, job)` on its own session, as does a job whose outcome is an exception
-    of a class in `alone`: one bad request costs the others time, never their answers.
+    again alone through `run_alone(session, job)` on its own session, as does a job whose outcome is RunAlone:
+    one bad request costs the others time, never their answers.
     """
 
     def __init__(
         self,
-        run_batch: Callable[[Any, Sequence[J]], list[R | Exception]],
+        run_batch: Callable[[Any, Sequence[J]], Sequence[R | Exception]],
         run_alone: Callable[[Any, J], R],
         *,
-        alone: tuple[type[Exception], ...] = (),
         most: int = 64,
     ) -> None:
         self._run_batch = run_batch
         self._run_alone = run_alone
-        self._alone = (_RunAlone, *alone)
         self._most = most
         self._lock = threading.Lock()
         self._queue: list[_Job[J, R]] = []
@@ -95,7 +93,7 @@ class GroupCommit(Generic[J, R]):
         if mine.leads:
             self._lead(session)
         outcome = mine.outcome
-        if isinstance(outcome, self._alone):
+        if isinstance(outcome, RunAlone):
             return self._run_alone(session, job)
         if isinstance(outcome, Exception):
             raise outcome
@@ -107,7 +105,7 @@ class GroupCommit(Generic[J, R]):
             batch, self._queue = self._queue[: self._most], self._queue[self._most :]
             self.transactions += 1
             self.jobs += len(batch)
-        outcomes: list[Any] = [_RUN_ALONE] * len(batch)
+        outcomes: Sequence[Any] = [_RUN_ALONE] * len(batch)
         try:
             outcomes = in_transaction(session, lambda: self._run_batch(session, [j.job for j in batch]))
         except Exception as exc:
@@ -125,11 +123,12 @@ class GroupCommit(Generic[J, R]):
                     self._leading = False
 
 
-class _RunAlone(Exception):
-    """The outcome of a job whose shared transaction failed: it runs again in one of its own."""
+class RunAlone(Exception):
+    """The outcome of a job that cannot share its transaction (it repeats an idempotency key another job of it
+    claims), or whose shared transaction failed: it runs in a transaction of its own once that one is over."""
 
 
-_RUN_ALONE = _RunAlone()
+_RUN_ALONE = RunAlone()
 
 
 class _Job(Generic[J, R]):

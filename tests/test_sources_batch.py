@@ -1,7 +1,6 @@
 """Alerts posted together share a write transaction (group commit): each still gets the answer it would alone."""
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,7 +13,7 @@ from incidents.errors import ValidationFailed
 from incidents.filing import FilingSettings
 from incidents.models import IdempotencyKey, Incident, Occurrence
 from incidents.sources import ingest
-from incidents.uow import GroupCommit, in_transaction
+from incidents.uow import RunAlone, in_transaction
 from tests.test_sources_intake import wazuh
 
 URL = "/api/v1/sources/wazuh"
@@ -52,7 +51,7 @@ def test_posts_filed_in_one_transaction_each_answer_as_alone_and_a_refused_one_c
         assert grouped.status_code == 200
         assert (grouped.body["id"], grouped.body["occurrence_count"]) == (opened.body["id"], 2)
         assert isinstance(refused, ValidationFailed) and refused.errors[0].field.startswith("rule.level")
-        assert isinstance(deferred, ingest.Deferred)
+        assert isinstance(deferred, RunAlone)
         assert other.status_code == 201 and other.body["id"] != opened.body["id"]
         # Run alone afterwards, the deferred post finds b.1's answer.
         replay = ingest.ingest_alone(session, posts[3])
@@ -99,44 +98,3 @@ def test_a_storm_from_sixteen_senders_shares_transactions_and_loses_or_doubles_n
     assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in by_incident.values())
     shared = app.extensions[GROUP_COMMIT]
     assert shared.jobs == len(answers) and shared.transactions < shared.jobs
-
-
-def test_a_shared_transaction_that_fails_runs_each_of_its_jobs_alone(app):
-    gate, started = threading.Event(), threading.Event()
-    alone: list[str] = []
-
-    def run_batch(session, jobs):
-        if jobs == ["first"]:
-            started.set()
-            gate.wait(10)  # the others queue meanwhile, to share the next transaction
-        if "poison" in jobs:
-            raise RuntimeError("the shared transaction failed")
-        return [job.upper() for job in jobs]
-
-    def run_alone(session, job):
-        alone.append(job)
-        if job == "poison":
-            raise ValueError("poison alone")
-        return job.upper() + " alone"
-
-    shared = GroupCommit(run_batch, run_alone)
-
-    def submit(job):
-        with app.app_context():
-            try:
-                return shared.submit(db.session(), job)
-            except ValueError as exc:
-                return str(exc)
-
-    with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(submit, "first")
-        assert started.wait(10)
-        later = [pool.submit(submit, job) for job in ("poison", "third")]
-        deadline = time.monotonic() + 10
-        while len(shared._queue) < 2 and time.monotonic() < deadline:  # both queued behind the first
-            time.sleep(0.01)
-        gate.set()
-        assert first.result(10) == "FIRST"
-        assert [f.result(10) for f in later] == ["poison alone", "THIRD alone"]
-    assert sorted(alone) == ["poison", "third"]
-    assert (shared.transactions, shared.jobs) == (2, 3)

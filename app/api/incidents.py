@@ -4,6 +4,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
+from sqlalchemy.orm import Session
 
 from app import db
 from app.api import serialise as out
@@ -17,6 +18,7 @@ from incidents.changes import add_observables, classify, transition, update_inci
 from incidents.comments import add_comment, edit_comment, get_comment
 from incidents.errors import FieldError
 from incidents.filing import FilingResult, FilingSettings, IdempotencyClaim, file_incidents
+from incidents.filing_together import Filing, file_each
 from incidents.participants import add_participant, remove_participant
 from incidents.policy import Capability, require
 from incidents.queries import occurrence_count, occurrence_counts
@@ -43,6 +45,7 @@ from incidents.schemas.reads import (
 )
 
 _LIST_FIELDS = ("status", "category", "priority", "tlp")
+GROUP_COMMIT = "ucsc.filings_group_commit"
 
 
 def service_settings() -> FilingSettings:
@@ -94,14 +97,14 @@ def create_incident() -> Response:
     limit_intake(actor)
     raw = raw_json_body()
     data = parse(IncidentCreate, raw, limits())
-    result = file_incidents(
-        session=db.session(),
-        items=[data],
-        actor=actor,
-        settings=service_settings(),
-        idempotency=_idempotency(actor, raw),
-    )
-    return _filing_response(result)
+    filing = Filing(data, actor, service_settings(), _idempotency(actor, raw))
+    # Filings posted together (a SIEM's storm) share a write transaction: see incidents.uow.GroupCommit.
+    return _filing_response(db.group_commit(GROUP_COMMIT, file_each, _file_alone).submit(db.session(), filing))
+
+
+def _file_alone(session: Session, filing: Filing) -> FilingResult:
+    return file_incidents(session=session, items=[filing.item], actor=filing.actor, settings=filing.settings,
+                          idempotency=filing.claim)  # fmt: skip
 
 
 @operation(

@@ -12,7 +12,6 @@ from incidents.filing import FilingSettings
 from incidents.policy import Capability, require
 from incidents.schemas.base import parse_query
 from incidents.sources import admin, ingest, windows
-from incidents.uow import GroupCommit
 
 TAG = "sources"
 GROUP_COMMIT = "ucsc.sources_group_commit"
@@ -47,17 +46,8 @@ def _ingest(kind: str) -> ingest.IngestResult:
     limit_intake(actor)
     post = ingest.AlertPost(kind, strict_json.loads(raw_json_body()), actor, _settings(), limits())
     ingest.admit(post)
-    # Alerts posted together (a SIEM's storm) share a write transaction: see GroupCommit.
-    return _group_commit().submit(db.session(), post)
-
-
-def _group_commit() -> GroupCommit[ingest.AlertPost, ingest.IngestResult]:
-    found = current_app.extensions.get(GROUP_COMMIT)
-    if found is None:
-        found = current_app.extensions.setdefault(
-            GROUP_COMMIT, GroupCommit(ingest.file_posts, ingest.ingest_alone, alone=(ingest.Deferred,))
-        )
-    return found
+    # Alerts posted together (a SIEM's storm) share a write transaction: see incidents.uow.GroupCommit.
+    return db.group_commit(GROUP_COMMIT, ingest.file_posts, ingest.ingest_alone).submit(db.session(), post)
 
 
 @operation(

@@ -19,16 +19,14 @@ from incidents.base import utcnow
 from incidents.errors import DomainError, FieldError, Forbidden, IdempotencyMismatch, NotFound, ValidationFailed
 from incidents.events import record_event
 from incidents.filing import (
-    QUIET_FILING,
     FilingResult,
     FilingSettings,
     IdempotencyClaim,
     OpenIncident,
     dedup_scopes,
-    file_in_session,
     idempotent_replay,
-    record_claims,
 )
+from incidents.filing_together import Filing, file_each
 from incidents.models import ApiToken, Incident
 from incidents.policy import Capability, require
 from incidents.schemas.base import DEFAULT_LIMITS, Limits, parse
@@ -37,7 +35,7 @@ from incidents.sources import formats, windows
 from incidents.sources.formats import RESOLVED, Alert
 from incidents.sources.models import MaintenanceWindow, Source, SourceKind
 from incidents.stix import techniques
-from incidents.uow import in_transaction
+from incidents.uow import RunAlone, in_transaction
 
 # The kinds that post over HTTP; the mailbox is polled by the worker.
 HTTP_KINDS = frozenset(k.value for k in SourceKind if k is not SourceKind.MAILBOX)
@@ -76,11 +74,6 @@ class AlertPost:
     actor: Actor
     settings: FilingSettings
     limits: Limits = DEFAULT_LIMITS
-
-
-class Deferred(Exception):
-    """A post that cannot share this transaction (it repeats an idempotency key another post of it claims): it
-    runs in a transaction of its own once this one has committed, and finds the other's answer."""
 
 
 Outcome = IngestResult | Exception
@@ -141,7 +134,7 @@ def file_posts(session: Session, posts: Sequence[AlertPost]) -> list[Outcome]:
             alerts = formats.parse(post.kind, post.payload, formats.mapping_for(post.kind, source.mapping))
             plans = [_plan(session, source, in_force, alert, post) for alert in alerts]
             _claim_once(i, plans, claimed)
-        except (DomainError, Deferred) as exc:  # nothing of this post is written yet
+        except (DomainError, RunAlone) as exc:  # nothing of this post is written yet
             outcomes[i] = exc
             continue
         planned.append((i, source, plans))
@@ -189,14 +182,14 @@ def _plan(
 
 def _claim_once(post: int, plans: list[_Planned], claimed: dict[tuple[int, str], int]) -> None:
     """Each idempotency key is filed once in a transaction: a later alert of the same post with the same key
-    answers as the first did; a post repeating another post's key waits for that one to commit (Deferred)."""
+    answers as the first did; a post repeating another post's key waits for that one to commit (RunAlone)."""
     first: dict[tuple[int, str], _Planned] = {}
     for plan in plans:
         if plan.claim is None or plan.result is not None:
             continue
         key = (plan.claim.token_id, plan.claim.key)
         if claimed.get(key, post) != post:
-            raise Deferred(plan.claim.key)
+            raise RunAlone(plan.claim.key)
         if key in first:
             if first[key].claim.request_hash != plan.claim.request_hash:  # type: ignore[union-attr]
                 raise IdempotencyMismatch(
@@ -211,35 +204,32 @@ def _claim_once(post: int, plans: list[_Planned], claimed: dict[tuple[int, str],
 
 def _file_planned(session: Session, posts: "list[tuple[AlertPost, SourceRead, list[_Planned]]]", now: datetime) -> None:
     """Apply the notices and file the alerts of the posts, giving each plan its result."""
-    filings: dict[tuple[Actor, bool], list[tuple[AlertPost, SourceRead, _Planned]]] = {}
+    filings: list[Filing] = []
+    filed: list[tuple[SourceRead, _Planned]] = []
     for post, source, plans in posts:
         for plan in plans:
             if plan.item is None:
                 plan.result = _resolve(session, source, plan.alert, post.actor, now)
             elif plan.result is None and plan.echo is None:
-                filings.setdefault((post.actor, plan.window is not None), []).append((post, source, plan))
+                filings.append(Filing(plan.item, post.actor, post.settings, plan.claim, quiet=plan.window is not None))
+                filed.append((source, plan))
     touched: set[int] = set()
-    answered: list[tuple[IdempotencyClaim, FilingResult]] = []
-    for (actor, quiet), group in filings.items():
-        # In dedup-key order, so transactions filing into the same incidents lock them in the same order.
-        group.sort(key=lambda g: g[2].alert.dedup_key or "")
-        if quiet:
-            session.info[QUIET_FILING] = True
-        try:
-            filed = file_in_session(session, [plan.item for _, _, plan in group], actor, group[0][0].settings, False)
-        finally:
-            session.info.pop(QUIET_FILING, None)
-        for (_, source, plan), body in zip(group, filed.bodies, strict=True):
-            if source.id not in touched:
-                touch(session, source, now)
-                touched.add(source.id)
-            _record_alert(session, source, plan, actor, filed.grouped_into.get(body["id"]) or body["id"], now)
-            body["suppressed"] = plan.window is not None
-            result = FilingResult(201 if body["created"] else 200, body, f"/api/v1/incidents/{body['id']}")
-            plan.result = IngestResult(result.status_code, body, result.location, incident_ids=[body["id"]])
-            if plan.claim is not None:
-                answered.append((plan.claim, result))
-    record_claims(session, answered)
+
+    def then(i: int, result: FilingResult) -> None:
+        source, plan = filed[i]
+        if source.id not in touched:
+            touch(session, source, now)
+            touched.add(source.id)
+        incident_id = result.body["id"]
+        _record_alert(session, source, plan, filings[i].actor, result.grouped_into.get(incident_id) or incident_id, now)
+        result.body["suppressed"] = plan.window is not None
+
+    for (_, plan), outcome in zip(filed, file_each(session, filings, then), strict=True):
+        if isinstance(outcome, Exception):
+            # Refused after other alerts were written: the shared transaction fails, and each post runs alone, where
+            # this error is its post's own.
+            raise outcome
+        plan.result = IngestResult(outcome.status_code, outcome.body, outcome.location, False, outcome.incident_ids)
     for _, _, plans in posts:
         for plan in plans:
             if plan.echo is not None and plan.echo.result is not None:
