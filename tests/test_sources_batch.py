@@ -11,8 +11,9 @@ from app.api.sources import GROUP_COMMIT
 from app.auth import check_token
 from incidents.errors import ValidationFailed
 from incidents.filing import FilingSettings
-from incidents.models import IdempotencyKey, Incident, Occurrence
+from incidents.models import Event, IdempotencyKey, Incident, Occurrence
 from incidents.sources import ingest
+from incidents.stix.techniques import TECHNIQUES_ADDED
 from incidents.uow import RunAlone, in_transaction
 from tests.test_sources_intake import wazuh
 
@@ -60,6 +61,11 @@ def test_posts_filed_in_one_transaction_each_answer_as_alone_and_a_refused_one_c
         counted = dict(session.execute(per_incident).all())
         assert counted == {opened.body["id"]: 2, other.body["id"]: 1}
         assert session.scalar(select(func.count()).select_from(IdempotencyKey)) == 3
+        # The repeat filed in the same transaction as its incident added no technique twice.
+        added = session.scalars(
+            select(Event.data).where(Event.incident_id == opened.body["id"], Event.kind == TECHNIQUES_ADDED)
+        ).all()
+        assert [t for data in added for t in data["techniques"]] == ["T1190", "T1059.004"]
 
 
 def test_a_storm_from_sixteen_senders_shares_transactions_and_loses_or_doubles_nothing(app, intake):

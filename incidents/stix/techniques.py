@@ -16,7 +16,7 @@ from incidents.events import record_event
 from incidents.models import Event, Incident
 from incidents.queries import get_incident
 from incidents.stix import mapping
-from incidents.uow import in_transaction
+from incidents.uow import in_transaction, transaction_memo
 
 TECHNIQUES_ADDED = "incident.attack_techniques_added"
 MAX_TECHNIQUES = 100
@@ -33,7 +33,13 @@ _KNOWN_MAX = 4096
 def nothing_to_add(session: Session, incident: Incident, techniques: Sequence[str]) -> bool:
     """True when `incident` is known to have every one of `techniques` already (False: look)."""
     known = _KNOWN.get(session.get_bind(), {}).get((incident.id, incident.ref))
-    return known is not None and known.issuperset(techniques)
+    return known is not None and known.union(_added_here(session, incident.id)).issuperset(techniques)
+
+
+def _added_here(session: Session, incident_id: int) -> list[str]:
+    """The techniques this transaction gave the incident: their events are written at its commit, so reading the
+    timeline does not show them (alerts filed in one shared transaction would each add them again)."""
+    return transaction_memo(session, TECHNIQUES_ADDED).setdefault(incident_id, [])
 
 
 def _remember(session: Session, incident: Incident, have: Sequence[str]) -> None:
@@ -87,14 +93,17 @@ def record_attack_techniques(
     session: Session, actor: Actor | None, incident: Incident, techniques: Sequence[str]
 ) -> tuple[str, ...]:
     """Add valid technique ids to `incident` inside the caller's transaction (its caller decided who may)."""
-    have = attack_techniques(session, incident.id)
-    _remember(session, incident, have)
+    committed = attack_techniques(session, incident.id)
+    _remember(session, incident, committed)
+    here = _added_here(session, incident.id)
+    have = (*committed, *(t for t in here if t not in committed))
     added = [t for t in dict.fromkeys(techniques) if t not in have]
     if len(have) + len(added) > MAX_TECHNIQUES:
         raise ValidationFailed(
             "too many techniques", errors=[FieldError("techniques", f"at most {MAX_TECHNIQUES} per incident")]
         )
     if added:
+        here.extend(added)
         incident.updated_at = utcnow()
         record_event(
             session, kind=TECHNIQUES_ADDED, actor=actor, incident=incident,
