@@ -1,8 +1,5 @@
 """Alerts posted together share a write transaction (group commit): each still gets the answer it would alone."""
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 from sqlalchemy import func, select
 
@@ -15,6 +12,7 @@ from incidents.models import Event, IdempotencyKey, Incident, Occurrence
 from incidents.sources import ingest
 from incidents.stix.techniques import TECHNIQUES_ADDED
 from incidents.uow import RunAlone, in_transaction
+from tests.test_filing_together import assert_nothing_lost_or_doubled, storm
 from tests.test_sources_intake import wazuh
 
 URL = "/api/v1/sources/wazuh"
@@ -70,37 +68,12 @@ def test_posts_filed_in_one_transaction_each_answer_as_alone_and_a_refused_one_c
 
 def test_a_storm_from_sixteen_senders_shares_transactions_and_loses_or_doubles_nothing(app, intake):
     senders, per_sender, keys = 16, 6, 8
-    barrier = threading.Barrier(senders)
 
-    def send(n: int) -> list[tuple[int, dict]]:
-        client = app.test_client()
-        barrier.wait()
-        answers = []
-        for k in range(per_sender):
-            body = _agent(wazuh(f"s.{n}.{k}"), f"agent-{(n * per_sender + k) % keys:03d}")
-            answers.append(client.post(URL, json=body, headers=intake))
-        answers.append(client.post(URL, json=body, headers=intake))  # the last one sent again: a replay
-        return [(r.status_code, r.get_json()) for r in answers]
+    def post(client, n: int) -> list:
+        bodies = [_agent(wazuh(f"s.{n}.{k}"), f"agent-{(n * per_sender + k) % keys:03d}") for k in range(per_sender)]
+        return [client.post(URL, json=body, headers=intake) for body in [*bodies, bodies[-1]]]
 
-    with ThreadPoolExecutor(senders) as pool:
-        answers = [a for sent in pool.map(send, range(senders)) for a in sent]
-    codes = [code for code, _ in answers]
-    assert codes.count(201) == keys and codes.count(200) == len(answers) - keys, answers
-    # Each sender's last answer came twice: once filed, once replayed, the same.
-    assert all(answers[i * (per_sender + 1) + per_sender] == answers[i * (per_sender + 1) + per_sender - 1]
-               for i in range(senders))  # fmt: skip
+    assert_nothing_lost_or_doubled(app, storm(app, senders, post), keys, app.extensions[GROUP_COMMIT])
     with app.app_context():
-        session = db.session()
-        assert session.scalar(select(func.count()).select_from(Incident)) == keys
-        assert session.scalar(select(func.count()).select_from(Occurrence)) == senders * per_sender
-        assert sorted(session.scalars(select(Incident.occurrence_count))) == sorted(
-            [senders * per_sender // keys] * keys
-        )
-    # Each incident's answers counted its occurrences one by one: no count was given twice.
-    by_incident: dict[int, list[int]] = {}
-    for i, (_, body) in enumerate(answers):
-        if i % (per_sender + 1) != per_sender:
-            by_incident.setdefault(body["id"], []).append(body["occurrence_count"])
-    assert all(sorted(counts) == list(range(1, len(counts) + 1)) for counts in by_incident.values())
-    shared = app.extensions[GROUP_COMMIT]
-    assert shared.jobs == len(answers) and shared.transactions < shared.jobs
+        counts = db.session().scalars(select(Incident.occurrence_count)).all()
+        assert counts == [senders * per_sender // keys] * keys
