@@ -299,7 +299,7 @@ def file_in_session(
         _take_refs_last(session, settings, [filed for filed, _ in created.values()], outcomes)
 
     # Each occurrence answers its incident's count after it; a new incident answers its first.
-    bodies = [_filing_body(inc, created, counts_by_item.get(i, 1)) for i, (inc, created) in enumerate(outcomes)]
+    bodies = [_filing_body(inc, made, counts_by_item.get(i, 1)) for i, (inc, made) in enumerate(outcomes)]
     status = 201 if any(was_created for _, was_created in outcomes) else 200
     ids = [inc.id for inc, _ in outcomes]
     grouped_into = {incident.id: incident for incident in matches.values()}

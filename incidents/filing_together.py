@@ -38,11 +38,13 @@ def file_each(
     session: Session, filings: Sequence[Filing], then: Callable[[int, FilingResult], None] | None = None
 ) -> list[FilingResult | Exception]:
     """Each filing's answer, or its error, filed in the caller's write transaction: the filings of one filer go in
-    together (one dedup read, one INSERT per table), in dedup-key order (transactions grouping into the same
-    incidents lock them in the same order). A filing refused before anything of it is written (a role that may not
-    file, a key used with another body, a field naming what does not exist) gets its error and the others go on;
-    one repeating a key an earlier filing here claims gets RunAlone: it runs once this transaction has committed,
-    and is answered as a replay. `then(i, result)` runs for each filed before its key is stored."""
+    together (one dedup read, one INSERT per table), in dedup-key order (two transactions opening incidents for
+    the same keys take the keys' unique entries in the same order, and wait rather than deadlock).
+
+    A filing refused before anything of it is written (a role that may not file, a key used with another body, a
+    field naming what does not exist) gets its error and the others go on; one repeating a key an earlier filing
+    here claims gets RunAlone: it runs once this transaction has committed, and is answered as a replay.
+    `then(i, result)` runs for each filed before its key is stored."""
     outcomes: list[FilingResult | Exception | None] = [None] * len(filings)
     claimed: set[tuple[int, str]] = set()
     groups: dict[tuple[Actor, FilingSettings, bool], list[int]] = {}
