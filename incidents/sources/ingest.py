@@ -86,25 +86,9 @@ def admit(post: AlertPost) -> None:
         raise NotFound(f"no source kind {post.kind!r}; use one of {', '.join(sorted(HTTP_KINDS))}")
 
 
-def ingest(
-    *,
-    session: Session,
-    kind: str,
-    payload: Any,
-    actor: Actor,
-    settings: FilingSettings,
-    limits: Limits = DEFAULT_LIMITS,
-) -> IngestResult:
-    """File the alerts of one payload from the source that `actor`'s token posts for (registered on first use), in
-    a write transaction of its own: its source, windows and every alert it carries (Alertmanager sends several)
-    are read and written together, all or nothing."""
-    post = AlertPost(kind, payload, actor, settings, limits)
-    admit(post)
-    return ingest_alone(session, post)
-
-
 def ingest_alone(session: Session, post: AlertPost) -> IngestResult:
-    """`post` filed in a write transaction of its own; its error raised."""
+    """`post` (admitted) filed in a write transaction of its own: its source, windows and every alert it carries
+    (Alertmanager sends several) read and written together, all or nothing; its error raised."""
     outcome = in_transaction(session, lambda: file_posts(session, [post]))[0]
     if isinstance(outcome, Exception):
         raise outcome
