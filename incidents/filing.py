@@ -466,17 +466,11 @@ def _add_occurrences(
     connection = session.connection()
     rows = [_occurrence_values(incident.id, item, actor, now) for incident, item in adds]
     added = Counter(incident.id for incident, _ in adds)
-    if connection.dialect.name == "postgresql" and len(rows) == 1:
-        # One round trip: the occurrence goes in within the statement that counts it.
-        params = {f"o_{name}": value for name, value in {"source_id": None, "suppressed": False, **rows[0]}.items()}
-        after = dict(connection.execute(statements.add_and_count_occurrence(), {**params, "of_incident":
-                                        rows[0]["incident_id"], "at": now}).all())  # fmt: skip
-    else:
-        connection.execute(statements.insert_rows(Occurrence.__table__), rows)
-        after = {}
-        for n in set(added.values()):
-            ids = [incident_id for incident_id, k in added.items() if k == n]
-            after.update(connection.execute(statements.count_occurrences(), {"ids": ids, "n": n, "at": now}).all())
+    connection.execute(statements.insert_rows(Occurrence.__table__), rows)
+    after = {}
+    for n in set(added.values()):
+        ids = [incident_id for incident_id, k in added.items() if k == n]
+        after.update(connection.execute(statements.count_occurrences(), {"ids": ids, "n": n, "at": now}).all())
     for incident_id in added:
         held = session.identity_map.get(identity_key(Incident, incident_id))
         if held is not None:

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, case, insert, select, text, update
 
 from incidents.access import Actor, visible_incidents
-from incidents.models import IdempotencyKey, Incident, Occurrence, Organisation, RefCounter
+from incidents.models import IdempotencyKey, Incident, Organisation, RefCounter
 
 
 @cache
@@ -62,22 +62,6 @@ def count_occurrences() -> Any:
         .where(table.c.id.in_(bindparam("ids", expanding=True)))
         .values(updated_at=bindparam("at"), occurrence_count=table.c.occurrence_count + bindparam("n"))
         .returning(table.c.id, table.c.occurrence_count)
-    )
-
-
-@cache
-def add_and_count_occurrence() -> Any:
-    """PostgreSQL, one occurrence: its INSERT in a WITH of the UPDATE that counts it (one round trip)."""
-    table = Occurrence.__table__
-    incidents = Incident.__table__
-    columns = ("incident_id", "received_at", "detected_at", "created_by_id", "payload", "source_id", "suppressed")
-    added = insert(table).values({name: bindparam(f"o_{name}", type_=table.c[name].type) for name in columns})
-    return (
-        update(incidents)
-        .where(incidents.c.id == bindparam("of_incident"))
-        .values(updated_at=bindparam("at"), occurrence_count=incidents.c.occurrence_count + 1)
-        .returning(incidents.c.id, incidents.c.occurrence_count)
-        .add_cte(added.cte("added_occurrence"))
     )
 
 

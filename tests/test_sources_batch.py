@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from app import db
 from app.api.sources import GROUP_COMMIT
 from app.auth import check_token
-from incidents.errors import ValidationFailed
+from incidents.errors import IdempotencyMismatch, ValidationFailed
 from incidents.filing import FilingSettings
 from incidents.models import Event, IdempotencyKey, Incident, Occurrence
 from incidents.sources import ingest
@@ -77,3 +77,22 @@ def test_a_storm_from_sixteen_senders_shares_transactions_and_loses_or_doubles_n
     with app.app_context():
         counts = db.session().scalars(select(Incident.occurrence_count)).all()
         assert counts == [senders * per_sender // keys] * keys
+
+
+def test_an_alert_id_sent_again_with_another_body_is_refused_alone_and_files_nothing(app, client, intake):
+    first = client.post(URL, json=wazuh("m.1"), headers=intake)
+    assert first.status_code == 201
+    changed = wazuh("m.1", level=3)
+    again = client.post(URL, json=changed, headers=intake)
+    assert again.status_code == 422 and again.mimetype == "application/problem+json"
+    assert again.get_json()["errors"][0]["field"] == "Idempotency-Key"
+    with app.test_request_context():
+        actor, _ = check_token(intake["Authorization"].removeprefix("Bearer "))
+        posts = [ingest.AlertPost("wazuh", body, actor, FilingSettings()) for body in (changed, wazuh("m.2"))]
+        session = db.session()
+        # Shared, the refusal fails the transaction (the others then run alone): nothing of it is kept.
+        with pytest.raises(IdempotencyMismatch):
+            in_transaction(session, lambda: ingest.file_posts(session, posts))
+        assert session.scalar(select(func.count()).select_from(Occurrence)) == 1
+        alone = ingest.ingest_alone(session, posts[1])
+        assert (alone.status_code, alone.body["id"], alone.body["occurrence_count"]) == (200, first.get_json()["id"], 2)

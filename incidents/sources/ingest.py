@@ -24,7 +24,6 @@ from incidents.filing import (
     IdempotencyClaim,
     OpenIncident,
     dedup_scopes,
-    idempotent_replay,
 )
 from incidents.filing_together import Filing, file_each
 from incidents.models import ApiToken, Incident
@@ -100,8 +99,9 @@ def file_posts(session: Session, posts: Sequence[AlertPost]) -> list[Outcome]:
 
     Posts that arrived together share one transaction (app/api/sources.py): their source and windows are read
     once, their alerts filed together (one dedup read, the events in one INSERT) and committed at once. A post
-    refused before anything of it is written (a malformed payload, a switched-off source, an idempotency key used
-    with another body) gets its error and the others go on; an error while writing raises, for all of them.
+    refused before anything of it is written (a malformed payload, a switched-off source, one alert id twice with
+    two bodies) gets its error and the others go on; an error while writing (an alert id reused with another body
+    found in the table) raises, for all of them, and each post then runs alone.
     """
     now = utcnow()
     outcomes: list[Outcome | None] = [None] * len(posts)
@@ -116,7 +116,7 @@ def file_posts(session: Session, posts: Sequence[AlertPost]) -> list[Outcome]:
                 )
             source, in_force = sources[(post.kind, post.actor.token_id)]
             alerts = formats.parse(post.kind, post.payload, formats.mapping_for(post.kind, source.mapping))
-            plans = [_plan(session, source, in_force, alert, post) for alert in alerts]
+            plans = [_plan(source, in_force, alert, post) for alert in alerts]
             _claim_once(i, plans, claimed)
         except (DomainError, RunAlone) as exc:  # nothing of this post is written yet
             outcomes[i] = exc
@@ -136,14 +136,13 @@ class _Planned:
     item: "SourcedIncident | None" = None  # None: a notice (resolved)
     window: "WindowRead | MaintenanceWindow | None" = None
     claim: IdempotencyClaim | None = None
-    result: IngestResult | None = None  # a replay's, from the start; the others' once filed
+    result: IngestResult | None = None  # once filed (or replayed, or applied)
     echo: "_Planned | None" = None  # an alert repeating an idempotency key an earlier alert of its post claimed
 
 
 def _plan(
-    session: Session, source: "SourceRead", in_force: "list[WindowRead | MaintenanceWindow]", alert: Alert,
-    post: AlertPost,
-) -> _Planned:  # fmt: skip
+    source: "SourceRead", in_force: "list[WindowRead | MaintenanceWindow]", alert: Alert, post: AlertPost
+) -> _Planned:
     if alert.status == RESOLVED:
         return _Planned(alert)
     item = _incident(alert, post.limits)
@@ -158,10 +157,7 @@ def _plan(
         if len(key) > 255:
             key = f"{source.kind}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
         claim = IdempotencyClaim(token_id=post.actor.token_id or 0, key=key, request_hash=alert.digest())
-    plan = _Planned(alert, item, window, claim)
-    if claim is not None and (replay := idempotent_replay(session, claim)) is not None:
-        plan.result = IngestResult(replay.status_code, replay.body, replay.location, True)
-    return plan
+    return _Planned(alert, item, window, claim)
 
 
 def _claim_once(post: int, plans: list[_Planned], claimed: dict[tuple[int, str], int]) -> None:
@@ -169,7 +165,7 @@ def _claim_once(post: int, plans: list[_Planned], claimed: dict[tuple[int, str],
     answers as the first did; a post repeating another post's key waits for that one to commit (RunAlone)."""
     first: dict[tuple[int, str], _Planned] = {}
     for plan in plans:
-        if plan.claim is None or plan.result is not None:
+        if plan.claim is None:
             continue
         key = (plan.claim.token_id, plan.claim.key)
         if claimed.get(key, post) != post:
@@ -194,7 +190,7 @@ def _file_planned(session: Session, posts: "list[tuple[AlertPost, SourceRead, li
         for plan in plans:
             if plan.item is None:
                 plan.result = _resolve(session, source, plan.alert, post.actor, now)
-            elif plan.result is None and plan.echo is None:
+            elif plan.echo is None:
                 filings.append(Filing(plan.item, post.actor, post.settings, plan.claim, quiet=plan.window is not None))
                 filed.append((source, plan))
     touched: set[int] = set()
@@ -213,7 +209,9 @@ def _file_planned(session: Session, posts: "list[tuple[AlertPost, SourceRead, li
             # Refused after other alerts were written: the shared transaction fails, and each post runs alone, where
             # this error is its post's own.
             raise outcome
-        plan.result = IngestResult(outcome.status_code, outcome.body, outcome.location, False, outcome.incident_ids)
+        plan.result = IngestResult(
+            outcome.status_code, outcome.body, outcome.location, outcome.replayed, outcome.incident_ids
+        )
     for _, _, plans in posts:
         for plan in plans:
             if plan.echo is not None and plan.echo.result is not None:
