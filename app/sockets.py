@@ -2,6 +2,7 @@
 
 import logging
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +50,23 @@ class OriginCheck:
         return False
 
 
+class SocketPathOnly:
+    """Socket.IO's WSGI middleware for its own path only; every other request goes straight to Flask.
+
+    Flask-SocketIO's middleware copies each request's environ and defines a class at every call, whatever the
+    path: 2 % of the web's CPU for an alert repeat (py-spy under bench/sources.py), for requests it hands on.
+    """
+
+    def __init__(self, middleware: Any) -> None:
+        self.middleware = middleware
+        self.prefix: str = middleware.engineio_path  # "/socket.io/"
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if (environ.get("PATH_INFO") or "").startswith(self.prefix):
+            return self.middleware(environ, start_response)
+        return self.middleware.wsgi_app(environ, start_response)  # read at each call: a debugger may wrap it
+
+
 def init_app(app: Flask) -> SocketIO:
     """Bind Socket.IO (gevent, set explicitly) and the feed; cross-origin browsers are refused."""
     socketio = SocketIO(
@@ -61,6 +79,7 @@ def init_app(app: Flask) -> SocketIO:
         logger=False,
         engineio_logger=False,
     )
+    app.wsgi_app = SocketPathOnly(app.wsgi_app)  # type: ignore[method-assign]
     feed = Feed(app, socketio)
     app.extensions["ucsc.socketio"] = socketio
     app.extensions["ucsc.feed"] = feed
