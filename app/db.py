@@ -149,14 +149,18 @@ def session() -> Session:
     return g.db_session
 
 
-def group_commit(name: str, run_batch: Callable[[Session, Sequence[J]], Sequence[R | Exception]],
-                 run_alone: Callable[[Session, J], R]) -> GroupCommit[J, R]:  # fmt: skip
-    """The app's group commit called `name` (one per kind of request that may share a transaction), made at its
-    first use."""
-    found = current_app.extensions.get(name)
-    if found is None:
-        found = current_app.extensions.setdefault(name, GroupCommit(run_batch, run_alone))
-    return found
+def submit_together(name: str, run_batch: Callable[[Session, Sequence[J]], Sequence[R | Exception]],
+                    run_alone: Callable[[Session, J], R], job: J) -> R:  # fmt: skip
+    """`job` run by the group commit `name` with the others of its kind in flight; this request's session is opened
+    only if the job leads or runs alone, and a read transaction it holds (a token's lookup) is not held while the
+    job waits."""
+    held: Session | None = g.get("db_session")
+    if held is not None and held.in_transaction():
+        held.commit()
+    shared = current_app.extensions.get(name)  # one per process and kind of request, made at its first use
+    if shared is None:
+        shared = current_app.extensions.setdefault(name, GroupCommit(run_batch, run_alone))
+    return shared.submit(session, job)
 
 
 def _close_session(_exc: BaseException | None) -> None:

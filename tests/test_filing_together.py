@@ -124,7 +124,7 @@ def test_a_shared_transaction_that_fails_runs_each_of_its_jobs_alone(app):
     def submit(job):
         with app.app_context():
             try:
-                return shared.submit(db.session(), job)
+                return shared.submit(db.session, job)
             except ValueError as exc:
                 return str(exc)
 
@@ -145,5 +145,5 @@ def test_a_shared_transaction_that_fails_runs_each_of_its_jobs_alone(app):
 def test_a_job_alone_runs_at_once_in_a_transaction_of_its_own(app):
     shared = GroupCommit(lambda session, jobs: [j.upper() for j in jobs], lambda session, j: "never")
     with app.app_context():
-        assert shared.submit(db.session(), "only") == "ONLY"
+        assert shared.submit(db.session, "only") == "ONLY"
     assert (shared.transactions, shared.jobs) == (1, 1)

@@ -99,7 +99,7 @@ def create_incident() -> Response:
     data = parse(IncidentCreate, raw, limits())
     filing = Filing(data, actor, service_settings(), _idempotency(actor, raw))
     # Filings posted together (a SIEM's storm) share a write transaction: see incidents.uow.GroupCommit.
-    return _filing_response(db.group_commit(GROUP_COMMIT, file_each, _file_alone).submit(db.session(), filing))
+    return _filing_response(db.submit_together(GROUP_COMMIT, file_each, _file_alone, filing))
 
 
 def _file_alone(session: Session, filing: Filing) -> FilingResult:

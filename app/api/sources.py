@@ -47,7 +47,7 @@ def _ingest(kind: str) -> ingest.IngestResult:
     post = ingest.AlertPost(kind, strict_json.loads(raw_json_body()), actor, _settings(), limits())
     ingest.admit(post)
     # Alerts posted together (a SIEM's storm) share a write transaction: see incidents.uow.GroupCommit.
-    return db.group_commit(GROUP_COMMIT, ingest.file_posts, ingest.ingest_alone).submit(db.session(), post)
+    return db.submit_together(GROUP_COMMIT, ingest.file_posts, ingest.ingest_alone, post)
 
 
 @operation(
