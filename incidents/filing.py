@@ -384,9 +384,10 @@ def _open_dedup(session: Session, actor: Actor, keys: set[str]) -> tuple[set[str
     # Columns, not objects: read on the transaction's connection, once what the session holds is written (what
     # autoflush would have done), without the ORM's execute layer.
     session.flush()
-    values = [s for pair in scopes.values() for s in pair]
-    params = {f"s{i}": value for i, value in enumerate(values)} if len(values) == 2 else {"scopes": values}
-    rows = session.connection().execute(statements.open_dedup_query(actor, len(values) == 2), params).all()
+    connection = session.connection()
+    dialect = connection.dialect.name
+    values = statements.listed([s for pair in scopes.values() for s in pair], dialect)
+    rows = connection.execute(statements.open_dedup_query(actor, dialect), {"scopes": values}).all()
     held = {row.open_dedup_key for row in rows}
     visible = {row.open_dedup_key: OpenIncident(*row[:-1]) for row in rows if row.seen}
     # The organisation's incident first: grouping stays as wide as the filer's sight allows.
@@ -468,9 +469,10 @@ def _add_occurrences(
     added = Counter(incident.id for incident, _ in adds)
     connection.execute(statements.insert_rows(Occurrence.__table__), rows)
     after = {}
+    dialect = connection.dialect.name
     for n in set(added.values()):
-        ids = [incident_id for incident_id, k in added.items() if k == n]
-        after.update(connection.execute(statements.count_occurrences(), {"ids": ids, "n": n, "at": now}).all())
+        ids = statements.listed([incident_id for incident_id, k in added.items() if k == n], dialect)
+        after.update(connection.execute(statements.count_occurrences(dialect), {"ids": ids, "n": n, "at": now}).all())
     for incident_id in added:
         held = session.identity_map.get(identity_key(Incident, incident_id))
         if held is not None:

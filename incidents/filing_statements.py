@@ -1,10 +1,13 @@
 """The statements of the filing path, each built once: building and cache-keying a statement costs more than SQLite
 takes to run it (bench/intake.py), and a repeat or a filing runs them by the thousand."""
 
+import json
+from collections.abc import Sequence
 from functools import cache, lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case, insert, select, text, update
+from sqlalchemy import ColumnElement, Table, any_, bindparam, case, func, insert, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from incidents.access import Actor, visible_incidents
 from incidents.models import IdempotencyKey, Incident, Organisation, RefCounter
@@ -53,13 +56,29 @@ def ref_counter_upsert(dialect: str) -> Any:
     )
 
 
+def one_of(column: Any, name: str, dialect: str) -> ColumnElement[bool]:
+    """`column` is one of the list bound as `name` (see `listed`): one parameter however long the list, so the
+    statement's SQL is the same at every execution. An expanding IN is rendered anew at each one (3 % of an alert
+    repeat's web CPU in a shared transaction's dedup read and count update, py-spy) and, on SQLite, prepared anew
+    for each length of list."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    values = select(literal_column("value")).select_from(func.json_each(bindparam(name)))
+    return column.in_(values)
+
+
+def listed(values: Sequence[Any], dialect: str) -> Any:
+    """The value of a list parameter of `one_of`: an array for PostgreSQL, a JSON array for SQLite's json_each."""
+    return list(values) if dialect == "postgresql" else json.dumps(list(values))
+
+
 @cache
-def count_occurrences() -> Any:
-    """Add `n` occurrences to each incident of `ids`: their counts after it."""
+def count_occurrences(dialect: str) -> Any:
+    """Add `n` occurrences to each incident of `ids` (a `listed` parameter): their counts after it."""
     table = Incident.__table__
     return (
         update(table)
-        .where(table.c.id.in_(bindparam("ids", expanding=True)))
+        .where(one_of(table.c.id, "ids", dialect))
         .values(updated_at=bindparam("at"), occurrence_count=table.c.occurrence_count + bindparam("n"))
         .returning(table.c.id, table.c.occurrence_count)
     )
@@ -73,16 +92,13 @@ def idempotency_row() -> Any:
 
 
 @lru_cache(maxsize=1024)
-def open_dedup_query(actor: Actor, one_key: bool) -> Any:
-    """The open incidents holding any of the `scopes`, each with whether `actor` may see it (per actor, like
-    visible_incidents: the clause depends on the actor's fields alone). One key's two scopes are two plain
-    parameters: an expanding IN is rendered anew at every execution (9 % of an alert repeat's CPU on PostgreSQL,
-    py-spy); a batch's keys use it."""
-    scopes = [bindparam("s0"), bindparam("s1")] if one_key else bindparam("scopes", expanding=True)
+def open_dedup_query(actor: Actor, dialect: str) -> Any:
+    """The open incidents holding any of the `scopes` (a `listed` parameter), each with whether `actor` may see it
+    (per actor, like visible_incidents: the clause depends on the actor's fields alone)."""
     return select(
         Incident.id, Incident.ref, Incident.status, Incident.tlp, Incident.open_dedup_key,
         case((visible_incidents(actor), True), else_=False).label("seen"),
-    ).where(Incident.open_dedup_key.in_(scopes))  # fmt: skip
+    ).where(one_of(Incident.open_dedup_key, "scopes", dialect))  # fmt: skip
 
 
 @cache
