@@ -8,6 +8,12 @@ database is read: exactly 100 incidents and 2,000 occurrences from the source (1
 idempotency key per alert id, 20 occurrences per incident: nothing lost or doubled. Target: the repeats'
 throughput at least 3 times the first-of-a-kind's, on SQLite and on PostgreSQL.
 
+Two more phases, after those, say what bounds that ratio (reported, no target): the repeats posted again to
+`POST /_bench/intake-floor/wazuh` (served with UCSC_BENCH_ROUTES=1), which checks the token, takes the rate limit,
+reads and parses the body and answers without filing: the request floor every alert pays, and the ratio a repeat
+costing nothing beyond it would reach (`floor_bound`). Then 100 first-of-a-kind alerts of a second source's own
+rules on the warm server (`ratio_warm`): the timed first phase is the server's first filing work of its life.
+
 A client retries a 503 or 429 as Wazuh's integration script does; retries are counted and reported.
 `UCSC_BENCH_SCALE` scales the rules (CI runs 0.1: 2 rules x 5 agents, 200 alerts); targets are enforced only at
 full scale. `UCSC_BENCH_BACKENDS` (default `sqlite,postgresql`) picks the backends. Figures go to stdout and to
@@ -76,6 +82,7 @@ class Clients:
 
     def __init__(self, url: str, token: str, health: str) -> None:
         self.url = url
+        self.token = token
         self.local = threading.local()
         self.retries = 0
         self.lock = threading.Lock()
@@ -94,10 +101,11 @@ class Clients:
     def close(self) -> None:
         self.pool.shutdown()
 
-    def post(self, body: dict[str, Any]) -> tuple[int, float]:
+    def post(self, body: dict[str, Any], url: str | None = None, token: str | None = None) -> tuple[int, float]:
         started = time.perf_counter()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         for attempt in range(RETRIES):
-            response = self._client().post(self.url, json=body)
+            response = self._client().post(url or self.url, json=body, headers=headers)
             if response.status_code not in (429, 503):
                 return response.status_code, time.perf_counter() - started
             with self.lock:
@@ -105,10 +113,12 @@ class Clients:
             time.sleep(min(0.05 * 2**attempt, 1.0))
         return response.status_code, time.perf_counter() - started
 
-    def phase(self, bodies: list[dict[str, Any]], web_pid: int) -> dict[str, Any]:
+    def phase(self, bodies: list[dict[str, Any]], web_pid: int, url: str | None = None,
+              token: str | None = None) -> dict[str, Any]:  # fmt: skip
+        """`bodies` posted to `url` (the source's by default) with `token` (the source's by default)."""
         cpu = cpu_seconds(web_pid)
         started = time.perf_counter()
-        answers = list(self.pool.map(self.post, bodies))
+        answers = list(self.pool.map(lambda body: self.post(body, url, token), bodies))
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(web_pid) - cpu
         latencies = sorted(t for _, t in answers)
@@ -148,8 +158,9 @@ def _drop(name: str | None) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _verify(database: str, source_id: int, keys: int, total: int) -> dict[str, Any]:
-    """What the database holds after the run: counted, not taken from the answers."""
+def _verify(database: str, source_id: int, keys: int, total: int, warm: int) -> dict[str, Any]:
+    """What the database holds after the run: counted, not taken from the answers. The warm source's `warm` alerts
+    opened an incident each."""
     url = database.replace("postgresql://", "postgresql+psycopg://", 1)
     engine = create_engine(url)
     try:
@@ -171,8 +182,8 @@ def _verify(database: str, source_id: int, keys: int, total: int) -> dict[str, A
     finally:
         engine.dispose()
     found["lost_or_doubled"] = not (
-        found["incidents"] == found["incidents_total"] == keys
-        and found["occurrences"] == found["idempotency_keys"] == total
+        found["incidents"] == found["incidents_total"] - warm == keys
+        and found["occurrences"] == found["idempotency_keys"] - warm == total
         and found["occurrences_per_incident"] == [total // keys]
     )
     return found
@@ -183,7 +194,7 @@ def run_backend(backend: str) -> dict[str, Any]:
     database, pg_name = _database(backend, workdir)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    environment = _env(database, UCSC_BASE_URL=base, UCSC_LOG_LEVEL="WARNING")
+    environment = _env(database, UCSC_BASE_URL=base, UCSC_LOG_LEVEL="WARNING", UCSC_BENCH_ROUTES="1")
     server: subprocess.Popen | None = None
     try:
         _flask(environment, "init-db", "--no-demo")
@@ -194,10 +205,11 @@ def run_backend(backend: str) -> dict[str, Any]:
                 cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_http(base + "/healthz")
-        made = httpx.post(f"{base}/api/v1/sources", json={"kind": "wazuh", "name": "Wazuh bench"},
-                          headers={"Authorization": f"Bearer {operator}"}, timeout=30)  # fmt: skip
-        made.raise_for_status()
-        source = made.json()
+        source, warm_source = (
+            httpx.post(f"{base}/api/v1/sources", json={"kind": "wazuh", "name": name},
+                       headers={"Authorization": f"Bearer {operator}"}, timeout=30).raise_for_status().json()
+            for name in ("Wazuh bench", "Wazuh bench, warm")
+        )  # fmt: skip
         rules = max(1, round(RULES * SCALE))
         keys = rules * AGENTS
         total = keys * (ALERTS // (RULES * AGENTS))
@@ -206,8 +218,11 @@ def run_backend(backend: str) -> dict[str, Any]:
         web = worker_pid(server.pid)
         first = clients.phase(bodies[:keys], web)
         repeats = clients.phase(bodies[keys:], web)
+        floor = clients.phase(bodies[keys:], web, url=f"{base}/_bench/intake-floor/wazuh")
+        warm_bodies = [alert(ALERTS + n, RULES + (n % keys) // AGENTS, n % AGENTS) for n in range(keys)]
+        warm = clients.phase(warm_bodies, web, token=warm_source["token"]["value"])
         clients.close()
-        found = _verify(database, source["id"], keys, total)
+        found = _verify(database, source["id"], keys, total, keys)
         ratio = repeats["alerts_per_s"] / first["alerts_per_s"]
         return {
             "backend": backend,
@@ -217,10 +232,14 @@ def run_backend(backend: str) -> dict[str, Any]:
             "first_of_a_kind": first,
             "repeats": repeats,
             "ratio": round(ratio, 2),
+            "floor": floor,
+            "floor_bound": round(floor["alerts_per_s"] / first["alerts_per_s"], 2),
+            "first_of_a_kind_warm": warm,
+            "ratio_warm": round(repeats["alerts_per_s"] / warm["alerts_per_s"], 2),
             "retries": clients.retries,
             "database": found,
-            "answers_as_expected": first["status_codes"] == {"201": keys}
-            and repeats["status_codes"] == {"200": total - keys},
+            "answers_as_expected": first["status_codes"] == warm["status_codes"] == {"201": keys}
+            and repeats["status_codes"] == floor["status_codes"] == {"200": total - keys},
         }
     finally:
         if server is not None:
@@ -254,7 +273,11 @@ def main() -> int:
               f"= {f['first_of_a_kind']['alerts_per_s']}/s ({f['first_of_a_kind']['web_cpu_ms_per_alert']} ms web CPU "
               f"each); repeats {f['repeats']['alerts']} in {f['repeats']['seconds']} s = "
               f"{f['repeats']['alerts_per_s']}/s ({f['repeats']['web_cpu_ms_per_alert']} ms); repeats / first = "
-              f"{f['ratio']}; "
+              f"{f['ratio']}; request floor {f['floor']['alerts_per_s']}/s ({f['floor']['web_cpu_ms_per_alert']} ms), "
+              f"a free repeat's ratio {f['floor_bound']}; first-of-a-kind warm "
+              f"{f['first_of_a_kind_warm']['alerts_per_s']}/s "
+              f"({f['first_of_a_kind_warm']['web_cpu_ms_per_alert']} ms), "
+              f"repeats / warm = {f['ratio_warm']}; "
               f"incidents {f['database']['incidents']}, occurrences {f['database']['occurrences']}, "
               f"retries {f['retries']}")  # fmt: skip
     for error in report["errors"]:
