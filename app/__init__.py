@@ -4,7 +4,6 @@ import hashlib
 import logging
 import secrets
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +99,7 @@ def _request_ids(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        g.request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else secrets.token_hex(16)
         g.started = time.perf_counter()
 
     @app.after_request

@@ -252,3 +252,23 @@ def test_a_rotated_secret_key_is_obeyed_and_the_old_key_only_while_a_fallback(ap
     assert browser.get("/incidents").status_code == 200  # signed with the old key, still a fallback
     app.config["SECRET_KEY_FALLBACKS"] = []
     assert browser.get("/incidents").status_code == 302  # the old key is gone: the cookie no longer signs anyone in
+
+
+def test_a_request_without_a_cookie_gets_none_and_signing_out_deletes_the_cookie(app: Flask, operator: dict) -> None:
+    """CookieSessions skips reading a cookie that was not sent and saving a session nobody touched: a request
+    without a cookie still starts one when the page needs it (the login form's CSRF token), and a session emptied
+    by signing out still deletes the browser's cookie."""
+    browser = client_at(app, REAL_USER)
+    bare = browser.get("/api/v1/incidents", headers=operator)  # a SIEM's or script's call: a token, no cookie
+    assert bare.status_code == 200 and "Set-Cookie" not in bare.headers and bare.headers["Vary"] == "Cookie"
+    page = browser.get("/login")
+    assert page.headers.get("Set-Cookie", "").startswith("session=") and "Cookie" in page.headers["Vary"]
+    make_user(app, "leaver", role="operator")
+    assert sign_in(browser, "leaver").status_code == 302
+    signed_in = browser.get("/incidents")
+    assert signed_in.status_code == 200
+    out = browser.post("/logout", data={"csrf_token": csrf(signed_in.text)})
+    assert out.status_code == 302
+    gone = out.headers.get("Set-Cookie", "")
+    assert gone.startswith("session=;") and "Expires=Thu, 01 Jan 1970" in gone
+    assert browser.get("/incidents").status_code == 302  # signed out: back to the login page
