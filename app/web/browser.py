@@ -43,7 +43,7 @@ class CookieSessions(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         if "HTTP_COOKIE" not in request.environ and self.get_signing_serializer(app) is not None:
-            return self.session_class()  # no cookie to read (an API call): what Flask gives, without parsing none
+            return self.session_class()  # no cookie sent (an API call): Flask's empty session, no header parsed
         return super().open_session(app, request)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
