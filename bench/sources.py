@@ -82,7 +82,6 @@ class Clients:
 
     def __init__(self, url: str, token: str, health: str) -> None:
         self.url = url
-        self.token = token
         self.local = threading.local()
         self.retries = 0
         self.lock = threading.Lock()
