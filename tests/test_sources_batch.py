@@ -6,10 +6,11 @@ from sqlalchemy import func, select
 from app import db
 from app.api.sources import GROUP_COMMIT
 from app.auth import check_token
-from incidents.errors import IdempotencyMismatch, ValidationFailed
+from incidents.errors import Forbidden, IdempotencyMismatch, ValidationFailed
 from incidents.filing import FilingSettings
 from incidents.models import Event, IdempotencyKey, Incident, Occurrence
 from incidents.sources import ingest
+from incidents.sources.models import Source
 from incidents.stix.techniques import TECHNIQUES_ADDED
 from incidents.uow import RunAlone, in_transaction
 from tests.test_filing_together import assert_nothing_lost_or_doubled, storm
@@ -64,6 +65,21 @@ def test_posts_filed_in_one_transaction_each_answer_as_alone_and_a_refused_one_c
             select(Event.data).where(Event.incident_id == opened.body["id"], Event.kind == TECHNIQUES_ADDED)
         ).all()
         assert [t for data in added for t in data["techniques"]] == ["T1190", "T1059.004"]
+
+
+def test_a_post_whose_role_may_not_file_is_refused_before_its_source_registers(app, intake, make_token):
+    """file_posts is the boundary, whoever calls it: a committee token's first alert neither registers a source nor
+    files anything, and the other post of the transaction files as alone."""
+    with app.test_request_context():
+        committee, _ = check_token(make_token("committee")["Authorization"].removeprefix("Bearer "))
+        siem, _ = check_token(intake["Authorization"].removeprefix("Bearer "))
+        posts = [ingest.AlertPost("wazuh", wazuh("c.1"), committee, FilingSettings()),
+                 ingest.AlertPost("wazuh", wazuh("c.2"), siem, FilingSettings())]  # fmt: skip
+        session = db.session()
+        refused, filed = in_transaction(session, lambda: ingest.file_posts(session, posts))
+        assert isinstance(refused, Forbidden) and filed.status_code == 201
+        assert session.scalars(select(Source.token_id)).all() == [siem.token_id]
+        assert session.scalar(select(func.count()).select_from(Incident)) == 1
 
 
 def test_a_storm_from_sixteen_senders_shares_transactions_and_loses_or_doubles_nothing(app, intake):

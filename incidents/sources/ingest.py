@@ -79,8 +79,8 @@ Outcome = IngestResult | Exception
 
 
 def admit(post: AlertPost) -> None:
-    """What is refused before any transaction: a role that may not file, a kind there is no intake for."""
-    require(post.actor, Capability.FILE_INCIDENT, "your role may not file incidents")
+    """What is refused before any transaction: a kind there is no intake for (a role that may not file is refused
+    by the route before the body is read, and by file_posts before anything of its post is written)."""
     if post.kind not in HTTP_KINDS:
         raise NotFound(f"no source kind {post.kind!r}; use one of {', '.join(sorted(HTTP_KINDS))}")
 
@@ -110,6 +110,8 @@ def file_posts(session: Session, posts: Sequence[AlertPost]) -> list[Outcome]:
     planned: list[tuple[int, SourceRead, list[_Planned]]] = []
     for i, post in enumerate(posts):
         try:
+            # Before its source is read, or registered by a first alert.
+            require(post.actor, Capability.FILE_INCIDENT, "your role may not file incidents")
             if (post.kind, post.actor.token_id) not in sources:
                 sources[(post.kind, post.actor.token_id)] = source_for(
                     session, kind=post.kind, actor=post.actor, now=now
